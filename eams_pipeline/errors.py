@@ -1,0 +1,72 @@
+"""Error codes of SPEC §5 and the shape of an error record."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pandas as pd
+
+
+class ErrorCode(StrEnum):
+    FILE_ENCODING = "FILE_ENCODING"
+    FILE_EMPTY = "FILE_EMPTY"
+    HEADER_MISMATCH = "HEADER_MISMATCH"
+    WRONG_FIELD_COUNT = "WRONG_FIELD_COUNT"
+    REQUIRED_FIELD_MISSING = "REQUIRED_FIELD_MISSING"
+    FIELD_TOO_LONG = "FIELD_TOO_LONG"
+    INVALID_STUDENT_ID = "INVALID_STUDENT_ID"
+    INVALID_GRADE = "INVALID_GRADE"
+    INVALID_USERNAME = "INVALID_USERNAME"
+    INVALID_PASSWORD = "INVALID_PASSWORD"
+    INVALID_EMAIL = "INVALID_EMAIL"
+    INVALID_STATUS = "INVALID_STATUS"
+    PASSWORD_REQUIRED = "PASSWORD_REQUIRED"
+    SCHOOL_NOT_FOUND = "SCHOOL_NOT_FOUND"
+    DUPLICATE_STUDENT_ID = "DUPLICATE_STUDENT_ID"
+    DUPLICATE_USERNAME = "DUPLICATE_USERNAME"
+    USERNAME_TAKEN = "USERNAME_TAKEN"
+    STUDENT_EXISTS = "STUDENT_EXISTS"
+    STUDENT_NOT_FOUND = "STUDENT_NOT_FOUND"
+    NO_LICENSE_AVAILABLE = "NO_LICENSE_AVAILABLE"
+
+
+FILE_LEVEL_CODES = frozenset(
+    {ErrorCode.FILE_ENCODING, ErrorCode.FILE_EMPTY, ErrorCode.HEADER_MISMATCH}
+)
+
+# One error per row of this frame. `row` is the record's ordinal among the data records
+# (0-based, file order); `line` the physical line where the record starts (header = 1).
+ERROR_FRAME_COLUMNS = ("row", "line", "student_id", "column", "code", "message")
+
+
+def error_frame(
+    row: object, line: object, student_id: object, column: object, code: object, message: object
+) -> pd.DataFrame:
+    """Build an error frame from equally long columns (scalars broadcast)."""
+    frame = pd.DataFrame(
+        {
+            "row": row,
+            "line": line,
+            "student_id": student_id,
+            "column": column,
+            "code": code,
+            "message": message,
+        }
+    )
+    return frame.astype(
+        {"row": "int64", "line": "int64", "student_id": "str", "column": "str", "code": "str",
+         "message": "str"}
+    )
+
+
+def empty_errors() -> pd.DataFrame:
+    return error_frame([], [], [], [], [], [])
+
+
+def concat_errors(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """All errors in file order: by row, then in the order the checks produced them."""
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty_errors()
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["row"], kind="stable").reset_index(drop=True)
