@@ -1,0 +1,1 @@
+"""Real loopback SFTP and SMTP servers for the test suite and the local demo."""

@@ -1,0 +1,1 @@
+"""Network and storage I/O: SFTP, SMTP and the encrypted upload archive."""

@@ -1,0 +1,398 @@
+"""The district's SFTP directory, on paramiko.
+
+Each district has its own SFTP account whose ``root`` holds ``incoming/``, ``errors/`` and
+``processed/`` (SPEC §6). The server's host key is always pinned from master data: no
+``known_hosts`` file, no SSH agent and no key discovery in ``~/.ssh`` are ever used.
+
+Failures are mapped to a small hierarchy so callers can decide what to do:
+
+- :class:`SftpTransientError`: the server could not be reached or dropped the connection
+  (refused, reset, timeout, DNS failure, EOF). A sensor tick skips and tries again later.
+- :class:`SftpAuthError`: the credentials are missing or were rejected.
+- :class:`SftpHostKeyError`: the server's key is not the pinned one (or none is pinned).
+- :class:`SftpError`: anything else, e.g. a permission problem on the server.
+
+Messages name ``user@host:port``, never a password.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import io
+import posixpath
+import secrets
+import socket
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+import dagster as dg
+import paramiko
+import tenacity
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from eams_pipeline.config import ConfigError, env_secret
+
+INCOMING = "incoming"
+ERRORS = "errors"
+PROCESSED = "processed"
+
+# Host key algorithms that a pinned key of the given type can be verified with.
+_HOST_KEY_ALGORITHMS = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
+
+
+class SftpError(Exception):
+    """An SFTP operation failed."""
+
+
+class SftpTransientError(SftpError):
+    """The server could not be reached or dropped the connection; try again later."""
+
+
+class SftpAuthError(SftpError):
+    """The credentials are missing or were rejected by the server."""
+
+
+class SftpHostKeyError(SftpError):
+    """The server's host key is not the pinned one, or no valid key is pinned."""
+
+
+class SftpPathError(SftpError, ValueError):
+    """A path is not a plain relative path inside the district's root."""
+
+
+class SftpFileNotFoundError(SftpError, FileNotFoundError):
+    """The remote file or directory does not exist."""
+
+
+class SftpFileExistsError(SftpError, FileExistsError):
+    """The remote target already exists."""
+
+
+@dataclass(frozen=True)
+class SftpSettings:
+    """One district's SFTP account (master data; secrets are named, never stored)."""
+
+    host: str
+    port: int
+    username: str
+    host_key: str  # pinned OpenSSH public key line: "ssh-ed25519 AAAA..."
+    root: str  # the directory that holds incoming/, errors/ and processed/
+    password_env: str | None = None  # env var holding the password (or NAME_FILE)
+    private_key_file: str | None = None  # ed25519, ECDSA or RSA private key, unencrypted
+
+    @property
+    def where(self) -> str:
+        """``user@host:port``, for messages."""
+        return f"{self.username}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A directory entry as stat reports it; the content is not downloaded."""
+
+    name: str
+    size: int
+    mtime: int  # epoch seconds
+
+
+def parse_host_key(line: str) -> paramiko.PKey:
+    """The public key of an OpenSSH key line ``"<type> <base64> [comment]"``."""
+    fields = line.split()
+    if len(fields) < 2:
+        raise SftpHostKeyError(f"pinned host key {line!r} is not '<type> <base64>'")
+    key_type, blob = fields[0], fields[1]
+    try:
+        return paramiko.PKey.from_type_string(key_type, base64.b64decode(blob, validate=True))
+    except (binascii.Error, ValueError, paramiko.SSHException, UnsupportedAlgorithm) as exc:
+        raise SftpHostKeyError(f"pinned host key of type {key_type!r} is invalid: {exc}") from exc
+
+
+def _same_key(a: paramiko.PKey, b: paramiko.PKey) -> bool:
+    return a.get_name() == b.get_name() and a.asbytes() == b.asbytes()
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _mapped(func: Callable[P, R]) -> Callable[P, R]:
+    """Map paramiko/socket errors raised by a session operation to the SftpError family."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        session = args[0]
+        assert isinstance(session, SftpSession)
+        where = session.settings.where
+        try:
+            return func(*args, **kwargs)
+        except SftpError:
+            raise
+        except FileNotFoundError as exc:
+            raise SftpFileNotFoundError(f"{where}: {func.__name__}: not found: {exc}") from exc
+        except (TimeoutError, ConnectionError, EOFError, paramiko.SSHException) as exc:
+            raise SftpTransientError(
+                f"{where}: {func.__name__}: connection lost: {exc or type(exc).__name__}"
+            ) from exc
+        except OSError as exc:
+            raise SftpError(f"{where}: {func.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+class SftpSession:
+    """An open SFTP connection confined to one district's root directory.
+
+    Every path argument is relative to ``settings.root``; absolute paths and ``..`` are
+    refused, so the session cannot reach outside the district's directory.
+    """
+
+    def __init__(self, settings: SftpSettings, client: paramiko.SFTPClient) -> None:
+        self.settings = settings
+        self._client = client
+        root = settings.root or "/"
+        self._root = posixpath.normpath(root) if root != "/" else "/"
+
+    @property
+    def client(self) -> paramiko.SFTPClient:
+        """The underlying paramiko client (paths on it are not confined to the root)."""
+        return self._client
+
+    def remote_path(self, rel_path: str) -> str:
+        """The absolute server path of ``rel_path``; refuses paths that leave the root."""
+        if not rel_path or "\x00" in rel_path or "\\" in rel_path:
+            raise SftpPathError(f"invalid remote path {rel_path!r}")
+        if rel_path.startswith("/"):
+            raise SftpPathError(f"remote path {rel_path!r} must be relative to the root")
+        parts = rel_path.split("/")
+        if any(part in ("..", ".") for part in parts):
+            raise SftpPathError(f"remote path {rel_path!r} must not contain '.' or '..'")
+        parts = [part for part in parts if part]
+        if not parts:
+            raise SftpPathError(f"invalid remote path {rel_path!r}")
+        return posixpath.join(self._root, *parts)
+
+    @staticmethod
+    def _plain_name(name: str) -> str:
+        if not name or "/" in name or name in (".", "..") or "\x00" in name or "\\" in name:
+            raise SftpPathError(f"{name!r} is not a plain file name")
+        return name
+
+    @_mapped
+    def list_incoming(self) -> list[RemoteFile]:
+        """Regular files in ``incoming/``, sorted by name (stat only, nothing downloaded)."""
+        entries = self._client.listdir_attr(self.remote_path(INCOMING))
+        files = [
+            RemoteFile(name=e.filename, size=int(e.st_size or 0), mtime=int(e.st_mtime or 0))
+            for e in entries
+            if e.st_mode is None or stat.S_ISREG(e.st_mode)
+        ]
+        return sorted(files, key=lambda f: f.name)
+
+    @_mapped
+    def claim(self, name: str, processed_name: str) -> str:
+        """Move ``incoming/<name>`` to ``processed/<processed_name>`` by one atomic rename.
+
+        Returns the new path relative to the root. Raises :class:`SftpFileNotFoundError`
+        when the source is gone (someone else claimed it) and :class:`SftpFileExistsError`
+        when the target already exists (it would otherwise be overwritten).
+        """
+        source = self.remote_path(f"{INCOMING}/{self._plain_name(name)}")
+        target_rel = f"{PROCESSED}/{self._plain_name(processed_name)}"
+        target = self.remote_path(target_rel)
+        if self._exists(target):
+            raise SftpFileExistsError(f"{self.settings.where}: {target} already exists")
+        self._client.posix_rename(source, target)
+        return target_rel
+
+    @_mapped
+    def read(self, rel_path: str) -> bytes:
+        """The whole content of a remote file."""
+        buffer = io.BytesIO()
+        self._client.getfo(self.remote_path(rel_path), buffer)
+        return buffer.getvalue()
+
+    @_mapped
+    def exists(self, rel_path: str) -> bool:
+        return self._exists(self.remote_path(rel_path))
+
+    @_mapped
+    def put_atomic(self, rel_path: str, data: bytes) -> None:
+        """Write ``data`` to a hidden temporary name, then rename it over ``rel_path``.
+
+        Readers see either the old file or the complete new one, never a partial write.
+        """
+        final = self.remote_path(rel_path)
+        directory, name = posixpath.split(final)
+        temp = posixpath.join(directory, f".{name}.tmp-{secrets.token_hex(8)}")
+        try:
+            self._client.putfo(io.BytesIO(data), temp, file_size=len(data), confirm=True)
+            self._client.posix_rename(temp, final)
+        except BaseException:
+            try:
+                self._client.remove(temp)
+            except (OSError, paramiko.SSHException, EOFError):
+                pass  # the temp file was never created, or the connection is gone
+            raise
+
+    @_mapped
+    def ensure_dirs(self) -> None:
+        """Create ``incoming/``, ``errors/`` and ``processed/`` under the root if missing."""
+        for name in (INCOMING, ERRORS, PROCESSED):
+            path = self.remote_path(name)
+            if self._exists(path):
+                continue
+            try:
+                self._client.mkdir(path)
+            except OSError:
+                if not self._exists(path):  # not created concurrently: a real failure
+                    raise
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self._client.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+class SftpResource(dg.ConfigurableResource):
+    """Opens :class:`SftpSession` objects for a district's :class:`SftpSettings`."""
+
+    connect_timeout_seconds: float = 10
+    banner_timeout_seconds: float = 10
+    auth_timeout_seconds: float = 10
+    operation_timeout_seconds: float = 30
+    connect_attempts: int = 2  # attempts on transient connection errors
+    retry_wait_seconds: float = 1
+
+    @contextmanager
+    def session(self, settings: SftpSettings) -> Iterator[SftpSession]:
+        """Connect, verify the pinned host key, authenticate and open SFTP."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(SftpTransientError),
+            stop=tenacity.stop_after_attempt(max(1, self.connect_attempts)),
+            wait=tenacity.wait_fixed(self.retry_wait_seconds),
+            reraise=True,
+        )
+        transport, client = retrying(self._connect, settings)
+        try:
+            yield SftpSession(settings, client)
+        finally:
+            client.close()
+            transport.close()
+
+    def _connect(self, settings: SftpSettings) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
+        where = settings.where
+        pinned = parse_host_key(settings.host_key) if settings.host_key else None
+        if pinned is None:
+            raise SftpHostKeyError(f"{where}: no host key is pinned for this server")
+        credential = _credential(settings)
+
+        try:
+            sock = socket.create_connection(
+                (settings.host, settings.port), timeout=self.connect_timeout_seconds
+            )
+        except socket.gaierror as exc:
+            raise SftpTransientError(f"{where}: cannot resolve host: {exc}") from exc
+        except OSError as exc:
+            raise SftpTransientError(f"{where}: cannot connect: {exc}") from exc
+
+        transport = paramiko.Transport(sock)
+        try:
+            transport.banner_timeout = self.banner_timeout_seconds
+            transport.auth_timeout = self.auth_timeout_seconds
+            _prefer_host_key_type(transport, pinned.get_name())
+            self._handshake(transport, settings, pinned)
+            _authenticate(transport, settings, credential)
+            client = self._open_sftp(transport, settings)
+        except BaseException:
+            transport.close()
+            raise
+        return transport, client
+
+    def _handshake(
+        self, transport: paramiko.Transport, settings: SftpSettings, pinned: paramiko.PKey
+    ) -> None:
+        where = settings.where
+        try:
+            transport.start_client(timeout=self.connect_timeout_seconds)
+        except paramiko.IncompatiblePeer as exc:
+            raise SftpError(f"{where}: no common SSH algorithms: {exc}") from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SftpTransientError(f"{where}: SSH handshake failed: {exc}") from exc
+        server_key = transport.get_remote_server_key()
+        if not _same_key(server_key, pinned):
+            raise SftpHostKeyError(
+                f"{where}: host key mismatch: the server presented {server_key.get_name()} "
+                f"{server_key.fingerprint}, the pinned key is {pinned.get_name()} "
+                f"{pinned.fingerprint}"
+            )
+
+    def _open_sftp(
+        self, transport: paramiko.Transport, settings: SftpSettings
+    ) -> paramiko.SFTPClient:
+        try:
+            client = paramiko.SFTPClient.from_transport(transport)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise SftpTransientError(f"{settings.where}: cannot open SFTP: {exc}") from exc
+        if client is None:
+            raise SftpError(f"{settings.where}: the server refused the SFTP subsystem")
+        client.get_channel().settimeout(self.operation_timeout_seconds)
+        return client
+
+
+def _prefer_host_key_type(transport: paramiko.Transport, key_type: str) -> None:
+    """Ask for the pinned key's type first, so a multi-key server presents that one."""
+    options = transport.get_security_options()
+    preferred = _HOST_KEY_ALGORITHMS.get(key_type, [key_type])
+    available = list(options.key_types)
+    first = [name for name in preferred if name in available]
+    options.key_types = first + [name for name in available if name not in first]
+
+
+def _credential(settings: SftpSettings) -> str | paramiko.PKey:
+    """The private key if one is configured, else the password from the environment."""
+    where = settings.where
+    if settings.private_key_file:
+        try:
+            return paramiko.PKey.from_path(settings.private_key_file)
+        except (OSError, ValueError, TypeError, paramiko.SSHException, UnsupportedAlgorithm) as e:
+            raise SftpAuthError(
+                f"{where}: cannot load private key file {settings.private_key_file}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+    if settings.password_env:
+        try:
+            password = env_secret(settings.password_env)
+        except ConfigError as exc:
+            raise SftpAuthError(f"{where}: {exc}") from exc
+        if not password:
+            raise SftpAuthError(
+                f"{where}: environment variable {settings.password_env} "
+                f"(or {settings.password_env}_FILE) holding the password is not set"
+            )
+        return password
+    raise SftpAuthError(f"{where}: neither password_env nor private_key_file is configured")
+
+
+def _authenticate(
+    transport: paramiko.Transport, settings: SftpSettings, credential: str | paramiko.PKey
+) -> None:
+    where = settings.where
+    method = "password" if isinstance(credential, str) else "public key"
+    try:
+        if isinstance(credential, str):
+            transport.auth_password(settings.username, credential, fallback=False)
+        else:
+            transport.auth_publickey(settings.username, credential)
+    except paramiko.AuthenticationException as exc:
+        raise SftpAuthError(f"{where}: {method} authentication failed") from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise SftpTransientError(f"{where}: connection lost during authentication: {exc}") from exc
+    if not transport.is_authenticated():
+        raise SftpAuthError(f"{where}: {method} authentication failed")
