@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import functools
 import io
 import posixpath
@@ -233,10 +234,9 @@ class SftpSession:
             self._client.putfo(io.BytesIO(data), temp, file_size=len(data), confirm=True)
             self._client.posix_rename(temp, final)
         except BaseException:
-            try:
+            # the temp file may never have been created, or the connection may be gone
+            with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
                 self._client.remove(temp)
-            except (OSError, paramiko.SSHException, EOFError):
-                pass  # the temp file was never created, or the connection is gone
             raise
 
     @_mapped

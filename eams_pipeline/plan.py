@@ -1,0 +1,261 @@
+"""The transition plan: a pure function from an upload's rows and the district's current
+state to what each row does (SPEC §4). No I/O; no per-row Python loop.
+
+It decides, in this order: duplicates in the file, schools that are not valid targets,
+the transition of `transitions.csv` for each row (with STUDENT_EXISTS / STUDENT_NOT_FOUND),
+usernames taken by other students, passwords required for new students, which rows
+change anything at all, and last the licenses: every return to the bin of the file is
+counted before any acquisition, then acquisitions are granted in file order until the
+bin is empty (NO_LICENSE_AVAILABLE for the rest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from eams_pipeline.errors import ErrorCode, concat_errors, error_frame
+from eams_pipeline.fingerprints import data_fingerprint, password_fingerprint
+from eams_pipeline.template import DISPLAY_NAME
+from eams_pipeline.transitions import (
+    ABSENT,
+    ACTIVE,
+    DEACTIVATED,
+    ENTERPRISE,
+    NONE,
+    REGULAR,
+    TRANSITIONS,
+)
+from eams_pipeline.validation import STATUS_PATTERN, STUDENT_ID_PATTERN, USERNAME_PATTERN
+
+OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors")
+
+
+@dataclass(frozen=True)
+class DistrictSnapshot:
+    """What the plan needs to know of the district, read under the district's lock.
+
+    schools:  code, school_id, active, holding_bin (bool)           - this district's schools
+    students: student_id, student_pk, status, order_id, school_id,
+              data_hash, password_fingerprint (nullable)            - this district's students
+    taken_usernames: username_lower, district_id, student_id        - who holds a file username
+    """
+
+    district_id: int
+    enterprise_order_id: int
+    bin_available: int
+    schools: pd.DataFrame
+    students: pd.DataFrame
+    taken_usernames: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Plan:
+    """rows: one row per well-formed data row, indexed by `row`, with its decision.
+    changes: the rows that write a student (added, activated, deactivated, updated).
+    license_deltas: order_id, delta - what each order's `used` counter moves by.
+    """
+
+    rows: pd.DataFrame
+    changes: pd.DataFrame
+    errors: pd.DataFrame
+    license_deltas: pd.DataFrame
+    counts: dict[str, int]
+    error_codes: dict[str, int]
+
+
+def make_plan(
+    rows: pd.DataFrame,
+    row_errors: pd.DataFrame,
+    total_rows: int,
+    snapshot: DistrictSnapshot,
+    fingerprint_key: str,
+) -> Plan:
+    """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
+    `row_errors` the errors found so far (malformed rows and column rules)."""
+    df = rows.copy()
+    errors = [row_errors]
+    valid_id = df["student_id"].str.fullmatch(STUDENT_ID_PATTERN).fillna(False)
+    valid_username = df["username"].str.fullmatch(USERNAME_PATTERN).fillna(False)
+    valid_status = df["status"].str.fullmatch(STATUS_PATTERN).fillna(False)
+    df["username_lower"] = df["username"].str.lower()
+
+    for key, column, code in (
+        ("student_id", "student_id", ErrorCode.DUPLICATE_STUDENT_ID),
+        ("username_lower", "username", ErrorCode.DUPLICATE_USERNAME),
+    ):
+        repeated = df[key].notna() & df[key].duplicated(keep=False)
+        text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
+        errors.append(_flag(df, repeated, code, column, text, column))
+
+    df = _attach_school(df, snapshot.schools)
+    errors.append(_flag(df, df["school_code"].notna() & df["school_id"].isna(),
+                        ErrorCode.SCHOOL_NOT_FOUND, "school_code",
+                        "School Code {v} is not a participating school of this district.",
+                        "school_code"))
+
+    df = _attach_student(df, snapshot)
+    df = _attach_transition(df, valid_id & valid_status)
+    has_transition_error = df["transition_error"].notna()
+    for code, text in (
+        (ErrorCode.STUDENT_EXISTS, "Student ID {v} already exists (status X)."),
+        (ErrorCode.STUDENT_NOT_FOUND, "Student ID {v} does not exist (D and I need one)."),
+    ):
+        errors.append(_flag(df, has_transition_error & (df["transition_error"] == code.value),
+                            code, "status", text, "student_id"))
+
+    taken = _username_taken(df, snapshot) & valid_username
+    errors.append(_flag(df, taken, ErrorCode.USERNAME_TAKEN, "username",
+                        "Username {v} belongs to another student.", "username"))
+
+    creates = df["case"].isin([14, 16])
+    errors.append(_flag(df, creates & df["password"].isna(), ErrorCode.PASSWORD_REQUIRED,
+                        "password", "Password is required to create a student.", None))
+
+    so_far = concat_errors(errors)
+    ok = ~df.index.isin(so_far["row"].unique()) & df["case"].gt(0)
+    df = _licenses(df, ok, snapshot.bin_available)
+    errors.append(_flag(df, ok & ~df["license_granted"], ErrorCode.NO_LICENSE_AVAILABLE,
+                        "status", "No license is available in the Enterprise Holding Bin "
+                        "School for this student.", None))
+    applied = ok & df["license_granted"]
+
+    df = _changes(df, applied, snapshot.enterprise_order_id, fingerprint_key)
+    all_errors = concat_errors(errors)
+    df.loc[df.index.isin(all_errors["row"].unique()), "outcome"] = "errors"
+    return _finish(df, all_errors, total_rows)
+
+
+def _flag(df: pd.DataFrame, mask: pd.Series, code: ErrorCode, column: str | None, text: str,
+          value_column: str | None) -> pd.DataFrame:
+    """An error for every row under `mask`; `{v}` in `text` is that row's value_column."""
+    hit = df[mask.fillna(False).astype(bool)]
+    if value_column is None:
+        messages = np.full(len(hit), text, dtype=object)
+    else:
+        head, _, tail = text.partition("{v}")
+        messages = (head + hit[value_column].fillna("").astype("str") + tail).to_numpy()
+    return error_frame(
+        hit.index.to_numpy(), hit["line"].to_numpy(), hit["student_id"].fillna("").to_numpy(),
+        DISPLAY_NAME[column] if column else "", code.value, messages,
+    )
+
+
+def _attach_school(df: pd.DataFrame, schools: pd.DataFrame) -> pd.DataFrame:
+    targets = schools[schools["active"] & ~schools["holding_bin"]][["code", "school_id"]]
+    mapping = pd.Series(targets["school_id"].to_numpy(), index=targets["code"].to_numpy())
+    df["school_id"] = df["school_code"].map(mapping).astype("Int64")
+    return df
+
+
+def _attach_student(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.DataFrame:
+    students = snapshot.students.set_index("student_id")
+    found = students.reindex(df["student_id"])
+    found.index = df.index
+    df["student_pk"] = found["student_pk"].astype("Int64")
+    df["status_before"] = found["status"].fillna(ABSENT).astype("str")
+    df["order_before"] = found["order_id"].astype("Int64")
+    df["school_before"] = found["school_id"].astype("Int64")
+    df["data_hash_before"] = found["data_hash"].astype("Int64")
+    df["password_fp_before"] = found["password_fingerprint"].astype("Int64")
+    on_enterprise = df["order_before"] == snapshot.enterprise_order_id
+    df["order_kind"] = np.where(
+        df["student_pk"].isna(), NONE, np.where(on_enterprise.fillna(False), ENTERPRISE, REGULAR)
+    )
+    return df
+
+
+def _attach_transition(df: pd.DataFrame, decidable: pd.Series) -> pd.DataFrame:
+    keyed = df[["status_before", "order_kind", "status"]].rename(
+        columns={"status_before": "before", "order_kind": "order", "status": "flag"}
+    )
+    keyed = keyed.where(decidable.to_numpy()[:, None], None)
+    matched = keyed.merge(TRANSITIONS, how="left", on=["before", "order", "flag"])
+    matched.index = df.index
+    df["case"] = matched["case"].fillna(0).astype("int64")
+    df["transition_error"] = matched["error"]
+    df["status_after"] = matched["after"]
+    df["order_after_kind"] = matched["order_after"]
+    df["ent_delta"] = matched["ent"].fillna(0).astype("int64")
+    df["prev_delta"] = matched["prev"].fillna(0).astype("int64")
+    return df
+
+
+def _username_taken(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.Series:
+    holders = snapshot.taken_usernames
+    if holders.empty:
+        return pd.Series(False, index=df.index)
+    own = holders["district_id"] == snapshot.district_id
+    holders = holders.assign(owner=np.where(own, holders["student_id"], None))
+    holder = holders.drop_duplicates("username_lower").set_index("username_lower")
+    found = holder.reindex(df["username_lower"])
+    found.index = df.index
+    held = found["district_id"].notna()
+    held_by_self = held & (found["owner"] == df["student_id"]).fillna(False)
+    return held & ~held_by_self
+
+
+def _licenses(df: pd.DataFrame, ok: pd.Series, bin_available: int) -> pd.DataFrame:
+    """Returns first, then acquisitions in file order while the bin lasts."""
+    returns = int((ok & (df["ent_delta"] < 0)).sum())
+    available = bin_available + returns
+    acquires = (ok & (df["ent_delta"] > 0)).to_numpy()
+    rank = np.cumsum(acquires)  # df is in file order
+    df["license_granted"] = ~acquires | (rank <= available)
+    return df
+
+
+def _changes(df: pd.DataFrame, applied: pd.Series, enterprise_order_id: int,
+             fingerprint_key: str) -> pd.DataFrame:
+    df["data_hash"] = data_fingerprint(df)
+    df["password_fp"] = pd.array(
+        password_fingerprint(df["student_id"], df["password"], fingerprint_key), dtype="Int64"
+    ).where(df["password"].notna().to_numpy(), pd.NA)
+    df["order_after"] = np.where(
+        df["order_after_kind"] == ENTERPRISE, enterprise_order_id, df["order_before"]
+    )
+    df["order_after"] = df["order_after"].astype("Int64")
+    exists = df["student_pk"].notna()
+    df["data_changed"] = ~exists | (df["data_hash"] != df["data_hash_before"]).fillna(True)
+    df["password_changed"] = df["password"].notna() & (
+        df["password_fp"] != df["password_fp_before"]
+    ).fillna(True)
+    order_changed = exists & (df["order_after"] != df["order_before"]).fillna(True)
+    before, after = df["status_before"], df["status_after"]
+    outcome = np.select(
+        [
+            before == ABSENT,
+            (before == DEACTIVATED) & (after == ACTIVE),
+            (before == ACTIVE) & (after == DEACTIVATED),
+            df["data_changed"] | df["password_changed"] | order_changed,
+        ],
+        ["added", "activated", "deactivated", "updated"],
+        default="unchanged",
+    )
+    df["outcome"] = np.where(applied, outcome, "errors")
+    df["applied"] = applied
+    return df
+
+
+def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
+    changes = df[df["outcome"].isin(["added", "activated", "deactivated", "updated"])]
+    applied = df[df["applied"] & (df["outcome"] != "errors")]
+    enterprise = applied.loc[applied["ent_delta"] != 0, ["order_after", "ent_delta"]]
+    previous = applied.loc[applied["prev_delta"] != 0, ["order_before", "prev_delta"]]
+    deltas = pd.concat(
+        [enterprise.set_axis(["order_id", "delta"], axis=1),
+         previous.set_axis(["order_id", "delta"], axis=1)],
+        ignore_index=True,
+    )
+    deltas = deltas.groupby("order_id", as_index=False)["delta"].sum()
+    deltas = deltas[deltas["delta"] != 0].astype("int64").reset_index(drop=True)
+
+    counts = {name: int((df["outcome"] == name).sum()) for name in OUTCOMES}
+    # malformed rows (wrong field count) are not in df: they are errors too
+    counts["errors"] = total_rows - sum(v for k, v in counts.items() if k != "errors")
+    counts = {"rows": total_rows, **counts}
+    error_codes = {str(k): int(v) for k, v in errors["code"].value_counts(sort=False).items()}
+    return Plan(rows=df, changes=changes, errors=errors, license_deltas=deltas,
+                counts=counts, error_codes=dict(sorted(error_codes.items())))
