@@ -35,6 +35,8 @@ import dagster as dg
 import paramiko
 import tenacity
 from cryptography.exceptions import UnsupportedAlgorithm
+from paramiko.pkey import UnknownKeyType
+from paramiko.ssh_exception import SSHException
 
 from eams_pipeline.config import ConfigError, env_secret
 
@@ -42,6 +44,7 @@ INCOMING = "incoming"
 ERRORS = "errors"
 PROCESSED = "processed"
 
+_KEY_ERRORS = (SSHException, UnknownKeyType, UnsupportedAlgorithm)
 # Host key algorithms that a pinned key of the given type can be verified with.
 _HOST_KEY_ALGORITHMS = {"ssh-rsa": ["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]}
 
@@ -109,7 +112,7 @@ def parse_host_key(line: str) -> paramiko.PKey:
     key_type, blob = fields[0], fields[1]
     try:
         return paramiko.PKey.from_type_string(key_type, base64.b64decode(blob, validate=True))
-    except (binascii.Error, ValueError, paramiko.SSHException, UnsupportedAlgorithm) as exc:
+    except (binascii.Error, ValueError, paramiko.SSHException, UnknownKeyType) as exc:
         raise SftpHostKeyError(f"pinned host key of type {key_type!r} is invalid: {exc}") from exc
 
 
@@ -361,7 +364,14 @@ def _credential(settings: SftpSettings) -> str | paramiko.PKey:
     if settings.private_key_file:
         try:
             return paramiko.PKey.from_path(settings.private_key_file)
-        except (OSError, ValueError, TypeError, paramiko.SSHException, UnsupportedAlgorithm) as e:
+        except (
+            OSError,
+            ValueError,
+            TypeError,
+            SSHException,
+            UnknownKeyType,
+            UnsupportedAlgorithm,
+        ) as e:
             raise SftpAuthError(
                 f"{where}: cannot load private key file {settings.private_key_file}: "
                 f"{type(e).__name__}: {e}"

@@ -1,0 +1,373 @@
+"""SFTP client against a real asyncssh server on 127.0.0.1 (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncssh
+import pytest
+
+from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
+from eams_pipeline.io.sftp import (
+    RemoteFile,
+    SftpAuthError,
+    SftpError,
+    SftpFileExistsError,
+    SftpFileNotFoundError,
+    SftpHostKeyError,
+    SftpPathError,
+    SftpResource,
+    SftpSession,
+    SftpSettings,
+    SftpTransientError,
+)
+
+if TYPE_CHECKING:
+    from eams_pipeline_tests.fixtures_servers import ClientKey
+
+pytest_plugins = ["eams_pipeline_tests.fixtures_servers"]
+
+MakeSettings = Callable[..., SftpSettings]
+
+
+def _connect(resource: SftpResource, settings: SftpSettings) -> None:
+    """Open a session and close it again."""
+    with resource.session(settings):
+        pass
+
+
+def _user_file(server: LoopbackSftpServer, user: str, rel: str, data: bytes) -> Path:
+    path = server.user_dir(user) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def d001(sftp_resource: SftpResource, sftp_settings: MakeSettings) -> Iterator[SftpSession]:
+    """An open session of d001 with its three directories created."""
+    with sftp_resource.session(sftp_settings("d001")) as session:
+        session.ensure_dirs()
+        yield session
+
+
+def test_ensure_dirs_creates_the_three_directories_under_the_root(
+    sftp_server: LoopbackSftpServer, sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    (sftp_server.user_dir("d001") / "district").mkdir(parents=True)
+    with sftp_resource.session(sftp_settings("d001", root="/district")) as session:
+        session.ensure_dirs()
+        session.ensure_dirs()  # idempotent
+    created = sorted(p.name for p in (sftp_server.user_dir("d001") / "district").iterdir())
+    assert created == ["errors", "incoming", "processed"]
+
+
+def test_list_incoming_reports_name_size_mtime_of_regular_files(
+    sftp_server: LoopbackSftpServer, d001
+) -> None:
+    big = _user_file(sftp_server, "d001", "incoming/students.csv", b"x" * 70_000)
+    part = _user_file(sftp_server, "d001", "incoming/students.csv.filepart", b"abc")
+    os.utime(big, (1_700_000_000, 1_700_000_123))
+    os.utime(part, (1_700_000_000, 1_700_000_456))
+    (sftp_server.user_dir("d001") / "incoming" / "subdir").mkdir()
+
+    listing = d001.list_incoming()
+
+    assert listing == [
+        RemoteFile(name="students.csv", size=70_000, mtime=1_700_000_123),
+        RemoteFile(name="students.csv.filepart", size=3, mtime=1_700_000_456),
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_list_incoming_only_stats_an_unreadable_file(sftp_server: LoopbackSftpServer, d001) -> None:
+    path = _user_file(sftp_server, "d001", "incoming/students.csv", b"secret rows")
+    path.chmod(0)
+    try:
+        assert [f.name for f in d001.list_incoming()] == ["students.csv"]
+        with pytest.raises(SftpError):
+            d001.read("incoming/students.csv")
+    finally:
+        path.chmod(0o600)
+
+
+def test_claim_is_one_rename_and_the_source_disappears(
+    sftp_server: LoopbackSftpServer, d001
+) -> None:
+    source = _user_file(sftp_server, "d001", "incoming/students.csv", b"h\n1\n")
+    inode = source.stat().st_ino
+
+    new_path = d001.claim("students.csv", "students_42.csv")
+
+    assert new_path == "processed/students_42.csv"
+    target = sftp_server.user_dir("d001") / new_path
+    assert not source.exists()
+    assert target.read_bytes() == b"h\n1\n"
+    assert target.stat().st_ino == inode  # renamed, not copied
+    assert d001.read(new_path) == b"h\n1\n"
+    assert not d001.exists("incoming/students.csv")
+
+
+def test_claim_fails_when_the_source_is_gone(sftp_server: LoopbackSftpServer, d001) -> None:
+    _user_file(sftp_server, "d001", "incoming/students.csv", b"data")
+    d001.claim("students.csv", "first.csv")
+    with pytest.raises(SftpFileNotFoundError, match=r"d001@127\.0\.0\.1"):
+        d001.claim("students.csv", "second.csv")
+    assert not d001.exists("processed/second.csv")
+
+
+def test_claim_never_overwrites_an_existing_target(sftp_server: LoopbackSftpServer, d001) -> None:
+    _user_file(sftp_server, "d001", "incoming/students.csv", b"new upload")
+    _user_file(sftp_server, "d001", "processed/u1.csv", b"old upload")
+    with pytest.raises(SftpFileExistsError):
+        d001.claim("students.csv", "u1.csv")
+    assert d001.read("processed/u1.csv") == b"old upload"
+    assert d001.read("incoming/students.csv") == b"new upload"
+
+
+def test_put_atomic_replaces_the_file_and_leaves_no_temp_file(
+    sftp_server: LoopbackSftpServer, d001
+) -> None:
+    d001.put_atomic("errors/students_errors_7.csv", b"first")
+    payload = b"Line Number,Student ID,Column,Error Code,Message\n" * 2000
+    d001.put_atomic("errors/students_errors_7.csv", payload)
+
+    errors_dir = sftp_server.user_dir("d001") / "errors"
+    assert [p.name for p in errors_dir.iterdir()] == ["students_errors_7.csv"]
+    assert d001.read("errors/students_errors_7.csv") == payload
+
+
+def test_put_atomic_into_a_missing_directory_fails_and_leaves_nothing(
+    sftp_server: LoopbackSftpServer, d001
+) -> None:
+    with pytest.raises(SftpFileNotFoundError):
+        d001.put_atomic("nowhere/file.csv", b"x")
+    assert not (sftp_server.user_dir("d001") / "nowhere").exists()
+
+
+def test_read_and_exists_of_a_missing_file(d001) -> None:
+    assert d001.exists("incoming") is True
+    assert d001.exists("incoming/students.csv") is False
+    with pytest.raises(SftpFileNotFoundError):
+        d001.read("incoming/students.csv")
+
+
+@pytest.mark.parametrize(
+    "bad", ["../d002/incoming/students.csv", "/etc/passwd", "incoming/../../x", "", "a\\b"]
+)
+def test_paths_that_escape_the_root_are_refused(d001, bad: str) -> None:
+    with pytest.raises(SftpPathError):
+        d001.read(bad)
+    with pytest.raises(SftpPathError):
+        d001.put_atomic(bad, b"x")
+
+
+@pytest.mark.parametrize(("name", "target"), [("../students.csv", "a.csv"), ("s.csv", "../a")])
+def test_claim_refuses_names_with_directories(d001, name: str, target: str) -> None:
+    with pytest.raises(SftpPathError):
+        d001.claim(name, target)
+
+
+def test_users_are_chrooted_to_their_own_directory(
+    sftp_server: LoopbackSftpServer, sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    _user_file(sftp_server, "d002", "incoming/students.csv", b"d002 private data")
+    _user_file(sftp_server, "d001", "incoming/mine.csv", b"d001 data")
+
+    with sftp_resource.session(sftp_settings("d002")) as d002:  # control: d002 sees it
+        assert d002.read("incoming/students.csv") == b"d002 private data"
+
+    with sftp_resource.session(sftp_settings("d001")) as session:
+        raw = session.client
+        assert sorted(raw.listdir("/")) == ["incoming"]
+        assert sorted(raw.listdir("/..")) == ["incoming"]  # .. of / is / in the chroot
+        for attempt in ("../d002/incoming/students.csv", "/../d002/incoming/students.csv"):
+            with pytest.raises(FileNotFoundError):
+                raw.open(attempt).read()
+    other_root = sftp_settings("d001", root="/../d002")
+    with sftp_resource.session(other_root) as session, pytest.raises(SftpFileNotFoundError):
+        session.list_incoming()
+
+
+def test_wrong_password_is_an_auth_error_without_the_password(
+    sftp_resource: SftpResource,
+    sftp_settings: MakeSettings,
+    sftp_passwords: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = sftp_settings("d001")
+    monkeypatch.setenv(settings.password_env, "Wrong-Password-123")
+    with pytest.raises(SftpAuthError) as info, sftp_resource.session(settings):
+        pass
+    message = str(info.value)
+    assert f"d001@127.0.0.1:{settings.port}" in message
+    assert "Wrong-Password-123" not in message
+    assert sftp_passwords["d001"] not in message
+
+
+def test_unknown_user_is_an_auth_error(
+    sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    with pytest.raises(SftpAuthError), sftp_resource.session(sftp_settings("d999")):
+        pass
+
+
+def test_missing_password_variable_is_an_auth_error(
+    sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    settings = sftp_settings("d001", password_env="EAMS_TEST_UNSET_VARIABLE_X")
+    with pytest.raises(SftpAuthError, match="EAMS_TEST_UNSET_VARIABLE_X"):
+        _connect(sftp_resource, settings)
+
+
+def test_password_from_a_secret_file(
+    tmp_path: Path,
+    sftp_passwords: dict[str, str],
+    sftp_resource: SftpResource,
+    sftp_settings: MakeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = tmp_path / "d001.password"
+    secret.write_text(sftp_passwords["d001"] + "\n", encoding="utf-8")
+    monkeypatch.delenv("EAMS_TEST_FILE_PW", raising=False)
+    monkeypatch.setenv("EAMS_TEST_FILE_PW_FILE", str(secret))
+    with sftp_resource.session(sftp_settings("d001", password_env="EAMS_TEST_FILE_PW")) as s:
+        s.ensure_dirs()
+        assert s.exists("incoming")
+
+
+def test_other_host_key_is_refused(
+    sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode()
+    settings = sftp_settings("d001", host_key=other.strip())
+    with pytest.raises(SftpHostKeyError, match="host key mismatch"):
+        _connect(sftp_resource, settings)
+
+
+@pytest.mark.parametrize("pin", ["", "ssh-ed25519", "ssh-ed25519 not-base64!", "ssh-foo AAAA"])
+def test_missing_or_invalid_pin_is_refused(
+    sftp_resource: SftpResource, sftp_settings: MakeSettings, pin: str
+) -> None:
+    with pytest.raises(SftpHostKeyError):
+        _connect(sftp_resource, sftp_settings("d001", host_key=pin))
+
+
+def test_host_key_persists_across_restarts(tmp_path: Path) -> None:
+    key_path = tmp_path / "host_key"
+    with LoopbackSftpServer(tmp_path / "a", {"u": "p"}, host_key_path=key_path) as first:
+        line = first.host_key_line
+    with LoopbackSftpServer(tmp_path / "b", {"u": "p"}, host_key_path=key_path) as second:
+        assert second.host_key_line == line
+    assert line.startswith("ssh-ed25519 AAAA")
+    assert key_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_stopped_server_is_a_transient_error(
+    sftp_server: LoopbackSftpServer, sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    settings = sftp_settings("d001")
+    sftp_server.stop()
+    with pytest.raises(SftpTransientError, match=rf"127\.0\.0\.1:{settings.port}\b"):
+        _connect(sftp_resource, settings)
+
+
+def test_unresolvable_host_is_a_transient_error(
+    sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    settings = sftp_settings("d001", host="no-such-host.invalid")
+    with pytest.raises(SftpTransientError), sftp_resource.session(settings):
+        pass
+
+
+def test_silent_server_times_out_as_a_transient_error(sftp_settings: MakeSettings) -> None:
+    """A TCP listener that never sends an SSH banner."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted: list[socket.socket] = []
+    thread = threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True)
+    thread.start()
+    resource = SftpResource(
+        connect_timeout_seconds=1, banner_timeout_seconds=0.5, connect_attempts=1
+    )
+    settings = sftp_settings("d001", port=listener.getsockname()[1])
+    started = time.monotonic()
+    try:
+        with pytest.raises(SftpTransientError), resource.session(settings):
+            pass
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in accepted:
+            sock.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("key_type", ["ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa"])
+def test_private_key_authentication(
+    sftp_server: LoopbackSftpServer,
+    sftp_resource: SftpResource,
+    sftp_settings: MakeSettings,
+    sftp_client_keys: dict[str, ClientKey],
+    key_type: str,
+) -> None:
+    _user_file(sftp_server, "d001", "incoming/students.csv", b"by key")
+    key = sftp_client_keys[key_type]
+    settings = sftp_settings("d001", password_env=None, private_key_file=str(key.private_key_file))
+    with sftp_resource.session(settings) as session:
+        assert session.read("incoming/students.csv") == b"by key"
+
+
+def test_private_key_not_authorized_for_the_user(
+    sftp_resource: SftpResource,
+    sftp_settings: MakeSettings,
+    sftp_client_keys: dict[str, ClientKey],
+) -> None:
+    key = sftp_client_keys["ssh-ed25519"]
+    settings = sftp_settings("d002", password_env=None, private_key_file=str(key.private_key_file))
+    with pytest.raises(SftpAuthError, match="public key authentication failed"):
+        _connect(sftp_resource, settings)
+
+
+def test_unreadable_private_key_file_is_an_auth_error(
+    tmp_path: Path, sftp_resource: SftpResource, sftp_settings: MakeSettings
+) -> None:
+    garbage = tmp_path / "id_garbage"
+    garbage.write_text("not a key\n")
+    for path in (tmp_path / "missing", garbage):
+        settings = sftp_settings("d001", password_env=None, private_key_file=str(path))
+        with pytest.raises(SftpAuthError, match="private key file"):
+            _connect(sftp_resource, settings)
+
+
+def test_connect_retries_until_the_server_is_back(
+    tmp_path: Path, sftp_server: LoopbackSftpServer, sftp_settings: MakeSettings
+) -> None:
+    settings = sftp_settings("d001")
+    host_key = tmp_path / "sftp_host_ed25519_key"  # the fixture's persisted key
+    sftp_server.stop()
+    revived = LoopbackSftpServer(
+        tmp_path / "sftp",
+        {"d001": os.environ[settings.password_env or ""]},
+        host_key_path=host_key,
+        port=settings.port,
+    )
+    assert revived.host_key_line == settings.host_key
+    timer = threading.Timer(0.3, revived.start)
+    timer.start()
+    resource = SftpResource(connect_attempts=5, retry_wait_seconds=0.2)
+    try:
+        with resource.session(settings) as session:
+            session.ensure_dirs()
+            assert session.exists("processed")
+    finally:
+        timer.join()
+        revived.stop()
+    with pytest.raises(SftpTransientError):  # and without retries it fails at once
+        _connect(SftpResource(connect_attempts=1), settings)
