@@ -54,8 +54,14 @@ def error_frame(
         }
     )
     return frame.astype(
-        {"row": "int64", "line": "int64", "student_id": "str", "column": "str", "code": "str",
-         "message": "str"}
+        {
+            "row": "int64",
+            "line": "int64",
+            "student_id": "str",
+            "column": "str",
+            "code": "str",
+            "message": "str",
+        }
     )
 
 

@@ -91,10 +91,16 @@ def make_plan(
         errors.append(_flag(df, repeated, code, column, text, column))
 
     df = _attach_school(df, snapshot.schools)
-    errors.append(_flag(df, df["school_code"].notna() & df["school_id"].isna(),
-                        ErrorCode.SCHOOL_NOT_FOUND, "school_code",
-                        "School Code {v} is not a participating school of this district.",
-                        "school_code"))
+    errors.append(
+        _flag(
+            df,
+            df["school_code"].notna() & df["school_id"].isna(),
+            ErrorCode.SCHOOL_NOT_FOUND,
+            "school_code",
+            "School Code {v} is not a participating school of this district.",
+            "school_code",
+        )
+    )
 
     df = _attach_student(df, snapshot)
     df = _attach_transition(df, valid_id & valid_status)
@@ -103,23 +109,54 @@ def make_plan(
         (ErrorCode.STUDENT_EXISTS, "Student ID {v} already exists (status X)."),
         (ErrorCode.STUDENT_NOT_FOUND, "Student ID {v} does not exist (D and I need one)."),
     ):
-        errors.append(_flag(df, has_transition_error & (df["transition_error"] == code.value),
-                            code, "status", text, "student_id"))
+        errors.append(
+            _flag(
+                df,
+                has_transition_error & (df["transition_error"] == code.value),
+                code,
+                "status",
+                text,
+                "student_id",
+            )
+        )
 
     taken = _username_taken(df, snapshot) & valid_username
-    errors.append(_flag(df, taken, ErrorCode.USERNAME_TAKEN, "username",
-                        "Username {v} belongs to another student.", "username"))
+    errors.append(
+        _flag(
+            df,
+            taken,
+            ErrorCode.USERNAME_TAKEN,
+            "username",
+            "Username {v} belongs to another student.",
+            "username",
+        )
+    )
 
     creates = df["case"].isin([14, 16])
-    errors.append(_flag(df, creates & df["password"].isna(), ErrorCode.PASSWORD_REQUIRED,
-                        "password", "Password is required to create a student.", None))
+    errors.append(
+        _flag(
+            df,
+            creates & df["password"].isna(),
+            ErrorCode.PASSWORD_REQUIRED,
+            "password",
+            "Password is required to create a student.",
+            None,
+        )
+    )
 
     so_far = concat_errors(errors)
     ok = ~df.index.isin(so_far["row"].unique()) & df["case"].gt(0)
     df = _licenses(df, ok, snapshot.bin_available)
-    errors.append(_flag(df, ok & ~df["license_granted"], ErrorCode.NO_LICENSE_AVAILABLE,
-                        "status", "No license is available in the Enterprise Holding Bin "
-                        "School for this student.", None))
+    errors.append(
+        _flag(
+            df,
+            ok & ~df["license_granted"],
+            ErrorCode.NO_LICENSE_AVAILABLE,
+            "status",
+            "No license is available in the Enterprise Holding Bin School for this student.",
+            None,
+        )
+    )
     applied = ok & df["license_granted"]
 
     df = _changes(df, applied, snapshot.enterprise_order_id, fingerprint_key)
@@ -128,8 +165,14 @@ def make_plan(
     return _finish(df, all_errors, total_rows)
 
 
-def _flag(df: pd.DataFrame, mask: pd.Series, code: ErrorCode, column: str | None, text: str,
-          value_column: str | None) -> pd.DataFrame:
+def _flag(
+    df: pd.DataFrame,
+    mask: pd.Series,
+    code: ErrorCode,
+    column: str | None,
+    text: str,
+    value_column: str | None,
+) -> pd.DataFrame:
     """An error for every row under `mask`; `{v}` in `text` is that row's value_column."""
     hit = df[mask.fillna(False).astype(bool)]
     if value_column is None:
@@ -138,8 +181,12 @@ def _flag(df: pd.DataFrame, mask: pd.Series, code: ErrorCode, column: str | None
         head, _, tail = text.partition("{v}")
         messages = (head + hit[value_column].fillna("").astype("str") + tail).to_numpy()
     return error_frame(
-        hit.index.to_numpy(), hit["line"].to_numpy(), hit["student_id"].fillna("").to_numpy(),
-        DISPLAY_NAME[column] if column else "", code.value, messages,
+        hit.index.to_numpy(),
+        hit["line"].to_numpy(),
+        hit["student_id"].fillna("").to_numpy(),
+        DISPLAY_NAME[column] if column else "",
+        code.value,
+        messages,
     )
 
 
@@ -171,7 +218,7 @@ def _attach_transition(df: pd.DataFrame, decidable: pd.Series) -> pd.DataFrame:
     keyed = df[["status_before", "order_kind", "status"]].rename(
         columns={"status_before": "before", "order_kind": "order", "status": "flag"}
     )
-    keyed = keyed.where(decidable.to_numpy()[:, None], None)
+    keyed.loc[~decidable.to_numpy(), "flag"] = None  # no transition without a valid key
     matched = keyed.merge(TRANSITIONS, how="left", on=["before", "order", "flag"])
     matched.index = df.index
     df["case"] = matched["case"].fillna(0).astype("int64")
@@ -207,16 +254,17 @@ def _licenses(df: pd.DataFrame, ok: pd.Series, bin_available: int) -> pd.DataFra
     return df
 
 
-def _changes(df: pd.DataFrame, applied: pd.Series, enterprise_order_id: int,
-             fingerprint_key: str) -> pd.DataFrame:
+def _changes(
+    df: pd.DataFrame, applied: pd.Series, enterprise_order_id: int, fingerprint_key: str
+) -> pd.DataFrame:
     df["data_hash"] = data_fingerprint(df)
-    df["password_fp"] = pd.array(
-        password_fingerprint(df["student_id"], df["password"], fingerprint_key), dtype="Int64"
-    ).where(df["password"].notna().to_numpy(), pd.NA)
-    df["order_after"] = np.where(
-        df["order_after_kind"] == ENTERPRISE, enterprise_order_id, df["order_before"]
+    fingerprints = password_fingerprint(df["student_id"], df["password"], fingerprint_key)
+    df["password_fp"] = pd.Series(fingerprints, index=df.index, dtype="Int64").where(
+        df["password"].notna(), pd.NA
     )
-    df["order_after"] = df["order_after"].astype("Int64")
+    df["order_after"] = df["order_before"].where(
+        df["order_after_kind"] != ENTERPRISE, enterprise_order_id
+    )
     exists = df["student_pk"].notna()
     df["data_changed"] = ~exists | (df["data_hash"] != df["data_hash_before"]).fillna(True)
     df["password_changed"] = df["password"].notna() & (
@@ -245,8 +293,10 @@ def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
     enterprise = applied.loc[applied["ent_delta"] != 0, ["order_after", "ent_delta"]]
     previous = applied.loc[applied["prev_delta"] != 0, ["order_before", "prev_delta"]]
     deltas = pd.concat(
-        [enterprise.set_axis(["order_id", "delta"], axis=1),
-         previous.set_axis(["order_id", "delta"], axis=1)],
+        [
+            enterprise.set_axis(["order_id", "delta"], axis=1),
+            previous.set_axis(["order_id", "delta"], axis=1),
+        ],
         ignore_index=True,
     )
     deltas = deltas.groupby("order_id", as_index=False)["delta"].sum()
@@ -257,5 +307,11 @@ def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
     counts["errors"] = total_rows - sum(v for k, v in counts.items() if k != "errors")
     counts = {"rows": total_rows, **counts}
     error_codes = {str(k): int(v) for k, v in errors["code"].value_counts(sort=False).items()}
-    return Plan(rows=df, changes=changes, errors=errors, license_deltas=deltas,
-                counts=counts, error_codes=dict(sorted(error_codes.items())))
+    return Plan(
+        rows=df,
+        changes=changes,
+        errors=errors,
+        license_deltas=deltas,
+        counts=counts,
+        error_codes=dict(sorted(error_codes.items())),
+    )

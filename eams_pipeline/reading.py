@@ -78,8 +78,9 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
         field_counts=records.fields[bad_ids],
         texts=[_record_text(data, records, int(i)) for i in bad_ids],
     )
-    return ParsedFile(rows=rows.set_index(rows["row"].rename(None)), malformed=malformed,
-                      total_rows=len(data_ids))
+    return ParsedFile(
+        rows=rows.set_index(rows["row"].rename(None)), malformed=malformed, total_rows=len(data_ids)
+    )
 
 
 def _check_text(data: bytes) -> None:
@@ -241,5 +242,17 @@ def _read_with_csv_module(body: bytes) -> ParsedFile:
     malformed = _malformed_errors(
         np.asarray(bad_rows), np.asarray(bad_lines), np.asarray(bad_counts), bad_texts
     )
-    return ParsedFile(rows=rows.set_index(rows["row"].rename(None)), malformed=malformed,
-                      total_rows=ordinal)
+    return ParsedFile(
+        rows=rows.set_index(rows["row"].rename(None)), malformed=malformed, total_rows=ordinal
+    )
+
+
+def count_data_records(data: bytes) -> int:
+    """How many data records a file holds (non-empty records after the header), for the
+    counts of a rejected file. Works on bytes that are not valid UTF-8."""
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    if not data.strip():
+        return 0
+    records = _scan_records(data)
+    return int((~records.blank[1:]).sum())

@@ -43,9 +43,9 @@ EMAIL_PATTERN = (
 MESSAGES: dict[str, str] = {
     ErrorCode.REQUIRED_FIELD_MISSING: "{column} is required.",
     ErrorCode.FIELD_TOO_LONG: "{column} is longer than {max} characters.",
-    ErrorCode.INVALID_STUDENT_ID: "Student ID may only contain A-Z a-z 0-9 . _ -",
+    ErrorCode.INVALID_STUDENT_ID: "Student ID may only contain A-Z a-z 0-9 . _ and -.",
     ErrorCode.INVALID_GRADE: "Grade must be K or 1 to 12.",
-    ErrorCode.INVALID_USERNAME: "Username must be 3 to 64 characters of A-Z a-z 0-9 . _ - @",
+    ErrorCode.INVALID_USERNAME: "Username must be 3 to 64 characters of A-Z a-z 0-9 . _ - and @.",
     ErrorCode.INVALID_PASSWORD: "Password must be 6 to 64 characters.",
     ErrorCode.INVALID_EMAIL: "Email is not a valid email address.",
     ErrorCode.INVALID_STATUS: "Status must be A, D, X or I.",
@@ -109,8 +109,10 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         return empty_errors()
     index = failures["index"].astype("int64").to_numpy()
     column = failures["column"].astype(str)
-    code = failures["check"].astype(str).where(
-        failures["check"] != "not_nullable", ErrorCode.REQUIRED_FIELD_MISSING.value
+    code = (
+        failures["check"]
+        .astype(str)
+        .where(failures["check"] != "not_nullable", ErrorCode.REQUIRED_FIELD_MISSING.value)
     )
     display = column.map(DISPLAY_NAME)
     template = code.map(MESSAGES)

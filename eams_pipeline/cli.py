@@ -1,0 +1,168 @@
+"""The `eams` command line (SPEC §8). Same code paths as the Dagster job."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from defusedcsv import csv as safe_csv
+
+from eams_pipeline import config
+from eams_pipeline.db import export as db_export
+from eams_pipeline.db import migrations
+from eams_pipeline.db.connection import connect, create_database_if_missing
+from eams_pipeline.db.setup import load_master_data
+from eams_pipeline.error_file import render_error_file
+from eams_pipeline.master_data import MasterDataError, parse_master_data
+from eams_pipeline.process import REJECTED, process_upload
+
+EXIT_OK, EXIT_FAILURE, EXIT_REJECTED = 0, 1, 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """eAMS batch pipeline: students.csv uploads into the MY Access database.
+
+    The database is named by EAMS_DATABASE_URL
+    (default postgresql://postgres@127.0.0.1:5432/eams).
+    """
+
+
+@cli.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database if needed and apply the missing migrations of sql/ (idempotent)."""
+    created = create_database_if_missing()
+    with connect() as conn:
+        applied = migrations.upgrade(conn)
+    click.echo(json.dumps({"database_created": created, "migrations_applied": applied}), err=True)
+
+
+@cli.group()
+def setup() -> None:
+    """Master data (districts, schools, orders) entered by Vantage staff."""
+
+
+@setup.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def setup_load(file: Path) -> None:
+    """Load or update master data from FILE.yaml (shape of setup-example.yaml).
+
+    Loading the same file twice changes nothing; a changed file updates what changed.
+    Students under existing_students are created when absent, never overwritten.
+    """
+    try:
+        districts = parse_master_data(file.read_text(encoding="utf-8"))
+    except MasterDataError as exc:
+        raise click.ClickException(f"{file}: {exc}") from exc
+    with connect() as conn:
+        changed = load_master_data(conn, districts)
+    click.echo(json.dumps({"districts": [d.code for d in districts], "changed": changed}))
+
+
+@cli.command("process")
+@click.option("--district", "district_code", required=True, help="The district's code.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Report the same figures; change nothing.")
+@click.option(
+    "--errors-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the error file (default: ./students_errors_<upload id>.csv).",
+)
+def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path | None) -> None:
+    """Process FILE as an upload of a district; print a JSON summary.
+
+    Exit code 0 when the file was accepted (even with row errors), 2 when it was
+    rejected (file-level error), 1 on an operational failure.
+    """
+
+    def error_path(upload_id: int | None) -> str:
+        if errors_out is not None:
+            return str(errors_out)
+        return f"students_errors_{upload_id if upload_id is not None else 'dry-run'}.csv"
+
+    data = file.read_bytes()
+    with connect() as conn:
+        result = process_upload(
+            conn,
+            district_code,
+            data,
+            file_name=file.name,
+            dry_run=dry_run,
+            error_file_name=error_path,
+        )
+    error_file = None
+    if result.counts["errors"] or result.file_error is not None:
+        error_file = error_path(result.upload_id)
+        Path(error_file).write_bytes(render_error_file(result.errors))
+    click.echo(json.dumps(result.summary(error_file)))
+    sys.exit(EXIT_REJECTED if result.status == REJECTED else EXIT_OK)
+
+
+@cli.group()
+def export() -> None:
+    """CSV views of a district's state on standard output."""
+
+
+@export.command("students")
+@click.option("--district", "district_code", required=True)
+def export_students(district_code: str) -> None:
+    """Students: template columns minus Password and Status, then Status and Order."""
+    with connect() as conn:
+        _require_district(conn, district_code)
+        _write_csv(db_export.STUDENT_EXPORT_HEADER, db_export.export_students(conn, district_code))
+
+
+@export.command("licenses")
+@click.option("--district", "district_code", required=True)
+def export_licenses(district_code: str) -> None:
+    """Orders: Order,Kind,School Code,Licenses,Used,Available."""
+    with connect() as conn:
+        _require_district(conn, district_code)
+        _write_csv(db_export.LICENSE_EXPORT_HEADER, db_export.export_licenses(conn, district_code))
+
+
+def _require_district(conn: object, district_code: str) -> None:
+    if not db_export.district_exists(conn, district_code):  # type: ignore[arg-type]
+        raise click.ClickException(f"unknown district {district_code!r}")
+
+
+def _write_csv(header: tuple[str, ...], rows: list[tuple]) -> None:
+    writer = safe_csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(("" if v is None else v for v in row) for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: usage and operational errors exit 1, so that 2 means 'rejected'."""
+    try:
+        cli.main(args=argv, prog_name="eams", standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return EXIT_FAILURE
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_FAILURE
+    except (config.ConfigError, OSError, LookupError, ValueError, RuntimeError) as exc:
+        click.echo(f"eams: error: {exc}", err=True)
+        return EXIT_FAILURE
+    except Exception as exc:  # psycopg errors and anything unexpected: operational failure
+        click.echo(f"eams: error: {type(exc).__name__}: {exc}", err=True)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""PostgreSQL: connections, migrations, master data, the district snapshot, applying a plan."""

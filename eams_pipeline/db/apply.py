@@ -1,0 +1,207 @@
+"""Writing a plan to the database: set-based SQL inside the upload's transaction.
+
+Only the rows that change anything are sent: COPY into a temporary staging table, then
+one INSERT for new students, one UPDATE for changed ones, one UPDATE of the order
+counters, one INSERT of the history, one COPY of the errors. The caller owns the
+transaction; any exception rolls all of it back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pandas as pd
+import psycopg
+
+from eams_pipeline.db.snapshot import copy_in
+from eams_pipeline.plan import Plan
+
+STAGE_COLUMNS = (
+    "student_pk",
+    "student_id",
+    "school_id",
+    "last_name",
+    "first_name",
+    "middle_name",
+    "grade",
+    "username",
+    "password_hash",
+    "password_fp",
+    "email",
+    "class_name",
+    "status",
+    "order_id",
+    "data_hash",
+    "line_number",
+    "change",
+    "status_before",
+    "order_before",
+    "school_before",
+    "data_changed",
+)
+
+_CREATE_STAGE = """
+CREATE TEMP TABLE IF NOT EXISTS stage_students (
+    student_pk bigint, student_id text NOT NULL, school_id bigint NOT NULL,
+    last_name text, first_name text, middle_name text, grade text, username text,
+    password_hash text, password_fp bigint, email text, class_name text, status text,
+    order_id bigint, data_hash bigint, line_number integer, change text,
+    status_before text, order_before bigint, school_before bigint, data_changed boolean
+) ON COMMIT DELETE ROWS
+"""
+
+# Each step is a named function so a test can make one of them fail on purpose.
+Step = Callable[..., None]
+
+
+def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Series) -> None:
+    conn.execute(_CREATE_STAGE)
+    conn.execute("TRUNCATE stage_students")
+    c = plan.changes
+    if c.empty:
+        return
+    stage = pd.DataFrame(
+        {
+            "student_pk": c["student_pk"],
+            "student_id": c["student_id"],
+            "school_id": c["school_id"],
+            "last_name": c["last_name"],
+            "first_name": c["first_name"],
+            "middle_name": c["middle_name"],
+            "grade": c["grade"],
+            "username": c["username"],
+            "password_hash": password_hashes.reindex(c.index),
+            "password_fp": c["password_fp"].where(c["password_changed"], pd.NA),
+            "email": c["email"],
+            "class_name": c["class_name"],
+            "status": c["status_after"],
+            "order_id": c["order_after"],
+            "data_hash": c["data_hash"],
+            "line_number": c["line"],
+            "change": c["outcome"],
+            "status_before": c["status_before"].where(c["status_before"] != "absent", None),
+            "order_before": c["order_before"],
+            "school_before": c["school_before"],
+            "data_changed": c["data_changed"],
+        }
+    )
+    copy_in(conn, "stage_students", stage)
+
+
+def insert_new_students(conn: psycopg.Connection, district_id: int) -> None:
+    conn.execute(
+        """INSERT INTO students (district_id, student_id, school_id, last_name, first_name,
+               middle_name, grade, username, password_hash, password_fingerprint, email,
+               class_name, status, order_id, data_hash)
+           SELECT %s, student_id, school_id, last_name, first_name, middle_name, grade,
+               username, password_hash, password_fp, email, class_name, status, order_id,
+               data_hash
+           FROM stage_students WHERE student_pk IS NULL ORDER BY line_number""",
+        (district_id,),
+    )
+
+
+def update_changed_students(conn: psycopg.Connection, district_id: int) -> None:
+    conn.execute(
+        """UPDATE students s SET
+               school_id = st.school_id, last_name = st.last_name, first_name = st.first_name,
+               middle_name = st.middle_name, grade = st.grade, username = st.username,
+               password_hash = coalesce(st.password_hash, s.password_hash),
+               password_fingerprint = coalesce(st.password_fp, s.password_fingerprint),
+               email = st.email, class_name = st.class_name, status = st.status,
+               order_id = st.order_id, data_hash = st.data_hash, updated_at = now()
+           FROM stage_students st
+           WHERE st.student_pk IS NOT NULL AND s.student_pk = st.student_pk
+             AND s.district_id = %s""",
+        (district_id,),
+    )
+
+
+def move_licenses(conn: psycopg.Connection, district_id: int, deltas: pd.DataFrame) -> None:
+    if deltas.empty:
+        return
+    conn.execute(
+        """UPDATE orders o SET used = o.used + d.delta
+           FROM unnest(%s::bigint[], %s::integer[]) AS d(order_id, delta)
+           WHERE o.order_id = d.order_id AND o.district_id = %s""",
+        (deltas["order_id"].tolist(), deltas["delta"].tolist(), district_id),
+    )
+
+
+def record_history(conn: psycopg.Connection, district_id: int, upload_id: int) -> None:
+    conn.execute(
+        """INSERT INTO student_history (upload_id, student_pk, line_number, change,
+               status_before, status_after, order_before, order_after, school_before,
+               school_after, data_changed)
+           SELECT %s, s.student_pk, st.line_number, st.change, st.status_before, st.status,
+               st.order_before, st.order_id, st.school_before, st.school_id, st.data_changed
+           FROM stage_students st
+           JOIN students s ON s.district_id = %s AND s.student_id = st.student_id""",
+        (upload_id, district_id),
+    )
+
+
+def record_errors(conn: psycopg.Connection, upload_id: int, errors: pd.DataFrame) -> None:
+    conn.execute("DELETE FROM upload_errors WHERE upload_id = %s", (upload_id,))
+    if errors.empty:
+        return
+    frame = pd.DataFrame(
+        {
+            "upload_id": upload_id,
+            "seq": range(1, len(errors) + 1),
+            "line_number": errors["line"].to_numpy(),
+            "student_id": errors["student_id"].to_numpy(),
+            "column_name": errors["column"].to_numpy(),
+            "error_code": errors["code"].to_numpy(),
+            "message": errors["message"].to_numpy(),
+        }
+    )
+    copy_in(conn, "upload_errors", frame)
+
+
+def record_outcome(
+    conn: psycopg.Connection,
+    upload_id: int,
+    status: str,
+    counts: dict[str, int],
+    error_codes: dict[str, int],
+    error_file: str | None,
+) -> None:
+    conn.execute(
+        """UPDATE uploads SET status = %s,
+               applied_at = CASE WHEN %s <> 'superseded' THEN now() END,
+               rows = %s, added = %s,
+               activated = %s, deactivated = %s, updated = %s, unchanged = %s, errors = %s,
+               error_codes = %s, error_file = %s
+           WHERE upload_id = %s""",
+        (
+            status,
+            status,
+            counts["rows"],
+            counts["added"],
+            counts["activated"],
+            counts["deactivated"],
+            counts["updated"],
+            counts["unchanged"],
+            counts["errors"],
+            json.dumps(error_codes),
+            error_file,
+            upload_id,
+        ),
+    )
+
+
+def apply_plan(
+    conn: psycopg.Connection,
+    district_id: int,
+    upload_id: int,
+    plan: Plan,
+    password_hashes: pd.Series,
+) -> None:
+    """Write the plan's changes, licenses and history (inside the caller's transaction)."""
+    stage_changes(conn, plan, password_hashes)
+    insert_new_students(conn, district_id)
+    update_changed_students(conn, district_id)
+    move_licenses(conn, district_id, plan.license_deltas)
+    record_history(conn, district_id, upload_id)

@@ -1,0 +1,168 @@
+"""Reading the district's current state for the plan, under the district's lock.
+
+`lock_district` takes a row lock on the district: every writer of a district's students
+or orders (an upload, `eams setup load`) takes it first, so two uploads of one district
+never apply at the same time, and the snapshot a plan is made from stays true until the
+transaction commits.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from eams_pipeline.plan import DistrictSnapshot
+
+
+class UnknownDistrict(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class DistrictRow:
+    district_id: int
+    code: str
+    name: str
+    contacts: list[str]
+    enterprise_order_id: int
+    holding_bin_school_id: int
+
+
+def lock_district(conn: psycopg.Connection, code: str) -> DistrictRow:
+    row = conn.execute(
+        """SELECT district_id, code, name, contacts, enterprise_order_id, holding_bin_school_id
+           FROM districts WHERE code = %s FOR UPDATE""",
+        (code,),
+    ).fetchone()
+    if row is None:
+        raise UnknownDistrict(f"unknown district {code!r}: load it with `eams setup load` first")
+    if row[4] is None or row[5] is None:
+        raise UnknownDistrict(f"district {code} has no enterprise order or holding bin school")
+    return DistrictRow(*row)
+
+
+def copy_out(
+    conn: psycopg.Connection, query: str, params: tuple, types: dict[str, pa.DataType]
+) -> pd.DataFrame:
+    """COPY a query's result out as CSV and parse it with pyarrow (fast for large results)."""
+    buffer = io.BytesIO()
+    with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER true)", params) as cp:
+        for chunk in cp:
+            buffer.write(chunk)
+    if buffer.tell() == 0:
+        return pd.DataFrame({name: pd.Series(dtype=_pandas_type(t)) for name, t in types.items()})
+    buffer.seek(0)
+    table = pacsv.read_csv(
+        buffer,
+        convert_options=pacsv.ConvertOptions(
+            column_types=types,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            true_values=["t"],
+            false_values=["f"],
+        ),
+    )
+    # nullable integers stay exact (the default would go through float64)
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+
+
+def _pandas_type(t: pa.DataType) -> str:
+    if pa.types.is_integer(t):
+        return "Int64"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return "str"
+
+
+def copy_in(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> None:
+    """COPY a frame into a table (columns by name), as CSV written by pyarrow."""
+    if frame.empty:
+        return
+    sink = io.BytesIO()
+    pacsv.write_csv(
+        pa.Table.from_pandas(frame, preserve_index=False),
+        sink,
+        write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"),
+    )
+    columns = ", ".join(frame.columns)
+    with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as cp:
+        cp.write(sink.getvalue())
+
+
+def load_snapshot(
+    conn: psycopg.Connection, district: DistrictRow, rows: pd.DataFrame
+) -> DistrictSnapshot:
+    d = district.district_id
+    bin_available = conn.execute(
+        "SELECT size - used FROM orders WHERE order_id = %s", (district.enterprise_order_id,)
+    ).fetchone()[0]
+    schools = copy_out(
+        conn,
+        "SELECT code, school_id, active, school_id = %s AS holding_bin FROM schools "
+        "WHERE district_id = %s",
+        (district.holding_bin_school_id, d),
+        {
+            "code": pa.string(),
+            "school_id": pa.int64(),
+            "active": pa.bool_(),
+            "holding_bin": pa.bool_(),
+        },
+    )
+    students = copy_out(
+        conn,
+        "SELECT student_id, student_pk, status, order_id, school_id, data_hash, "
+        "password_fingerprint FROM students WHERE district_id = %s",
+        (d,),
+        {
+            "student_id": pa.string(),
+            "student_pk": pa.int64(),
+            "status": pa.string(),
+            "order_id": pa.int64(),
+            "school_id": pa.int64(),
+            "data_hash": pa.int64(),
+            "password_fingerprint": pa.int64(),
+        },
+    )
+    return DistrictSnapshot(
+        district_id=d,
+        enterprise_order_id=district.enterprise_order_id,
+        bin_available=int(bin_available),
+        schools=schools,
+        students=students,
+        taken_usernames=_usernames_held_by_others(conn, d, rows),
+    )
+
+
+def _usernames_held_by_others(
+    conn: psycopg.Connection, district_id: int, rows: pd.DataFrame
+) -> pd.DataFrame:
+    """Holders of the file's usernames, except each row's own student."""
+    wanted = (
+        pd.DataFrame(
+            {
+                "username_lower": rows["username"].str.lower(),
+                "student_id": rows["student_id"],
+            }
+        )
+        .dropna()
+        .drop_duplicates()
+    )
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS file_usernames (username_lower text, student_id text) "
+        "ON COMMIT DELETE ROWS"
+    )
+    conn.execute("TRUNCATE file_usernames")
+    copy_in(conn, "file_usernames", wanted)
+    return copy_out(
+        conn,
+        "SELECT f.username_lower, s.district_id, s.student_id FROM file_usernames f "
+        "JOIN students s ON lower(s.username) = f.username_lower "
+        "WHERE NOT (s.district_id = %s AND s.student_id = f.student_id)",
+        (district_id,),
+        {"username_lower": pa.string(), "district_id": pa.int64(), "student_id": pa.string()},
+    )

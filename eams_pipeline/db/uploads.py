@@ -1,0 +1,116 @@
+"""The uploads table: one row per upload, its business key, and what it came to."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pandas as pd
+import psycopg
+
+from eams_pipeline.errors import error_frame
+
+FINAL_STATUSES = ("processed", "partially_processed", "rejected")
+COUNT_COLUMNS = ("rows", "added", "activated", "deactivated", "updated", "unchanged", "errors")
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    upload_id: int
+    upload_key: str
+    status: str
+    received_at: dt.datetime
+    counts: dict[str, int]
+    error_codes: dict[str, int]
+    error_file: str | None
+    content_sha256: str | None
+    archive_path: str | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+def make_upload_key(district_code: str, received_at: dt.datetime) -> str:
+    """`<district>-<UTC time to the microsecond>`: safe as a Dagster partition key."""
+    stamp = received_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{district_code}-{stamp}"
+
+
+_SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_COLUMNS)},
+                     error_codes, error_file, content_sha256, archive_path FROM uploads"""
+
+
+def _row(r: tuple) -> UploadRow:
+    counts = dict(zip(COUNT_COLUMNS, r[4:11], strict=True))
+    return UploadRow(
+        upload_id=r[0],
+        upload_key=r[1],
+        status=r[2],
+        received_at=r[3],
+        counts={k: int(v or 0) for k, v in counts.items()},
+        error_codes=r[11] or {},
+        error_file=r[12],
+        content_sha256=r[13],
+        archive_path=r[14],
+    )
+
+
+def get_upload(conn: psycopg.Connection, upload_key: str) -> UploadRow | None:
+    r = conn.execute(_SELECT + " WHERE upload_key = %s", (upload_key,)).fetchone()
+    return _row(r) if r else None
+
+
+def ensure_upload(
+    conn: psycopg.Connection,
+    district_id: int,
+    upload_key: str,
+    *,
+    file_name: str,
+    content_sha256: str,
+    received_at: dt.datetime,
+    archive_path: str | None,
+) -> UploadRow:
+    """The upload's row, created on first sight. The same key with other bytes is refused."""
+    conn.execute(
+        """INSERT INTO uploads (district_id, upload_key, file_name, content_sha256, received_at,
+                                archive_path)
+           VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (upload_key) DO NOTHING""",
+        (district_id, upload_key, file_name, content_sha256, received_at, archive_path),
+    )
+    upload = get_upload(conn, upload_key)
+    assert upload is not None
+    if upload.content_sha256 not in (None, content_sha256):
+        raise ValueError(
+            f"upload {upload_key} was recorded with other content "
+            f"(sha256 {upload.content_sha256}, now {content_sha256})"
+        )
+    return upload
+
+
+def newer_applied_exists(conn: psycopg.Connection, district_id: int, upload: UploadRow) -> bool:
+    """Has an upload received after this one already been applied for the district?"""
+    return bool(
+        conn.execute(
+            """SELECT EXISTS (SELECT 1 FROM uploads WHERE district_id = %s AND upload_id <> %s
+                          AND status IN ('processed', 'partially_processed')
+                          AND received_at > %s)""",
+            (district_id, upload.upload_id, upload.received_at),
+        ).fetchone()[0]
+    )
+
+
+def load_errors(conn: psycopg.Connection, upload_id: int) -> pd.DataFrame:
+    rows = conn.execute(
+        """SELECT line_number, student_id, column_name, error_code, message
+           FROM upload_errors WHERE upload_id = %s ORDER BY seq""",
+        (upload_id,),
+    ).fetchall()
+    return error_frame(
+        list(range(len(rows))),
+        [r[0] for r in rows],
+        [r[1] or "" for r in rows],
+        [r[2] or "" for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+    )

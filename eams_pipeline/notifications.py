@@ -1,0 +1,201 @@
+"""The emails the pipeline sends (SPEC §7); composition only, no I/O.
+
+District emails carry counts and error codes, never student data: the details are in the
+error file on the district's SFTP site. Only the fields of the summary named below are
+read, counts must be integers and error codes must look like codes, so nothing else can
+slip into a message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+
+STATUS_PROCESSED = "processed"
+STATUS_PARTIAL = "partially_processed"
+STATUS_REJECTED = "rejected"
+
+COUNT_LABELS = (
+    ("added", "Students added"),
+    ("activated", "Students activated"),
+    ("deactivated", "Students deactivated"),
+    ("updated", "Students updated"),
+    ("unchanged", "Rows without changes"),
+    ("errors", "Rows with errors (not applied)"),
+)
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+_MAX_FILE_ERROR_CHARS = 2000
+_MAX_OPERATOR_ERROR_CHARS = 20000
+
+
+def build_upload_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    sender: str,
+    summary: Mapping[str, object],
+    error_file_path: str | None,
+    file_error: str | None = None,
+) -> EmailMessage:
+    """The outcome email for one upload, to the district's contacts.
+
+    ``summary`` is the processing summary (SPEC §8 ``eams process`` keys); ``error_file_path``
+    is where the error file was published on the SFTP site; ``file_error`` is the
+    file-level error (code and message) of a rejected upload.
+    """
+    if not contacts:
+        raise ValueError(f"district {district_code} has no contact address")
+    status = str(summary.get("status"))
+    upload_id = summary.get("upload_id")
+    district = f"{district_name} ({district_code})"
+    if status == STATUS_REJECTED:
+        subject = f"eAMS student update FAILED: {district}, upload {upload_id}"
+    elif status == STATUS_PARTIAL:
+        errors = _count(summary, "errors")
+        subject = (
+            f"eAMS student update PARTIALLY processed ({errors} rows with errors): "
+            f"{district}, upload {upload_id}"
+        )
+    elif status == STATUS_PROCESSED:
+        subject = f"eAMS student update SUCCESSFUL: {district}, upload {upload_id}"
+    else:
+        raise ValueError(f"unknown upload status {status!r}")
+
+    lines = ["Hello,", ""]
+    lines += _result_paragraph(status, district, upload_id)
+    if status == STATUS_REJECTED:
+        lines += ["", "Error:", f"  {_file_error_text(summary, file_error)}"]
+    else:
+        lines += ["", *_count_table(summary)]
+    lines += _error_codes(summary)
+    lines += _error_file_paragraph(status, error_file_path)
+    lines += [
+        "",
+        "This message contains no student data; the error file lists each error with its",
+        "line number in the uploaded file.",
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
+def build_failure_email(
+    *,
+    operators: list[str],
+    sender: str,
+    district_code: str,
+    run_id: str,
+    upload_key: str | None,
+    error_text: str,
+) -> EmailMessage:
+    """An alert to the pipeline's operators that a run crashed (not sent to districts).
+
+    ``error_text`` is the exception text or traceback; the caller must not put row values
+    in it. It is cut to a bounded length.
+    """
+    if not operators:
+        raise ValueError("no operator address to alert")
+    subject = f"eAMS pipeline run FAILED for district {district_code} (run {run_id})"
+    text = error_text.strip()
+    if len(text) > _MAX_OPERATOR_ERROR_CHARS:
+        text = text[:_MAX_OPERATOR_ERROR_CHARS] + "\n[... cut ...]"
+    body = "\n".join(
+        [
+            "A Dagster run of the eAMS pipeline failed.",
+            "",
+            f"District:   {district_code}",
+            f"Run ID:     {run_id}",
+            f"Upload:     {upload_key or '(none claimed)'}",
+            "",
+            "The district was not notified of an outcome. Inspect the run in the Dagster UI,",
+            "fix the cause and re-execute it; the upload is kept in processed/ and in the",
+            "archive, so nothing is lost.",
+            "",
+            "Error:",
+            text,
+        ]
+    )
+    return _message(sender, operators, subject, body + "\n")
+
+
+def _result_paragraph(status: str, district: str, upload_id: object) -> list[str]:
+    if status == STATUS_REJECTED:
+        return [
+            f"The students.csv file uploaded by {district} (upload {upload_id}) was",
+            "REJECTED. Nothing was applied: no student was added, changed, activated or",
+            "deactivated. Please correct the file and upload it again.",
+        ]
+    if status == STATUS_PARTIAL:
+        return [
+            f"The students.csv file uploaded by {district} (upload {upload_id}) was",
+            "PARTIALLY processed: all valid rows were applied; the rows with errors were",
+            "not. Please correct those rows and include them in the next upload.",
+        ]
+    return [
+        f"The students.csv file uploaded by {district} (upload {upload_id}) was",
+        "processed SUCCESSFULLY: every row was applied.",
+    ]
+
+
+def _count(summary: Mapping[str, object], key: str) -> int:
+    value = summary.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"summary[{key!r}] must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _count_table(summary: Mapping[str, object]) -> list[str]:
+    lines = [f"  {'Rows in the file':<32}{_count(summary, 'rows'):>8}"]
+    lines += [f"  {label:<32}{_count(summary, key):>8}" for key, label in COUNT_LABELS]
+    return ["Counts:", *lines]
+
+
+def _error_codes(summary: Mapping[str, object]) -> list[str]:
+    codes = summary.get("error_codes") or {}
+    if not isinstance(codes, Mapping):
+        raise ValueError("summary['error_codes'] must be a mapping of code to count")
+    rows = []
+    for code, count in sorted(codes.items()):
+        if not isinstance(code, str) or not _ERROR_CODE.fullmatch(code):
+            raise ValueError(f"{code!r} is not an error code")
+        rows.append(f"  {code:<32}{_count({'n': count}, 'n'):>8}")
+    return ["", "Errors by code:", *rows] if rows else []
+
+
+def _file_error_text(summary: Mapping[str, object], file_error: str | None) -> str:
+    if file_error:
+        text = " ".join(file_error.split())
+        if len(text) > _MAX_FILE_ERROR_CHARS:
+            text = text[:_MAX_FILE_ERROR_CHARS] + " [...]"
+        return text
+    codes = summary.get("error_codes") or {}
+    return ", ".join(sorted(str(c) for c in codes)) if isinstance(codes, Mapping) else "unknown"
+
+
+def _error_file_paragraph(status: str, error_file_path: str | None) -> list[str]:
+    if error_file_path:
+        return [
+            "",
+            "The error file with every error is on your SFTP site:",
+            f"  {error_file_path}",
+        ]
+    if status == STATUS_PROCESSED:
+        return []
+    return ["", "No error file could be published; contact eAMS support."]
+
+
+def _message(sender: str, recipients: list[str], subject: str, body: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = subject
+    message["Date"] = formatdate(usegmt=True)
+    domain = sender.rpartition("@")[2] or "localhost"
+    message["Message-ID"] = make_msgid(domain=domain)
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(body)
+    return message
