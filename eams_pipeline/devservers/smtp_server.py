@@ -176,7 +176,7 @@ class LoopbackSmtpServer:
         ok = expected is not None and hmac.compare_digest(
             expected.encode("utf-8"), auth_data.password
         )
-        return AuthResult(success=ok)
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd replies
 
 
 class _Handler:
