@@ -9,6 +9,7 @@ slip into a message.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -27,6 +28,7 @@ COUNT_LABELS = (
 )
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _MAX_FILE_ERROR_CHARS = 2000
+_WIDTH = 76
 _MAX_OPERATOR_ERROR_CHARS = 20000
 
 
@@ -67,15 +69,20 @@ def build_upload_email(
     lines = ["Hello,", ""]
     lines += _result_paragraph(status, district, upload_id)
     if status == STATUS_REJECTED:
-        lines += ["", "Error:", f"  {_file_error_text(summary, file_error)}"]
+        error = _file_error_text(summary, file_error)
+        lines += [
+            "",
+            "Error:",
+            *textwrap.wrap(error, _WIDTH, initial_indent="  ", subsequent_indent="  "),
+        ]
     else:
         lines += ["", *_count_table(summary)]
     lines += _error_codes(summary)
     lines += _error_file_paragraph(status, error_file_path)
     lines += [
         "",
-        "This message contains no student data; the error file lists each error with its",
-        "line number in the uploaded file.",
+        "This message contains no student data; the error file lists each error",
+        "with its line number in the uploaded file.",
         "",
         "-- ",
         "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
@@ -111,9 +118,9 @@ def build_failure_email(
             f"Run ID:     {run_id}",
             f"Upload:     {upload_key or '(none claimed)'}",
             "",
-            "The district was not notified of an outcome. Inspect the run in the Dagster UI,",
-            "fix the cause and re-execute it; the upload is kept in processed/ and in the",
-            "archive, so nothing is lost.",
+            "The district was not notified of an outcome. Inspect the run in the Dagster",
+            "UI, fix the cause and re-execute it. A claimed upload stays in processed/ on",
+            "the district's SFTP site and in the encrypted archive.",
             "",
             "Error:",
             text,
@@ -123,22 +130,20 @@ def build_failure_email(
 
 
 def _result_paragraph(status: str, district: str, upload_id: object) -> list[str]:
+    intro = f"The students.csv file uploaded by {district} (upload {upload_id}) was"
     if status == STATUS_REJECTED:
-        return [
-            f"The students.csv file uploaded by {district} (upload {upload_id}) was",
-            "REJECTED. Nothing was applied: no student was added, changed, activated or",
-            "deactivated. Please correct the file and upload it again.",
-        ]
-    if status == STATUS_PARTIAL:
-        return [
-            f"The students.csv file uploaded by {district} (upload {upload_id}) was",
-            "PARTIALLY processed: all valid rows were applied; the rows with errors were",
-            "not. Please correct those rows and include them in the next upload.",
-        ]
-    return [
-        f"The students.csv file uploaded by {district} (upload {upload_id}) was",
-        "processed SUCCESSFULLY: every row was applied.",
-    ]
+        text = (
+            f"{intro} REJECTED. Nothing was applied: no student was added, changed, "
+            "activated or deactivated. Please correct the file and upload it again."
+        )
+    elif status == STATUS_PARTIAL:
+        text = (
+            f"{intro} PARTIALLY processed: all valid rows were applied; the rows with "
+            "errors were not. Please correct those rows and include them in the next upload."
+        )
+    else:
+        text = f"{intro} processed SUCCESSFULLY: every row was applied."
+    return textwrap.wrap(text, _WIDTH)
 
 
 def _count(summary: Mapping[str, object], key: str) -> int:
@@ -177,14 +182,14 @@ def _file_error_text(summary: Mapping[str, object], file_error: str | None) -> s
 
 
 def _error_file_paragraph(status: str, error_file_path: str | None) -> list[str]:
+    if status == STATUS_PROCESSED:
+        return []  # no row errors: nothing to look at
     if error_file_path:
         return [
             "",
             "The error file with every error is on your SFTP site:",
             f"  {error_file_path}",
         ]
-    if status == STATUS_PROCESSED:
-        return []
     return ["", "No error file could be published; contact eAMS support."]
 
 

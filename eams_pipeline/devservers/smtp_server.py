@@ -138,7 +138,8 @@ class LoopbackSmtpServer:
                 raise TimeoutError(f"expected {count} messages, got {len(self.messages)}")
             time.sleep(0.02)
 
-    def _store(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> None:
+    def _store(self, mail_from: str, rcpt_tos: list[str], wire: bytes) -> None:
+        content = wire.replace(b"\r\n", b"\n")  # stored with local line endings, as MDAs do
         message = email.message_from_bytes(content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         with self._lock:
