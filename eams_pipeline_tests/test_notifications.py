@@ -15,8 +15,6 @@ from eams_pipeline.notifications import build_failure_email, build_upload_email
 if TYPE_CHECKING:
     from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
 
-pytest_plugins = ["eams_pipeline_tests.fixtures_servers"]
-
 CONTACTS = ["sis-admin@springfield.example.org", "it-helpdesk@springfield.example.org"]
 SENDER = "eams-noreply@vantage.example"
 ERROR_FILE = "/d001/errors/students_errors_42.csv"

@@ -31,8 +31,6 @@ from eams_pipeline.io.sftp import (
 if TYPE_CHECKING:
     from eams_pipeline_tests.fixtures_servers import ClientKey
 
-pytest_plugins = ["eams_pipeline_tests.fixtures_servers"]
-
 MakeSettings = Callable[..., SftpSettings]
 
 

@@ -17,8 +17,6 @@ from eams_pipeline.io.smtp import SmtpResource, smtp_resource_from_env
 if TYPE_CHECKING:
     from eams_pipeline_tests.fixtures_servers import TlsFiles
 
-pytest_plugins = ["eams_pipeline_tests.fixtures_servers"]
-
 # aiosmtpd itself warns about AUTH without TLS and about its own deprecated login_data
 ignore_auth_without_tls = pytest.mark.filterwarnings(
     "ignore:Requiring AUTH while not requiring TLS:UserWarning"
