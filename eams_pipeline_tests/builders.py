@@ -11,8 +11,8 @@ import yaml
 
 from eams_pipeline.db.setup import load_master_data
 from eams_pipeline.master_data import parse_master_data
-from eams_pipeline.template import HEADER
 from eams_pipeline.process import UploadResult, process_upload
+from eams_pipeline.template import HEADER
 
 ENTERPRISE, REGULAR, BIN = "ENT-D1", "REG-D1", "D1-HB"
 
@@ -41,7 +41,9 @@ def district_doc(
         "holding_bin_school": f"{code}-HB",
         "enterprise_order": {"number": f"ENT-{code}", "licenses": licenses},
         "schools": schools,
-        "regular_orders": [{"number": f"REG-{code}", "school": "101", "licenses": regular_licenses}],
+        "regular_orders": [
+            {"number": f"REG-{code}", "school": "101", "licenses": regular_licenses}
+        ],
         "existing_students": existing or [],
     }
 
@@ -98,8 +100,12 @@ def csv_bytes(rows: list[dict[str, str]], header: tuple[str, ...] = HEADER) -> b
     return out.getvalue().encode("utf-8")
 
 
-def run(conn: psycopg.Connection, rows: list[dict[str, str]] | bytes, district: str = "D1",
-        **kwargs: Any) -> UploadResult:
+def run(
+    conn: psycopg.Connection,
+    rows: list[dict[str, str]] | bytes,
+    district: str = "D1",
+    **kwargs: Any,
+) -> UploadResult:
     data = rows if isinstance(rows, bytes) else csv_bytes(rows)
     return process_upload(conn, district, data, **kwargs)
 
@@ -114,8 +120,19 @@ def students(conn: psycopg.Connection, district: str = "D1") -> dict[str, dict[s
            WHERE d.code = %s""",
         (district,),
     )
-    keys = ("status", "order", "school_code", "last_name", "first_name", "middle_name", "grade",
-            "username", "email", "class_name", "password_hash")
+    keys = (
+        "status",
+        "order",
+        "school_code",
+        "last_name",
+        "first_name",
+        "middle_name",
+        "grade",
+        "username",
+        "email",
+        "class_name",
+        "password_hash",
+    )
     return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in cur.fetchall()}
 
 

@@ -21,7 +21,7 @@ os.environ.setdefault("EAMS_SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("EAMS_ARGON2_MEMORY_KIB", "256")
 os.environ.setdefault("EAMS_ARGON2_TIME_COST", "1")
 
-from eams_pipeline.db import migrations  # noqa: E402
+from eams_pipeline.db import migrations
 
 ADMIN_URL = os.environ.get("EAMS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -34,7 +34,9 @@ def _admin() -> psycopg.Connection:
 
 def _drop(name: str) -> None:
     with _admin() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture(scope="session")
