@@ -143,8 +143,8 @@ def used(conn: psycopg.Connection, number: str) -> int:
 def assert_license_invariant(conn: psycopg.Connection) -> None:
     """used = active students on the order, for every order in the database."""
     bad = conn.execute(
-        """SELECT o.number, o.used, count(s.student_pk) FILTER (WHERE s.status = 'active')
-           FROM orders o LEFT JOIN students s ON s.order_id = o.order_id
-           GROUP BY o.order_id HAVING o.used <> count(s.student_pk) FILTER (WHERE s.status = 'active')"""
+        """SELECT o.number, o.used, count(s.student_pk) AS active
+           FROM orders o LEFT JOIN students s ON s.order_id = o.order_id AND s.status = 'active'
+           GROUP BY o.order_id HAVING o.used <> count(s.student_pk)"""
     ).fetchall()
     assert bad == [], f"orders whose used counter is not the active students on them: {bad}"

@@ -1,0 +1,104 @@
+"""The rules that must never break are constraints in the database: bypass Python and try."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from eams_pipeline_tests.builders import district_doc, existing_student, load
+
+
+@pytest.fixture
+def district(conn):
+    load(conn, district_doc(licenses=2, existing=[existing_student("E1")]))
+    load(conn, district_doc(code="D2", existing=[existing_student("F1", order="ENT-D2")]))
+    return conn
+
+
+def _insert_student(conn, district: str, student_id: str, username: str) -> None:
+    conn.execute(
+        """INSERT INTO students (district_id, student_id, school_id, last_name, first_name,
+               grade, username, status, order_id, data_hash)
+           SELECT d.district_id, %s, s.school_id, 'L', 'F', '5', %s, 'deactivated',
+                  d.enterprise_order_id, 0
+           FROM districts d JOIN schools s ON s.district_id = d.district_id AND s.code = '101'
+           WHERE d.code = %s""",
+        (student_id, username, district),
+    )
+
+
+def _violates(conn, constraint_kind: type[Exception], sql: str, params: tuple = ()) -> None:
+    with pytest.raises(constraint_kind), conn.transaction():
+        conn.execute(sql, params)
+
+
+def test_used_never_exceeds_the_order_size(district) -> None:
+    _violates(
+        district,
+        psycopg.errors.CheckViolation,
+        "UPDATE orders SET used = size + 1 WHERE number = 'ENT-D1'",
+    )
+
+
+def test_used_never_goes_below_zero(district) -> None:
+    _violates(
+        district,
+        psycopg.errors.CheckViolation,
+        "UPDATE orders SET used = -1 WHERE number = 'REG-D1'",
+    )
+
+
+def test_student_id_is_unique_within_a_district(district) -> None:
+    with pytest.raises(psycopg.errors.UniqueViolation), district.transaction():
+        _insert_student(district, "D1", "E1", "fresh-name")
+
+
+def test_the_same_student_id_in_another_district_is_fine(district) -> None:
+    with district.transaction():
+        _insert_student(district, "D2", "E1", "fresh-name")
+    n = district.execute("SELECT count(*) FROM students WHERE student_id = 'E1'").fetchone()[0]
+    assert n == 2
+
+
+def test_username_is_unique_across_districts_case_insensitively(district) -> None:
+    with pytest.raises(psycopg.errors.UniqueViolation), district.transaction():
+        _insert_student(district, "D2", "F2", "USERE1")
+
+
+def test_a_student_cannot_sit_on_another_districts_order(district) -> None:
+    _violates(
+        district,
+        psycopg.errors.ForeignKeyViolation,
+        """UPDATE students SET order_id = (SELECT order_id FROM orders WHERE number = 'ENT-D2')
+           WHERE student_id = 'E1'""",
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("grade", "13"),
+        ("status", "gone"),
+        ("student_id", "has space"),
+        ("username", "ab"),
+        ("password_hash", "plaintext-password"),
+    ],
+)
+def test_column_rules_hold_in_the_database(district, column: str, value: str) -> None:
+    _violates(
+        district,
+        psycopg.errors.CheckViolation,
+        f"UPDATE students SET {column} = %s WHERE student_id = 'E1'",
+        (value,),
+    )
+
+
+def test_upload_counts_must_add_up(district) -> None:
+    _violates(
+        district,
+        psycopg.errors.CheckViolation,
+        """INSERT INTO uploads (district_id, upload_key, file_name, received_at, rows, added,
+               activated, deactivated, updated, unchanged, errors)
+           SELECT district_id, 'k', 'students.csv', now(), 5, 1, 1, 1, 1, 0, 0
+           FROM districts WHERE code = 'D1'""",
+    )
