@@ -1,0 +1,382 @@
+"""The upload pipeline as four assets partitioned by upload (one dynamic partition each).
+
+    upload_file     claim incoming/students.csv by an atomic rename to processed/, keep an
+                    encrypted archive copy of the raw bytes (the basis of every re-run)
+    upload_outcome  validate and apply: process_upload, the same code as `eams process`
+    error_report    publish errors/students_errors_<upload id>.csv (temporary name, rename);
+                    metadata: counts, errors per code, a preview
+    district_email  the outcome email of SPEC §7 to the district's contacts
+
+No asset passes data through an IO manager (the raw upload holds passwords): each reads
+what it needs from the archive or the database. Every step can run again: a re-execution
+or a backfill reads the archive, not SFTP; an upload already applied is not applied again
+(process_upload returns what was recorded); an upload older than one already applied is
+not applied over it unless the run config says ``allow_older: true``.
+"""
+
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from eams_pipeline.db import uploads as db_uploads
+from eams_pipeline.error_file import render_error_file
+from eams_pipeline.io.sftp import ERRORS, PROCESSED, SftpResource
+from eams_pipeline.io.smtp import SmtpResource
+from eams_pipeline.notifications import build_upload_email
+from eams_pipeline.orchestration.districts import District, get_district
+from eams_pipeline.orchestration.partitions import (
+    DISTRICT_TAG,
+    FILE_MTIME_TAG,
+    FILE_SIZE_TAG,
+    UPLOADS,
+    UploadRef,
+    error_file_name,
+)
+from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource
+from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
+from eams_pipeline.plan import OUTCOMES
+from eams_pipeline.process import SUPERSEDED, process_upload
+
+GROUP = "eams_uploads"
+PREVIEW_ROWS = 20
+COUNT_KEYS = ("rows", *OUTCOMES)
+
+
+class ApplyConfig(dg.Config):
+    allow_older: bool = Field(
+        default=False,
+        description=(
+            "Apply this upload even though a newer upload of the district was already applied "
+            "(an explicit operator decision: it rolls students back to this file's data)."
+        ),
+    )
+
+
+class EmailConfig(dg.Config):
+    resend: bool = Field(
+        default=False,
+        description="Email the district again although this upload's email was already sent.",
+    )
+
+
+def _ref(context: dg.AssetExecutionContext) -> UploadRef:
+    ref = UploadRef.parse(context.partition_key)
+    tags = context.run.tags
+    if tags.get(DISTRICT_TAG) not in (None, ref.district):
+        raise dg.Failure(
+            f"run tag {DISTRICT_TAG}={tags[DISTRICT_TAG]} does not match upload {ref.key}"
+        )
+    if DISTRICT_TAG not in tags:  # e.g. an asset backfill: tag the run for the operators
+        context.instance.add_run_tags(context.run.run_id, {DISTRICT_TAG: ref.district})
+    return ref
+
+
+def _district(db: DatabaseResource, code: str) -> District:
+    with db.connect() as conn:
+        district = get_district(conn, code)
+    if district is None:
+        raise dg.Failure(f"district {code} is not in the database (eams setup load)")
+    return district
+
+
+@contextmanager
+def _session(sftp: SftpResource, district: District) -> Iterator:
+    if district.sftp is None:
+        raise dg.Failure(f"district {district.code} has no SFTP account in its master data")
+    with sftp.session(district.sftp) as session:
+        yield session
+
+
+def _expected_stat(context: dg.AssetExecutionContext) -> tuple[int, int] | None:
+    tags = context.run.tags
+    try:
+        return int(tags[FILE_SIZE_TAG]), int(tags[FILE_MTIME_TAG])
+    except (KeyError, ValueError):
+        return None
+
+
+@dg.asset(
+    partitions_def=UPLOADS,
+    group_name=GROUP,
+    kinds={"sftp"},
+    description="The raw upload: claimed from incoming/ into processed/ and archived encrypted.",
+)
+def upload_file(
+    context: dg.AssetExecutionContext,
+    db: DatabaseResource,
+    sftp: SftpResource,
+    archive: ArchiveResource,
+) -> dg.MaterializeResult:
+    ref = _ref(context)
+    store = archive.get()
+    archived = store.path_for(ref.district, ref.key)
+    processed_rel = f"{PROCESSED}/{ref.processed_name}"
+    if archived.exists():
+        data = store.load(str(archived))
+        source = "archive (re-run: SFTP not read)"
+        context.log.info(f"upload {ref.key} is already archived; SFTP is not read")
+    else:
+        district = _district(db, ref.district)
+        with _session(sftp, district) as session:
+            session.ensure_dirs()
+            if session.exists(processed_rel):
+                source = f"{processed_rel} (claimed by an earlier attempt)"
+                context.log.info(f"upload {ref.key} was already claimed: {processed_rel}")
+            else:
+                _claim(context, session, ref, processed_rel)
+                source = f"incoming/{UPLOAD_NAME}"
+            data = session.read(processed_rel)
+        store.store(ref.district, ref.key, data)
+    digest = store.sha256(data)
+    return dg.MaterializeResult(
+        metadata={
+            "district": ref.district,
+            "received_at": ref.received_at.isoformat(),
+            "bytes": dg.MetadataValue.int(len(data)),
+            "sha256": digest,
+            "source": source,
+            "processed_path": processed_rel,
+            "archive_path": dg.MetadataValue.path(str(archived)),
+        }
+    )
+
+
+def _claim(context: dg.AssetExecutionContext, session, ref: UploadRef, processed_rel: str) -> None:
+    """Rename incoming/students.csv to processed/, if it is the file the sensor saw."""
+    listing = session.list_incoming()
+    others = [f.name for f in listing if f.name != UPLOAD_NAME]
+    if others:
+        context.log.info(
+            "left alone in incoming/: "
+            + ", ".join(
+                n + (" (upload in progress)" if n.endswith(PARTIAL_SUFFIX) else "") for n in others
+            )
+        )
+    expected = _expected_stat(context)
+    current = next((f for f in listing if f.name == UPLOAD_NAME), None)
+    if expected is None:
+        raise dg.Failure(
+            f"upload {ref.key} is neither archived nor in {PROCESSED}/; only the sensor's run "
+            f"(tags {FILE_SIZE_TAG}, {FILE_MTIME_TAG}) may claim incoming/{UPLOAD_NAME}"
+        )
+    if current is None:
+        raise dg.Failure(
+            f"incoming/{UPLOAD_NAME} is gone and upload {ref.key} is neither in {PROCESSED}/ "
+            "nor archived: the file was removed before it could be claimed"
+        )
+    if (current.size, current.mtime) != expected:
+        raise dg.Failure(
+            f"incoming/{UPLOAD_NAME} changed after the sensor requested upload {ref.key} "
+            f"(size/mtime {expected[0]}/{expected[1]} then, {current.size}/{current.mtime} "
+            "now); nothing was claimed: the sensor requests a new run for the new file",
+            allow_retries=False,
+        )
+    session.claim(UPLOAD_NAME, ref.processed_name)
+    context.log.info(f"claimed incoming/{UPLOAD_NAME} as {processed_rel}")
+
+
+@dg.asset(
+    partitions_def=UPLOADS,
+    group_name=GROUP,
+    deps=[upload_file],
+    kinds={"postgres"},
+    description="The upload validated and applied to the MY Access database (process_upload).",
+)
+def upload_outcome(
+    context: dg.AssetExecutionContext,
+    config: ApplyConfig,
+    db: DatabaseResource,
+    archive: ArchiveResource,
+) -> dg.MaterializeResult:
+    ref = _ref(context)
+    store = archive.get()
+    path = store.path_for(ref.district, ref.key)
+    if not path.exists():
+        raise dg.Failure(f"upload {ref.key} is not archived: materialize upload_file first")
+    data = store.load(str(path))
+    district = _district(db, ref.district)
+    root = district.sftp_root
+
+    with db.connect() as conn:
+        result = process_upload(
+            conn,
+            ref.district,
+            data,
+            file_name=UPLOAD_NAME,
+            upload_key=ref.key,
+            received_at=ref.received_at,
+            archive_path=str(path),
+            allow_older=config.allow_older,
+            error_file_name=lambda upload_id: _error_path(root, upload_id),
+        )
+    if result.already_applied:
+        context.log.info(f"upload {ref.key} was already applied; nothing applied again")
+    if result.status == SUPERSEDED:
+        context.log.warning(
+            f"upload {ref.key} is older than an upload of {ref.district} already applied: it "
+            "was NOT applied (students are not rolled back); its report was regenerated. "
+            "To apply it anyway, re-execute with config upload_outcome: {allow_older: true}."
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "upload_id": dg.MetadataValue.int(result.upload_id or 0),
+            "status": result.status,
+            "already_applied": dg.MetadataValue.bool(result.already_applied),
+            "allow_older": dg.MetadataValue.bool(config.allow_older),
+            **{k: dg.MetadataValue.int(int(result.counts[k])) for k in COUNT_KEYS},
+            "hashed_passwords": dg.MetadataValue.int(result.hashed_passwords),
+            "seconds": dg.MetadataValue.float(round(sum(result.timings.values()), 3)),
+        }
+    )
+
+
+def _error_path(root: str, upload_id: int | None) -> str:
+    """The error file's path as the district sees it on its SFTP site."""
+    return posixpath.join(root or "/", ERRORS, error_file_name(upload_id or 0))
+
+
+def _recorded(db: DatabaseResource, ref: UploadRef) -> tuple[db_uploads.UploadRow, pd.DataFrame]:
+    with db.connect() as conn:
+        upload = db_uploads.get_upload(conn, ref.key)
+        if upload is None or upload.status == "received":
+            raise dg.Failure(
+                f"upload {ref.key} has no recorded outcome: materialize upload_outcome first"
+            )
+        errors = db_uploads.load_errors(conn, upload.upload_id)
+    return upload, errors
+
+
+@dg.asset(
+    partitions_def=UPLOADS,
+    group_name=GROUP,
+    deps=[upload_outcome],
+    kinds={"csv"},
+    description=(
+        "The error report of SPEC §5, published to the district's errors/ directory; "
+        "metadata: counts, errors per code, a preview."
+    ),
+)
+def error_report(
+    context: dg.AssetExecutionContext, db: DatabaseResource, sftp: SftpResource
+) -> dg.MaterializeResult:
+    ref = _ref(context)
+    upload, errors = _recorded(db, ref)
+    district = _district(db, ref.district)
+    published = None
+    if len(errors):
+        rel = f"{ERRORS}/{error_file_name(upload.upload_id)}"
+        content = render_error_file(errors)
+        with _session(sftp, district) as session:
+            session.ensure_dirs()
+            session.put_atomic(rel, content)
+        published = _error_path(district.sftp_root, upload.upload_id)
+        context.log.info(f"published {published} ({len(errors)} errors)")
+    return dg.MaterializeResult(
+        metadata={
+            "upload_id": dg.MetadataValue.int(upload.upload_id),
+            "status": upload.status,
+            **{k: dg.MetadataValue.int(upload.counts[k]) for k in COUNT_KEYS},
+            "error_codes": dg.MetadataValue.json(dict(sorted(upload.error_codes.items()))),
+            "error_lines": dg.MetadataValue.int(len(errors)),
+            "error_file": published or "(none: no errors)",
+            "preview": dg.MetadataValue.md(error_preview(errors)),
+        }
+    )
+
+
+def _md_cell(value: object, limit: int = 80) -> str:
+    text = " ".join(str(value).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "'") or " "
+
+
+def error_preview(errors: pd.DataFrame, limit: int = PREVIEW_ROWS) -> str:
+    """The first errors as a markdown table (the error file never holds passwords)."""
+    if not len(errors):
+        return "No errors."
+    lines = [
+        "| Line | Student ID | Column | Error Code | Message |",
+        "|---:|---|---|---|---|",
+    ]
+    for r in errors.head(limit).itertuples(index=False):
+        cells = (r.line, r.student_id or "", r.column or "", r.code, r.message)
+        lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+    if len(errors) > limit:
+        lines.append(f"\n… and {len(errors) - limit} more in the error file.")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=UPLOADS,
+    group_name=GROUP,
+    deps=[error_report],
+    kinds={"email"},
+    description="The outcome email to the district's contacts (counts, error file path).",
+)
+def district_email(
+    context: dg.AssetExecutionContext,
+    config: EmailConfig,
+    db: DatabaseResource,
+    smtp: SmtpResource,
+) -> dg.MaterializeResult:
+    ref = _ref(context)
+    upload, errors = _recorded(db, ref)
+    if upload.status == SUPERSEDED:
+        context.log.info(f"upload {ref.key} was superseded: the district is not emailed")
+        return dg.MaterializeResult(metadata={"sent": False, "why": "superseded: not applied"})
+    if not config.resend and _already_sent(context):
+        context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
+        return dg.MaterializeResult(metadata={"sent": False, "why": "already sent"})
+    district = _district(db, ref.district)
+    summary = {
+        "upload_id": upload.upload_id,
+        "district": ref.district,
+        "status": upload.status,
+        **upload.counts,
+        "error_codes": upload.error_codes,
+    }
+    file_error = None
+    if upload.status == "rejected" and len(errors):
+        first = errors.iloc[0]
+        file_error = f"{first['code']}: {first['message']}"
+    message = build_upload_email(
+        district_code=ref.district,
+        district_name=district.name,
+        contacts=list(district.contacts),
+        sender=smtp.sender,
+        summary=summary,
+        error_file_path=upload.error_file if len(errors) else None,
+        file_error=file_error,
+    )
+    smtp.send(message)
+    context.log.info(f"emailed {len(district.contacts)} contact(s): {message['Subject']}")
+    return dg.MaterializeResult(
+        metadata={
+            "sent": True,
+            "recipients": dg.MetadataValue.int(len(district.contacts)),
+            "subject": str(message["Subject"]),
+        }
+    )
+
+
+def _already_sent(context: dg.AssetExecutionContext) -> bool:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=context.asset_key, asset_partitions=[context.partition_key]
+        ),
+        limit=50,
+    ).records
+    for record in records:
+        materialization = record.asset_materialization
+        sent = materialization.metadata.get("sent") if materialization else None
+        if sent is not None and getattr(sent, "value", sent) is True:
+            return True
+    return False
+
+
+UPLOAD_ASSETS = [upload_file, upload_outcome, error_report, district_email]

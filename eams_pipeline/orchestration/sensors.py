@@ -1,0 +1,225 @@
+"""Sensors: one per district watching its SFTP incoming/, and the operators' crash alert.
+
+A district sensor only lists and stats ``incoming/`` (it never downloads) and requests one
+run per upload once ``students.csv`` has settled (see :mod:`.settle`). SFTP failures:
+
+- the server cannot be reached (:class:`SftpTransientError`): the tick is skipped with the
+  reason and the next tick tries again;
+- wrong credentials or host key (:class:`SftpAuthError`, :class:`SftpHostKeyError`), or any
+  other SFTP error: the tick fails, red in the UI, with the message.
+"""
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dagster as dg
+
+from eams_pipeline.io.sftp import SftpFileNotFoundError, SftpResource, SftpTransientError
+from eams_pipeline.io.smtp import SmtpResource
+from eams_pipeline.notifications import build_failure_email
+from eams_pipeline.orchestration.districts import District, get_district
+from eams_pipeline.orchestration.partitions import (
+    DISTRICT_TAG,
+    FILE_MTIME_TAG,
+    FILE_SIZE_TAG,
+    UPLOADS,
+    UploadRef,
+)
+from eams_pipeline.orchestration.resources import DatabaseResource
+from eams_pipeline.orchestration.settings import (
+    operator_emails,
+    sensor_interval_seconds,
+    settle_seconds,
+)
+from eams_pipeline.orchestration.settle import SensorState, decide
+
+Clock = Callable[[], dt.datetime]
+JobLike = Any  # a JobDefinition or the unresolved asset job of define_asset_job
+PARTITION_TAG = "dagster/partition"
+WILL_RETRY_TAG = "dagster/will_retry"
+_MAX_ERROR_LINE = 300
+
+
+def sensor_name(district_code: str) -> str:
+    return f"sftp_{district_code.lower().replace('-', '_')}"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def build_district_sensor(
+    district_code: str,
+    job: JobLike,
+    *,
+    interval_seconds: int | None = None,
+    settle: float | None = None,
+    clock: Clock = _utcnow,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """The sensor watching one district's ``incoming/`` (settings re-read every tick)."""
+    interval = interval_seconds if interval_seconds is not None else sensor_interval_seconds()
+    settle_window = settle if settle is not None else settle_seconds()
+
+    @dg.sensor(
+        name=sensor_name(district_code),
+        job=job,
+        minimum_interval_seconds=interval,
+        default_status=default_status,
+        description=(
+            f"Watches district {district_code}'s SFTP incoming/ for students.csv; requests one "
+            f"run per upload once it has been unchanged for {settle_window:g}s."
+        ),
+        tags={"eams/district": district_code},
+    )
+    def _sensor(
+        context: dg.SensorEvaluationContext, db: DatabaseResource, sftp: SftpResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        now = clock()
+        with db.connect() as conn:
+            district = get_district(conn, district_code)
+        if district is None:
+            return dg.SkipReason(f"district {district_code} is not in the database any more")
+        if district.sftp is None:
+            return dg.SkipReason(f"district {district_code} has no SFTP account configured")
+        try:
+            with sftp.session(district.sftp) as session:
+                files = session.list_incoming()
+        except SftpTransientError as exc:
+            return dg.SkipReason(f"SFTP server unreachable, trying again next tick: {exc}")
+        except SftpFileNotFoundError:
+            return dg.SkipReason(f"{district.sftp.where}: there is no incoming/ directory yet")
+        # SftpAuthError, SftpHostKeyError and other SftpErrors propagate: the tick fails.
+        state = SensorState.from_cursor(context.cursor)
+        decision = decide(
+            files,
+            state,
+            now,
+            district=district.code,
+            settle_seconds=settle_window,
+            process_at=district.process_at,
+            timezone=district.timezone,
+            requested_run_succeeded=_requested_run_succeeded(context, state),
+        )
+        if decision.ignored:
+            context.log.info(f"left alone in incoming/: {', '.join(decision.ignored)}")
+        cursor = decision.state.to_cursor()
+        request = decision.request
+        if request is None:
+            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
+        context.log.info(decision.reason)
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=request.upload_key,
+                    partition_key=request.upload_key,
+                    tags=_run_tags(district, request.size, request.mtime),
+                )
+            ],
+            dynamic_partitions_requests=[UPLOADS.build_add_request([request.upload_key])],
+            cursor=cursor,
+        )
+
+    return _sensor
+
+
+def _run_tags(district: District, size: int, mtime: int) -> dict[str, str]:
+    return {DISTRICT_TAG: district.code, FILE_SIZE_TAG: str(size), FILE_MTIME_TAG: str(mtime)}
+
+
+def _requested_run_succeeded(context: dg.SensorEvaluationContext, state: SensorState) -> bool:
+    """Did a run of the upload last requested succeed (so it claimed that file)?"""
+    if state.requested is None or context.instance is None:
+        return False
+    runs = context.instance.get_runs(
+        filters=dg.RunsFilter(
+            tags={PARTITION_TAG: state.requested.upload_key},
+            statuses=[dg.DagsterRunStatus.SUCCESS],
+        ),
+        limit=1,
+    )
+    return bool(runs)
+
+
+def build_district_sensors(
+    district_codes: Sequence[str],
+    job: JobLike,
+    **kwargs: object,
+) -> list[dg.SensorDefinition]:
+    """One sensor per district (the codes usually come from the districts table)."""
+    return [build_district_sensor(code, job, **kwargs) for code in district_codes]  # type: ignore[arg-type]
+
+
+def build_operator_alert_sensor(
+    monitored_jobs: Sequence[JobLike],
+    *,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> dg.SensorDefinition:
+    """Email EAMS_OPERATOR_EMAILS when a run fails for good (a crash, not a bad file).
+
+    A rejected file is a successful run (the district is told); this alert is for runs that
+    failed: SFTP, database or SMTP unavailable, a bug. A run that Dagster will retry
+    automatically is not reported until its last attempt fails.
+    """
+
+    @dg.run_failure_sensor(
+        name="eams_operator_alerts",
+        monitored_jobs=list(monitored_jobs),
+        default_status=default_status,
+        description="Emails EAMS_OPERATOR_EMAILS when an upload run fails (after its retries).",
+    )
+    def _alert(context: dg.RunFailureSensorContext, smtp: SmtpResource) -> dg.SkipReason | None:
+        run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+        if run.tags.get(WILL_RETRY_TAG) == "true":
+            return dg.SkipReason(f"run {run.run_id} will be retried; no alert yet")
+        operators = operator_emails()
+        if not operators:
+            context.log.warning("EAMS_OPERATOR_EMAILS is not set: no operator alert sent")
+            return dg.SkipReason("EAMS_OPERATOR_EMAILS is not set")
+        upload_key = run.tags.get(PARTITION_TAG)
+        district = run.tags.get(DISTRICT_TAG)
+        if district is None and upload_key:
+            try:
+                district = UploadRef.parse(upload_key).district
+            except ValueError:
+                district = None
+        message = build_failure_email(
+            operators=operators,
+            sender=smtp.sender,
+            district_code=district or "(unknown)",
+            run_id=run.run_id,
+            upload_key=upload_key,
+            error_text=failure_text(context),
+        )
+        smtp.send(message)
+        context.log.info(f"alerted {len(operators)} operator(s) about run {run.run_id}")
+        return None
+
+    return _alert
+
+
+def failure_text(context: dg.RunFailureSensorContext) -> str:
+    """What failed: step and error class with the first line of the message.
+
+    Deliberately no traceback or exception detail (a database error's DETAIL can quote row
+    values): the full error is in the run's logs in the Dagster UI.
+    """
+    lines = []
+    for event in context.get_step_failure_events():
+        data = event.event_specific_data
+        error = getattr(data, "error", None)
+        if error is None:
+            lines.append(f"step {event.step_key}: failed")
+            continue
+        while error.cause is not None and error.cls_name in ("DagsterExecutionStepExecutionError",):
+            error = error.cause
+        first = (error.message or "").strip().splitlines()[:1]
+        text = first[0] if first else ""
+        if len(text) > _MAX_ERROR_LINE:
+            text = text[:_MAX_ERROR_LINE] + " [...]"
+        lines.append(f"step {event.step_key}: {error.cls_name}: {text}")
+    if not lines:
+        message = (context.failure_event.message or "the run failed").strip().splitlines()
+        lines.append(message[0][:_MAX_ERROR_LINE] if message else "the run failed")
+    return "\n".join(lines)
