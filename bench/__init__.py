@@ -1,0 +1,1 @@
+"""The benchmark of the nightly upload: `python -m bench --help`."""
