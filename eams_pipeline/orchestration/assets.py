@@ -229,7 +229,7 @@ def upload_outcome(
             "allow_older": dg.MetadataValue.bool(config.allow_older),
             **{k: dg.MetadataValue.int(int(result.counts[k])) for k in COUNT_KEYS},
             "hashed_passwords": dg.MetadataValue.int(result.hashed_passwords),
-            "seconds": dg.MetadataValue.float(round(sum(result.timings.values()), 3)),
+            "seconds": dg.MetadataValue.float(round(float(sum(result.timings.values())), 3)),
         }
     )
 

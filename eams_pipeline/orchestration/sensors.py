@@ -218,7 +218,9 @@ def failure_text(context: dg.RunFailureSensorContext) -> str:
         text = first[0] if first else ""
         if len(text) > _MAX_ERROR_LINE:
             text = text[:_MAX_ERROR_LINE] + " [...]"
-        lines.append(f"step {event.step_key}: {error.cls_name}: {text}")
+        if not text.startswith(f"{error.cls_name}:"):
+            text = f"{error.cls_name}: {text}"
+        lines.append(f"step {event.step_key}: {text}")
     if not lines:
         message = (context.failure_event.message or "the run failed").strip().splitlines()
         lines.append(message[0][:_MAX_ERROR_LINE] if message else "the run failed")

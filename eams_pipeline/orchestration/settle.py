@@ -164,8 +164,9 @@ def decide(
 def due_time(settled_at: float, process_at: dt.time, timezone: str) -> dt.datetime:
     """The first instant at or after ``settled_at`` whose local time is ``process_at``.
 
-    On a day when that local time does not exist (clocks jump forward) it is the instant
-    right after the jump; when it happens twice (clocks go back) the first one.
+    On a day when that local time does not exist (clocks jump forward) it is read with the
+    offset before the jump (02:30 becomes 03:30); when it happens twice (clocks go back) it
+    is the first one.
     """
     tz = zoneinfo.ZoneInfo(timezone)
     local = dt.datetime.fromtimestamp(settled_at, tz)

@@ -1,0 +1,198 @@
+"""A whole pipeline for orchestration tests: a migrated database with two districts whose
+SFTP accounts live on the real loopback SFTP server, the loopback SMTP server, an encrypted
+archive, and the code location built for those districts with a controllable clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg
+
+from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
+from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.io.archive import generate_key
+from eams_pipeline.io.sftp import SftpResource
+from eams_pipeline.io.smtp import SmtpResource
+from eams_pipeline.orchestration.definitions import build_definitions
+from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
+from eams_pipeline.orchestration.partitions import (
+    DISTRICT_TAG,
+    FILE_MTIME_TAG,
+    FILE_SIZE_TAG,
+    UPLOADS,
+    UploadRef,
+)
+from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource
+from eams_pipeline.orchestration.sensors import sensor_name
+from eams_pipeline_tests import builders
+from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
+
+T0 = dt.datetime(2026, 1, 14, 8, 0, 0, tzinfo=dt.UTC)
+DISTRICTS = {"D001": "d001", "D002": "d002"}  # district code -> SFTP user
+
+
+def password_env(user: str) -> str:
+    return f"EAMS_TEST_SFTP_{user.upper()}_PASSWORD"
+
+
+def district(code: str, server: LoopbackSftpServer, **sftp: Any) -> dict[str, Any]:
+    doc = builders.district_doc(code=code)
+    doc["contacts"] = [f"sis-admin@{code.lower()}.example.org", f"it@{code.lower()}.example.org"]
+    user = DISTRICTS[code]
+    doc["sftp"] = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "username": user,
+        "password_env": password_env(user),
+        "host_key": server.host_key_line,
+        "root": "/",
+        **sftp,
+    }
+    return doc
+
+
+@dataclass
+class Clock:
+    now: dt.datetime = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> dt.datetime:
+        self.now += dt.timedelta(seconds=seconds)
+        return self.now
+
+
+@dataclass
+class Pipeline:
+    conn: psycopg.Connection
+    db_url: str
+    sftp: LoopbackSftpServer
+    smtp: LoopbackSmtpServer
+    archive_dir: Path
+    settle: float = 30
+    clock: Clock = field(default_factory=Clock)
+    sftp_resource: SftpResource = field(
+        default_factory=lambda: SftpResource(
+            connect_timeout_seconds=5,
+            banner_timeout_seconds=5,
+            auth_timeout_seconds=5,
+            operation_timeout_seconds=10,
+            connect_attempts=1,
+            retry_wait_seconds=0,
+        )
+    )
+
+    def __post_init__(self) -> None:
+        for user, password in SFTP_PASSWORDS.items():
+            os.environ[password_env(user)] = password
+            for sub in ("incoming", "errors", "processed"):
+                (self.sftp.user_dir(user) / sub).mkdir(parents=True, exist_ok=True)
+        builders.load(self.conn, *(district(code, self.sftp) for code in DISTRICTS))
+        self.conn.commit()
+
+    # -- the code location ------------------------------------------------------------------
+
+    def resources(self, **overrides: object) -> dict[str, object]:
+        resources: dict[str, object] = {
+            "db": DatabaseResource(url=self.db_url),
+            "sftp": self.sftp_resource,
+            "smtp": SmtpResource(port=self.smtp.port),
+            "archive": ArchiveResource(directory=str(self.archive_dir)),
+        }
+        resources.update(overrides)
+        return resources
+
+    def defs(self, **resource_overrides: object) -> dg.Definitions:
+        return build_definitions(
+            list(DISTRICTS),
+            resources=self.resources(**resource_overrides),
+            interval_seconds=1,
+            settle=self.settle,
+            clock=self.clock,
+        )
+
+    # -- the district's side of SFTP ---------------------------------------------------------
+
+    def user_dir(self, code: str) -> Path:
+        return self.sftp.user_dir(DISTRICTS[code])
+
+    def upload(self, code: str, data: bytes, name: str = "students.csv", mtime: int = 0) -> Path:
+        path = self.user_dir(code) / "incoming" / name
+        path.write_bytes(data)
+        if mtime:
+            os.utime(path, (mtime, mtime))
+        return path
+
+    def files(self, code: str, sub: str) -> list[str]:
+        return sorted(p.name for p in (self.user_dir(code) / sub).iterdir())
+
+    # -- ticks and runs ----------------------------------------------------------------------
+
+    def tick(
+        self, instance: dg.DagsterInstance, code: str, cursor: str | None, **resources: object
+    ) -> dg.SensorResult | dg.SkipReason:
+        defs = self.defs(**resources)
+        sensor = defs.resolve_sensor_def(sensor_name(code))
+        context = dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            sensor_name=sensor.name,
+            resources=self.resources(**resources),
+        )
+        return sensor(context)
+
+    def run_upload(
+        self,
+        instance: dg.DagsterInstance,
+        key: str,
+        *,
+        stat: tuple[int, int] | None = None,
+        run_config: dict[str, Any] | None = None,
+        raise_on_error: bool = True,
+        **resources: object,
+    ) -> dg.ExecuteInProcessResult:
+        """Run the upload job for one partition, as the sensor's run (``stat``) or a re-run."""
+        if not instance.has_dynamic_partition(UPLOADS.name, key):
+            instance.add_dynamic_partitions(UPLOADS.name, [key])
+        tags = {DISTRICT_TAG: UploadRef.parse(key).district}
+        if stat is not None:
+            tags |= {FILE_SIZE_TAG: str(stat[0]), FILE_MTIME_TAG: str(stat[1])}
+        job = self.defs(**resources).resolve_job_def(UPLOAD_JOB_NAME)
+        return job.execute_in_process(
+            partition_key=key,
+            instance=instance,
+            tags=tags,
+            run_config=run_config,
+            raise_on_error=raise_on_error,
+        )
+
+    def request(self, result: dg.SensorResult | dg.SkipReason) -> dg.RunRequest:
+        assert isinstance(result, dg.SensorResult), result
+        assert result.run_requests and len(result.run_requests) == 1, result
+        return result.run_requests[0]
+
+    def sensor_run(
+        self, instance: dg.DagsterInstance, code: str, data: bytes
+    ) -> tuple[dg.RunRequest, dg.ExecuteInProcessResult]:
+        """Upload, let it settle over two ticks, run what the sensor requested."""
+        self.upload(code, data)
+        first = self.tick(instance, code, None)
+        assert isinstance(first, dg.SensorResult) and not first.run_requests
+        self.clock.advance(self.settle)
+        request = self.request(self.tick(instance, code, first.cursor))
+        key = request.partition_key
+        assert key is not None
+        stat = (int(request.tags[FILE_SIZE_TAG]), int(request.tags[FILE_MTIME_TAG]))
+        result = self.run_upload(instance, key, stat=stat)
+        return request, result
+
+
+def generate_archive_key() -> str:
+    return generate_key()

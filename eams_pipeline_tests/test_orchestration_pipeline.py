@@ -1,0 +1,477 @@
+"""The upload job end to end and the district sensors, against real PostgreSQL, SFTP
+(asyncssh, chroot per district) and SMTP (aiosmtpd) servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import dagster as dg
+import psycopg
+import pytest
+
+from eams_pipeline.db.uploads import get_upload
+from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
+from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.io.archive import generate_key
+from eams_pipeline.io.sftp import SftpAuthError, SftpHostKeyError
+from eams_pipeline.io.smtp import SmtpResource
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOADS, UploadRef
+from eams_pipeline.orchestration.resources import ArchiveResource
+from eams_pipeline.orchestration.sensors import build_operator_alert_sensor
+from eams_pipeline.orchestration.settle import SensorState
+from eams_pipeline_tests import builders
+from eams_pipeline_tests.orchestration_env import Pipeline
+
+# values that must never reach an email, the archive in clear or an operator alert
+SECRET_PASSWORD = "Hunter2-Zq81!"
+SID_A, SID_B, SID_C = "STU-77810", "STU-77811", "STU-77812"
+LAST_NAME = "Zyxwvutson"
+
+
+def clean_file(grade: str = "5") -> bytes:
+    return builders.csv_bytes(
+        [
+            builders.row(SID_A, last_name=LAST_NAME, password=SECRET_PASSWORD, grade=grade),
+            builders.row(SID_B, "X", password=SECRET_PASSWORD),
+        ]
+    )
+
+
+def file_with_errors() -> bytes:
+    return builders.csv_bytes(
+        [
+            builders.row(SID_A, last_name=LAST_NAME, password=SECRET_PASSWORD),
+            builders.row(SID_B, grade="13", password=SECRET_PASSWORD),  # INVALID_GRADE
+            builders.row(SID_C, school_code="999", password=SECRET_PASSWORD),  # SCHOOL_NOT_FOUND
+        ]
+    )
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def pipeline(
+    conn: psycopg.Connection,
+    db_url: str,
+    sftp_server: LoopbackSftpServer,
+    smtp_server: LoopbackSmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Pipeline:
+    monkeypatch.setenv("EAMS_ARCHIVE_KEY", generate_key())
+    monkeypatch.setenv("EAMS_OPERATOR_EMAILS", "ops@eams.example.com, oncall@eams.example.com")
+    for name in ("EAMS_TEST_SFTP_D001_PASSWORD", "EAMS_TEST_SFTP_D002_PASSWORD"):
+        monkeypatch.setenv(name, "replaced by the pipeline")  # restored after the test
+    return Pipeline(conn, db_url, sftp_server, smtp_server, tmp_path / "archive")
+
+
+def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    [event] = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
+    ]
+    metadata = event.step_materialization_data.materialization.metadata
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def assert_no_student_data(text: str) -> None:
+    for value in (SECRET_PASSWORD, SID_A, SID_B, SID_C, LAST_NAME):
+        assert value not in text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- sensors -------------------------------------------------------------------------------
+
+
+def test_sensor_waits_for_the_file_to_settle_then_requests_one_run_per_upload(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    path = pipeline.upload("D001", clean_file()[:40])  # still being written
+    t1 = pipeline.tick(instance, "D001", None)
+    assert isinstance(t1, dg.SensorResult) and not t1.run_requests
+    assert "settling" in str(t1.skip_reason)
+
+    path.write_bytes(clean_file())  # the upload grew
+    pipeline.clock.advance(pipeline.settle)
+    t2 = pipeline.tick(instance, "D001", t1.cursor)
+    assert isinstance(t2, dg.SensorResult) and not t2.run_requests
+
+    pipeline.clock.advance(pipeline.settle)
+    t3 = pipeline.tick(instance, "D001", t2.cursor)
+    request = pipeline.request(t3)
+    key = request.partition_key
+    assert key is not None and request.run_key == key
+    assert UploadRef.parse(key).district == "D001"
+    assert request.tags[DISTRICT_TAG] == "D001"
+    assert request.tags["eams/file_size"] == str(len(clean_file()))
+    [add] = t3.dynamic_partitions_requests
+    assert add.partitions_def_name == UPLOADS.name and list(add.partition_keys) == [key]
+
+    pipeline.clock.advance(pipeline.settle)
+    t4 = pipeline.tick(instance, "D001", t3.cursor)  # not claimed yet: no second request
+    assert isinstance(t4, dg.SensorResult) and not t4.run_requests
+    assert "already requested" in str(t4.skip_reason)
+
+    stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
+    assert pipeline.run_upload(instance, key, stat=stat).success
+    assert pipeline.files("D001", "incoming") == []
+
+    t5 = pipeline.tick(instance, "D001", t4.cursor)
+    assert isinstance(t5, dg.SensorResult) and "no incoming/students.csv" in str(t5.skip_reason)
+
+    pipeline.upload("D001", clean_file(grade="6"))  # the next night
+    pipeline.clock.advance(3600)
+    t6 = pipeline.tick(instance, "D001", t5.cursor)
+    pipeline.clock.advance(pipeline.settle)
+    second = pipeline.request(pipeline.tick(instance, "D001", t6.cursor))
+    assert second.partition_key != key
+
+
+def test_sensor_ignores_filepart_and_other_files(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    pipeline.upload("D001", b"partial", name="students.csv.filepart")
+    pipeline.upload("D001", b"hello", name="readme.txt")
+    cursor = None
+    for _ in range(3):
+        result = pipeline.tick(instance, "D001", cursor)
+        assert isinstance(result, dg.SensorResult) and not result.run_requests
+        cursor = result.cursor
+        pipeline.clock.advance(pipeline.settle)
+    assert "upload in progress: students.csv.filepart" in str(result.skip_reason)
+    assert pipeline.files("D001", "incoming") == ["readme.txt", "students.csv.filepart"]
+
+
+def test_sensor_skips_a_tick_when_the_server_is_unreachable(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    pipeline.upload("D001", clean_file())
+    pipeline.conn.execute("UPDATE districts SET sftp_port = %s WHERE code = 'D001'", (free_port(),))
+    pipeline.conn.commit()
+    result = pipeline.tick(instance, "D001", None)
+    assert isinstance(result, dg.SkipReason)
+    assert "unreachable" in str(result.skip_message)
+
+
+def test_sensor_tick_fails_on_a_wrong_password(
+    pipeline: Pipeline, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EAMS_TEST_SFTP_D001_PASSWORD", "wrong-password")
+    with pytest.raises(SftpAuthError, match="authentication failed"):
+        pipeline.tick(instance, "D001", None)
+
+
+def test_sensor_tick_fails_on_a_wrong_host_key(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode()
+    pipeline.conn.execute(
+        "UPDATE districts SET sftp_host_key = %s WHERE code = 'D001'", (other.strip(),)
+    )
+    pipeline.conn.commit()
+    with pytest.raises(SftpHostKeyError, match="host key mismatch"):
+        pipeline.tick(instance, "D001", None)
+
+
+def test_nightly_district_sensor_waits_for_the_processing_time(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    # the clock starts at 08:00 UTC = 02:00 in Chicago; process at 03:00 local
+    pipeline.conn.execute("UPDATE districts SET process_at = '03:00' WHERE code = 'D001'")
+    pipeline.conn.commit()
+    pipeline.upload("D001", clean_file())
+    t1 = pipeline.tick(instance, "D001", None)
+    pipeline.clock.advance(pipeline.settle)
+    t2 = pipeline.tick(instance, "D001", t1.cursor)
+    assert isinstance(t2, dg.SensorResult) and not t2.run_requests
+    assert "nightly" in str(t2.skip_reason)
+    pipeline.clock.advance(3600)
+    assert pipeline.request(pipeline.tick(instance, "D001", t2.cursor)).partition_key
+
+
+# -- the job -------------------------------------------------------------------------------
+
+
+def test_clean_upload_end_to_end(pipeline: Pipeline, instance: dg.DagsterInstance) -> None:
+    data = clean_file()
+    request, result = pipeline.sensor_run(instance, "D001", data)
+    key = request.partition_key
+    assert result.success
+    assert result.dagster_run.tags[DISTRICT_TAG] == "D001"
+
+    # claimed by a rename into processed/, nothing left in incoming/, no error file
+    assert pipeline.files("D001", "incoming") == []
+    assert pipeline.files("D001", "processed") == [f"students_{key}.csv"]
+    assert (pipeline.user_dir("D001") / "processed" / f"students_{key}.csv").read_bytes() == data
+    assert pipeline.files("D001", "errors") == []
+
+    # archived, encrypted, content hash recorded
+    upload = get_upload(pipeline.conn, key)
+    assert upload is not None and upload.status == "processed"
+    assert upload.content_sha256 == hashlib.sha256(data).hexdigest()
+    archived = Path(upload.archive_path)
+    assert archived.is_file() and archived.parent.name == "D001"
+    assert SECRET_PASSWORD.encode() not in archived.read_bytes()
+    assert materialization(result, "upload_file")["sha256"] == upload.content_sha256
+
+    assert set(builders.students(pipeline.conn, "D001")) == {SID_A, SID_B}
+    report = materialization(result, "error_report")
+    assert (report["rows"], report["added"], report["errors"]) == (2, 2, 0)
+
+    [mail] = pipeline.smtp.wait_for(1)
+    assert "SUCCESSFUL" in mail["Subject"] and "D001" in mail["Subject"]
+    assert mail["To"] == "sis-admin@d001.example.org, it@d001.example.org"
+    body = mail.get_content()
+    assert "Students added" in body and "2" in body
+    assert_no_student_data(body + str(mail["Subject"]))
+
+
+def test_upload_with_row_errors_publishes_the_error_file_and_reports_it(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    request, result = pipeline.sensor_run(instance, "D002", file_with_errors())
+    assert result.success
+    upload = get_upload(pipeline.conn, request.partition_key)
+    assert upload is not None and upload.status == "partially_processed"
+    name = f"students_errors_{upload.upload_id}.csv"
+    assert pipeline.files("D002", "errors") == [name]  # no temporary name left behind
+    content = (pipeline.user_dir("D002") / "errors" / name).read_text(encoding="utf-8")
+    assert content.startswith("Line Number,Student ID,Column,Error Code,Message")
+    assert "INVALID_GRADE" in content and "SCHOOL_NOT_FOUND" in content
+    assert SECRET_PASSWORD not in content
+
+    report = materialization(result, "error_report")
+    assert (report["rows"], report["added"], report["errors"]) == (3, 1, 2)
+    assert report["error_codes"] == {"INVALID_GRADE": 1, "SCHOOL_NOT_FOUND": 1}
+    assert report["error_file"] == f"/errors/{name}"
+    assert "INVALID_GRADE" in report["preview"] and SECRET_PASSWORD not in report["preview"]
+
+    [mail] = pipeline.smtp.wait_for(1)
+    assert "PARTIALLY" in mail["Subject"]
+    body = mail.get_content()
+    assert f"/errors/{name}" in body
+    assert "INVALID_GRADE" in body and "SCHOOL_NOT_FOUND" in body
+    assert_no_student_data(body + str(mail["Subject"]))
+    assert pipeline.files("D001", "errors") == []  # the other district saw nothing
+
+
+def test_rejected_upload_emails_the_failure_with_the_error_file(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    bad_header = b"School Code,Student ID,Surname\r\n101,STU-77810,Zyxwvutson\r\n"
+    request, result = pipeline.sensor_run(instance, "D001", bad_header)
+    assert result.success  # a bad file is an outcome, not a crash
+    upload = get_upload(pipeline.conn, request.partition_key)
+    assert upload is not None and upload.status == "rejected"
+    assert pipeline.files("D001", "errors") == [f"students_errors_{upload.upload_id}.csv"]
+    [mail] = pipeline.smtp.wait_for(1)
+    assert "FAILED" in mail["Subject"]
+    assert "HEADER_MISMATCH" in mail.get_content()
+    assert builders.students(pipeline.conn, "D001") == {}
+
+
+def test_a_crash_after_the_claim_is_recovered_by_running_again(
+    pipeline: Pipeline, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    data = clean_file()
+    pipeline.upload("D001", data)
+    t1 = pipeline.tick(instance, "D001", None)
+    pipeline.clock.advance(pipeline.settle)
+    request = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
+    key = request.partition_key
+    stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
+
+    # the archive cannot be written: the run fails after claiming, before applying
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("x")
+    broken = ArchiveResource(directory=str(blocked / "archive"))
+    failed = pipeline.run_upload(instance, key, stat=stat, raise_on_error=False, archive=broken)
+    assert not failed.success
+    assert pipeline.files("D001", "incoming") == []
+    assert pipeline.files("D001", "processed") == [f"students_{key}.csv"]  # not lost
+    assert get_upload(pipeline.conn, key) is None  # not applied
+    assert pipeline.smtp.messages == []
+
+    # re-execution (same tags): the claimed file is read from processed/, archived, applied
+    again = pipeline.run_upload(instance, key, stat=stat)
+    assert again.success
+    assert materialization(again, "upload_file")["source"].startswith("processed/")
+    assert set(builders.students(pipeline.conn, "D001")) == {SID_A, SID_B}
+    builders.assert_license_invariant(pipeline.conn)
+    assert len(pipeline.smtp.wait_for(1)) == 1
+
+    # once more (e.g. a backfill): archive only, nothing applied twice, no second email
+    (pipeline.user_dir("D001") / "processed" / f"students_{key}.csv").unlink()
+    third = pipeline.run_upload(instance, key)
+    assert third.success
+    assert materialization(third, "upload_file")["source"].startswith("archive")
+    assert materialization(third, "upload_outcome")["already_applied"] is True
+    assert materialization(third, "district_email")["sent"] is False
+    count = pipeline.conn.execute("SELECT count(*) FROM uploads").fetchone()[0]
+    assert count == 1
+    assert builders.used(pipeline.conn, "ENT-D001") == 1  # SID_A active; SID_B created as X
+    assert len(pipeline.smtp.messages) == 1
+
+
+def test_a_run_cannot_claim_a_file_that_changed_since_the_sensor_saw_it(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    pipeline.upload("D001", clean_file())
+    t1 = pipeline.tick(instance, "D001", None)
+    pipeline.clock.advance(pipeline.settle)
+    request = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
+    pipeline.upload("D001", clean_file(grade="7"), mtime=1_700_000_000)  # replaced meanwhile
+    stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
+    result = pipeline.run_upload(instance, request.partition_key, stat=stat, raise_on_error=False)
+    assert not result.success
+    assert pipeline.files("D001", "incoming") == ["students.csv"]  # left for the next run
+    assert pipeline.files("D001", "processed") == []
+
+
+def test_reprocessing_an_old_upload_after_a_newer_one_does_not_roll_students_back(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    # upload 1 is claimed and archived, but its run dies before applying it
+    pipeline.upload("D001", clean_file(grade="5"))
+    t1 = pipeline.tick(instance, "D001", None)
+    pipeline.clock.advance(pipeline.settle)
+    first = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
+    old_key = first.partition_key
+    stat = (int(first.tags["eams/file_size"]), int(first.tags["eams/file_mtime"]))
+    instance.add_dynamic_partitions(UPLOADS.name, [old_key])
+    job = pipeline.defs().resolve_job_def("upload_job")
+    partial = job.execute_in_process(
+        partition_key=old_key,
+        instance=instance,
+        asset_selection=[dg.AssetKey("upload_file")],
+        tags={
+            DISTRICT_TAG: "D001",
+            "eams/file_size": str(stat[0]),
+            "eams/file_mtime": str(stat[1]),
+        },
+    )
+    assert partial.success and get_upload(pipeline.conn, old_key) is None
+
+    # upload 2, newer, is applied: grade 6
+    pipeline.clock.advance(3600)
+    _, newer = pipeline.sensor_run(instance, "D001", clean_file(grade="6"))
+    assert newer.success
+    assert builders.students(pipeline.conn, "D001")[SID_A]["grade"] == "6"
+    assert len(pipeline.smtp.wait_for(1)) == 1
+
+    # backfill of upload 1: superseded, not applied, report regenerated, district not emailed
+    old = pipeline.run_upload(instance, old_key)
+    assert old.success
+    assert materialization(old, "upload_outcome")["status"] == "superseded"
+    assert materialization(old, "error_report")["status"] == "superseded"
+    assert materialization(old, "district_email")["sent"] is False
+    assert builders.students(pipeline.conn, "D001")[SID_A]["grade"] == "6"
+    assert len(pipeline.smtp.messages) == 1
+
+    # the explicit operator decision applies it
+    forced = pipeline.run_upload(
+        instance, old_key, run_config={"ops": {"upload_outcome": {"config": {"allow_older": True}}}}
+    )
+    assert forced.success
+    # applied (SID_B's X row now meets an existing student: STUDENT_EXISTS)
+    assert materialization(forced, "upload_outcome")["status"] == "partially_processed"
+    assert builders.students(pipeline.conn, "D001")[SID_A]["grade"] == "5"
+
+    # an upload already applied is never applied again, whatever its age
+    newer_key = newer.dagster_run.tags["dagster/partition"]
+    again = pipeline.run_upload(instance, newer_key)
+    assert materialization(again, "upload_outcome")["already_applied"] is True
+    assert builders.students(pipeline.conn, "D001")[SID_A]["grade"] == "5"
+
+
+def test_a_district_run_touches_only_its_own_directory(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    other = pipeline.upload("D002", file_with_errors())
+    before = {p.name: p.stat().st_mtime_ns for p in pipeline.user_dir("D002").rglob("*")}
+    _, result = pipeline.sensor_run(instance, "D001", file_with_errors())
+    assert result.success
+    after = {p.name: p.stat().st_mtime_ns for p in pipeline.user_dir("D002").rglob("*")}
+    assert after == before and other.read_bytes() == file_with_errors()
+    assert pipeline.files("D002", "processed") == [] and pipeline.files("D002", "errors") == []
+    assert len(pipeline.files("D001", "errors")) == 1
+    assert [p.name for p in pipeline.archive_dir.iterdir()] == ["D001"]
+    # the D002 sensor still sees its own file only
+    t = pipeline.tick(instance, "D002", None)
+    state = SensorState.from_cursor(t.cursor)
+    assert state.watched is not None and state.watched.size == len(file_with_errors())
+
+
+def test_a_run_for_an_unknown_partition_of_another_district_is_refused(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    pipeline.upload("D002", clean_file())
+    key = UploadRef.new("D001", pipeline.clock.now).key
+    result = pipeline.run_upload(instance, key, stat=(1, 1), raise_on_error=False)
+    assert not result.success
+    assert pipeline.files("D002", "incoming") == ["students.csv"]
+
+
+# -- operator alerts -----------------------------------------------------------------------
+
+
+def _failed_run(pipeline: Pipeline, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    dead_smtp = SmtpResource(port=free_port(), timeout_seconds=5)
+    pipeline.upload("D001", clean_file())
+    t1 = pipeline.tick(instance, "D001", None)
+    pipeline.clock.advance(pipeline.settle)
+    request = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
+    stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
+    result = pipeline.run_upload(
+        instance, request.partition_key, stat=stat, raise_on_error=False, smtp=dead_smtp
+    )
+    assert not result.success
+    return result
+
+
+def _alert(pipeline: Pipeline, instance: dg.DagsterInstance, result) -> object:
+    sensor = build_operator_alert_sensor([pipeline.defs().resolve_job_def("upload_job")])
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+        resources={"smtp": SmtpResource(port=pipeline.smtp.port)},
+    )
+    return sensor(context.for_run_failure())
+
+
+def test_a_crashed_run_alerts_the_operators_without_student_data(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    result = _failed_run(pipeline, instance)
+    _alert(pipeline, instance, result)
+    [mail] = pipeline.smtp.wait_for(1)
+    assert mail["To"] == "ops@eams.example.com, oncall@eams.example.com"
+    assert "D001" in mail["Subject"] and result.run_id in mail["Subject"]
+    body = mail.get_content()
+    assert "step district_email: ConnectionRefusedError: [Errno 111]" in body
+    assert "district_email" in body and result.dagster_run.tags["dagster/partition"] in body
+    assert_no_student_data(body)
+
+
+def test_no_alert_while_the_run_will_be_retried(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    result = _failed_run(pipeline, instance)
+    instance.add_run_tags(result.run_id, {"dagster/will_retry": "true"})
+    outcome = _alert(pipeline, instance, result)
+    assert isinstance(outcome, dg.SkipReason)
+    assert pipeline.smtp.messages == []
