@@ -1,0 +1,133 @@
+"""The shipped dagster.yaml (PostgreSQL storage, queue limits, retries) and the code location
+as `dagster dev` loads it from workspace.yaml."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+import yaml
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
+from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.io.archive import generate_key
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG
+from eams_pipeline_tests.conftest import ADMIN_URL
+from eams_pipeline_tests.orchestration_env import Pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dagster_pg(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty database for Dagster's storage; EAMS_DAGSTER_PG_* point at it."""
+    name = f"eams_test_dagster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(ADMIN_URL)
+    monkeypatch.setenv("EAMS_DAGSTER_PG_HOST", str(params.get("host", "127.0.0.1")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_PORT", str(params.get("port", "5432")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_USER", str(params.get("user", "postgres")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_PASSWORD", str(params.get("password", "")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_DB", name)
+    yield make_conninfo(ADMIN_URL, dbname=name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def pipeline(
+    conn: psycopg.Connection,
+    db_url: str,
+    sftp_server: LoopbackSftpServer,
+    smtp_server: LoopbackSmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Pipeline:
+    monkeypatch.setenv("EAMS_ARCHIVE_KEY", generate_key())
+    for name in ("EAMS_TEST_SFTP_D001_PASSWORD", "EAMS_TEST_SFTP_D002_PASSWORD"):
+        monkeypatch.setenv(name, "replaced by the pipeline")
+    return Pipeline(conn, db_url, sftp_server, smtp_server, tmp_path / "archive")
+
+
+def test_sensor_and_run_with_the_shipped_dagster_yaml_on_postgres(
+    dagster_pg: str, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
+        assert limits == [
+            {"key": DISTRICT_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        ]
+
+        request, result = pipeline.sensor_run(instance, "D001", b"")
+        assert result.success
+        key = request.partition_key
+        assert instance.get_dynamic_partitions("uploads") == [key]
+
+    # what the UI reads: the run, its tags and the error report's materialization, in Postgres
+    with psycopg.connect(dagster_pg) as conn:
+        status = conn.execute("SELECT status FROM runs WHERE run_id = %s", (result.run_id,))
+        assert status.fetchone()[0] == "SUCCESS"
+        tags = dict(
+            conn.execute("SELECT key, value FROM run_tags WHERE run_id = %s", (result.run_id,))
+        )
+        assert tags[DISTRICT_TAG] == "D001" and tags["dagster/partition"] == key
+        materialized = conn.execute(
+            """SELECT count(*) FROM event_logs
+               WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'
+                 AND asset_key LIKE '%%error_report%%' AND partition = %s""",
+            (result.run_id, key),
+        ).fetchone()[0]
+        assert materialized == 1
+    assert pipeline.smtp.wait_for(1)[0]["Subject"].startswith("eAMS student update FAILED")
+
+
+def test_dagster_yaml_keeps_the_psycopg2_scheme() -> None:
+    config = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
+    assert config["sensors"]["use_threads"] is True
+    assert config["concurrency"]["runs"]["max_concurrent_runs"] > 1
+
+
+def test_code_location_has_a_sensor_per_district_of_the_database(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    module_name = workspace["load_from"][0]["python_module"]["module_name"]
+    sys.modules.pop(module_name, None)
+    module = importlib.import_module(module_name)
+    defs = module.defs
+    dg.Definitions.validate_loadable(defs)
+    sensors = {s.name for s in defs.sensors}
+    assert sensors == {"sftp_d001", "sftp_d002", "eams_operator_alerts"}
+    job = defs.resolve_job_def("upload_job")
+    assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
+        "upload_file",
+        "upload_outcome",
+        "error_report",
+        "district_email",
+    }
+    assert (
+        job.get_tags_for_partition_key("D002-20260114T080000000000Z", selected_asset_keys=None)[
+            DISTRICT_TAG
+        ]
+        == "D002"
+    )
+    sys.modules.pop(module_name, None)
