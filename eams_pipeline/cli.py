@@ -128,6 +128,41 @@ def export_licenses(district_code: str) -> None:
         _write_csv(db_export.LICENSE_EXPORT_HEADER, db_export.export_licenses(conn, district_code))
 
 
+@cli.command("demo")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/demo"),
+    show_default=True,
+    help="Secrets, SFTP and mail folders, archive and DAGSTER_HOME of the demo.",
+)
+@click.option(
+    "--database-url",
+    envvar="EAMS_DEMO_DATABASE_URL",
+    default="postgresql://postgres@127.0.0.1:5432/eams_demo",
+    show_default=True,
+    help="The demo's MY Access database (Dagster's storage goes to <name>_dagster).",
+)
+@click.option("--port", "ui_port", default=3000, show_default=True, help="Dagster UI port.")
+@click.option("--no-samples", is_flag=True, help="Do not drop the sample uploads.")
+@click.option("--reset", is_flag=True, help="Drop the demo databases and state first.")
+def demo_cmd(
+    state_dir: Path, database_url: str, ui_port: int, no_samples: bool, reset: bool
+) -> None:
+    """Run the whole pipeline locally: PostgreSQL databases, loopback SFTP and SMTP
+    servers, two sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
+    from eams_pipeline.demo import DemoOptions, run_demo
+
+    options = DemoOptions(
+        state_dir=state_dir,
+        database_url=database_url,
+        ui_port=ui_port,
+        samples=not no_samples,
+        reset=reset,
+    )
+    sys.exit(run_demo(options, echo=click.echo))
+
+
 def _require_district(conn: object, district_code: str) -> None:
     if not db_export.district_exists(conn, district_code):  # type: ignore[arg-type]
         raise click.ClickException(f"unknown district {district_code!r}")
