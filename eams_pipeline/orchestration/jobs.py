@@ -19,6 +19,8 @@ upload_job = dg.define_asset_job(
         run_config_for_partition_key_fn=lambda _key: {},
         tags_for_partition_key_fn=district_tags,
     ),
+    # the four steps run one after another: in one process, without a subprocess per step
+    executor_def=dg.in_process_executor,
     description=(
         "One upload of one district: claim and archive students.csv, apply it, publish the "
         "error report, email the district."
