@@ -475,3 +475,15 @@ def test_no_alert_while_the_run_will_be_retried(
     outcome = _alert(pipeline, instance, result)
     assert isinstance(outcome, dg.SkipReason)
     assert pipeline.smtp.messages == []
+
+
+def test_the_alert_names_the_failed_step_and_its_reason(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    key = UploadRef.new("D001", pipeline.clock.now).key
+    result = pipeline.run_upload(instance, key, raise_on_error=False)  # nothing to claim
+    assert not result.success
+    _alert(pipeline, instance, result)
+    [mail] = pipeline.smtp.wait_for(1)
+    body = mail.get_content()
+    assert f"step upload_file: Failure: upload {key} is neither archived nor in processed/" in body

@@ -154,6 +154,7 @@ def build_district_sensors(
 def build_operator_alert_sensor(
     monitored_jobs: Sequence[JobLike],
     *,
+    interval_seconds: int | None = None,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
     """Email EAMS_OPERATOR_EMAILS when a run fails for good (a crash, not a bad file).
@@ -165,6 +166,7 @@ def build_operator_alert_sensor(
 
     @dg.run_failure_sensor(
         name="eams_operator_alerts",
+        minimum_interval_seconds=interval_seconds or sensor_interval_seconds(),
         monitored_jobs=list(monitored_jobs),
         default_status=default_status,
         description="Emails EAMS_OPERATOR_EMAILS when an upload run fails (after its retries).",
@@ -218,8 +220,10 @@ def failure_text(context: dg.RunFailureSensorContext) -> str:
         text = first[0] if first else ""
         if len(text) > _MAX_ERROR_LINE:
             text = text[:_MAX_ERROR_LINE] + " [...]"
-        if not text.startswith(f"{error.cls_name}:"):
-            text = f"{error.cls_name}: {text}"
+        head, sep, rest = text.partition(": ")
+        if sep and head.split(".")[-1] == error.cls_name:  # "pkg.mod.Cls: message"
+            text = rest
+        text = f"{error.cls_name}: {text}"
         lines.append(f"step {event.step_key}: {text}")
     if not lines:
         message = (context.failure_event.message or "the run failed").strip().splitlines()
