@@ -28,7 +28,12 @@ from eams_pipeline.transitions import (
     REGULAR,
     TRANSITIONS,
 )
-from eams_pipeline.validation import STATUS_PATTERN, STUDENT_ID_PATTERN, USERNAME_PATTERN
+from eams_pipeline.validation import (
+    MAX_LENGTH,
+    STATUS_PATTERN,
+    STUDENT_ID_PATTERN,
+    USERNAME_PATTERN,
+)
 
 OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors")
 
@@ -77,8 +82,13 @@ def make_plan(
     `row_errors` the errors found so far (malformed rows and column rules)."""
     df = rows.copy()
     errors = [row_errors]
-    valid_id = df["student_id"].str.fullmatch(STUDENT_ID_PATTERN).fillna(False)
-    valid_username = df["username"].str.fullmatch(USERNAME_PATTERN).fillna(False)
+    # valid: no column rule broken (README: transitions and USERNAME_TAKEN need it)
+    valid_id = df["student_id"].str.fullmatch(STUDENT_ID_PATTERN).fillna(False) & df[
+        "student_id"
+    ].str.len().le(MAX_LENGTH["student_id"]).fillna(False)
+    valid_username = df["username"].str.fullmatch(USERNAME_PATTERN).fillna(False) & df[
+        "username"
+    ].str.len().le(MAX_LENGTH["username"]).fillna(False)
     valid_status = df["status"].str.fullmatch(STATUS_PATTERN).fillna(False)
     df["username_lower"] = df["username"].str.lower()
 

@@ -79,7 +79,7 @@ _RULES: dict[str, list[pa.Check]] = {
     "grade": [_matches(GRADE_PATTERN, ErrorCode.INVALID_GRADE)],
     "username": [_too_long("username"), _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME)],
     "password": [_too_long("password"), _min_length(6, ErrorCode.INVALID_PASSWORD)],
-    "email": [_matches(EMAIL_PATTERN, ErrorCode.INVALID_EMAIL)],
+    "email": [_too_long("email"), _matches(EMAIL_PATTERN, ErrorCode.INVALID_EMAIL)],
     "class_name": [_too_long("class_name")],
     "status": [_matches(STATUS_PATTERN, ErrorCode.INVALID_STATUS)],
 }

@@ -149,7 +149,7 @@ def _usernames_held_by_others(
                 "student_id": rows["student_id"],
             }
         )
-        .dropna()
+        .dropna(subset=["username_lower"])  # a row without Student ID is nobody's own
         .drop_duplicates()
     )
     conn.execute(
@@ -162,7 +162,7 @@ def _usernames_held_by_others(
         conn,
         "SELECT f.username_lower, s.district_id, s.student_id FROM file_usernames f "
         "JOIN students s ON lower(s.username) = f.username_lower "
-        "WHERE NOT (s.district_id = %s AND s.student_id = f.student_id)",
+        "WHERE NOT (s.district_id = %s AND s.student_id IS NOT DISTINCT FROM f.student_id)",
         (district_id,),
         {"username_lower": pa.string(), "district_id": pa.int64(), "student_id": pa.string()},
     )

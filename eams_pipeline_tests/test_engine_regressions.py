@@ -1,0 +1,59 @@
+"""Engine bugs found by comparing it with the row-by-row reference (reference.py), one
+focused test each, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import psycopg
+
+from eams_pipeline_tests.builders import (
+    assert_license_invariant,
+    district_doc,
+    existing_student,
+    load,
+    row,
+    run,
+    students,
+    used,
+)
+
+
+def _codes(result: object) -> list[tuple[int, str, str]]:
+    e = result.errors  # type: ignore[attr-defined]
+    return list(zip(e["line"].tolist(), e["column"].tolist(), e["code"].tolist(), strict=True))
+
+
+def test_too_long_student_id_gets_no_transition_errors(conn: psycopg.Connection) -> None:
+    """README: STUDENT_NOT_FOUND and PASSWORD_REQUIRED only when the Student ID is valid;
+    a 33-character ID of valid characters used to be decided as an absent student."""
+    load(conn, district_doc())
+    long_id = "S" * 33
+    result = run(conn, [row(long_id, "D"), row(long_id + "X", "A", password="")])
+    assert _codes(result) == [
+        (2, "Student ID", "FIELD_TOO_LONG"),
+        (3, "Student ID", "FIELD_TOO_LONG"),
+    ]
+    assert result.counts["errors"] == 2
+
+
+def test_too_long_email_is_a_row_error(conn: psycopg.Connection) -> None:
+    """A syntactically valid Email over 254 characters is FIELD_TOO_LONG; it used to pass
+    validation and fail the whole upload on the database's length check."""
+    load(conn, district_doc())
+    email = "a" * 250 + "@b.org"
+    result = run(conn, [row("S1", email=email), row("S2")])
+    assert _codes(result) == [(2, "Email", "FIELD_TOO_LONG")]
+    assert result.status == "partially_processed"
+    assert set(students(conn)) == {"S2"}
+    assert used(conn, "ENT-D1") == 1
+    assert_license_invariant(conn)
+
+
+def test_username_taken_is_reported_without_student_id(conn: psycopg.Connection) -> None:
+    """A row without Student ID asking for a username another student holds gets
+    USERNAME_TAKEN too (it used to be dropped from the lookup)."""
+    load(conn, district_doc(existing=[existing_student("S1", username="alice")]))
+    result = run(conn, [row("", username="ALICE")])
+    assert _codes(result) == [
+        (2, "Student ID", "REQUIRED_FIELD_MISSING"),
+        (2, "Username", "USERNAME_TAKEN"),
+    ]
