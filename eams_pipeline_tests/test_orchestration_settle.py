@@ -8,6 +8,7 @@ import pytest
 
 from eams_pipeline.io.sftp import RemoteFile
 from eams_pipeline.orchestration.partitions import BadUploadKey, UploadRef, district_tags
+from eams_pipeline.orchestration.sensors import sensor_name
 from eams_pipeline.orchestration.settle import SensorState, decide, due_time
 
 T0 = dt.datetime(2026, 1, 14, 20, 0, 0, tzinfo=dt.UTC)  # 14:00 in America/Chicago
@@ -160,3 +161,11 @@ def test_upload_keys_are_safe_partition_keys_and_parse_back(district: str) -> No
 def test_malformed_upload_keys_are_refused(key: str) -> None:
     with pytest.raises(BadUploadKey):
         UploadRef.parse(key)
+
+
+def test_sensor_names_differ_for_every_district_code() -> None:
+    codes = ["D001", "d001", "D-1", "D_1", "D__1", "D_h1", "D-h1", "D_-1", "D-_1"]
+    names = [sensor_name(c) for c in codes]
+    assert names[0] == "sftp_D001" and names[2] == "sftp_D_h1"
+    assert len(set(names)) == len(codes)
+    assert all(name.replace("_", "").isalnum() for name in names)

@@ -42,7 +42,8 @@ _MAX_ERROR_LINE = 300
 
 
 def sensor_name(district_code: str) -> str:
-    return f"sftp_{district_code.lower().replace('-', '_')}"
+    """``sftp_<code>``, one name per code: ``_`` is written ``__`` and ``-`` ``_h``."""
+    return "sftp_" + district_code.replace("_", "__").replace("-", "_h")
 
 
 def _utcnow() -> dt.datetime:

@@ -1,0 +1,37 @@
+"""The demo's sample data: one clean upload, one with errors, as the README promises."""
+
+from __future__ import annotations
+
+import psycopg
+import yaml
+
+from eams_pipeline.db.setup import load_master_data
+from eams_pipeline.demo import master_data, sample_clean, sample_with_errors
+from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
+from eams_pipeline.master_data import parse_master_data
+from eams_pipeline.process import process_upload
+
+
+def test_demo_samples_give_one_clean_and_one_partial_upload(
+    conn: psycopg.Connection, sftp_server: LoopbackSftpServer
+) -> None:
+    doc = master_data(sftp_server)
+    districts = parse_master_data(yaml.safe_dump(doc))
+    assert [d.sftp.port for d in districts] == [sftp_server.port] * 2
+    load_master_data(conn, districts)
+
+    clean = process_upload(conn, "D001", sample_clean())
+    assert clean.status == "processed" and clean.counts["errors"] == 0
+    assert clean.counts["rows"] == 6
+
+    partial = process_upload(conn, "D002", sample_with_errors())
+    assert partial.status == "partially_processed"
+    assert partial.counts["added"] == 4 and partial.counts["errors"] == 6
+    assert set(partial.error_codes) == {
+        "INVALID_GRADE",
+        "SCHOOL_NOT_FOUND",
+        "PASSWORD_REQUIRED",
+        "INVALID_EMAIL",
+        "NO_LICENSE_AVAILABLE",
+        "STUDENT_NOT_FOUND",
+    }
