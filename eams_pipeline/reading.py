@@ -116,10 +116,14 @@ class _Records:
 def _scan_records(data: bytes) -> _Records:
     """Record boundaries of an RFC 4180 file: LFs outside quotes, found without a Python loop."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    # parity of the quotes seen so far; uint8 wraps at 256, which keeps the parity
-    in_quotes = np.cumsum(buf == _QUOTE, dtype=np.uint8) & 1
-    newlines = np.flatnonzero(buf == _LF)
-    terminators = newlines[in_quotes[newlines] == 0]
+    # only quotes, commas and LFs matter: the quote parity (inside quotes or not) is a
+    # running count over those bytes alone; uint8 wraps at 256, which keeps the parity
+    at = np.flatnonzero((buf == _QUOTE) | (buf == _COMMA) | (buf == _LF))
+    byte = buf[at]
+    outside = (np.cumsum(byte == _QUOTE, dtype=np.uint8) & 1) == 0
+    is_lf = byte == _LF
+    newlines = at[is_lf]
+    terminators = at[is_lf & outside]
     starts = np.concatenate(([0], terminators + 1))
     ends = np.concatenate((terminators, [len(buf)]))
     if starts[-1] >= len(buf):  # the file ends with a newline: no record after it
@@ -128,9 +132,9 @@ def _scan_records(data: bytes) -> _Records:
     has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)
     ends = ends - has_cr
     lines = np.searchsorted(newlines, starts) + 1
-    commas = np.flatnonzero((buf == _COMMA) & (in_quotes == 0))
-    fields = np.bincount(np.searchsorted(ends, commas, side="left"), minlength=len(starts))
-    fields = fields[: len(starts)] + 1
+    commas = at[(byte == _COMMA) & outside]
+    # commas of record i: those between its start and its end (both arrays are sorted)
+    fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
     return _Records(starts=starts, ends=ends, lines=lines, fields=fields, blank=ends == starts)
 
 
