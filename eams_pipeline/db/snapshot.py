@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from eams_pipeline.plan import DistrictSnapshot
@@ -116,7 +117,8 @@ def load_snapshot(
     students = copy_out(
         conn,
         "SELECT student_id, student_pk, status, order_id, school_id, data_hash, "
-        "password_fingerprint FROM students WHERE district_id = %s",
+        "password_fingerprint, lower(username) AS username_lower "
+        "FROM students WHERE district_id = %s",
         (d,),
         {
             "student_id": pa.string(),
@@ -126,6 +128,7 @@ def load_snapshot(
             "school_id": pa.int64(),
             "data_hash": pa.int64(),
             "password_fingerprint": pa.int64(),
+            "username_lower": pa.string(),
         },
     )
     return DistrictSnapshot(
@@ -134,8 +137,22 @@ def load_snapshot(
         bin_available=int(bin_available),
         schools=schools,
         students=students,
-        taken_usernames=_usernames_held_by_others(conn, d, rows),
+        taken_usernames=_usernames_held_by_others(conn, d, _not_own_username(rows, students)),
     )
+
+
+def _not_own_username(rows: pd.DataFrame, students: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose username is not already their own student's. Usernames are unique
+    across MY Access, so no one else can hold a row's own username: on a nightly file that
+    leaves only the new and renamed students to look up in the database."""
+
+    def arrow(column: pd.Series) -> pa.Array:
+        return pa.array(column, type=pa.string(), from_pandas=True)
+
+    at = pc.index_in(arrow(rows["student_id"]), value_set=arrow(students["student_id"]))
+    stored = pc.take(arrow(students["username_lower"]), at)
+    own = pc.fill_null(pc.equal(stored, pc.utf8_lower(arrow(rows["username"]))), False)
+    return rows[~own.to_numpy(zero_copy_only=False)]
 
 
 def _usernames_held_by_others(
