@@ -328,6 +328,11 @@ def _summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "rows": runs[0]["rows"],
         "runs_end_to_end_s": [r["end_to_end_s"] for r in runs],
         "median_end_to_end_s": _median([r["end_to_end_s"] for r in runs]),
+        # the goals' figure: "without password hashing" (the hash step runs with minimal
+        # argon2id parameters and is taken out; real hashing is measured on its own)
+        "median_without_hashing_s": _median(
+            [r["end_to_end_s"] - r["steps"].get("hash", 0.0) for r in runs]
+        ),
         "median_steps_s": {s: _median([r["steps"].get(s, 0.0) for r in runs]) for s in steps},
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         "hashed_passwords": runs[0]["hashed_passwords"],
@@ -410,6 +415,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             )
             ref["engine_us_per_row"] = round(engine_per_row * 1e6, 2)
             ref["speedup_per_row"] = round(ref["us_per_row"] / (engine_per_row * 1e6), 1)
+            # for context: the engine's in-memory steps only (the reference has no database)
+            in_memory = statistics.median(
+                sum(r["steps"].get(k, 0.0) for k in ("read", "validate", "plan")) / r["rows"]
+                for r in nightly
+            )
+            ref["engine_in_memory_us_per_row"] = round(in_memory * 1e6, 2)
+            ref["speedup_in_memory"] = round(ref["us_per_row"] / (in_memory * 1e6), 1)
             report["scenarios"][shape_name if shape_name in labels else "replay"]["reference"] = ref
             log(f"  reference: {ref['us_per_row']} us/row, engine x{ref['speedup_per_row']} faster")
 
@@ -425,7 +437,7 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, limit in GOALS.items():
         if name in s:
-            out[f"{name}_median_le_{limit:g}s"] = s[name]["median_end_to_end_s"] <= limit
+            out[f"{name}_median_le_{limit:g}s"] = s[name]["median_without_hashing_s"] <= limit
     if "nightly-1m" in s:
         out["nightly-1m_rss_le_2GiB"] = s["nightly-1m"]["peak_rss_mib"] <= RSS_GOAL_MIB
         ref = s["nightly-1m"].get("reference")
@@ -457,13 +469,15 @@ def print_table(report: dict[str, Any]) -> None:
         "commit",
         "error_file",
     )
-    head = f"{'scenario':<13}{'rows':>10}{'median s':>10}" + "".join(f"{s:>10}" for s in steps)
+    head = f"{'scenario':<13}{'rows':>10}{'no-hash s':>10}{'e2e s':>8}"
+    head += "".join(f"{s:>11}" for s in steps)
     print(head + f"{'RSS MiB':>9}{'hashed':>8}  runs (s)")
     for name, s in report["scenarios"].items():
-        cells = "".join(f"{s['median_steps_s'].get(k, 0.0):>10.3f}" for k in steps)
+        cells = "".join(f"{s['median_steps_s'].get(k, 0.0):>11.3f}" for k in steps)
         runs = ", ".join(f"{v:.2f}" for v in s["runs_end_to_end_s"])
         print(
-            f"{name:<13}{s['rows']:>10,}{s['median_end_to_end_s']:>10.3f}{cells}"
+            f"{name:<13}{s['rows']:>10,}{s['median_without_hashing_s']:>10.3f}"
+            f"{s['median_end_to_end_s']:>8.2f}{cells}"
             f"{s['peak_rss_mib']:>9.0f}{s['hashed_passwords']:>8}  {runs}"
         )
     for name, s in report["scenarios"].items():
@@ -478,8 +492,9 @@ def print_table(report: dict[str, Any]) -> None:
             scope = "whole file" if ref["whole_file"] else f"sample of {ref['rows']:,} rows"
             print(
                 f"  reference ({scope}): {ref['seconds']:.2f} s = {ref['us_per_row']} us/row; "
-                f"engine {ref['engine_us_per_row']} us/row; engine is x{ref['speedup_per_row']}"
-                " faster per row"
+                f"engine {ref['engine_us_per_row']} us/row end to end without hashing: "
+                f"x{ref['speedup_per_row']} per row; engine's in-memory steps (read, validate, "
+                f"plan) {ref['engine_in_memory_us_per_row']} us/row: x{ref['speedup_in_memory']}"
             )
     h = report.get("hashing")
     if h:
