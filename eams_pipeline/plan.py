@@ -299,7 +299,11 @@ def _changes(
 
 def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
     changes = df[df["outcome"].isin(["added", "activated", "deactivated", "updated"])]
-    applied = df[df["applied"] & (df["outcome"] != "errors")]
+    # only the four columns the license deltas need: not a copy of every column of df
+    applied = df.loc[
+        df["applied"] & (df["outcome"] != "errors"),
+        ["order_after", "ent_delta", "order_before", "prev_delta"],
+    ]
     enterprise = applied.loc[applied["ent_delta"] != 0, ["order_after", "ent_delta"]]
     previous = applied.loc[applied["prev_delta"] != 0, ["order_before", "prev_delta"]]
     deltas = pd.concat(
@@ -312,7 +316,8 @@ def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
     deltas = deltas.groupby("order_id", as_index=False)["delta"].sum()
     deltas = deltas[deltas["delta"] != 0].astype("int64").reset_index(drop=True)
 
-    counts = {name: int((df["outcome"] == name).sum()) for name in OUTCOMES}
+    tally = df["outcome"].value_counts()
+    counts = {name: int(tally.get(name, 0)) for name in OUTCOMES}
     # malformed rows (wrong field count) are not in df: they are errors too
     counts["errors"] = total_rows - sum(v for k, v in counts.items() if k != "errors")
     counts = {"rows": total_rows, **counts}
