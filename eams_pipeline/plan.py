@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from eams_pipeline.errors import ErrorCode, concat_errors, error_frame
 from eams_pipeline.fingerprints import data_fingerprint, password_fingerprint
@@ -208,15 +210,25 @@ def _attach_school(df: pd.DataFrame, schools: pd.DataFrame) -> pd.DataFrame:
 
 
 def _attach_student(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.DataFrame:
-    students = snapshot.students.set_index("student_id")
-    found = students.reindex(df["student_id"])
-    found.index = df.index
-    df["student_pk"] = found["student_pk"].astype("Int64")
-    df["status_before"] = found["status"].fillna(ABSENT).astype("str")
-    df["order_before"] = found["order_id"].astype("Int64")
-    df["school_before"] = found["school_id"].astype("Int64")
-    df["data_hash_before"] = found["data_hash"].astype("Int64")
-    df["password_fp_before"] = found["password_fingerprint"].astype("Int64")
+    students = snapshot.students
+    # each row's student in the snapshot by one hash lookup (-1: absent); Student IDs are
+    # unique in the snapshot, and a pandas string index would be built and probed slower
+    at = pc.index_in(
+        pa.array(df["student_id"], pa.string(), from_pandas=True),
+        value_set=pa.array(students["student_id"], pa.string(), from_pandas=True),
+    )
+    pos = pc.fill_null(at, -1).to_numpy()
+
+    def found(column: str, dtype: str) -> pd.Series:
+        values = pd.array(students[column], dtype=dtype).take(pos, allow_fill=True)
+        return pd.Series(values, index=df.index)
+
+    df["student_pk"] = found("student_pk", "Int64")
+    df["status_before"] = found("status", "str").fillna(ABSENT).astype("str")
+    df["order_before"] = found("order_id", "Int64")
+    df["school_before"] = found("school_id", "Int64")
+    df["data_hash_before"] = found("data_hash", "Int64")
+    df["password_fp_before"] = found("password_fingerprint", "Int64")
     on_enterprise = df["order_before"] == snapshot.enterprise_order_id
     df["order_kind"] = np.where(
         df["student_pk"].isna(), NONE, np.where(on_enterprise.fillna(False), ENTERPRISE, REGULAR)
