@@ -141,7 +141,13 @@ def _recreate(url: str, name: str, template: str | None) -> float:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak RSS. VmHWM, not getrusage's ru_maxrss: Linux carries the
+    forking parent's peak into ru_maxrss across exec, which would count the generator."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> dict[str, Any]:
