@@ -30,12 +30,6 @@ from eams_pipeline.transitions import (
     REGULAR,
     TRANSITIONS,
 )
-from eams_pipeline.validation import (
-    MAX_LENGTH,
-    STATUS_PATTERN,
-    STUDENT_ID_PATTERN,
-    USERNAME_PATTERN,
-)
 
 OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors")
 
@@ -82,16 +76,12 @@ def make_plan(
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
     `row_errors` the errors found so far (malformed rows and column rules)."""
-    df = rows.copy()
+    df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
-    # valid: no column rule broken (README: transitions and USERNAME_TAKEN need it)
-    valid_id = df["student_id"].str.fullmatch(STUDENT_ID_PATTERN).fillna(False) & df[
-        "student_id"
-    ].str.len().le(MAX_LENGTH["student_id"]).fillna(False)
-    valid_username = df["username"].str.fullmatch(USERNAME_PATTERN).fillna(False) & df[
-        "username"
-    ].str.len().le(MAX_LENGTH["username"]).fillna(False)
-    valid_status = df["status"].str.fullmatch(STATUS_PATTERN).fillna(False)
+    # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
+    valid_id = _passes_column_rules(df, row_errors, "student_id")
+    valid_username = _passes_column_rules(df, row_errors, "username")
+    valid_status = _passes_column_rules(df, row_errors, "status")
     df["username_lower"] = df["username"].str.lower()
 
     for key, column, code in (
@@ -175,6 +165,12 @@ def make_plan(
     all_errors = concat_errors(errors)
     df.loc[df.index.isin(all_errors["row"].unique()), "outcome"] = "errors"
     return _finish(df, all_errors, total_rows)
+
+
+def _passes_column_rules(df: pd.DataFrame, row_errors: pd.DataFrame, column: str) -> pd.Series:
+    """The value is present and `row_errors` (the column rules) found nothing wrong with it."""
+    broken = row_errors.loc[row_errors["column"] == DISPLAY_NAME[column], "row"]
+    return df[column].notna() & ~df.index.isin(broken.to_numpy())
 
 
 def _flag(
