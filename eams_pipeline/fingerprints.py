@@ -18,16 +18,28 @@ import pyarrow.compute as pc
 
 from eams_pipeline.template import DATA_COLUMNS
 
-_SEPARATOR = "\x1f"  # ASCII unit separator: cannot occur in a trimmed CSV value we accept
+_SEPARATOR = "\x1f"  # ASCII unit separator
 _DATA_KEY = "eams-data-v1-key"  # 16 bytes; public on purpose: the data is stored in clear
 
 
 def _join(columns: list[pd.Series]) -> np.ndarray:
+    """Each row's values joined by the separator, unambiguously: should a value hold the
+    separator itself (it never does in practice), every value is escaped first."""
     arrays = [pa.array(c, type=pa.string(), from_pandas=True) for c in columns]
-    joined = pc.binary_join_element_wise(
+    joined = _join_arrays(arrays)
+    if len(joined) and pc.max(pc.count_substring(joined, _SEPARATOR)).as_py() > len(arrays) - 1:
+        escaped = [
+            pc.replace_substring(pc.replace_substring(a, "\\", "\\\\"), _SEPARATOR, "\\u")
+            for a in arrays
+        ]
+        joined = _join_arrays(escaped)
+    return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _join_arrays(arrays: list[pa.Array]) -> pa.Array:
+    return pc.binary_join_element_wise(
         *arrays, _SEPARATOR, null_handling="replace", null_replacement=""
     )
-    return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _siphash(values: np.ndarray, key: str) -> np.ndarray:

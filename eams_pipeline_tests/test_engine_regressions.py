@@ -57,3 +57,21 @@ def test_username_taken_is_reported_without_student_id(conn: psycopg.Connection)
         (2, "Student ID", "REQUIRED_FIELD_MISSING"),
         (2, "Username", "USERNAME_TAKEN"),
     ]
+
+
+def test_a_value_holding_the_fingerprint_separator_cannot_mask_a_change() -> None:
+    import pandas as pd
+
+    from eams_pipeline.fingerprints import data_fingerprint, password_fingerprint
+    from eams_pipeline.template import DATA_COLUMNS
+
+    base = dict.fromkeys(DATA_COLUMNS, "x")
+    a = pd.DataFrame([{**base, "last_name": "a\x1fb", "first_name": "c"}], dtype="str")
+    b = pd.DataFrame([{**base, "last_name": "a", "first_name": "b\x1fc"}], dtype="str")
+    assert data_fingerprint(a)[0] != data_fingerprint(b)[0]
+    plain = pd.DataFrame([base], dtype="str")
+    assert data_fingerprint(plain)[0] == data_fingerprint(plain.copy())[0]
+    ids, pw = pd.Series(["S1"], dtype="str"), pd.Series(["p\x1fw"], dtype="str")
+    assert password_fingerprint(ids, pw, "0123456789abcdef")[0] != password_fingerprint(
+        pd.Series(["S1\x1fp"], dtype="str"), pd.Series(["w"], dtype="str"), "0123456789abcdef"
+    )[0]
