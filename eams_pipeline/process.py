@@ -1,7 +1,7 @@
 """One upload, start to finish: the code path shared by `eams process` and the Dagster job.
 
-    parse (file-level checks) -> validate (column rules) -> lock the district ->
-    snapshot -> plan -> hash new passwords -> apply -> record the outcome
+    lock the district -> parse (file-level checks) and validate (column rules) while the
+    district's students load -> snapshot -> plan -> hash new passwords -> apply -> record
 
 Everything that writes happens in one transaction: a failure anywhere leaves the
 database as it was. Processing an upload that was already applied changes nothing and
@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -23,7 +24,7 @@ import psycopg
 from eams_pipeline import config
 from eams_pipeline.db import apply as db_apply
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.db.snapshot import load_snapshot, lock_district
+from eams_pipeline.db.snapshot import load_district_students, load_snapshot, lock_district
 from eams_pipeline.errors import concat_errors, empty_errors, error_frame
 from eams_pipeline.fingerprints import fingerprint_key
 from eams_pipeline.passwords import PasswordHasher
@@ -104,17 +105,6 @@ def process_upload(
     key_for_fingerprints = fingerprint_key(secret if secret is not None else config.secret_key())
     hasher = hasher or PasswordHasher()
 
-    parsed, rejection = None, None
-    try:
-        parsed = read_upload(data)
-    except FileRejected as exc:
-        rejection = exc
-    t = clock.lap("read", t)
-    if parsed is not None:
-        rows = normalise(parsed.rows)
-        column_errors = validate_rows(parsed.rows)
-        t = clock.lap("validate", t)
-
     with conn.transaction() as tx:
         district = lock_district(conn, district_code)
         upload = None
@@ -130,6 +120,24 @@ def process_upload(
             )
             if upload.is_final:
                 return _recorded(conn, upload, district_code)
+        t = clock.lap("lock", t)
+
+        # The district's students stream in from the database (a thread: the connection is
+        # the thread's alone until .result()) while this thread parses and validates.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
+            stored_students = pool.submit(load_district_students, conn, district)
+            parsed, rejection = None, None
+            try:
+                parsed = read_upload(data)
+            except FileRejected as exc:
+                rejection = exc
+            t = clock.lap("read", t)
+            if parsed is not None:
+                rows = normalise(parsed.rows)
+                column_errors = validate_rows(parsed.rows)
+                t = clock.lap("validate", t)
+            students = stored_students.result()
+
         superseded = (
             upload is not None
             and rejection is None
@@ -142,7 +150,7 @@ def process_upload(
         if rejection is not None:
             result = _rejected(district_code, upload_id, rejection, data)
         else:
-            snapshot = load_snapshot(conn, district, rows)
+            snapshot = load_snapshot(conn, district, rows, students)
             t = clock.lap("snapshot", t)
             plan = make_plan(
                 rows,

@@ -95,9 +95,34 @@ def copy_in(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> None:
         cp.write(sink.getvalue())
 
 
+def load_district_students(conn: psycopg.Connection, district: DistrictRow) -> pd.DataFrame:
+    """What the plan needs of every student of the district (one COPY)."""
+    return copy_out(
+        conn,
+        "SELECT student_id, student_pk, status, order_id, school_id, data_hash, "
+        "password_fingerprint, lower(username) AS username_lower "
+        "FROM students WHERE district_id = %s",
+        (district.district_id,),
+        {
+            "student_id": pa.string(),
+            "student_pk": pa.int64(),
+            "status": pa.string(),
+            "order_id": pa.int64(),
+            "school_id": pa.int64(),
+            "data_hash": pa.int64(),
+            "password_fingerprint": pa.int64(),
+            "username_lower": pa.string(),
+        },
+    )
+
+
 def load_snapshot(
-    conn: psycopg.Connection, district: DistrictRow, rows: pd.DataFrame
+    conn: psycopg.Connection,
+    district: DistrictRow,
+    rows: pd.DataFrame,
+    students: pd.DataFrame | None = None,
 ) -> DistrictSnapshot:
+    """The district's state for a plan of `rows` (`students` when already loaded)."""
     d = district.district_id
     bin_available = conn.execute(
         "SELECT size - used FROM orders WHERE order_id = %s", (district.enterprise_order_id,)
@@ -114,23 +139,8 @@ def load_snapshot(
             "holding_bin": pa.bool_(),
         },
     )
-    students = copy_out(
-        conn,
-        "SELECT student_id, student_pk, status, order_id, school_id, data_hash, "
-        "password_fingerprint, lower(username) AS username_lower "
-        "FROM students WHERE district_id = %s",
-        (d,),
-        {
-            "student_id": pa.string(),
-            "student_pk": pa.int64(),
-            "status": pa.string(),
-            "order_id": pa.int64(),
-            "school_id": pa.int64(),
-            "data_hash": pa.int64(),
-            "password_fingerprint": pa.int64(),
-            "username_lower": pa.string(),
-        },
-    )
+    if students is None:
+        students = load_district_students(conn, district)
     return DistrictSnapshot(
         district_id=d,
         enterprise_order_id=district.enterprise_order_id,
