@@ -64,7 +64,9 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     good = records.fields[data_ids] == EXPECTED_FIELD_COUNT
     body = data[records.starts[1] :]
 
-    table = None if force_fallback else _parse_with_arrow(body, int(good.sum()))
+    table = None
+    if not force_fallback:
+        table = _parse_with_arrow(body, int(good.sum()), records.quoted_newlines)
     if table is None:
         return _read_with_csv_module(body)
 
@@ -111,6 +113,7 @@ class _Records:
     lines: np.ndarray  # physical line where each record starts (1-based)
     fields: np.ndarray  # number of fields (unquoted commas + 1)
     blank: np.ndarray  # empty line
+    quoted_newlines: bool  # a quoted field holds a line break somewhere in the file
 
 
 def _scan_records(data: bytes) -> _Records:
@@ -135,7 +138,14 @@ def _scan_records(data: bytes) -> _Records:
     commas = at[(byte == _COMMA) & outside]
     # commas of record i: those between its start and its end (both arrays are sorted)
     fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
-    return _Records(starts=starts, ends=ends, lines=lines, fields=fields, blank=ends == starts)
+    return _Records(
+        starts=starts,
+        ends=ends,
+        lines=lines,
+        fields=fields,
+        blank=ends == starts,
+        quoted_newlines=len(terminators) < len(newlines),
+    )
 
 
 def _record_text(data: bytes, records: _Records, i: int) -> str:
@@ -154,7 +164,9 @@ def _check_header(text: str) -> None:
         )
 
 
-def _parse_with_arrow(body: bytes, expected_rows: int) -> pa.Table | None:
+def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) -> pa.Table | None:
+    """pyarrow's parser; it splits the file in parallel blocks when no quoted field holds
+    a line break (the usual case), which it can only do when told so."""
     skipped = 0
 
     def on_invalid_row(_row: object) -> str:
@@ -167,7 +179,9 @@ def _parse_with_arrow(body: bytes, expected_rows: int) -> pa.Table | None:
             io.BytesIO(body),
             read_options=pacsv.ReadOptions(column_names=list(COLUMNS), block_size=1 << 24),
             parse_options=pacsv.ParseOptions(
-                newlines_in_values=True, ignore_empty_lines=True, invalid_row_handler=on_invalid_row
+                newlines_in_values=quoted_newlines,
+                ignore_empty_lines=True,
+                invalid_row_handler=on_invalid_row,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in COLUMNS},
