@@ -88,8 +88,11 @@ def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Seri
     )
     copy_in(conn, "stage_students", stage)
     # a temporary table has no statistics until analysed: without them the planner
-    # guesses a few hundred rows and picks merge joins over the whole students index
-    conn.execute("ANALYZE stage_students")
+    # guesses a few hundred rows and picks merge joins over the whole students index.
+    # Only the columns the statements filter and join on: the row count and their null
+    # fractions are what the planner needs; the other 19 columns (argon2 strings among
+    # them) made ANALYZE 0.3-0.4 s instead of ~0.1 s on 200k staged rows
+    conn.execute("ANALYZE stage_students (student_pk, student_id)")
 
 
 def insert_new_students(conn: psycopg.Connection, district_id: int) -> None:
