@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 # (template header name, internal column name), in template order
 TEMPLATE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("School Code", "school_code"),
@@ -27,13 +25,3 @@ DISPLAY_NAME: dict[str, str] = {col: name for name, col in TEMPLATE_COLUMNS}
 DATA_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("status", "password"))
 
 EXPECTED_FIELD_COUNT = len(HEADER)
-
-
-def template_header_line() -> str:
-    return ",".join(HEADER)
-
-
-def check_template_file(path: Path) -> bool:
-    """True when a copy of students-template.csv matches the header compiled in here."""
-    first = path.read_text(encoding="utf-8-sig").splitlines()[0]
-    return tuple(part.strip() for part in first.split(",")) == HEADER

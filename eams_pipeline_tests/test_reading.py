@@ -133,3 +133,11 @@ def test_a_bare_cr_inside_quotes_is_kept_in_the_value() -> None:
     assert parsed.rows["student_id"].tolist() == ["S1", "S2"]
     assert parsed.rows.loc[0, "first_name"] == "Ja\rne"
     assert parsed.malformed.empty
+
+
+def test_the_compiled_header_is_the_contracts_template() -> None:
+    from pathlib import Path
+
+    template = Path(__file__).resolve().parents[2] / "shared" / "spec" / "students-template.csv"
+    first_line = template.read_text(encoding="utf-8-sig").splitlines()[0]
+    assert tuple(first_line.split(",")) == HEADER
