@@ -30,13 +30,8 @@ class ErrorCode(StrEnum):
     NO_LICENSE_AVAILABLE = "NO_LICENSE_AVAILABLE"
 
 
-FILE_LEVEL_CODES = frozenset(
-    {ErrorCode.FILE_ENCODING, ErrorCode.FILE_EMPTY, ErrorCode.HEADER_MISMATCH}
-)
-
-# One error per row of this frame. `row` is the record's ordinal among the data records
-# (0-based, file order); `line` the physical line where the record starts (header = 1).
-ERROR_FRAME_COLUMNS = ("row", "line", "student_id", "column", "code", "message")
+# An error frame has one error per row. `row` is the record's ordinal among the data
+# records (0-based, file order); `line` the physical line where the record starts (header = 1).
 
 
 def error_frame(

@@ -9,38 +9,12 @@ transaction; any exception rolls all of it back.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pandas as pd
 import psycopg
 
 from eams_pipeline.db.snapshot import copy_in
 from eams_pipeline.plan import Plan
-
-STAGE_COLUMNS = (
-    "student_pk",
-    "new_student",
-    "student_id",
-    "school_id",
-    "last_name",
-    "first_name",
-    "middle_name",
-    "grade",
-    "username",
-    "password_hash",
-    "password_fp",
-    "email",
-    "class_name",
-    "status",
-    "order_id",
-    "data_hash",
-    "line_number",
-    "change",
-    "status_before",
-    "order_before",
-    "school_before",
-    "data_changed",
-)
 
 _CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS stage_students (
@@ -53,8 +27,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_students (
 ) ON COMMIT DELETE ROWS
 """
 
-# Each step is a named function so a test can make one of them fail on purpose.
-Step = Callable[..., None]
+# Each step below is a named function so a test can make one of them fail on purpose.
 
 
 def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Series) -> None:
