@@ -98,7 +98,7 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
             error_file_name=error_path,
         )
     error_file = None
-    if result.counts["errors"] or result.file_error is not None:
+    if result.has_errors:
         error_file = error_path(result.upload_id)
         Path(error_file).write_bytes(render_error_file(result.errors))
     click.echo(json.dumps(result.summary(error_file)))

@@ -54,6 +54,11 @@ class UploadResult:
     timings: dict[str, float] = field(default_factory=dict)
     hashed_passwords: int = 0
 
+    @property
+    def has_errors(self) -> bool:
+        """Is there anything to put in an error file?"""
+        return self.counts["errors"] > 0 or self.file_error is not None
+
     def summary(self, error_file: str | None) -> dict[str, object]:
         return {
             "upload_id": self.upload_id,
@@ -61,7 +66,7 @@ class UploadResult:
             "status": self.status,
             **{k: self.counts[k] for k in ("rows", *OUTCOMES)},
             "error_codes": self.error_codes,
-            "error_file": error_file if self.counts["errors"] or self.file_error else None,
+            "error_file": error_file if self.has_errors else None,
         }
 
 
@@ -171,7 +176,6 @@ def process_upload(
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
         if superseded:
             result.status, result.superseded = SUPERSEDED, True
-        has_errors = result.counts["errors"] > 0 or result.file_error is not None
         db_apply.record_errors(conn, upload.upload_id, result.errors)
         db_apply.record_outcome(
             conn,
@@ -179,7 +183,7 @@ def process_upload(
             result.status,
             result.counts,
             result.error_codes,
-            error_file_name(upload.upload_id) if error_file_name and has_errors else None,
+            error_file_name(upload.upload_id) if error_file_name and result.has_errors else None,
         )
         clock.lap("record", t)
     result.timings = clock.timings
