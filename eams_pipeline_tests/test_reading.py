@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from eams_pipeline.errors import ErrorCode
@@ -54,7 +55,7 @@ def test_values_are_trimmed_and_empty_is_absent_and_leading_zeros_kept() -> None
     )
     r = parsed.rows.iloc[0]
     assert (r["school_code"], r["student_id"], r["grade"]) == ("007", "0042", "05")
-    assert r["middle_name"] != r["middle_name"] or r["middle_name"] is None  # NA
+    assert pd.isna(r["middle_name"])  # empty after trimming = absent
 
 
 def test_utf8_bom_is_ignored() -> None:
