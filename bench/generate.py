@@ -28,11 +28,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
 
+from eams_pipeline.core.fingerprints import data_fingerprint, fingerprint_key, password_fingerprint
+from eams_pipeline.core.master_data import parse_master_data
+from eams_pipeline.core.template import COLUMNS, HEADER
 from eams_pipeline.db.setup import load_master_data, recount_licenses
 from eams_pipeline.db.snapshot import copy_in
-from eams_pipeline.fingerprints import data_fingerprint, fingerprint_key, password_fingerprint
-from eams_pipeline.master_data import parse_master_data
-from eams_pipeline.template import COLUMNS, HEADER
 
 SEED = 20_260_917
 SECRET = b"eams-bench-secret-not-for-production"

@@ -3,7 +3,7 @@
 The parent process prepares (and caches) one template database and one file per shape,
 then runs every measurement in its own subprocess so that each peak RSS is its own:
 
-    engine     `eams_pipeline.process.process_upload` (the code path of `eams process` and
+    engine     `eams_pipeline.services.process.process_upload` (the code path of `eams process` and
                the Dagster job) on a database re-created from the template, then the error
                file rendered as `eams process` does;
     reference  `eams_pipeline_tests.reference.reference_process` on a sample of the file;
@@ -152,10 +152,9 @@ def _peak_rss_mib() -> float:
 
 def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> dict[str, Any]:
     from bench.generate import DISTRICT, SECRET
-    from eams_pipeline.config import Argon2Settings
-    from eams_pipeline.error_file import render_error_file
-    from eams_pipeline.passwords import PasswordHasher
-    from eams_pipeline.process import process_upload
+    from eams_pipeline.core.error_file import render_error_file
+    from eams_pipeline.core.passwords import Argon2Settings, PasswordHasher
+    from eams_pipeline.services.process import Engine, Upload, process_upload
 
     workers = os.cpu_count() or 1
     cheap = Argon2Settings(time_cost=1, memory_kib=8, parallelism=1, workers=workers)
@@ -166,11 +165,8 @@ def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> di
         t0 = time.perf_counter()
         result = process_upload(
             conn,
-            DISTRICT,
-            data,
-            upload_key=upload_key,
-            hasher=hasher,
-            secret=SECRET,
+            Upload(district=DISTRICT, data=data, key=upload_key),
+            Engine(secret=SECRET, hasher=hasher),
             error_file_name=lambda _id: str(error_path),
         )
         t1 = time.perf_counter()
@@ -182,7 +178,7 @@ def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> di
     steps["error_file"] = t2 - t1
     return {
         "rows": result.counts["rows"],
-        "status": result.status,
+        "status": str(result.status),
         "counts": result.counts,
         "error_codes": result.error_codes,
         "steps": {k: round(v, 4) for k, v in steps.items()},
@@ -231,8 +227,7 @@ def worker_reference(url: str, file_path: str, passwords_path: str, sample: int)
 
 
 def worker_hashing(sample: int) -> dict[str, Any]:
-    from eams_pipeline.config import Argon2Settings
-    from eams_pipeline.passwords import PasswordHasher
+    from eams_pipeline.core.passwords import Argon2Settings, PasswordHasher
 
     passwords = [f"bench-password-{i:06d}" for i in range(sample)]
     out: dict[str, Any] = {"hashes": sample, "params": "argon2id m=19456 KiB, t=2, p=1"}

@@ -10,13 +10,15 @@ import click
 from defusedcsv import csv as safe_csv
 
 from eams_pipeline import config
+from eams_pipeline.core.error_file import render_error_file
+from eams_pipeline.core.master_data import MasterDataError, parse_master_data
+from eams_pipeline.core.outcome import UploadStatus
+from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.db import export as db_export
 from eams_pipeline.db import migrations
 from eams_pipeline.db.connection import connect, create_database_if_missing
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.error_file import render_error_file
-from eams_pipeline.master_data import MasterDataError, parse_master_data
-from eams_pipeline.process import REJECTED, process_upload
+from eams_pipeline.services.process import Engine, Upload, process_upload
 
 EXIT_OK, EXIT_FAILURE, EXIT_REJECTED = 0, 1, 2
 
@@ -91,9 +93,8 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
     with connect() as conn:
         result = process_upload(
             conn,
-            district_code,
-            data,
-            file_name=file.name,
+            Upload(district=district_code, data=data, file_name=file.name),
+            _engine(),
             dry_run=dry_run,
             error_file_name=error_path,
         )
@@ -102,7 +103,7 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
         error_file = error_path(result.upload_id)
         Path(error_file).write_bytes(render_error_file(result.errors))
     click.echo(json.dumps(result.summary(error_file)))
-    sys.exit(EXIT_REJECTED if result.status == REJECTED else EXIT_OK)
+    sys.exit(EXIT_REJECTED if result.status == UploadStatus.REJECTED else EXIT_OK)
 
 
 @cli.group()
@@ -151,7 +152,7 @@ def demo_cmd(
 ) -> None:
     """Run the whole pipeline locally: PostgreSQL databases, loopback SFTP and SMTP
     servers, two sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
-    from eams_pipeline.demo import DemoOptions, run_demo
+    from eams_pipeline.devtools.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         state_dir=state_dir,
@@ -161,6 +162,10 @@ def demo_cmd(
         reset=reset,
     )
     sys.exit(run_demo(options, echo=click.echo))
+
+
+def _engine() -> Engine:
+    return Engine(secret=config.secret_key(), hasher=PasswordHasher(config.argon2_settings()))
 
 
 def _require_district(conn: object, district_code: str) -> None:

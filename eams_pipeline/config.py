@@ -1,7 +1,9 @@
 """Settings read from the environment, in one place.
 
-Every knob an operator can turn is an environment variable named here and in the README.
-A secret may be given directly (``NAME``) or as a file holding it (``NAME_FILE``).
+Every knob an operator can turn is an environment variable named here and in the README;
+no other module reads ``os.environ`` (the demo and the tests set variables, they do not
+read them). A secret may be given directly (``NAME``) or as a file holding it
+(``NAME_FILE``). The pure core never imports this module: its settings are passed in.
 """
 
 from __future__ import annotations
@@ -10,7 +12,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from eams_pipeline.core.passwords import Argon2Settings
+
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
+DEFAULT_ARCHIVE_DIR = "./var/archive"
+DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+DEFAULT_SETTLE_SECONDS = 60
+SMTP_SECURITY_MODES = ("none", "starttls", "ssl")
+SMTP_DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
+SMTP_DEFAULT_PASSWORD_ENV = "EAMS_SMTP_PASSWORD"
+DEFAULT_MAIL_FROM = "eams-noreply@localhost"
 
 
 class ConfigError(RuntimeError):
@@ -46,8 +57,18 @@ def env_secret(name: str) -> str | None:
         raise ConfigError(f"{name}_FILE={path}: {exc.strerror}") from exc
 
 
+# --- the MY Access database and the engine --------------------------------------------
+
+
 def database_url() -> str:
+    """EAMS_DATABASE_URL."""
     return env_str("EAMS_DATABASE_URL", DEFAULT_DATABASE_URL)  # type: ignore[return-value]
+
+
+def sql_dir() -> Path:
+    """EAMS_SQL_DIR: the migrations (default: the checkout's ``sql/``)."""
+    default = Path(__file__).resolve().parents[1] / "sql"
+    return Path(env_str("EAMS_SQL_DIR") or default)
 
 
 def secret_key() -> bytes:
@@ -62,21 +83,90 @@ def secret_key() -> bytes:
     return value.encode("utf-8")
 
 
-@dataclass(frozen=True)
-class Argon2Settings:
-    """argon2id parameters; the defaults are OWASP's minimum (m=19 MiB, t=2, p=1)."""
+def argon2_settings() -> Argon2Settings:
+    """EAMS_ARGON2_TIME_COST, EAMS_ARGON2_MEMORY_KIB, EAMS_ARGON2_PARALLELISM,
+    EAMS_HASH_WORKERS (0 or unset: one per core)."""
+    workers = env_int("EAMS_HASH_WORKERS", 0)
+    return Argon2Settings(
+        time_cost=env_int("EAMS_ARGON2_TIME_COST", Argon2Settings.time_cost),
+        memory_kib=env_int("EAMS_ARGON2_MEMORY_KIB", Argon2Settings.memory_kib),
+        parallelism=env_int("EAMS_ARGON2_PARALLELISM", Argon2Settings.parallelism),
+        workers=workers if workers > 0 else (os.cpu_count() or 1),
+    )
 
-    time_cost: int = 2
-    memory_kib: int = 19456
-    parallelism: int = 1
-    workers: int = 0  # 0: one per core
 
-    @classmethod
-    def from_env(cls) -> Argon2Settings:
-        workers = env_int("EAMS_HASH_WORKERS", 0)
-        return cls(
-            time_cost=env_int("EAMS_ARGON2_TIME_COST", cls.time_cost),
-            memory_kib=env_int("EAMS_ARGON2_MEMORY_KIB", cls.memory_kib),
-            parallelism=env_int("EAMS_ARGON2_PARALLELISM", cls.parallelism),
-            workers=workers if workers > 0 else (os.cpu_count() or 1),
+# --- the archive, SMTP ------------------------------------------------------------------
+
+
+def archive_dir(override: str | None = None) -> Path:
+    """EAMS_ARCHIVE_DIR (default ./var/archive)."""
+    return Path(override or env_str("EAMS_ARCHIVE_DIR") or DEFAULT_ARCHIVE_DIR)
+
+
+def archive_keys(key_env: str = "EAMS_ARCHIVE_KEY") -> str:
+    """The comma-separated Fernet keys in ``key_env`` (or ``key_env``_FILE)."""
+    keys = env_secret(key_env)
+    if not keys:
+        raise ConfigError(
+            f"{key_env} (or {key_env}_FILE) is not set: it encrypts the archive copy of every "
+            "upload. Generate one with `python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'`."
         )
+    return keys
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """The mail relay. The password is never a setting: ``password_env`` names the variable."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    security: str = "none"  # none | starttls | ssl (implicit TLS)
+    username: str | None = None
+    password_env: str | None = None
+    sender: str = DEFAULT_MAIL_FROM
+    timeout_seconds: float = 30
+    ca_file: str | None = None  # a private CA bundle; default: the system CAs
+
+
+def smtp_settings() -> SmtpSettings:
+    """``EAMS_SMTP_HOST`` (default 127.0.0.1), ``EAMS_SMTP_PORT`` (default 25, 587 or 465
+    by security), ``EAMS_SMTP_SECURITY`` (none|starttls|ssl, default none),
+    ``EAMS_SMTP_USERNAME``, ``EAMS_SMTP_PASSWORD_ENV`` (the variable holding the password,
+    default ``EAMS_SMTP_PASSWORD``), ``EAMS_SMTP_CA_FILE``, ``EAMS_SMTP_TIMEOUT_SECONDS``,
+    ``EAMS_MAIL_FROM``."""
+    security = (env_str("EAMS_SMTP_SECURITY", "none") or "none").strip().lower()
+    if security not in SMTP_SECURITY_MODES:
+        raise ConfigError(
+            f"EAMS_SMTP_SECURITY must be one of {', '.join(SMTP_SECURITY_MODES)}, "
+            f"got {security!r}"
+        )
+    return SmtpSettings(
+        host=env_str("EAMS_SMTP_HOST", "127.0.0.1") or "127.0.0.1",
+        port=env_int("EAMS_SMTP_PORT", SMTP_DEFAULT_PORTS[security]),
+        security=security,
+        username=env_str("EAMS_SMTP_USERNAME"),
+        password_env=env_str("EAMS_SMTP_PASSWORD_ENV", SMTP_DEFAULT_PASSWORD_ENV),
+        sender=env_str("EAMS_MAIL_FROM", DEFAULT_MAIL_FROM) or DEFAULT_MAIL_FROM,
+        timeout_seconds=env_int("EAMS_SMTP_TIMEOUT_SECONDS", 30),
+        ca_file=env_str("EAMS_SMTP_CA_FILE"),
+    )
+
+
+# --- orchestration ----------------------------------------------------------------------
+
+
+def sensor_interval_seconds() -> int:
+    """EAMS_SENSOR_INTERVAL_SECONDS: the minimum time between two ticks of a district sensor."""
+    return max(1, env_int("EAMS_SENSOR_INTERVAL_SECONDS", DEFAULT_SENSOR_INTERVAL_SECONDS))
+
+
+def settle_seconds() -> int:
+    """EAMS_SETTLE_SECONDS: how long students.csv must stay unchanged before it is taken."""
+    return max(0, env_int("EAMS_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS))
+
+
+def operator_emails() -> list[str]:
+    """EAMS_OPERATOR_EMAILS: comma-separated addresses alerted when a run crashes."""
+    raw = env_str("EAMS_OPERATOR_EMAILS", "") or ""
+    return [a.strip() for a in raw.split(",") if a.strip()]

@@ -9,10 +9,13 @@ from typing import Any
 import psycopg
 import yaml
 
+from eams_pipeline import config
+from eams_pipeline.core.master_data import parse_master_data
+from eams_pipeline.core.outcome import UploadResult
+from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.core.template import COLUMNS, HEADER
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.master_data import parse_master_data
-from eams_pipeline.process import UploadResult, process_upload
-from eams_pipeline.template import HEADER
+from eams_pipeline.services.process import Engine, Upload, process_upload
 
 ENTERPRISE, REGULAR, BIN = "ENT-D1", "REG-D1", "D1-HB"
 
@@ -93,8 +96,6 @@ def csv_bytes(rows: list[dict[str, str]], header: tuple[str, ...] = HEADER) -> b
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
-    from eams_pipeline.template import COLUMNS
-
     for r in rows:
         writer.writerow([r.get(c, "") for c in COLUMNS])
     return out.getvalue().encode("utf-8")
@@ -107,7 +108,19 @@ def run(
     **kwargs: Any,
 ) -> UploadResult:
     data = rows if isinstance(rows, bytes) else csv_bytes(rows)
-    return process_upload(conn, district, data, **kwargs)
+    upload_fields = {k: kwargs.pop(k) for k in _UPLOAD_FIELDS if k in kwargs}
+    engine = kwargs.pop("engine", None) or test_engine(kwargs.pop("hasher", None))
+    return process_upload(conn, Upload(district, data, **upload_fields), engine, **kwargs)
+
+
+_UPLOAD_FIELDS = ("file_name", "key", "received_at", "archive_path")
+
+
+def test_engine(hasher: PasswordHasher | None = None) -> Engine:
+    """The engine as the environment configures it (cheap argon2 in the tests)."""
+    return Engine(
+        secret=config.secret_key(), hasher=hasher or PasswordHasher(config.argon2_settings())
+    )
 
 
 def students(conn: psycopg.Connection, district: str = "D1") -> dict[str, dict[str, Any]]:

@@ -19,9 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
-from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
-from eams_pipeline.io.sftp import SftpResource, SftpSettings
+from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
+from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
+from eams_pipeline.orchestration.resources import SftpResource
 
 SFTP_PASSWORDS = {"d001": "d001-Secret-pw", "d002": "d002-Other-pw"}
 CLIENT_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa")
@@ -88,10 +89,10 @@ def sftp_resource() -> SftpResource:
 @pytest.fixture
 def sftp_settings(
     sftp_server: LoopbackSftpServer, monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., SftpSettings]:
+) -> Callable[..., SftpAccount]:
     """``make(user="d001", **overrides)``: settings for a password login to sftp_server."""
 
-    def make(user: str = "d001", **overrides: object) -> SftpSettings:
+    def make(user: str = "d001", **overrides: object) -> SftpAccount:
         env_name = f"EAMS_TEST_SFTP_{user.upper()}_PASSWORD"
         monkeypatch.setenv(env_name, SFTP_PASSWORDS.get(user, "no-such-user"))
         values: dict[str, object] = {
@@ -103,7 +104,7 @@ def sftp_settings(
             "password_env": env_name,
         }
         values.update(overrides)
-        return SftpSettings(**values)  # type: ignore[arg-type]
+        return SftpAccount(**values)  # type: ignore[arg-type]
 
     return make
 

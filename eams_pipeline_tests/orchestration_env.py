@@ -14,11 +14,9 @@ from typing import Any
 import dagster as dg
 import psycopg
 
-from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
-from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
+from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
-from eams_pipeline.io.sftp import SftpResource
-from eams_pipeline.io.smtp import SmtpResource
 from eams_pipeline.orchestration.definitions import build_definitions
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import (
@@ -28,7 +26,13 @@ from eams_pipeline.orchestration.partitions import (
     UPLOADS,
     UploadRef,
 )
-from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource
+from eams_pipeline.orchestration.resources import (
+    ArchiveResource,
+    DatabaseResource,
+    EngineResource,
+    SftpResource,
+    SmtpResource,
+)
 from eams_pipeline.orchestration.sensors import sensor_name
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
@@ -105,6 +109,7 @@ class Pipeline:
             "sftp": self.sftp_resource,
             "smtp": SmtpResource(port=self.smtp.port),
             "archive": ArchiveResource(directory=str(self.archive_dir)),
+            "engine": EngineResource(),
         }
         resources.update(overrides)
         return resources

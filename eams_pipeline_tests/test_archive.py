@@ -15,6 +15,7 @@ from eams_pipeline.io.archive import (
     generate_key,
     sha256,
 )
+from eams_pipeline.orchestration.resources import ArchiveResource
 
 UPLOAD = (
     b"School Code,Student ID,Last Name,First Name,Middle Name,Grade,Username,Password,"
@@ -111,7 +112,7 @@ def test_key_rotation_first_key_encrypts_all_keys_decrypt(tmp_path: Path) -> Non
 def test_from_env_with_key_and_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EAMS_ARCHIVE_KEY", generate_key())
     monkeypatch.setenv("EAMS_ARCHIVE_DIR", str(tmp_path / "a"))
-    archive = Archive.from_env()
+    archive = _archive_from_env()
     stored = archive.store("D001", "u1", UPLOAD)
     assert Path(stored.path).is_relative_to(tmp_path / "a")
 
@@ -123,7 +124,7 @@ def test_from_env_with_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("EAMS_ARCHIVE_KEY", raising=False)
     monkeypatch.setenv("EAMS_ARCHIVE_KEY_FILE", str(key_file))
     monkeypatch.setenv("EAMS_ARCHIVE_DIR", str(tmp_path / "a"))
-    stored = Archive.from_env().store("D001", "u1", UPLOAD)
+    stored = _archive_from_env().store("D001", "u1", UPLOAD)
     assert Archive(tmp_path, key).load(stored.path) == UPLOAD
 
 
@@ -131,10 +132,15 @@ def test_missing_key_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EAMS_ARCHIVE_KEY", raising=False)
     monkeypatch.delenv("EAMS_ARCHIVE_KEY_FILE", raising=False)
     with pytest.raises(ConfigError, match="EAMS_ARCHIVE_KEY"):
-        Archive.from_env()
+        _archive_from_env()
 
 
 def test_malformed_key_is_a_config_error_that_does_not_echo_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         Archive(tmp_path, "not-a-fernet-key-but-secret-text")
     assert "not-a-fernet-key-but-secret-text" not in str(info.value)
+
+
+def _archive_from_env() -> Archive:
+    """The archive as the code location configures it (ArchiveResource)."""
+    return ArchiveResource().get()

@@ -62,8 +62,8 @@ def test_username_taken_is_reported_without_student_id(conn: psycopg.Connection)
 def test_a_value_holding_the_fingerprint_separator_cannot_mask_a_change() -> None:
     import pandas as pd
 
-    from eams_pipeline.fingerprints import data_fingerprint, password_fingerprint
-    from eams_pipeline.template import DATA_COLUMNS
+    from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
+    from eams_pipeline.core.template import DATA_COLUMNS
 
     base = dict.fromkeys(DATA_COLUMNS, "x")
     a = pd.DataFrame([{**base, "last_name": "a\x1fb", "first_name": "c"}], dtype="str")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eams_pipeline.template import HEADER
+from eams_pipeline.core.template import HEADER
 from eams_pipeline_tests.builders import (
     assert_license_invariant,
     csv_bytes,

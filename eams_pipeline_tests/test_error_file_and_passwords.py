@@ -7,10 +7,10 @@ import io
 
 from argon2 import PasswordHasher as Argon2
 
-from eams_pipeline.config import Argon2Settings
-from eams_pipeline.error_file import render_error_file
-from eams_pipeline.errors import error_frame
-from eams_pipeline.passwords import PasswordHasher
+from eams_pipeline import config
+from eams_pipeline.core.error_file import render_error_file
+from eams_pipeline.core.errors import error_frame
+from eams_pipeline.core.passwords import Argon2Settings, PasswordHasher
 from eams_pipeline_tests.builders import district_doc, existing_student, load, row, run
 
 
@@ -71,6 +71,6 @@ def test_hash_many_keeps_order_and_uses_the_workers() -> None:
 def test_default_argon2_parameters_are_at_least_owasp_minimum(monkeypatch) -> None:
     for name in ("EAMS_ARGON2_TIME_COST", "EAMS_ARGON2_MEMORY_KIB", "EAMS_ARGON2_PARALLELISM"):
         monkeypatch.delenv(name, raising=False)
-    settings = Argon2Settings.from_env()
+    settings = config.argon2_settings()
     assert settings.memory_kib >= 19456 and settings.time_cost >= 2
     assert PasswordHasher(settings).hash("x" * 8).startswith("$argon2id$v=19$m=19456,t=2,p=1$")

@@ -124,19 +124,19 @@ def test_a_failure_in_the_middle_of_applying_leaves_the_database_as_it_was(
 
     monkeypatch.setattr(db_apply, step, fail_after)
     with pytest.raises(RuntimeError, match="injected failure"):
-        run(district, _mixed_file(), upload_key="D1-crash")
+        run(district, _mixed_file(), key="D1-crash")
     assert dump(district) == before
     monkeypatch.undo()
     # and the same upload then applies normally
-    result = run(district, _mixed_file(), upload_key="D1-crash")
+    result = run(district, _mixed_file(), key="D1-crash")
     assert result.counts["added"] == 2
     assert_license_invariant(district)
 
 
 def test_applying_the_same_upload_twice_is_a_no_op(district) -> None:
-    first = run(district, _mixed_file(), upload_key="D1-20261128T020000Z")
+    first = run(district, _mixed_file(), key="D1-20261128T020000Z")
     state = dump(district)
-    again = run(district, _mixed_file(), upload_key="D1-20261128T020000Z")
+    again = run(district, _mixed_file(), key="D1-20261128T020000Z")
     assert again.already_applied
     assert again.upload_id == first.upload_id
     assert again.counts == first.counts and again.error_codes == first.error_codes
@@ -147,9 +147,9 @@ def test_applying_the_same_upload_twice_is_a_no_op(district) -> None:
 
 
 def test_the_same_upload_key_with_other_bytes_is_refused(district) -> None:
-    run(district, [row("N1")], upload_key="D1-k")
+    run(district, [row("N1")], key="D1-k")
     with pytest.raises(ValueError, match="other content"):
-        run(district, [row("N2")], upload_key="D1-k")
+        run(district, [row("N2")], key="D1-k")
 
 
 def test_dry_run_changes_nothing_and_reports_the_same_figures(district) -> None:

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
-from eams_pipeline.io.smtp import SmtpResource
-from eams_pipeline.notifications import build_failure_email, build_upload_email
+from eams_pipeline.core.notifications import build_failure_email, build_upload_email
+from eams_pipeline.orchestration.resources import SmtpResource
 
 if TYPE_CHECKING:
-    from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+    from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 
 CONTACTS = ["sis-admin@springfield.example.org", "it-helpdesk@springfield.example.org"]
 SENDER = "eams-noreply@vantage.example"

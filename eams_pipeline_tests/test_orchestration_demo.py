@@ -5,11 +5,11 @@ from __future__ import annotations
 import psycopg
 import yaml
 
+from eams_pipeline.core.master_data import parse_master_data
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.demo import master_data, sample_clean, sample_with_errors
-from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
-from eams_pipeline.master_data import parse_master_data
-from eams_pipeline.process import process_upload
+from eams_pipeline.devtools.demo import master_data, sample_clean, sample_with_errors
+from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
+from eams_pipeline_tests.builders import run
 
 
 def test_demo_samples_give_one_clean_and_one_partial_upload(
@@ -20,11 +20,11 @@ def test_demo_samples_give_one_clean_and_one_partial_upload(
     assert [d.sftp.port for d in districts] == [sftp_server.port] * 2
     load_master_data(conn, districts)
 
-    clean = process_upload(conn, "D001", sample_clean())
+    clean = run(conn, sample_clean(), "D001")
     assert clean.status == "processed" and clean.counts["errors"] == 0
     assert clean.counts["rows"] == 6
 
-    partial = process_upload(conn, "D002", sample_with_errors())
+    partial = run(conn, sample_with_errors(), "D002")
     assert partial.status == "partially_processed"
     assert partial.counts["added"] == 4 and partial.counts["errors"] == 6
     assert set(partial.error_codes) == {

@@ -14,13 +14,12 @@ import psycopg
 import pytest
 
 from eams_pipeline.db.uploads import get_upload
-from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
-from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
+from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
 from eams_pipeline.io.sftp import SftpAuthError, SftpHostKeyError
-from eams_pipeline.io.smtp import SmtpResource
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOADS, UploadRef
-from eams_pipeline.orchestration.resources import ArchiveResource
+from eams_pipeline.orchestration.resources import ArchiveResource, SmtpResource
 from eams_pipeline.orchestration.sensors import build_operator_alert_sensor
 from eams_pipeline.orchestration.settle import SensorState
 from eams_pipeline_tests import builders

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from eams_pipeline.errors import ErrorCode
-from eams_pipeline.reading import FileRejected, count_data_records, read_upload
-from eams_pipeline.template import HEADER
+from eams_pipeline.core.errors import ErrorCode
+from eams_pipeline.core.reading import FileRejected, count_data_records, read_upload
+from eams_pipeline.core.template import HEADER
 
 HEADER_LINE = ",".join(HEADER)
 GOOD = "101,S1,Doe,Jane,,5,jdoe,secret1,,,A"

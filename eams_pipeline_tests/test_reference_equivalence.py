@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eams_pipeline.passwords import PasswordHasher
-from eams_pipeline.process import UploadResult
+from eams_pipeline import config
+from eams_pipeline.core.outcome import UploadResult
+from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline_tests.builders import (
     assert_license_invariant,
     district_doc,
@@ -352,7 +353,7 @@ def shared_db(db_url: str) -> Iterator[psycopg.Connection]:
 def test_engine_equals_reference_and_is_idempotent(
     shared_db: psycopg.Connection, sc: Scenario
 ) -> None:
-    conn, hasher = shared_db, PasswordHasher()
+    conn, hasher = shared_db, PasswordHasher(config.argon2_settings())
     state = _setup(conn, sc)
 
     first = reference_process(sc.data, state)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from eams_pipeline.core.master_data import MasterDataError, parse_master_data
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.master_data import MasterDataError, parse_master_data
 from eams_pipeline_tests.builders import district_doc, existing_student, load, row, run, used
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"

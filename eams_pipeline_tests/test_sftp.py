@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import asyncssh
 import pytest
 
-from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
+from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.io.sftp import (
     RemoteFile,
     SftpAuthError,
@@ -22,19 +23,18 @@ from eams_pipeline.io.sftp import (
     SftpFileNotFoundError,
     SftpHostKeyError,
     SftpPathError,
-    SftpResource,
     SftpSession,
-    SftpSettings,
     SftpTransientError,
 )
+from eams_pipeline.orchestration.resources import SftpResource
 
 if TYPE_CHECKING:
     from eams_pipeline_tests.fixtures_servers import ClientKey
 
-MakeSettings = Callable[..., SftpSettings]
+MakeSettings = Callable[..., SftpAccount]
 
 
-def _connect(resource: SftpResource, settings: SftpSettings) -> None:
+def _connect(resource: SftpResource, settings: SftpAccount) -> None:
     """Open a session and close it again."""
     with resource.session(settings):
         pass

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from eams_pipeline.config import ConfigError
-from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
-from eams_pipeline.io.smtp import SmtpResource, smtp_resource_from_env
+from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
+from eams_pipeline.orchestration.resources import SmtpResource, smtp_resource_from_env
 
 if TYPE_CHECKING:
     from eams_pipeline_tests.fixtures_servers import TlsFiles

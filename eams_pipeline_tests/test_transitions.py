@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eams_pipeline.transitions import TRANSITIONS
+from eams_pipeline.core.transitions import TRANSITIONS
 from eams_pipeline_tests.builders import (
     assert_license_invariant,
     district_doc,

@@ -13,8 +13,9 @@ import json
 import pandas as pd
 import psycopg
 
+from eams_pipeline.core.outcome import FINAL_STATUSES, UploadStatus
+from eams_pipeline.core.plan import Plan
 from eams_pipeline.db.snapshot import copy_in
-from eams_pipeline.plan import Plan
 
 _CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS stage_students (
@@ -167,21 +168,21 @@ def record_errors(conn: psycopg.Connection, upload_id: int, errors: pd.DataFrame
 def record_outcome(
     conn: psycopg.Connection,
     upload_id: int,
-    status: str,
+    status: UploadStatus,
     counts: dict[str, int],
     error_codes: dict[str, int],
     error_file: str | None,
 ) -> None:
     conn.execute(
         """UPDATE uploads SET status = %s,
-               applied_at = CASE WHEN %s <> 'superseded' THEN now() END,
+               applied_at = CASE WHEN %s THEN now() END,
                rows = %s, added = %s,
                activated = %s, deactivated = %s, updated = %s, unchanged = %s, errors = %s,
                error_codes = %s, error_file = %s
            WHERE upload_id = %s""",
         (
-            status,
-            status,
+            str(status),
+            status in FINAL_STATUSES,
             counts["rows"],
             counts["added"],
             counts["activated"],

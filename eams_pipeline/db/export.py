@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from eams_pipeline.template import HEADER
+from eams_pipeline.core.template import HEADER
 
 STUDENT_EXPORT_HEADER = (*(h for h in HEADER if h not in ("Password", "Status")), "Status", "Order")
 LICENSE_EXPORT_HEADER = ("Order", "Kind", "School Code", "Licenses", "Used", "Available")

@@ -8,14 +8,15 @@ two upgrades from running at once.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 
-SQL_DIR = Path(os.environ.get("EAMS_SQL_DIR", Path(__file__).resolve().parents[2] / "sql"))
+from eams_pipeline.config import sql_dir
+
+SQL_DIR = sql_dir()
 _NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x6561_6D73  # "eams"
 

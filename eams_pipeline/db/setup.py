@@ -10,9 +10,9 @@ from __future__ import annotations
 import pandas as pd
 import psycopg
 
-from eams_pipeline.fingerprints import data_fingerprint
-from eams_pipeline.master_data import DistrictSpec
-from eams_pipeline.validation import normalise
+from eams_pipeline.core.fingerprints import data_fingerprint
+from eams_pipeline.core.master_data import DistrictSpec
+from eams_pipeline.core.validation import normalise
 
 
 def load_master_data(conn: psycopg.Connection, districts: list[DistrictSpec]) -> dict[str, int]:

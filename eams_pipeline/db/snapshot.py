@@ -1,15 +1,14 @@
 """Reading the district's current state for the plan, under the district's lock.
 
-`lock_district` takes a row lock on the district: every writer of a district's students
-or orders (an upload, `eams setup load`) takes it first, so two uploads of one district
-never apply at the same time, and the snapshot a plan is made from stays true until the
-transaction commits.
+`lock_district` (db.districts) takes a row lock on the district: every writer of a
+district's students or orders (an upload, `eams setup load`) takes it first, so two
+uploads of one district never apply at the same time, and the snapshot a plan is made
+from stays true until the transaction commits.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 
 import pandas as pd
 import psycopg
@@ -17,34 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.plan import DistrictSnapshot
-
-
-class UnknownDistrict(LookupError):
-    pass
-
-
-@dataclass(frozen=True)
-class DistrictRow:
-    district_id: int
-    code: str
-    name: str
-    contacts: list[str]
-    enterprise_order_id: int
-    holding_bin_school_id: int
-
-
-def lock_district(conn: psycopg.Connection, code: str) -> DistrictRow:
-    row = conn.execute(
-        """SELECT district_id, code, name, contacts, enterprise_order_id, holding_bin_school_id
-           FROM districts WHERE code = %s FOR UPDATE""",
-        (code,),
-    ).fetchone()
-    if row is None:
-        raise UnknownDistrict(f"unknown district {code!r}: load it with `eams setup load` first")
-    if row[4] is None or row[5] is None:
-        raise UnknownDistrict(f"district {code} has no enterprise order or holding bin school")
-    return DistrictRow(*row)
+from eams_pipeline.core.plan import DistrictSnapshot
+from eams_pipeline.db.districts import District
 
 
 def copy_out(
@@ -95,7 +68,7 @@ def copy_in(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> None:
         cp.write(sink.getvalue())
 
 
-def load_district_students(conn: psycopg.Connection, district: DistrictRow) -> pd.DataFrame:
+def load_district_students(conn: psycopg.Connection, district: District) -> pd.DataFrame:
     """What the plan needs of every student of the district (one COPY)."""
     return copy_out(
         conn,
@@ -118,7 +91,7 @@ def load_district_students(conn: psycopg.Connection, district: DistrictRow) -> p
 
 def load_snapshot(
     conn: psycopg.Connection,
-    district: DistrictRow,
+    district: District,
     rows: pd.DataFrame,
     students: pd.DataFrame | None = None,
 ) -> DistrictSnapshot:

@@ -8,17 +8,22 @@ from dataclasses import dataclass
 import pandas as pd
 import psycopg
 
-from eams_pipeline.errors import error_frame
-
-FINAL_STATUSES = ("processed", "partially_processed", "rejected")
-COUNT_COLUMNS = ("rows", "added", "activated", "deactivated", "updated", "unchanged", "errors")
+from eams_pipeline.core.errors import ErrorCode, error_frame
+from eams_pipeline.core.outcome import (
+    APPLIED_STATUSES,
+    COUNT_KEYS,
+    FINAL_STATUSES,
+    UploadResult,
+    UploadStatus,
+)
+from eams_pipeline.core.reading import FileRejected
 
 
 @dataclass(frozen=True)
 class UploadRow:
     upload_id: int
     upload_key: str
-    status: str
+    status: UploadStatus
     received_at: dt.datetime
     counts: dict[str, int]
     error_codes: dict[str, int]
@@ -37,16 +42,16 @@ def make_upload_key(district_code: str, received_at: dt.datetime) -> str:
     return f"{district_code}-{stamp}"
 
 
-_SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_COLUMNS)},
+_SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_KEYS)},
                      error_codes, error_file, content_sha256, archive_path FROM uploads"""
 
 
 def _row(r: tuple) -> UploadRow:
-    counts = dict(zip(COUNT_COLUMNS, r[4:11], strict=True))
+    counts = dict(zip(COUNT_KEYS, r[4:11], strict=True))
     return UploadRow(
         upload_id=r[0],
         upload_key=r[1],
-        status=r[2],
+        status=UploadStatus(r[2]),
         received_at=r[3],
         counts={k: int(v or 0) for k, v in counts.items()},
         error_codes=r[11] or {},
@@ -93,9 +98,13 @@ def newer_applied_exists(conn: psycopg.Connection, district_id: int, upload: Upl
     return bool(
         conn.execute(
             """SELECT EXISTS (SELECT 1 FROM uploads WHERE district_id = %s AND upload_id <> %s
-                          AND status IN ('processed', 'partially_processed')
-                          AND received_at > %s)""",
-            (district_id, upload.upload_id, upload.received_at),
+                          AND status = ANY(%s) AND received_at > %s)""",
+            (
+                district_id,
+                upload.upload_id,
+                sorted(str(s) for s in APPLIED_STATUSES),
+                upload.received_at,
+            ),
         ).fetchone()[0]
     )
 
@@ -113,4 +122,25 @@ def load_errors(conn: psycopg.Connection, upload_id: int) -> pd.DataFrame:
         [r[2] or "" for r in rows],
         [r[3] for r in rows],
         [r[4] for r in rows],
+    )
+
+
+def recorded_result(
+    conn: psycopg.Connection, record: UploadRow, district_code: str
+) -> UploadResult:
+    """What was recorded for an upload, as the engine returned it the first time."""
+    errors = load_errors(conn, record.upload_id)
+    file_error = None
+    if record.status == UploadStatus.REJECTED and len(errors):
+        first = errors.iloc[0]
+        file_error = FileRejected(ErrorCode(first["code"]), int(first["line"]), first["message"])
+    return UploadResult(
+        upload_id=record.upload_id,
+        district=district_code,
+        status=record.status,
+        counts=record.counts,
+        error_codes=record.error_codes,
+        errors=errors,
+        file_error=file_error,
+        already_applied=True,
     )

@@ -1,10 +1,10 @@
 """The pipeline's own copy of every raw upload, encrypted at rest (Fernet).
 
 Uploads hold student passwords, so the archive never stores readable bytes (SPEC §3).
-Keys come from ``EAMS_ARCHIVE_KEY`` or the file named by ``EAMS_ARCHIVE_KEY_FILE``: one
-or more comma-separated Fernet keys; the first encrypts, all of them decrypt, which lets
-an operator rotate keys by prepending a new one. Files live in ``EAMS_ARCHIVE_DIR``
-(default ``./var/archive``) as ``<dir>/<district_code>/<upload_key>.csv.fernet``.
+The keys are one or more comma-separated Fernet keys (``EAMS_ARCHIVE_KEY[_FILE]``, read
+by :mod:`eams_pipeline.config`); the first encrypts, all of them decrypt, which lets an
+operator rotate keys by prepending a new one. Files live in the archive directory
+(``EAMS_ARCHIVE_DIR``) as ``<dir>/<district_code>/<upload_key>.csv.fernet``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from eams_pipeline.config import ConfigError, env_secret, env_str
+from eams_pipeline.config import ConfigError
 
-DEFAULT_ARCHIVE_DIR = "./var/archive"
 SUFFIX = ".csv.fernet"
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 
@@ -71,19 +70,6 @@ class Archive:
                 ) from exc
         self.directory = Path(directory)
         self._fernet = MultiFernet(fernets)
-
-    @classmethod
-    def from_env(cls) -> Archive:
-        """The archive configured by ``EAMS_ARCHIVE_KEY[_FILE]`` and ``EAMS_ARCHIVE_DIR``."""
-        keys = env_secret("EAMS_ARCHIVE_KEY")
-        if not keys:
-            raise ConfigError(
-                "EAMS_ARCHIVE_KEY (or EAMS_ARCHIVE_KEY_FILE) is not set: it encrypts the "
-                "archive copy of every upload. Generate one with `python -c 'from "
-                "cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
-            )
-        directory = env_str("EAMS_ARCHIVE_DIR", DEFAULT_ARCHIVE_DIR) or DEFAULT_ARCHIVE_DIR
-        return cls(Path(directory), keys)
 
     sha256 = staticmethod(sha256)
 

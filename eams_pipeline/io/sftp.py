@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-import dagster as dg
 import paramiko
 import tenacity
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -39,6 +38,7 @@ from paramiko.pkey import UnknownKeyType
 from paramiko.ssh_exception import SSHException
 
 from eams_pipeline.config import ConfigError, env_secret
+from eams_pipeline.core.master_data import SftpAccount
 
 INCOMING = "incoming"
 ERRORS = "errors"
@@ -75,24 +75,6 @@ class SftpFileNotFoundError(SftpError, FileNotFoundError):
 
 class SftpFileExistsError(SftpError, FileExistsError):
     """The remote target already exists."""
-
-
-@dataclass(frozen=True)
-class SftpSettings:
-    """One district's SFTP account (master data; secrets are named, never stored)."""
-
-    host: str
-    port: int
-    username: str
-    host_key: str  # pinned OpenSSH public key line: "ssh-ed25519 AAAA..."
-    root: str  # the directory that holds incoming/, errors/ and processed/
-    password_env: str | None = None  # env var holding the password (or NAME_FILE)
-    private_key_file: str | None = None  # ed25519, ECDSA or RSA private key, unencrypted
-
-    @property
-    def where(self) -> str:
-        """``user@host:port``, for messages."""
-        return f"{self.username}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -155,7 +137,7 @@ class SftpSession:
     refused, so the session cannot reach outside the district's directory.
     """
 
-    def __init__(self, settings: SftpSettings, client: paramiko.SFTPClient) -> None:
+    def __init__(self, settings: SftpAccount, client: paramiko.SFTPClient) -> None:
         self.settings = settings
         self._client = client
         root = settings.root or "/"
@@ -263,8 +245,9 @@ class SftpSession:
         return True
 
 
-class SftpResource(dg.ConfigurableResource):
-    """Opens :class:`SftpSession` objects for a district's :class:`SftpSettings`."""
+@dataclass(frozen=True)
+class SftpConnector:
+    """Opens :class:`SftpSession` objects for a district's :class:`SftpAccount`."""
 
     connect_timeout_seconds: float = 10
     banner_timeout_seconds: float = 10
@@ -274,7 +257,7 @@ class SftpResource(dg.ConfigurableResource):
     retry_wait_seconds: float = 1
 
     @contextmanager
-    def session(self, settings: SftpSettings) -> Iterator[SftpSession]:
+    def session(self, settings: SftpAccount) -> Iterator[SftpSession]:
         """Connect, verify the pinned host key, authenticate and open SFTP."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(SftpTransientError),
@@ -289,7 +272,7 @@ class SftpResource(dg.ConfigurableResource):
             client.close()
             transport.close()
 
-    def _connect(self, settings: SftpSettings) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
+    def _connect(self, settings: SftpAccount) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
         where = settings.where
         pinned = parse_host_key(settings.host_key) if settings.host_key else None
         if pinned is None:
@@ -319,7 +302,7 @@ class SftpResource(dg.ConfigurableResource):
         return transport, client
 
     def _handshake(
-        self, transport: paramiko.Transport, settings: SftpSettings, pinned: paramiko.PKey
+        self, transport: paramiko.Transport, settings: SftpAccount, pinned: paramiko.PKey
     ) -> None:
         where = settings.where
         try:
@@ -337,7 +320,7 @@ class SftpResource(dg.ConfigurableResource):
             )
 
     def _open_sftp(
-        self, transport: paramiko.Transport, settings: SftpSettings
+        self, transport: paramiko.Transport, settings: SftpAccount
     ) -> paramiko.SFTPClient:
         try:
             client = paramiko.SFTPClient.from_transport(transport)
@@ -358,7 +341,7 @@ def _prefer_host_key_type(transport: paramiko.Transport, key_type: str) -> None:
     options.key_types = first + [name for name in available if name not in first]
 
 
-def _credential(settings: SftpSettings) -> str | paramiko.PKey:
+def _credential(settings: SftpAccount) -> str | paramiko.PKey:
     """The private key if one is configured, else the password from the environment."""
     where = settings.where
     if settings.private_key_file:
@@ -391,7 +374,7 @@ def _credential(settings: SftpSettings) -> str | paramiko.PKey:
 
 
 def _authenticate(
-    transport: paramiko.Transport, settings: SftpSettings, credential: str | paramiko.PKey
+    transport: paramiko.Transport, settings: SftpAccount, credential: str | paramiko.PKey
 ) -> None:
     where = settings.where
     method = "password" if isinstance(credential, str) else "public key"

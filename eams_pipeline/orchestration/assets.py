@@ -22,12 +22,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from eams_pipeline.core.error_file import render_error_file
+from eams_pipeline.core.notifications import build_upload_email
+from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.error_file import render_error_file
-from eams_pipeline.io.sftp import ERRORS, PROCESSED, SftpResource
-from eams_pipeline.io.smtp import SmtpResource
-from eams_pipeline.notifications import build_upload_email
-from eams_pipeline.orchestration.districts import District, get_district
+from eams_pipeline.db.districts import District, get_district
+from eams_pipeline.io.sftp import ERRORS, PROCESSED
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     FILE_MTIME_TAG,
@@ -36,14 +36,18 @@ from eams_pipeline.orchestration.partitions import (
     UploadRef,
     error_file_name,
 )
-from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource
+from eams_pipeline.orchestration.resources import (
+    ArchiveResource,
+    DatabaseResource,
+    EngineResource,
+    SftpResource,
+    SmtpResource,
+)
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
-from eams_pipeline.plan import OUTCOMES
-from eams_pipeline.process import SUPERSEDED, process_upload
+from eams_pipeline.services.process import Upload, process_upload
 
 GROUP = "eams_uploads"
 PREVIEW_ROWS = 20
-COUNT_KEYS = ("rows", *OUTCOMES)
 
 
 class ApplyConfig(dg.Config):
@@ -75,7 +79,7 @@ def _ref(context: dg.AssetExecutionContext) -> UploadRef:
     return ref
 
 
-def _district(db: DatabaseResource, code: str) -> District:
+def _load_district(db: DatabaseResource, code: str) -> District:
     with db.connect() as conn:
         district = get_district(conn, code)
     if district is None:
@@ -120,7 +124,7 @@ def upload_file(
         source = "archive (re-run: SFTP not read)"
         context.log.info(f"upload {ref.key} is already archived; SFTP is not read")
     else:
-        district = _district(db, ref.district)
+        district = _load_district(db, ref.district)
         with _session(sftp, district) as session:
             session.ensure_dirs()
             if session.exists(processed_rel):
@@ -191,6 +195,7 @@ def upload_outcome(
     config: ApplyConfig,
     db: DatabaseResource,
     archive: ArchiveResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     ref = _ref(context)
     store = archive.get()
@@ -198,24 +203,26 @@ def upload_outcome(
     if not path.exists():
         raise dg.Failure(f"upload {ref.key} is not archived: materialize upload_file first")
     data = store.load(str(path))
-    district = _district(db, ref.district)
-    root = district.sftp_root
-
+    root = _load_district(db, ref.district).sftp_root
+    upload = Upload(
+        district=ref.district,
+        data=data,
+        file_name=UPLOAD_NAME,
+        key=ref.key,
+        received_at=ref.received_at,
+        archive_path=str(path),
+    )
     with db.connect() as conn:
         result = process_upload(
             conn,
-            ref.district,
-            data,
-            file_name=UPLOAD_NAME,
-            upload_key=ref.key,
-            received_at=ref.received_at,
-            archive_path=str(path),
+            upload,
+            engine.get(),
             allow_older=config.allow_older,
             error_file_name=lambda upload_id: _error_path(root, upload_id),
         )
     if result.already_applied:
         context.log.info(f"upload {ref.key} was already applied; nothing applied again")
-    if result.status == SUPERSEDED:
+    if result.status == UploadStatus.SUPERSEDED:
         context.log.warning(
             f"upload {ref.key} is older than an upload of {ref.district} already applied: it "
             "was NOT applied (students are not rolled back); its report was regenerated. "
@@ -224,7 +231,7 @@ def upload_outcome(
     return dg.MaterializeResult(
         metadata={
             "upload_id": dg.MetadataValue.int(result.upload_id or 0),
-            "status": result.status,
+            "status": str(result.status),
             "already_applied": dg.MetadataValue.bool(result.already_applied),
             "allow_older": dg.MetadataValue.bool(config.allow_older),
             **{k: dg.MetadataValue.int(int(result.counts[k])) for k in COUNT_KEYS},
@@ -239,15 +246,16 @@ def _error_path(root: str, upload_id: int | None) -> str:
     return posixpath.join(root or "/", ERRORS, error_file_name(upload_id or 0))
 
 
-def _recorded(db: DatabaseResource, ref: UploadRef) -> tuple[db_uploads.UploadRow, pd.DataFrame]:
+def _recorded_outcome(
+    db: DatabaseResource, ref: UploadRef
+) -> tuple[db_uploads.UploadRow, UploadResult]:
     with db.connect() as conn:
         upload = db_uploads.get_upload(conn, ref.key)
-        if upload is None or upload.status == "received":
+        if upload is None or upload.status == UploadStatus.RECEIVED:
             raise dg.Failure(
                 f"upload {ref.key} has no recorded outcome: materialize upload_outcome first"
             )
-        errors = db_uploads.load_errors(conn, upload.upload_id)
-    return upload, errors
+        return upload, db_uploads.recorded_result(conn, upload, ref.district)
 
 
 @dg.asset(
@@ -264,8 +272,9 @@ def error_report(
     context: dg.AssetExecutionContext, db: DatabaseResource, sftp: SftpResource
 ) -> dg.MaterializeResult:
     ref = _ref(context)
-    upload, errors = _recorded(db, ref)
-    district = _district(db, ref.district)
+    upload, result = _recorded_outcome(db, ref)
+    errors = result.errors
+    district = _load_district(db, ref.district)
     published = None
     if len(errors):
         rel = f"{ERRORS}/{error_file_name(upload.upload_id)}"
@@ -278,7 +287,7 @@ def error_report(
     return dg.MaterializeResult(
         metadata={
             "upload_id": dg.MetadataValue.int(upload.upload_id),
-            "status": upload.status,
+            "status": str(upload.status),
             **{k: dg.MetadataValue.int(upload.counts[k]) for k in COUNT_KEYS},
             "error_codes": dg.MetadataValue.json(dict(sorted(upload.error_codes.items()))),
             "error_lines": dg.MetadataValue.int(len(errors)),
@@ -325,33 +334,23 @@ def district_email(
     smtp: SmtpResource,
 ) -> dg.MaterializeResult:
     ref = _ref(context)
-    upload, errors = _recorded(db, ref)
-    if upload.status == SUPERSEDED:
+    upload, result = _recorded_outcome(db, ref)
+    if upload.status == UploadStatus.SUPERSEDED:
         context.log.info(f"upload {ref.key} was superseded: the district is not emailed")
         return dg.MaterializeResult(metadata={"sent": False, "why": "superseded: not applied"})
     if not config.resend and _already_sent(context):
         context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
         return dg.MaterializeResult(metadata={"sent": False, "why": "already sent"})
-    district = _district(db, ref.district)
-    summary = {
-        "upload_id": upload.upload_id,
-        "district": ref.district,
-        "status": upload.status,
-        **upload.counts,
-        "error_codes": upload.error_codes,
-    }
-    file_error = None
-    if upload.status == "rejected" and len(errors):
-        first = errors.iloc[0]
-        file_error = f"{first['code']}: {first['message']}"
+    district = _load_district(db, ref.district)
+    file_error = result.file_error
     message = build_upload_email(
         district_code=ref.district,
         district_name=district.name,
         contacts=list(district.contacts),
         sender=smtp.sender,
-        summary=summary,
-        error_file_path=upload.error_file if len(errors) else None,
-        file_error=file_error,
+        summary=result.summary(upload.error_file),
+        error_file_path=upload.error_file if result.has_errors else None,
+        file_error=f"{file_error.code}: {file_error.message}" if file_error else None,
     )
     smtp.send(message)
     context.log.info(f"emailed {len(district.contacts)} contact(s): {message['Subject']}")

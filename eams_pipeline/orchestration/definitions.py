@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import dagster as dg
 
 from eams_pipeline.db.connection import connect
+from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS
-from eams_pipeline.orchestration.districts import list_districts
 from eams_pipeline.orchestration.jobs import upload_job
 from eams_pipeline.orchestration.resources import default_resources
 from eams_pipeline.orchestration.sensors import (

@@ -1,21 +1,30 @@
-"""Dagster resources: the MY Access database and the encrypted archive.
+"""Every Dagster resource of the code location, thin wrappers over the adapters.
 
-SFTP and SMTP are :class:`eams_pipeline.io.sftp.SftpResource` and
-:class:`eams_pipeline.io.smtp.SmtpResource`; :func:`default_resources` wires all four from
-the environment.
+    db       the MY Access database (psycopg)            eams_pipeline.db
+    sftp     the districts' SFTP accounts (paramiko)     eams_pipeline.io.sftp
+    smtp     the mail relay                              eams_pipeline.io.smtp
+    archive  the encrypted archive of raw uploads        eams_pipeline.io.archive
+    engine   the fingerprint secret and password hasher  eams_pipeline.services.process
+
+:func:`default_resources` wires all five from the environment (``eams_pipeline.config``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import EmailMessage
 
 import dagster as dg
 import psycopg
 
-from eams_pipeline.config import ConfigError, database_url, env_secret, env_str
-from eams_pipeline.io.archive import DEFAULT_ARCHIVE_DIR, Archive
-from eams_pipeline.io.sftp import SftpResource
-from eams_pipeline.io.smtp import smtp_resource_from_env
+from eams_pipeline import config
+from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.io.archive import Archive
+from eams_pipeline.io.sftp import SftpConnector, SftpSession
+from eams_pipeline.io.smtp import send_email
+from eams_pipeline.services.process import Engine
 
 
 class DatabaseResource(dg.ConfigurableResource):
@@ -24,7 +33,7 @@ class DatabaseResource(dg.ConfigurableResource):
     url: str | None = None
 
     def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url or database_url())
+        return psycopg.connect(self.url or config.database_url())
 
 
 class ArchiveResource(dg.ConfigurableResource):
@@ -38,14 +47,88 @@ class ArchiveResource(dg.ConfigurableResource):
     key_env: str = "EAMS_ARCHIVE_KEY"
 
     def get(self) -> Archive:
-        keys = env_secret(self.key_env)
-        if not keys:
-            raise ConfigError(
-                f"{self.key_env} (or {self.key_env}_FILE) is not set: it encrypts the archive "
-                "copy of every upload"
-            )
-        directory = self.directory or env_str("EAMS_ARCHIVE_DIR", DEFAULT_ARCHIVE_DIR)
-        return Archive(Path(directory or DEFAULT_ARCHIVE_DIR), keys)
+        return Archive(config.archive_dir(self.directory), config.archive_keys(self.key_env))
+
+
+class EngineResource(dg.ConfigurableResource):
+    """The server secret keying password fingerprints (EAMS_SECRET_KEY[_FILE]) and the
+    argon2id settings (EAMS_ARGON2_*, EAMS_HASH_WORKERS), read when a run needs them."""
+
+    def get(self) -> Engine:
+        return Engine(
+            secret=config.secret_key(), hasher=PasswordHasher(config.argon2_settings())
+        )
+
+
+class SftpResource(dg.ConfigurableResource):
+    """Opens SFTP sessions on a district's account (see :class:`SftpConnector`)."""
+
+    connect_timeout_seconds: float = 10
+    banner_timeout_seconds: float = 10
+    auth_timeout_seconds: float = 10
+    operation_timeout_seconds: float = 30
+    connect_attempts: int = 2  # attempts on transient connection errors
+    retry_wait_seconds: float = 1
+
+    def connector(self) -> SftpConnector:
+        return SftpConnector(
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            banner_timeout_seconds=self.banner_timeout_seconds,
+            auth_timeout_seconds=self.auth_timeout_seconds,
+            operation_timeout_seconds=self.operation_timeout_seconds,
+            connect_attempts=self.connect_attempts,
+            retry_wait_seconds=self.retry_wait_seconds,
+        )
+
+    @contextmanager
+    def session(self, account: SftpAccount) -> Iterator[SftpSession]:
+        """Connect, verify the pinned host key, authenticate and open SFTP."""
+        with self.connector().session(account) as session:
+            yield session
+
+
+class SmtpResource(dg.ConfigurableResource):
+    """An SMTP relay. ``security`` is ``none``, ``starttls`` or ``ssl`` (implicit TLS); the
+    password is in the environment variable named by ``password_env``."""
+
+    host: str = "127.0.0.1"
+    port: int = 25
+    security: str = "none"
+    username: str | None = None
+    password_env: str | None = None
+    sender: str = config.DEFAULT_MAIL_FROM
+    timeout_seconds: float = 30
+    ca_file: str | None = None
+
+    def settings(self) -> config.SmtpSettings:
+        return config.SmtpSettings(
+            host=self.host,
+            port=self.port,
+            security=self.security,
+            username=self.username,
+            password_env=self.password_env,
+            sender=self.sender,
+            timeout_seconds=self.timeout_seconds,
+            ca_file=self.ca_file,
+        )
+
+    def send(self, message: EmailMessage) -> None:
+        send_email(self.settings(), message)
+
+
+def smtp_resource_from_env() -> SmtpResource:
+    """An :class:`SmtpResource` from ``EAMS_SMTP_*`` and ``EAMS_MAIL_FROM``."""
+    s = config.smtp_settings()
+    return SmtpResource(
+        host=s.host,
+        port=s.port,
+        security=s.security,
+        username=s.username,
+        password_env=s.password_env,
+        sender=s.sender,
+        timeout_seconds=s.timeout_seconds,
+        ca_file=s.ca_file,
+    )
 
 
 def default_resources() -> dict[str, object]:
@@ -55,4 +138,5 @@ def default_resources() -> dict[str, object]:
         "sftp": SftpResource(),
         "smtp": smtp_resource_from_env(),
         "archive": ArchiveResource(),
+        "engine": EngineResource(),
     }

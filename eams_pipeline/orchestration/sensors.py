@@ -15,10 +15,14 @@ from typing import Any
 
 import dagster as dg
 
-from eams_pipeline.io.sftp import SftpFileNotFoundError, SftpResource, SftpTransientError
-from eams_pipeline.io.smtp import SmtpResource
-from eams_pipeline.notifications import build_failure_email
-from eams_pipeline.orchestration.districts import District, get_district
+from eams_pipeline.config import (
+    operator_emails,
+    sensor_interval_seconds,
+    settle_seconds,
+)
+from eams_pipeline.core.notifications import build_failure_email
+from eams_pipeline.db.districts import District, get_district
+from eams_pipeline.io.sftp import SftpFileNotFoundError, SftpTransientError
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     FILE_MTIME_TAG,
@@ -26,12 +30,7 @@ from eams_pipeline.orchestration.partitions import (
     UPLOADS,
     UploadRef,
 )
-from eams_pipeline.orchestration.resources import DatabaseResource
-from eams_pipeline.orchestration.settings import (
-    operator_emails,
-    sensor_interval_seconds,
-    settle_seconds,
-)
+from eams_pipeline.orchestration.resources import DatabaseResource, SftpResource, SmtpResource
 from eams_pipeline.orchestration.settle import SensorState, decide
 
 Clock = Callable[[], dt.datetime]

@@ -11,8 +11,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from eams_pipeline.errors import ErrorCode, empty_errors, error_frame
-from eams_pipeline.template import COLUMNS, DISPLAY_NAME
+from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame
+from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
 
 MAX_LENGTH = {
     "school_code": 64,

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher as _Argon2
 from argon2 import Type
 
-from eams_pipeline.config import Argon2Settings
+
+@dataclass(frozen=True)
+class Argon2Settings:
+    """argon2id parameters; the defaults are OWASP's minimum (m=19 MiB, t=2, p=1)."""
+
+    time_cost: int = 2
+    memory_kib: int = 19456
+    parallelism: int = 1
+    workers: int = 1  # threads hashing in parallel
 
 
 class PasswordHasher:
-    def __init__(self, settings: Argon2Settings | None = None) -> None:
-        self.settings = settings or Argon2Settings.from_env()
+    def __init__(self, settings: Argon2Settings) -> None:
+        self.settings = settings
         self._argon2 = _Argon2(
             time_cost=self.settings.time_cost,
             memory_cost=self.settings.memory_kib,

@@ -42,6 +42,11 @@ _MATRIX = [
 ]
 # fmt: on
 
+# the cases that create a student (no student before, one after): they need a password
+CREATING_CASES = frozenset(
+    case for case, before, *_, after, _oa, _e, _p in _MATRIX if before == ABSENT and after != ABSENT
+)
+
 TRANSITIONS = pd.DataFrame.from_records(_MATRIX, columns=list(_COLUMNS)).astype(
     {"case": "int64", "ent": "int64", "prev": "int64"}
 )

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eams_pipeline.template import DATA_COLUMNS
+from eams_pipeline.core.template import DATA_COLUMNS
 
 _SEPARATOR = "\x1f"  # ASCII unit separator
 _DATA_KEY = "eams-data-v1-key"  # 16 bytes; public on purpose: the data is stored in clear

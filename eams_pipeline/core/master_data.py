@@ -47,14 +47,21 @@ class ExistingStudentSpec:
 
 
 @dataclass(frozen=True)
-class SftpSpec:
+class SftpAccount:
+    """A district's SFTP account (secrets are named, never stored)."""
+
     host: str
     port: int
     username: str
-    host_key: str
-    root: str
-    password_env: str | None = None
-    private_key_file: str | None = None
+    host_key: str  # pinned OpenSSH public key line: "ssh-ed25519 AAAA..."
+    root: str  # the directory that holds incoming/, errors/ and processed/
+    password_env: str | None = None  # env var holding the password (or NAME_FILE)
+    private_key_file: str | None = None  # ed25519, ECDSA or RSA private key, unencrypted
+
+    @property
+    def where(self) -> str:
+        """``user@host:port``, for messages."""
+        return f"{self.username}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ class DistrictSpec:
     schools: tuple[SchoolSpec, ...]
     regular_orders: tuple[OrderSpec, ...] = ()
     existing_students: tuple[ExistingStudentSpec, ...] = ()
-    sftp: SftpSpec | None = None
+    sftp: SftpAccount | None = None
     process_at: dt.time | None = None
 
 
@@ -76,7 +83,7 @@ def parse_master_data(text: str) -> list[DistrictSpec]:
     doc = yaml.safe_load(text) or {}
     if not isinstance(doc, dict) or not isinstance(doc.get("districts"), list):
         raise MasterDataError("the file must have a top-level `districts:` list")
-    districts = [_district(i, d) for i, d in enumerate(doc["districts"])]
+    districts = [_parse_district(i, d) for i, d in enumerate(doc["districts"])]
     codes = [d.code for d in districts]
     if len(set(codes)) != len(codes):
         raise MasterDataError("a district code appears twice")
@@ -89,7 +96,7 @@ def _req(where: str, data: dict[str, Any], key: str) -> Any:
     return data[key]
 
 
-def _district(i: int, d: Any) -> DistrictSpec:
+def _parse_district(i: int, d: Any) -> DistrictSpec:
     if not isinstance(d, dict):
         raise MasterDataError(f"districts[{i}] must be a mapping")
     code = str(_req(f"districts[{i}]", d, "code"))
@@ -167,10 +174,10 @@ def _time(where: str, value: Any) -> dt.time | None:
         raise MasterDataError(f"{where}: process_at must be HH:MM, got {value!r}") from exc
 
 
-def _sftp(where: str, s: dict[str, Any]) -> SftpSpec:
+def _sftp(where: str, s: dict[str, Any]) -> SftpAccount:
     if not (s.get("password_env") or s.get("private_key_file")):
         raise MasterDataError(f"{where}: sftp needs password_env or private_key_file")
-    return SftpSpec(
+    return SftpAccount(
         host=str(_req(f"{where} sftp", s, "host")),
         port=int(s.get("port") or 22),
         username=str(_req(f"{where} sftp", s, "username")),

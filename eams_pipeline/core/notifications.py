@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-STATUS_PROCESSED = "processed"
-STATUS_PARTIAL = "partially_processed"
-STATUS_REJECTED = "rejected"
+from eams_pipeline.core.outcome import UploadStatus
 
 COUNT_LABELS = (
     ("added", "Students added"),
@@ -53,22 +51,22 @@ def build_upload_email(
     status = str(summary.get("status"))
     upload_id = summary.get("upload_id")
     district = f"{district_name} ({district_code})"
-    if status == STATUS_REJECTED:
+    if status == UploadStatus.REJECTED:
         subject = f"eAMS student update FAILED: {district}, upload {upload_id}"
-    elif status == STATUS_PARTIAL:
+    elif status == UploadStatus.PARTIALLY_PROCESSED:
         errors = _count(summary, "errors")
         subject = (
             f"eAMS student update PARTIALLY processed ({errors} rows with errors): "
             f"{district}, upload {upload_id}"
         )
-    elif status == STATUS_PROCESSED:
+    elif status == UploadStatus.PROCESSED:
         subject = f"eAMS student update SUCCESSFUL: {district}, upload {upload_id}"
     else:
         raise ValueError(f"unknown upload status {status!r}")
 
     lines = ["Hello,", ""]
     lines += _result_paragraph(status, district, upload_id)
-    if status == STATUS_REJECTED:
+    if status == UploadStatus.REJECTED:
         error = _file_error_text(summary, file_error)
         lines += [
             "",
@@ -131,12 +129,12 @@ def build_failure_email(
 
 def _result_paragraph(status: str, district: str, upload_id: object) -> list[str]:
     intro = f"The students.csv file uploaded by {district} (upload {upload_id}) was"
-    if status == STATUS_REJECTED:
+    if status == UploadStatus.REJECTED:
         text = (
             f"{intro} REJECTED. Nothing was applied: no student was added, changed, "
             "activated or deactivated. Please correct the file and upload it again."
         )
-    elif status == STATUS_PARTIAL:
+    elif status == UploadStatus.PARTIALLY_PROCESSED:
         text = (
             f"{intro} PARTIALLY processed: all valid rows were applied; the rows with "
             "errors were not. Please correct those rows and include them in the next upload."
@@ -182,7 +180,7 @@ def _file_error_text(summary: Mapping[str, object], file_error: str | None) -> s
 
 
 def _error_file_paragraph(status: str, error_file_path: str | None) -> list[str]:
-    if status == STATUS_PROCESSED:
+    if status == UploadStatus.PROCESSED:
         return []  # no row errors: nothing to look at
     if error_file_path:
         return [

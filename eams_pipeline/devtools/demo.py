@@ -36,14 +36,14 @@ import yaml
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from eams_pipeline.core.master_data import parse_master_data
+from eams_pipeline.core.template import HEADER
 from eams_pipeline.db import migrations
 from eams_pipeline.db.connection import create_database_if_missing
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
-from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
+from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
-from eams_pipeline.master_data import parse_master_data
-from eams_pipeline.template import HEADER
 
 DEFAULT_STATE_DIR = Path("var/demo")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams_demo"

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.errors import ErrorCode, empty_errors, error_frame
-from eams_pipeline.template import COLUMNS, EXPECTED_FIELD_COUNT, HEADER
+from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame
+from eams_pipeline.core.template import COLUMNS, EXPECTED_FIELD_COUNT, HEADER
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")

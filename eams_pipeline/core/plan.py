@@ -18,20 +18,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eams_pipeline.errors import ErrorCode, concat_errors, error_frame
-from eams_pipeline.fingerprints import data_fingerprint, password_fingerprint
-from eams_pipeline.template import DISPLAY_NAME
-from eams_pipeline.transitions import (
+from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
+from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
+from eams_pipeline.core.outcome import CHANGES, OUTCOMES
+from eams_pipeline.core.template import DISPLAY_NAME
+from eams_pipeline.core.transitions import (
     ABSENT,
     ACTIVE,
+    CREATING_CASES,
     DEACTIVATED,
     ENTERPRISE,
     NONE,
     REGULAR,
     TRANSITIONS,
 )
-
-OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def make_plan(
         )
     )
 
-    creates = df["case"].isin([14, 16])
+    creates = df["case"].isin(CREATING_CASES)
     errors.append(
         _flag(
             df,
@@ -297,7 +297,7 @@ def _changes(
             (before == ACTIVE) & (after == DEACTIVATED),
             df["data_changed"] | df["password_changed"] | order_changed,
         ],
-        ["added", "activated", "deactivated", "updated"],
+        list(CHANGES),
         default="unchanged",
     )
     df["outcome"] = np.where(applied, outcome, "errors")
@@ -306,7 +306,7 @@ def _changes(
 
 
 def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
-    changes = df[df["outcome"].isin(["added", "activated", "deactivated", "updated"])]
+    changes = df[df["outcome"].isin(CHANGES)]
     # only the four columns the license deltas need: not a copy of every column of df
     applied = df.loc[
         df["applied"] & (df["outcome"] != "errors"),

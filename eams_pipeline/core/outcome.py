@@ -1,0 +1,75 @@
+"""What an upload came to: its status, its counts, its errors. One vocabulary for the
+engine, the database (the CHECK constraints of `sql/`, tested equal), the CLI, Dagster and
+the emails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import pandas as pd
+
+from eams_pipeline.core.reading import FileRejected
+
+
+class UploadStatus(StrEnum):
+    RECEIVED = "received"  # recorded, no outcome yet (a run is on it or crashed)
+    PROCESSED = "processed"  # accepted, every row applied
+    PARTIALLY_PROCESSED = "partially_processed"  # accepted, the valid rows applied
+    REJECTED = "rejected"  # a file-level error: nothing applied
+    SUPERSEDED = "superseded"  # older than an upload already applied: not applied
+    HELD = "held"  # the change guard tripped: nothing applied until approved
+    DISCARDED = "discarded"  # a held upload an operator discarded: nothing applied
+    REVERTED = "reverted"  # applied, then put back by `eams uploads revert`
+
+
+# the statuses whose outcome is final: processing the upload again changes nothing
+FINAL_STATUSES = frozenset(
+    {UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED, UploadStatus.REJECTED}
+)
+# the statuses of an upload whose rows were applied to the students
+APPLIED_STATUSES = frozenset({UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED})
+
+# what each data row came to: every row is exactly one of these
+OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors")
+# the counts of an upload, in the order they are shown everywhere; rows = sum of OUTCOMES
+COUNT_KEYS = ("rows", *OUTCOMES)
+# the outcomes that write a student
+CHANGES = ("added", "activated", "deactivated", "updated")
+
+
+@dataclass
+class UploadResult:
+    """What happened to an upload: the summary of SPEC §8 plus the errors to publish."""
+
+    upload_id: int | None
+    district: str
+    status: UploadStatus
+    counts: dict[str, int]
+    error_codes: dict[str, int]
+    errors: pd.DataFrame
+    file_error: FileRejected | None = None
+    already_applied: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    hashed_passwords: int = 0
+
+    @property
+    def has_errors(self) -> bool:
+        """Is there anything to put in an error file?"""
+        return self.counts["errors"] > 0 or self.file_error is not None
+
+    def summary(self, error_file: str | None) -> dict[str, object]:
+        """The JSON summary of `eams process` (SPEC §8), also the email's figures."""
+        return {
+            "upload_id": self.upload_id,
+            "district": self.district,
+            "status": str(self.status),
+            **{k: int(self.counts[k]) for k in COUNT_KEYS},
+            "error_codes": self.error_codes,
+            "error_file": error_file if self.has_errors else None,
+        }
+
+
+def status_of(counts: dict[str, int]) -> UploadStatus:
+    """An accepted file's status: partially processed when any row has an error."""
+    return UploadStatus.PARTIALLY_PROCESSED if counts["errors"] else UploadStatus.PROCESSED

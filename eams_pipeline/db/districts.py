@@ -1,0 +1,89 @@
+"""The districts the pipeline serves, as master data in the database describes them.
+
+`lock_district` takes a row lock on the district: every writer of a district's students
+(an upload, master data) holds it, so one district's uploads never apply at the same time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import psycopg
+
+from eams_pipeline.core.master_data import SftpAccount
+
+
+class UnknownDistrict(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class District:
+    district_id: int
+    code: str
+    name: str
+    timezone: str
+    contacts: tuple[str, ...]
+    process_at: dt.time | None  # None: process as soon as the file has settled
+    sftp: SftpAccount | None  # None: no SFTP account configured
+    enterprise_order_id: int | None
+    holding_bin_school_id: int | None
+
+    @property
+    def sftp_root(self) -> str:
+        return (self.sftp.root if self.sftp else None) or "/"
+
+
+_SELECT = """SELECT district_id, code, name, timezone, contacts, process_at,
+                    enterprise_order_id, holding_bin_school_id,
+                    sftp_host, sftp_port, sftp_username, sftp_password_env,
+                    sftp_private_key_file, sftp_host_key, sftp_root
+             FROM districts"""
+
+
+def _from_row(r: tuple) -> District:
+    district_id, code, name, timezone, contacts, process_at, ent_order, bin_school = r[:8]
+    host, port, username, password_env, key_file, host_key, root = r[8:]
+    sftp = None
+    if host and username:
+        sftp = SftpAccount(
+            host=host,
+            port=int(port),
+            username=username,
+            host_key=host_key or "",
+            root=root or "/",
+            password_env=password_env,
+            private_key_file=key_file,
+        )
+    return District(
+        district_id=district_id,
+        code=code,
+        name=name,
+        timezone=timezone or "UTC",
+        contacts=tuple(contacts or ()),
+        process_at=process_at,
+        sftp=sftp,
+        enterprise_order_id=ent_order,
+        holding_bin_school_id=bin_school,
+    )
+
+
+def list_districts(conn: psycopg.Connection) -> list[District]:
+    return [_from_row(r) for r in conn.execute(_SELECT + " ORDER BY code").fetchall()]
+
+
+def get_district(conn: psycopg.Connection, code: str) -> District | None:
+    r = conn.execute(_SELECT + " WHERE code = %s", (code,)).fetchone()
+    return _from_row(r) if r else None
+
+
+def lock_district(conn: psycopg.Connection, code: str) -> District:
+    """The district, row-locked until the transaction ends."""
+    r = conn.execute(_SELECT + " WHERE code = %s FOR UPDATE", (code,)).fetchone()
+    if r is None:
+        raise UnknownDistrict(f"unknown district {code!r}: load it with `eams setup load` first")
+    district = _from_row(r)
+    if district.enterprise_order_id is None or district.holding_bin_school_id is None:
+        raise UnknownDistrict(f"district {code} has no enterprise order or holding bin school")
+    return district

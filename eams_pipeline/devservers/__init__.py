@@ -1,1 +1,0 @@
-"""Real loopback SFTP and SMTP servers for the test suite and the local demo."""

@@ -1,0 +1,1 @@
+"""Use cases: one upload start to finish, over the core and the adapters (db, io)."""

@@ -1,0 +1,207 @@
+"""One upload, start to finish: the code path shared by `eams process` and the Dagster job.
+
+    lock the district -> parse (file-level checks) and validate (column rules) while the
+    district's students load -> snapshot -> plan -> hash new passwords -> apply -> record
+
+Everything that writes happens in one transaction: a failure anywhere leaves the
+database as it was. Processing an upload that was already applied changes nothing and
+returns what was recorded the first time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pandas as pd
+import psycopg
+
+from eams_pipeline.core.errors import concat_errors, error_frame
+from eams_pipeline.core.fingerprints import fingerprint_key
+from eams_pipeline.core.outcome import (
+    OUTCOMES,
+    UploadResult,
+    UploadStatus,
+    status_of,
+)
+from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.core.plan import Plan, make_plan
+from eams_pipeline.core.reading import FileRejected, count_data_records, read_upload
+from eams_pipeline.core.validation import normalise, validate_rows
+from eams_pipeline.db import apply as db_apply
+from eams_pipeline.db import uploads as db_uploads
+from eams_pipeline.db.districts import lock_district
+from eams_pipeline.db.snapshot import load_district_students, load_snapshot
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One upload as it arrived. `key` identifies it across retries (the Dagster partition
+    key); one is made from `received_at` (default: now) when absent."""
+
+    district: str
+    data: bytes
+    file_name: str = "students.csv"
+    key: str | None = None
+    received_at: dt.datetime | None = None
+    archive_path: str | None = None
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What processing needs besides the database: the server secret that keys the password
+    fingerprints, and the password hasher."""
+
+    secret: bytes
+    hasher: PasswordHasher
+
+
+@dataclass
+class _Clock:
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def process_upload(
+    conn: psycopg.Connection,
+    upload: Upload,
+    engine: Engine,
+    *,
+    dry_run: bool = False,
+    allow_older: bool = False,
+    error_file_name: Callable[[int | None], str] | None = None,
+) -> UploadResult:
+    """Process one upload of a district (see the module docstring).
+
+    With `dry_run` every figure is computed and nothing is written. An upload received
+    before the newest one already applied for the district is not applied (status
+    `superseded`, its report computed as a dry run) unless `allow_older` is set.
+    `error_file_name(upload_id)` names the error file recorded with the outcome.
+    """
+    clock = _Clock()
+    received_at = upload.received_at or dt.datetime.now(dt.UTC)
+
+    with conn.transaction() as tx:
+        with clock.step("lock"):
+            district = lock_district(conn, upload.district)
+            record = None
+            if not dry_run:
+                record = db_uploads.ensure_upload(
+                    conn,
+                    district.district_id,
+                    upload.key or db_uploads.make_upload_key(upload.district, received_at),
+                    file_name=upload.file_name,
+                    content_sha256=hashlib.sha256(upload.data).hexdigest(),
+                    received_at=received_at,
+                    archive_path=upload.archive_path,
+                )
+                if record.is_final:
+                    return db_uploads.recorded_result(conn, record, upload.district)
+
+        # The district's students stream in from the database (a thread: the connection is
+        # the thread's alone until .result()) while this thread parses and validates.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
+            stored_students = pool.submit(load_district_students, conn, district)
+            parsed, rejection = None, None
+            with clock.step("read"):
+                try:
+                    parsed = read_upload(upload.data)
+                except FileRejected as exc:
+                    rejection = exc
+            if parsed is not None:
+                with clock.step("validate"):
+                    rows = normalise(parsed.rows)
+                    column_errors = validate_rows(parsed.rows)
+            students = stored_students.result()
+
+        superseded = (
+            record is not None
+            and rejection is None
+            and not allow_older
+            and db_uploads.newer_applied_exists(conn, district.district_id, record)
+        )
+        upload_id = record.upload_id if record is not None else None
+
+        if rejection is not None:
+            result = _rejected(upload, upload_id, rejection)
+        else:
+            with clock.step("snapshot"):
+                snapshot = load_snapshot(conn, district, rows, students)
+            with clock.step("plan"):
+                plan = make_plan(
+                    rows,
+                    concat_errors([parsed.malformed, column_errors]),
+                    parsed.total_rows,
+                    snapshot,
+                    fingerprint_key(engine.secret),
+                )
+            result = _from_plan(upload.district, upload_id, plan)
+            if record is not None and not superseded:
+                with clock.step("hash"):
+                    hashes, result.hashed_passwords = _hash(plan, engine.hasher)
+                with clock.step("apply"):
+                    db_apply.apply_plan(conn, district.district_id, record.upload_id, plan, hashes)
+
+        if record is None:
+            raise psycopg.Rollback(tx)  # a dry run leaves no trace
+        if superseded:
+            result.status = UploadStatus.SUPERSEDED
+        with clock.step("record"):
+            db_apply.record_errors(conn, record.upload_id, result.errors)
+            db_apply.record_outcome(
+                conn,
+                record.upload_id,
+                result.status,
+                result.counts,
+                result.error_codes,
+                error_file_name(record.upload_id)
+                if error_file_name and result.has_errors
+                else None,
+            )
+    result.timings = clock.timings
+    return result
+
+
+def _hash(plan: Plan, hasher: PasswordHasher) -> tuple[pd.Series, int]:
+    changed = plan.changes[plan.changes["password_changed"]]
+    hashes = hasher.hash_many(changed["password"].tolist())
+    return pd.Series(hashes, index=changed.index, dtype="str"), len(hashes)
+
+
+def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadResult:
+    return UploadResult(
+        upload_id=upload_id,
+        district=district_code,
+        status=status_of(plan.counts),
+        counts=plan.counts,
+        error_codes=plan.error_codes,
+        errors=plan.errors,
+    )
+
+
+def _rejected(upload: Upload, upload_id: int | None, exc: FileRejected) -> UploadResult:
+    rows = count_data_records(upload.data)
+    counts = {"rows": rows, **{k: 0 for k in OUTCOMES}, "errors": rows}
+    errors = error_frame([0], [exc.line], [""], [""], [exc.code.value], [exc.message])
+    return UploadResult(
+        upload_id=upload_id,
+        district=upload.district,
+        status=UploadStatus.REJECTED,
+        counts=counts,
+        error_codes={exc.code.value: 1},
+        errors=errors,
+        file_error=exc,
+    )
+
