@@ -6,7 +6,7 @@ then runs every measurement in its own subprocess so that each peak RSS is its o
     engine     `eams_pipeline.services.process.process_upload` (the code path of `eams process` and
                the Dagster job) on a database re-created from the template, then the error
                file rendered as `eams process` does;
-    reference  `eams_pipeline_tests.reference.reference_process` on a sample of the file;
+    reference  `eams_reference.reference_process` on a sample of the file;
     hashing    real argon2id (OWASP parameters) on 1 and on 2 worker threads.
 
 The main figures run the engine with the cheapest argon2id parameters (time_cost=1,
@@ -195,7 +195,7 @@ def worker_reference(url: str, file_path: str, passwords_path: str, sample: int)
     import pandas as pd
 
     from bench.generate import DISTRICT
-    from eams_pipeline_tests.reference import district_state_from_db, reference_process
+    from eams_reference import district_state_from_db, reference_process
 
     data = Path(file_path).read_bytes()
     total = data.count(b"\n")  # every record is one line in the benchmark's files

@@ -15,7 +15,6 @@ import pytest
 from eams_pipeline.db import migrations
 from eams_pipeline_tests.builders import csv_bytes, district_doc, existing_student, row
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"
 SUMMARY_KEYS = [
     "upload_id",
     "district",

@@ -8,6 +8,7 @@ import pytest
 from eams_pipeline.core.errors import ErrorCode
 from eams_pipeline.core.reading import FileRejected, count_data_records, read_upload
 from eams_pipeline.core.template import HEADER
+from eams_pipeline_tests.spec import require_spec_file
 
 HEADER_LINE = ",".join(HEADER)
 GOOD = "101,S1,Doe,Jane,,5,jdoe,secret1,,,A"
@@ -137,8 +138,6 @@ def test_a_bare_cr_inside_quotes_is_kept_in_the_value() -> None:
 
 
 def test_the_compiled_header_is_the_contracts_template() -> None:
-    from pathlib import Path
-
-    template = Path(__file__).resolve().parents[2] / "shared" / "spec" / "students-template.csv"
+    template = require_spec_file("students-template.csv")
     first_line = template.read_text(encoding="utf-8-sig").splitlines()[0]
     assert tuple(first_line.split(",")) == HEADER

@@ -27,7 +27,7 @@ from eams_pipeline_tests.builders import (
     run,
     students,
 )
-from eams_pipeline_tests.reference import (
+from eams_reference import (
     HEADER,
     DistrictState,
     Order,

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
 from eams_pipeline.core.master_data import MasterDataError, parse_master_data
 from eams_pipeline.db.setup import load_master_data
 from eams_pipeline_tests.builders import district_doc, existing_student, load, row, run, used
-
-SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "spec"
+from eams_pipeline_tests.spec import EXAMPLES, require_spec_file
 
 
 def _load_text(conn, text: str) -> dict[str, int]:
     return load_master_data(conn, parse_master_data(text))
 
 
-def test_the_example_loads_and_loading_it_twice_changes_nothing(conn) -> None:
-    text = (SPEC_DIR / "setup-example.yaml").read_text()
+@pytest.mark.parametrize("source", ["project", "contract"])
+def test_the_example_loads_and_loading_it_twice_changes_nothing(conn, source: str) -> None:
+    path = EXAMPLES / "districts.yaml" if source == "project" else None
+    path = path or require_spec_file("setup-example.yaml")
+    text = path.read_text()
     first = _load_text(conn, text)
     assert first == {"districts": 1, "schools": 4, "orders": 2, "students": 1}
     assert _load_text(conn, text) == {"districts": 0, "schools": 0, "orders": 0, "students": 0}

