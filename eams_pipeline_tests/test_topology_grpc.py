@@ -353,12 +353,3 @@ def _upload_id(db_url: str, key: str) -> int:
     with psycopg.connect(db_url) as check:
         row = check.execute("SELECT upload_id FROM uploads WHERE upload_key = %s", (key,))
         return row.fetchone()[0]
-
-
-def test_workspace_of_the_test_matches_deploy_workspace() -> None:
-    """The container workspace points at gRPC servers named like the test's location."""
-    root = Path(__file__).resolve().parents[1]
-    workspace = yaml.safe_load((root / "deploy" / "docker" / "workspace.yaml").read_text())
-    servers = [entry["grpc_server"] for entry in workspace["load_from"]]
-    assert servers and all({"host", "port", "location_name"} <= set(s) for s in servers)
-    assert all(s["location_name"].startswith(LOCATION) for s in servers)
