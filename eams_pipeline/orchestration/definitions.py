@@ -15,12 +15,15 @@ from eams_pipeline.orchestration.sensors import (
     build_district_sensors,
     build_operator_alert_sensor,
 )
+from eams_pipeline.orchestration.sharding import districts_for_this_location
 
 
 def district_codes_from_database() -> list[str]:
-    """The districts in EAMS_DATABASE_URL (reload the code location after adding one)."""
+    """The districts in EAMS_DATABASE_URL that this code location serves (all of them unless
+    EAMS_DISTRICT_SHARD or EAMS_DISTRICTS says otherwise, see :mod:`.sharding`); reload the
+    code location after adding one."""
     with connect() as conn:
-        return [d.code for d in list_districts(conn)]
+        return districts_for_this_location(d.code for d in list_districts(conn))
 
 
 def build_definitions(
