@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 
 from argon2 import PasswordHasher as Argon2
 
@@ -61,8 +62,24 @@ def test_an_unchanged_password_is_not_hashed_again(conn) -> None:
 
 def test_hash_many_keeps_order_and_uses_the_workers() -> None:
     hasher = PasswordHasher(Argon2Settings(time_cost=1, memory_kib=64, parallelism=1, workers=2))
+    # the first hash of each worker thread waits for the other worker's first hash: if the
+    # hashing were sequential, nobody would come and the barrier would break (timeout)
+    barrier = threading.Barrier(2, timeout=20)
+    real, started = hasher._argon2, set()
+
+    class BothWorkersAtOnce:
+        def hash(self, password: str) -> str:
+            me = threading.current_thread().name
+            if me not in started:
+                started.add(me)
+                barrier.wait()
+            return real.hash(password)
+
+    hasher._argon2 = BothWorkersAtOnce()
     passwords = [f"password-{i}" for i in range(20)]
     hashes = hasher.hash_many(passwords)
+    hasher._argon2 = real
+    assert len(started) == 2
     assert len(hashes) == 20
     assert all(hasher.verify(h, p) for h, p in zip(hashes, passwords, strict=True))
     assert len(set(hashes)) == 20  # salted

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import psycopg
 import yaml
 
 from eams_pipeline.core.master_data import parse_master_data
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.devtools.demo import master_data, sample_clean, sample_with_errors
+from eams_pipeline.devtools.demo import (
+    master_data,
+    sample_clean,
+    sample_with_errors,
+    write_env_file,
+)
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline_tests.builders import run
 
@@ -35,3 +44,21 @@ def test_demo_samples_give_one_clean_and_one_partial_upload(
         "NO_LICENSE_AVAILABLE",
         "STUDENT_NOT_FOUND",
     }
+
+
+def test_sourcing_the_env_file_puts_the_projects_eams_on_path(tmp_path: Path) -> None:
+    env_file = tmp_path / "env.sh"
+    write_env_file(env_file, {"EAMS_DATABASE_URL": "postgresql://x@127.0.0.1/demo db"})
+    found = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'PATH=/usr/bin:/bin; source {env_file}; command -v eams; echo "$EAMS_DATABASE_URL"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.splitlines()
+    assert found == [str(Path(sys.executable).parent / "eams"), "postgresql://x@127.0.0.1/demo db"]
+    assert env_file.stat().st_mode & 0o077 == 0  # it holds secrets

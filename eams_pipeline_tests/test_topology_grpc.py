@@ -39,15 +39,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from eams_pipeline.db.connection import create_database_if_missing
-from eams_pipeline.demo import (
+from eams_pipeline.devtools.demo import (
     DemoOptions,
     dagster_database_url,
     demo_environment,
     drop_sample,
     stop_process_group,
 )
-from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
-from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
+from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG
 from eams_pipeline.orchestration.sharding import shard_of

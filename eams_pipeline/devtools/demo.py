@@ -303,7 +303,7 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> int:
 
         env = demo_environment(options, state, secret_env, sftp, smtp)
         env_file = state / "env.sh"
-        _write_env_file(env_file, env)
+        write_env_file(env_file, env)
         ui_port = _free_port(options.ui_port)
         log_file = state / "dagster.log"
         with log_file.open("ab") as log:
@@ -371,9 +371,13 @@ def demo_environment(
     }
 
 
-def _write_env_file(path: Path, env: dict[str, str]) -> None:
+def write_env_file(path: Path, env: dict[str, str], bin_dir: Path | None = None) -> None:
+    """`source` it to use the demo's database and settings, with the project's `eams` (the
+    interpreter's bin directory, e.g. .venv/bin) first on PATH."""
+    bin_dir = bin_dir or Path(sys.executable).parent
     lines = ["# source this file to use the demo's database and settings (holds secrets)"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    lines += [f'export PATH={shlex.quote(str(bin_dir))}:"$PATH"']
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
