@@ -71,12 +71,12 @@ def sql_dir() -> Path:
     return Path(env_str("EAMS_SQL_DIR") or default)
 
 
-def secret_key() -> bytes:
+def secret_key(name: str = "EAMS_SECRET_KEY") -> bytes:
     """The server secret that keys password fingerprints (EAMS_SECRET_KEY[_FILE])."""
-    value = env_secret("EAMS_SECRET_KEY")
+    value = env_secret(name)
     if not value:
         raise ConfigError(
-            "EAMS_SECRET_KEY (or EAMS_SECRET_KEY_FILE) is not set: it keys the password "
+            f"{name} (or {name}_FILE) is not set: it keys the password "
             "fingerprints that detect unchanged passwords. Generate one with "
             "`python -c 'import secrets; print(secrets.token_hex(32))'`."
         )

@@ -52,11 +52,17 @@ class ArchiveResource(dg.ConfigurableResource):
 
 class EngineResource(dg.ConfigurableResource):
     """The server secret keying password fingerprints (EAMS_SECRET_KEY[_FILE]) and the
-    argon2id settings (EAMS_ARGON2_*, EAMS_HASH_WORKERS), read when a run needs them."""
+    argon2id settings (EAMS_ARGON2_*, EAMS_HASH_WORKERS), read when a run needs them.
+
+    ``secret_key_env`` names the environment variable holding the secret; the secret itself
+    never is resource config."""
+
+    secret_key_env: str = "EAMS_SECRET_KEY"
 
     def get(self) -> Engine:
         return Engine(
-            secret=config.secret_key(), hasher=PasswordHasher(config.argon2_settings())
+            secret=config.secret_key(self.secret_key_env),
+            hasher=PasswordHasher(config.argon2_settings()),
         )
 
 

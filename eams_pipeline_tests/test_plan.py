@@ -1,0 +1,116 @@
+"""The plan is pure: tested directly on an in-memory snapshot, without a database, the way
+Dagster's examples test pure ops. (The database tests of `test_transitions.py` and
+`test_licenses.py` check that the apply writes what the plan says.)"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from eams_pipeline.core.errors import concat_errors
+from eams_pipeline.core.fingerprints import fingerprint_key
+from eams_pipeline.core.plan import DistrictSnapshot, Plan, make_plan
+from eams_pipeline.core.reading import read_upload
+from eams_pipeline.core.validation import normalise, validate_rows
+from eams_pipeline_tests.builders import csv_bytes, row
+from eams_pipeline_tests.test_transitions import CASES
+
+ENT, REG, OTHER_REG = 1, 2, 3  # order ids
+SCHOOL, BIN = 10, 11  # school ids
+KEY = fingerprint_key(b"test-secret")
+
+
+def snapshot(students: list[dict], bin_available: int = 10) -> DistrictSnapshot:
+    schools = pd.DataFrame(
+        {
+            "code": ["101", "D1-HB"],
+            "school_id": [SCHOOL, BIN],
+            "active": [True, True],
+            "holding_bin": [False, True],
+        }
+    )
+    frame = pd.DataFrame(
+        students,
+        columns=[
+            "student_id",
+            "student_pk",
+            "status",
+            "order_id",
+            "school_id",
+            "data_hash",
+            "password_fingerprint",
+        ],
+    ).astype({"student_pk": "Int64", "order_id": "Int64", "school_id": "Int64"})
+    frame = frame.astype({"data_hash": "Int64", "password_fingerprint": "Int64"})
+    return DistrictSnapshot(
+        district_id=1,
+        enterprise_order_id=ENT,
+        bin_available=bin_available,
+        schools=schools,
+        students=frame,
+        taken_usernames=pd.DataFrame(
+            {"username_lower": [], "district_id": [], "student_id": []}
+        ).astype({"username_lower": "str", "district_id": "int64", "student_id": "str"}),
+    )
+
+
+def stored(student_id: str, status: str, order: int, pk: int = 1) -> dict:
+    return {
+        "student_id": student_id,
+        "student_pk": pk,
+        "status": status,
+        "order_id": order,
+        "school_id": SCHOOL,
+        "data_hash": 0,  # differs from any file row: data counts as changed
+        "password_fingerprint": None,
+    }
+
+
+def plan_of(rows: list[dict[str, str]], snap: DistrictSnapshot) -> Plan:
+    parsed = read_upload(csv_bytes(rows))
+    errors = concat_errors([parsed.malformed, validate_rows(parsed.rows)])
+    return make_plan(normalise(parsed.rows), errors, parsed.total_rows, snap, KEY)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"case{c['case']}-{c['order_before']}" for c in CASES])
+def test_every_case_of_the_matrix(case: dict[str, str]) -> None:
+    before = case["student_before"]
+    students = []
+    if before != "absent":
+        order = ENT if case["order_before"] == "enterprise" else REG
+        students = [stored("S1", before, order)]
+    plan = plan_of([row("S1", case["status_flag"])], snapshot(students))
+
+    if case["error_code"]:
+        assert plan.error_codes == {case["error_code"]: 1}
+        assert plan.counts["errors"] == 1 and plan.license_deltas.empty
+        return
+    decided = plan.rows.iloc[0]
+    assert plan.counts["errors"] == 0
+    assert decided["status_after"] == case["student_after"]
+    assert decided["order_after_kind"] == case["order_after"]
+    deltas = dict(zip(plan.license_deltas["order_id"], plan.license_deltas["delta"], strict=True))
+    expected = {
+        ENT: int(case["enterprise_used_delta"]),
+        REG: int(case["previous_order_used_delta"]),
+    }
+    assert deltas == {k: v for k, v in expected.items() if v != 0}
+
+
+def test_returns_are_counted_before_acquisitions_in_file_order() -> None:
+    students = [stored("OLD1", "active", ENT, pk=1), stored("OLD2", "active", ENT, pk=2)]
+    rows = [row("NEW1"), row("NEW2"), row("NEW3"), row("OLD1", "D"), row("OLD2", "D")]
+    plan = plan_of(rows, snapshot(students, bin_available=0))
+    # two returned licenses: the first two acquisitions in file order get them
+    assert plan.counts["added"] == 2 and plan.counts["deactivated"] == 2
+    assert plan.error_codes == {"NO_LICENSE_AVAILABLE": 1}
+    assert plan.errors["line"].tolist() == [4]  # NEW3, the third acquisition
+    assert plan.license_deltas.empty or plan.license_deltas["delta"].sum() == 0
+
+
+def test_a_row_with_any_other_error_does_not_return_a_license() -> None:
+    students = [stored("OLD1", "active", ENT)]
+    rows = [row("OLD1", "D", grade="13"), row("NEW1")]
+    plan = plan_of(rows, snapshot(students, bin_available=0))
+    assert plan.error_codes == {"INVALID_GRADE": 1, "NO_LICENSE_AVAILABLE": 1}
+    assert plan.counts["errors"] == 2 and plan.license_deltas.empty
