@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.errors import ErrorCode, empty_errors, error_frame
+from eams_pipeline.errors import ErrorCode, empty_errors, error_frame, visible
 from eams_pipeline.template import COLUMNS, EXPECTED_FIELD_COUNT, HEADER
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -51,12 +51,6 @@ _QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")
 HEADER_ECHO_LIMIT = 500
 # a student ID repeated in an error of a malformed record (a valid one has at most 32)
 _STUDENT_ID_ECHO = 64
-# characters shown by name in messages: C0/C1 controls, invisible and bidi formatting
-_INVISIBLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u00a0\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
-    "\u2060-\u2064\u2066-\u2069\ufeff]"
-)
-_NAMES = {"\r": "<CR>", "\n": "<LF>", "\t": "<TAB>", "\u00a0": "<NBSP>", "\ufeff": "<BOM>"}
 # values made only of these (after trimming) are empty: zero-width and invisible characters
 ZERO_WIDTH_ONLY = r"^[\s\x{200B}-\x{200D}\x{2060}\x{FEFF}\x{180E}\x{00AD}]*$"
 _BARE_CR = re.compile(r"\r(?!\n)")
@@ -79,15 +73,6 @@ class ParsedFile:
     rows: pd.DataFrame  # columns: row, line, then COLUMNS as trimmed text (NA = empty)
     malformed: pd.DataFrame  # error frame: WRONG_FIELD_COUNT, one per malformed record
     total_rows: int  # every data record, well-formed or not
-
-
-def visible(text: str, limit: int | None = None) -> str:
-    """`text` for a message: invisible characters named (`<U+202E>`, `<CR>`), cut at `limit`."""
-    cut = limit is not None and len(text) > limit
-    if cut:
-        text = text[:limit]
-    shown = _INVISIBLE.sub(lambda m: _NAMES.get(m[0], f"<U+{ord(m[0]):04X}>"), text)
-    return shown + (f"… ({len(text)} characters shown of more)" if cut else "")
 
 
 def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
@@ -306,9 +291,7 @@ def _malformed_errors(
 ) -> pd.DataFrame:
     if len(rows_idx) == 0:
         return empty_errors()
-    student_ids = [
-        visible(f[1].strip(), _STUDENT_ID_ECHO) if len(f) > 1 else "" for f in records
-    ]
+    student_ids = [visible(f[1].strip(), _STUDENT_ID_ECHO) if len(f) > 1 else "" for f in records]
     messages = [
         f"The row has {n} fields; the template has {EXPECTED_FIELD_COUNT}."
         + (
