@@ -51,8 +51,13 @@ _QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")
 HEADER_ECHO_LIMIT = 500
 # a student ID repeated in an error of a malformed record (a valid one has at most 32)
 _STUDENT_ID_ECHO = 64
-# values made only of these (after trimming) are empty: zero-width and invisible characters
-ZERO_WIDTH_ONLY = r"^[\s\x{200B}-\x{200D}\x{2060}\x{FEFF}\x{180E}\x{00AD}]*$"
+# a value made only of these and spaces is empty: zero-width and invisible characters
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u180e\u00ad"
+_SPACES_AND_ZERO_WIDTH = (
+    ZERO_WIDTH
+    + " \t\r\n\x0b\x0c\x85\u00a0\u1680\u2028\u2029\u202f\u205f\u3000"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))  # en quad .. hair space
+)
 _BARE_CR = re.compile(r"\r(?!\n)")
 
 
@@ -98,7 +103,7 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     if table is None:
         return _read_with_csv_module(data.decode("utf-8"))
 
-    rows = _to_frame(table)
+    rows = _to_frame(table, ascii_only=body.isascii())
     rows.insert(0, "line", records.lines[data_ids[good]])
     rows.insert(0, "row", np.flatnonzero(good))
     bad_ids = data_ids[~good]
@@ -167,32 +172,37 @@ def _scan_if_unambiguous(data: bytes) -> _Records | None:
     n = len(buf)
     # only quotes, commas, CRs and LFs matter: the quote parity (inside quotes or not) is a
     # running count over those bytes alone; uint8 wraps at 256, which keeps the parity
-    at = np.flatnonzero((buf == _QUOTE) | (buf == _COMMA) | (buf == _LF) | (buf == _CR))
+    interesting = (buf == _QUOTE) | (buf == _COMMA) | (buf == _LF)
+    if b"\r" in data:
+        interesting |= buf == _CR
+    at = np.flatnonzero(interesting)
     byte = buf[at]
     is_quote = byte == _QUOTE
     count = np.cumsum(is_quote, dtype=np.uint8)
-    if int(is_quote.sum()) % 2:
+    if len(count) and count[-1] & 1:
         return None  # a quote is never closed
     outside = (count & 1) == 0  # for a quote: it closes; for another byte: not quoted
-    padded = np.concatenate((buf, np.zeros(2, np.uint8)))  # buf[n] and buf[n+1] read as 0
+
+    def byte_at(offsets: np.ndarray) -> np.ndarray:  # 0 outside the file
+        return np.where((offsets >= 0) & (offsets < n), buf[np.clip(offsets, 0, n - 1)], 0)
+
     quotes = at[is_quote]
     opening = quotes[~outside[is_quote]]
-    before = padded[opening - 1]  # padded[-1] is 0 for a quote at offset 0
+    before = byte_at(opening - 1)
     if not np.all((opening == 0) | (before == _COMMA) | (before == _LF) | (before == _QUOTE)):
         return None
     closing = quotes[outside[is_quote]]
-    after = padded[closing + 1]
+    after = byte_at(closing + 1)
     closes_ok = (
         (closing + 1 == n)
         | (after == _COMMA)
         | (after == _LF)
         | (after == _QUOTE)
-        | ((after == _CR) & (padded[closing + 2] == _LF))
+        | ((after == _CR) & (byte_at(closing + 2) == _LF))
     )
     if not np.all(closes_ok):
         return None
-    crs = at[(byte == _CR) & outside]
-    if not np.all(padded[crs + 1] == _LF):
+    if not np.all(byte_at(at[(byte == _CR) & outside] + 1) == _LF):
         return None  # a CR outside quotes that does not end a line
     is_lf = byte == _LF
     newlines = at[is_lf]
@@ -269,15 +279,16 @@ def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) ->
     return table
 
 
-def _to_frame(table: pa.Table) -> pd.DataFrame:
+def _to_frame(table: pa.Table, ascii_only: bool) -> pd.DataFrame:
     """Trim every value; an empty value is absent (NA), and so is a value made only of
     zero-width characters (U+200B, U+FEFF...), which would look empty to the district."""
     columns = {}
     for name in COLUMNS:
         trimmed = pc.utf8_trim_whitespace(table.column(name))
         empty = pc.equal(trimmed, "")
-        if not pc.all(pc.string_is_ascii(trimmed)).as_py():
-            empty = pc.or_(empty, pc.match_substring_regex(trimmed, ZERO_WIDTH_ONLY))
+        if not ascii_only:
+            bare = pc.utf8_trim(trimmed, characters=_SPACES_AND_ZERO_WIDTH)
+            empty = pc.or_(empty, pc.equal(bare, ""))
         columns[name] = pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
     return pa.table(columns).to_pandas()
 
@@ -366,7 +377,7 @@ def _read_with_csv_module(text: str) -> ParsedFile:
     table = pa.table(
         {name: pa.array([r[i] for r in good], pa.string()) for i, name in enumerate(COLUMNS)}
     )
-    rows = _to_frame(table)
+    rows = _to_frame(table, ascii_only=text.isascii())
     rows.insert(0, "line", np.asarray(good_lines, dtype=np.int64))
     rows.insert(0, "row", np.asarray(good_rows, dtype=np.int64))
     malformed = _malformed_errors(
