@@ -49,6 +49,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 _QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")
 # how much of a found header a HEADER_MISMATCH message repeats
 HEADER_ECHO_LIMIT = 500
+# a header line longer than this is rejected without parsing it (the template's is 120 bytes)
+HEADER_MAX_BYTES = 1 << 20
 # a student ID repeated in an error of a malformed record (a valid one has at most 32)
 _STUDENT_ID_ECHO = 64
 # a value made only of these and spaces is empty: zero-width and invisible characters
@@ -88,9 +90,11 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     if not data.strip():
         raise FileRejected(ErrorCode.FILE_EMPTY, 1, "The file is empty.")
     data = _line_ends(data)
+    _check_header_size(data, data.find(b"\n"))
     records = None if force_fallback else _scan_if_unambiguous(data)
     if records is None:
         return _read_with_csv_module(data.decode("utf-8"))
+    _check_header_size(data, int(records.ends[0]))
     _check_header(_record_fields(data, records, 0))
 
     data_ids = np.flatnonzero(~records.blank[1:]) + 1
@@ -240,6 +244,21 @@ def _record_fields(data: bytes, records: _Records, i: int) -> list[str]:
     text = data[records.starts[i] : records.ends[i]].decode("utf-8")
     _allow_fields_of(len(text))
     return next(csv.reader([text]), [])
+
+
+def _check_header_size(data: bytes, end: int) -> None:
+    """A header record over HEADER_MAX_BYTES (e.g. 50 MB without a line break) is not parsed:
+    that would cost memory for a message that shows its first names only."""
+    size = len(data) if end < 0 else end
+    if size > HEADER_MAX_BYTES:
+        start = data[:HEADER_ECHO_LIMIT].decode("utf-8", errors="replace")
+        raise FileRejected(
+            ErrorCode.HEADER_MISMATCH,
+            1,
+            "The header does not match the template. Expected: "
+            f"{','.join(HEADER)} | Found a header of {size} bytes, starting: "
+            f"{visible(start, HEADER_ECHO_LIMIT)}…",
+        )
 
 
 def _check_header(found: list[str]) -> None:

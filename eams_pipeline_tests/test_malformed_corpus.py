@@ -9,7 +9,14 @@ a rejected file) agrees with the reader.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -279,3 +286,92 @@ def test_fast_path_and_csv_module_agree_on_every_record(
     fast = _records(data, force_fallback=False)
     if fast[0] != "rejected":
         assert count_data_records(data) == fast[0]
+
+
+# --- end to end: `eams process` as a real process, memory and time capped -----------------
+
+
+def _capped() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def _eams_process(path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eams_pipeline.cli", "process", "--district", "D1", str(path)],
+        cwd=path.parent,
+        env={**os.environ, "EAMS_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        preexec_fn=_capped,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "exit_code", "rows", "error_lines"),
+    [
+        ("bare-cr-line-ends", 0, 3, [(3, "WRONG_FIELD_COUNT")]),
+        ("header-with-a-stray-quote", 2, 1, [(1, "HEADER_MISMATCH")]),
+        ("header-with-a-cr-inside-a-name", 2, 1, [(1, "HEADER_MISMATCH")]),
+        ("stray-cr-in-a-10-field-row", 0, 2, [(2, "WRONG_FIELD_COUNT")]),
+        ("unterminated-quote-on-line-3-of-5000-rows", 0, 2, [(3, "WRONG_FIELD_COUNT")]),
+        ("header-of-50-mb-without-a-newline", 2, 0, [(1, "HEADER_MISMATCH")]),
+        ("field-over-128-kib-in-a-malformed-row", 0, 2, [(2, "WRONG_FIELD_COUNT")]),
+        (
+            "stray-quotes-that-pair-up-across-lines",
+            0,
+            4,
+            [(2, "WRONG_FIELD_COUNT"), (3, "WRONG_FIELD_COUNT"), (4, "INVALID_PASSWORD")],
+        ),
+        (
+            "200-kb-field-in-a-file-that-falls-back",
+            0,
+            3,
+            [(2, "FIELD_TOO_LONG"), (3, "WRONG_FIELD_COUNT")],
+        ),
+        ("control-characters", 0, 2, [(2, "INVALID_CHARACTERS"), (3, "REQUIRED_FIELD_MISSING")]),
+    ],
+)
+def test_eams_process_rejects_or_reports_rows_never_fails(
+    name: str,
+    exit_code: int,
+    rows: int,
+    error_lines: list[tuple[int, str]],
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    from eams_pipeline_tests.builders import district_doc
+
+    setup = tmp_path / "setup.yaml"
+    setup.write_text(yaml.safe_dump({"districts": [district_doc()]}))
+    loaded = subprocess.run(
+        [sys.executable, "-m", "eams_pipeline.cli", "setup", "load", str(setup)],
+        env={**os.environ, "EAMS_DATABASE_URL": db_url},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert loaded.returncode == 0
+    if name == "control-characters":
+        data = lines(
+            HEADER_LINE,
+            _row(last_name="Smith\u202e\x1b[2J"),
+            _row(student_id="N-2", last_name="\u200b", username="user2"),
+        )
+    else:
+        data = CORPUS[name].data
+    upload = tmp_path / "students.csv"
+    upload.write_bytes(data)
+    done = _eams_process(upload, db_url)
+    assert done.returncode == exit_code, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["rows"] == rows
+    errors = list(csv.reader(io.StringIO((tmp_path / summary["error_file"]).read_text("utf-8"))))
+    assert [(int(e[0]), e[3]) for e in errors[1:]] == error_lines
+    assert all(len(e[4]) < 1500 for e in errors[1:])
+    assert not any(c in "".join(e[4] for e in errors[1:]) for c in "\x1b\u202e")
