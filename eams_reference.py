@@ -154,6 +154,17 @@ INVALID = {
     "Status": lambda s: s.upper() not in STATUSES,
 }
 OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors")
+# README: control characters (C0, DEL, C1) and text-direction marks in the free-text columns
+# are INVALID_CHARACTERS; a value of only spaces and zero-width characters is empty
+CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+FREE_TEXT = {"School Code", "Last Name", "First Name", "Middle Name", "Class Name"}
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u180e\u00ad"
+
+
+def _present(field: str) -> str | None:
+    """The trimmed value, or None when it is empty or only spaces and zero-width marks."""
+    value = field.strip()
+    return value if value.strip(ZERO_WIDTH + " \t\r\n\u00a0") else None
 
 
 def _read_transitions() -> dict[tuple[str, str, str], dict[str, str]]:
@@ -287,6 +298,9 @@ def _column_errors(row: _Row) -> tuple[bool, bool, bool]:
         if name in MAX_LENGTH and len(value) > MAX_LENGTH[name]:
             row.error(name, "FIELD_TOO_LONG")
             bad.add(name)
+        if name in FREE_TEXT and CONTROLS.search(value):
+            row.error(name, "INVALID_CHARACTERS")
+            bad.add(name)
         invalid = INVALID.get(name)
         if invalid is not None and invalid(value):
             row.error(name, "INVALID_" + name.upper().replace(" ", "_"))
@@ -339,7 +353,7 @@ def reference_process(data: bytes, state: DistrictState) -> ReferenceResult:
             r = _Row(ordinal, line, sid, None)
             r.error("", "WRONG_FIELD_COUNT")
         else:
-            values = {name: (f.strip() or None) for name, f in zip(HEADER, fields, strict=True)}
+            values = {name: _present(f) for name, f in zip(HEADER, fields, strict=True)}
             r = _Row(ordinal, line, values["Student ID"] or "", values)
         rows.append(r)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 import pandas as pd
@@ -31,6 +32,23 @@ class ErrorCode(StrEnum):
     STUDENT_NOT_FOUND = "STUDENT_NOT_FOUND"
     NO_LICENSE_AVAILABLE = "NO_LICENSE_AVAILABLE"
     GRADE_NOT_PARTICIPATING = "GRADE_NOT_PARTICIPATING"
+
+
+# characters shown by name in messages: C0/C1 controls, invisible and bidi formatting
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00a0\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+_NAMES = {"\r": "<CR>", "\n": "<LF>", "\t": "<TAB>", "\u00a0": "<NBSP>", "\ufeff": "<BOM>"}
+
+
+def visible(text: str, limit: int | None = None) -> str:
+    """`text` for a message: invisible characters named (`<U+202E>`, `<CR>`), cut at `limit`."""
+    total = len(text)
+    if limit is not None and total > limit:
+        text = text[:limit]
+    shown = _INVISIBLE.sub(lambda m: _NAMES.get(m[0], f"<U+{ord(m[0]):04X}>"), text)
+    return shown if len(text) == total else f"{shown}… (the first {limit} of {total} characters)"
 
 
 # An error frame has one error per row. `row` is the record's ordinal among the data

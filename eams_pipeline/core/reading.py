@@ -4,16 +4,36 @@ Each data record keeps its ordinal (`row`, 0-based) and the physical line where 
 (`line`, the header is line 1), so every later error names the line the district sees in
 its editor, even when quoted fields span lines.
 
-The fast path finds record boundaries with a vectorised quote-parity scan (numpy) and
-parses with the pyarrow CSV reader. Its result is cross-checked against the scan; should
-they ever disagree (stray quotes, bare CR line endings) the file is re-read with the
-standard library's csv module, which is slower but defines the same records.
+The reader is total: whatever the bytes, it returns the records or raises FileRejected
+with a line; no csv/pyarrow exception escapes (see `_csv_records`).
+
+What a record is. Line breaks are LF or CRLF; a file with no LF outside quotes but with CRs
+(Excel's "CSV (Macintosh)") has CR line endings, and is read as if every CR were an LF
+(`_line_ends`). Elsewhere a CR that is not part of a CRLF is an ordinary character of its
+value. A `"` opens a quoted field only at the start of a field; anywhere else it is a
+literal character (what Excel and the csv module do). That is the one definition, and the
+standard library's csv module implements it (`_csv_records`, the fallback).
+
+The fast path. A vectorised quote-parity scan (numpy) finds record boundaries, and pyarrow
+parses in parallel. The parity scan and pyarrow only mean the definition above when the
+quotes are well placed, so the fast path runs only when the scan proves it
+(`_scan_if_unambiguous`): an even number of quotes; every opening quote at a field start
+(after a comma, an LF or the file's start) or right after a closing quote (a doubled
+`""`); every closing quote followed by a comma, an LF, a CRLF, a quote (doubled) or the
+end; no CR outside quotes but those of CRLFs. Under these conditions the quote parity, the
+csv module and pyarrow split records and fields identically (a hypothesis test checks it
+against the fallback, record by record, values and lines). Anything else (stray quotes,
+an unterminated quote, a stray CR) goes to the csv module, which is slower but decides
+stray quotes the way the district's spreadsheet does. pyarrow's row count is still checked
+against the scan; a difference also falls back.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +42,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame
+from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame, visible
 from eams_pipeline.core.template import COLUMNS, EXPECTED_FIELD_COUNT, HEADER
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")
+# how much of a found header a HEADER_MISMATCH message repeats
+HEADER_ECHO_LIMIT = 500
+# a header line longer than this is rejected without parsing it (the template's is 120 bytes)
+HEADER_MAX_BYTES = 1 << 20
+# a student ID repeated in an error of a malformed record (a valid one has at most 32)
+_STUDENT_ID_ECHO = 64
+# a value made only of these and spaces is empty: zero-width and invisible characters
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u180e\u00ad"
+_SPACES_AND_ZERO_WIDTH = (
+    ZERO_WIDTH
+    + " \t\r\n\x0b\x0c\x85\u00a0\u1680\u2028\u2029\u202f\u205f\u3000"
+    + "".join(chr(c) for c in range(0x2000, 0x200B))  # en quad .. hair space
+)
+_BARE_CR = re.compile(r"\r(?!\n)")
 
 
 class FileRejected(Exception):
@@ -55,8 +89,13 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     _check_text(data)
     if not data.strip():
         raise FileRejected(ErrorCode.FILE_EMPTY, 1, "The file is empty.")
-    records = _scan_records(data)
-    _check_header(_record_text(data, records, 0))
+    data = _line_ends(data)
+    _check_header_size(data, data.find(b"\n"))
+    records = None if force_fallback else _scan_if_unambiguous(data)
+    if records is None:
+        return _read_with_csv_module(data.decode("utf-8"))
+    _check_header_size(data, int(records.ends[0]))
+    _check_header(_record_fields(data, records, 0))
 
     data_ids = np.flatnonzero(~records.blank[1:]) + 1
     if len(data_ids) == 0:
@@ -64,21 +103,20 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     good = records.fields[data_ids] == EXPECTED_FIELD_COUNT
     body = data[records.starts[1] :]
 
-    table = None
-    if not force_fallback:
-        table = _parse_with_arrow(body, int(good.sum()), records.quoted_newlines)
+    table = _parse_with_arrow(body, int(good.sum()), records.quoted_newlines)
     if table is None:
-        return _read_with_csv_module(body)
+        return _read_with_csv_module(data.decode("utf-8"))
 
-    rows = _to_frame(table)
+    rows = _to_frame(table, ascii_only=body.isascii())
     rows.insert(0, "line", records.lines[data_ids[good]])
     rows.insert(0, "row", np.flatnonzero(good))
     bad_ids = data_ids[~good]
     malformed = _malformed_errors(
         rows_idx=np.flatnonzero(~good),
         lines=records.lines[bad_ids],
+        end_lines=records.end_lines[bad_ids],
         field_counts=records.fields[bad_ids],
-        texts=[_record_text(data, records, int(i)) for i in bad_ids],
+        records=[_record_fields(data, records, int(i)) for i in bad_ids],
     )
     return ParsedFile(
         rows=rows.set_index(rows["row"].rename(None)), malformed=malformed, total_rows=len(data_ids)
@@ -106,74 +144,138 @@ def _check_text(data: bytes) -> None:
         )
 
 
+def _line_ends(data: bytes) -> bytes:
+    """A file whose lines end with a bare CR (no LF outside quotes, a CR outside quotes) is
+    read with every CR as an LF; other files are returned as they are."""
+    if b"\r" not in data:
+        return data
+    buf = np.frombuffer(data, dtype=np.uint8)
+    at = np.flatnonzero((buf == _QUOTE) | (buf == _LF) | (buf == _CR))
+    byte = buf[at]
+    outside = (np.cumsum(byte == _QUOTE, dtype=np.uint8) & 1) == 0
+    if np.any(outside & (byte == _LF)) or not np.any(outside & (byte == _CR)):
+        return data
+    return data.replace(b"\r", b"\n")
+
+
 @dataclass(frozen=True)
 class _Records:
     starts: np.ndarray  # byte offset where each record starts
     ends: np.ndarray  # byte offset just past each record's content (before CR LF / LF)
     lines: np.ndarray  # physical line where each record starts (1-based)
+    end_lines: np.ndarray  # physical line where each record ends
     fields: np.ndarray  # number of fields (unquoted commas + 1)
     blank: np.ndarray  # empty line
-    quoted_newlines: bool  # a quoted field holds a line break somewhere in the file
+    quoted_newlines: bool  # a quoted field holds a CR or LF somewhere in the file
 
 
-def _scan_records(data: bytes) -> _Records:
-    """Record boundaries of an RFC 4180 file: LFs outside quotes, found without a Python loop."""
+def _scan_if_unambiguous(data: bytes) -> _Records | None:
+    """Record boundaries by quote parity (no Python loop), or None when a quote or a CR is
+    placed so that parity and the csv module could disagree (see the module docstring)."""
     buf = np.frombuffer(data, dtype=np.uint8)
-    # only quotes, commas and LFs matter: the quote parity (inside quotes or not) is a
+    n = len(buf)
+    # only quotes, commas, CRs and LFs matter: the quote parity (inside quotes or not) is a
     # running count over those bytes alone; uint8 wraps at 256, which keeps the parity
-    at = np.flatnonzero((buf == _QUOTE) | (buf == _COMMA) | (buf == _LF))
+    interesting = (buf == _QUOTE) | (buf == _COMMA) | (buf == _LF)
+    if b"\r" in data:
+        interesting |= buf == _CR
+    at = np.flatnonzero(interesting)
     byte = buf[at]
-    outside = (np.cumsum(byte == _QUOTE, dtype=np.uint8) & 1) == 0
+    is_quote = byte == _QUOTE
+    count = np.cumsum(is_quote, dtype=np.uint8)
+    if len(count) and count[-1] & 1:
+        return None  # a quote is never closed
+    outside = (count & 1) == 0  # for a quote: it closes; for another byte: not quoted
+
+    def byte_at(offsets: np.ndarray) -> np.ndarray:  # 0 outside the file
+        return np.where((offsets >= 0) & (offsets < n), buf[np.clip(offsets, 0, n - 1)], 0)
+
+    quotes = at[is_quote]
+    opening = quotes[~outside[is_quote]]
+    before = byte_at(opening - 1)
+    if not np.all((opening == 0) | (before == _COMMA) | (before == _LF) | (before == _QUOTE)):
+        return None
+    closing = quotes[outside[is_quote]]
+    after = byte_at(closing + 1)
+    closes_ok = (
+        (closing + 1 == n)
+        | (after == _COMMA)
+        | (after == _LF)
+        | (after == _QUOTE)
+        | ((after == _CR) & (byte_at(closing + 2) == _LF))
+    )
+    if not np.all(closes_ok):
+        return None
+    if not np.all(byte_at(at[(byte == _CR) & outside] + 1) == _LF):
+        return None  # a CR outside quotes that does not end a line
     is_lf = byte == _LF
     newlines = at[is_lf]
     terminators = at[is_lf & outside]
     starts = np.concatenate(([0], terminators + 1))
-    ends = np.concatenate((terminators, [len(buf)]))
-    if starts[-1] >= len(buf):  # the file ends with a newline: no record after it
+    ends = np.concatenate((terminators, [n]))
+    if starts[-1] >= n:  # the file ends with a newline: no record after it
         starts, ends = starts[:-1], ends[:-1]
     # strip the CR of a CRLF ending
     has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)
     ends = ends - has_cr
-    lines = np.searchsorted(newlines, starts) + 1
     commas = at[(byte == _COMMA) & outside]
     # commas of record i: those between its start and its end (both arrays are sorted)
     fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
     return _Records(
         starts=starts,
         ends=ends,
-        lines=lines,
+        lines=np.searchsorted(newlines, starts) + 1,
+        end_lines=np.searchsorted(newlines, ends) + 1,
         fields=fields,
         blank=ends == starts,
-        quoted_newlines=len(terminators) < len(newlines),
+        quoted_newlines=bool(np.any(~outside & ~is_quote & (byte != _COMMA))),
     )
 
 
-def _record_text(data: bytes, records: _Records, i: int) -> str:
-    return data[records.starts[i] : records.ends[i]].decode("utf-8")
+def _allow_fields_of(size: int) -> None:
+    """The csv module refuses fields over 128 KiB by default; a file is already in memory,
+    so a field as long as the file is allowed (the limit is process-wide and only raised)."""
+    if csv.field_size_limit() < size + 1:
+        csv.field_size_limit(size + 1)
 
 
-def _check_header(text: str) -> None:
-    found = next(csv.reader([text]), [])
+def _record_fields(data: bytes, records: _Records, i: int) -> list[str]:
+    """The fields of one scanned record (its quotes are well placed: see the scan)."""
+    text = data[records.starts[i] : records.ends[i]].decode("utf-8")
+    _allow_fields_of(len(text))
+    return next(csv.reader([text]), [])
+
+
+def _check_header_size(data: bytes, end: int) -> None:
+    """A header record over HEADER_MAX_BYTES (e.g. 50 MB without a line break) is not parsed:
+    that would cost memory for a message that shows its first names only."""
+    size = len(data) if end < 0 else end
+    if size > HEADER_MAX_BYTES:
+        start = data[:HEADER_ECHO_LIMIT].decode("utf-8", errors="replace")
+        raise FileRejected(
+            ErrorCode.HEADER_MISMATCH,
+            1,
+            "The header does not match the template. Expected: "
+            f"{','.join(HEADER)} | Found a header of {size} bytes, starting: "
+            f"{visible(start, HEADER_ECHO_LIMIT)}…",
+        )
+
+
+def _check_header(found: list[str]) -> None:
     names = tuple(name.strip() for name in found)
     if names != HEADER:
         raise FileRejected(
             ErrorCode.HEADER_MISMATCH,
             1,
             "The header does not match the template. Expected: "
-            f"{','.join(HEADER)} | Found: {','.join(names)}",
+            f"{','.join(HEADER)} | Found ({len(names)} names): "
+            f"{visible(','.join(names), HEADER_ECHO_LIMIT)}",
         )
 
 
 def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) -> pa.Table | None:
     """pyarrow's parser; it splits the file in parallel blocks when no quoted field holds
     a line break (the usual case), which it can only do when told so."""
-    skipped = 0
-
-    def on_invalid_row(_row: object) -> str:
-        nonlocal skipped
-        skipped += 1
-        return "skip"
-
     try:
         table = pacsv.read_csv(
             io.BytesIO(body),
@@ -181,7 +283,7 @@ def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) ->
             parse_options=pacsv.ParseOptions(
                 newlines_in_values=quoted_newlines,
                 ignore_empty_lines=True,
-                invalid_row_handler=on_invalid_row,
+                invalid_row_handler=lambda _row: "skip",
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={c: pa.string() for c in COLUMNS},
@@ -189,76 +291,120 @@ def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) ->
                 quoted_strings_can_be_null=False,
             ),
         )
-    except pa.ArrowInvalid:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     if table.num_rows != expected_rows:
         return None
     return table
 
 
-def _to_frame(table: pa.Table) -> pd.DataFrame:
-    """Trim every value; an empty value is absent (NA)."""
+def _to_frame(table: pa.Table, ascii_only: bool) -> pd.DataFrame:
+    """Trim every value; an empty value is absent (NA), and so is a value made only of
+    zero-width characters (U+200B, U+FEFF...), which would look empty to the district."""
     columns = {}
     for name in COLUMNS:
         trimmed = pc.utf8_trim_whitespace(table.column(name))
-        columns[name] = pc.if_else(pc.equal(trimmed, ""), pa.scalar(None, pa.string()), trimmed)
+        empty = pc.equal(trimmed, "")
+        if not ascii_only:
+            bare = pc.utf8_trim(trimmed, characters=_SPACES_AND_ZERO_WIDTH)
+            empty = pc.or_(empty, pc.equal(bare, ""))
+        columns[name] = pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
     return pa.table(columns).to_pandas()
 
 
 def _malformed_errors(
-    rows_idx: np.ndarray, lines: np.ndarray, field_counts: np.ndarray, texts: list[str]
+    rows_idx: np.ndarray,
+    lines: np.ndarray,
+    end_lines: np.ndarray,
+    field_counts: np.ndarray,
+    records: list[list[str]],
 ) -> pd.DataFrame:
     if len(rows_idx) == 0:
         return empty_errors()
-    student_ids = []
-    for text in texts:
-        fields = next(csv.reader([text]), [])
-        student_ids.append(fields[1].strip() if len(fields) > 1 else "")
+    student_ids = [visible(f[1].strip(), _STUDENT_ID_ECHO) if len(f) > 1 else "" for f in records]
     messages = [
-        f"The row has {n} fields; the template has {EXPECTED_FIELD_COUNT}." for n in field_counts
+        f"The row has {n} fields; the template has {EXPECTED_FIELD_COUNT}."
+        + (
+            f" It runs from line {start} to line {end}: is a quote not closed?"
+            if end > start
+            else ""
+        )
+        for n, start, end in zip(field_counts, lines, end_lines, strict=True)
     ]
     return error_frame(
         rows_idx, lines, student_ids, "", ErrorCode.WRONG_FIELD_COUNT.value, messages
     )
 
 
-def _line_breaks(value: str) -> int:
-    return value.count("\n") + value.count("\r") - value.count("\r\n")
+def _csv_records(text: str) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, fields) of every record, header and blank lines included
+    (a blank line has no fields), by the csv module.
+
+    Lines end at LF only (a file with CR line ends was converted before). A CR that does
+    not end a line would make the csv module stop ("new-line character seen in unquoted
+    field"), so it is parsed as a NUL (never in an accepted file) and restored in the
+    values. A csv.Error that still escaped would become a FILE_ENCODING rejection."""
+    cr_marker = "\r" in text
+    if cr_marker:
+        text = _BARE_CR.sub("\x00", text)
+    _allow_fields_of(len(text))
+    reader = csv.reader(io.StringIO(text, newline="\n"), strict=False)
+    consumed = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # pragma: no cover - no input is known to get here
+            raise FileRejected(
+                ErrorCode.FILE_ENCODING,
+                consumed + 1,
+                f"The file cannot be read as CSV from line {consumed + 1} ({exc}). "
+                "Export the file as CSV UTF-8.",
+            ) from None
+        first, consumed = consumed + 1, reader.line_num
+        if cr_marker:
+            fields = [f.replace("\x00", "\r") for f in fields]
+        yield first, max(first, consumed), fields
 
 
-def _read_with_csv_module(body: bytes) -> ParsedFile:
-    """The slow, obviously-right path: the csv module, which counts physical lines itself."""
-    reader = csv.reader(io.StringIO(body.decode("utf-8"), newline=""))
+def _read_with_csv_module(text: str) -> ParsedFile:
+    """The slow, obviously-right path: the csv module over physical lines."""
+    records = _csv_records(text)
+    header = next(records, None)
+    _check_header(header[2] if header else [])
     good: list[list[str]] = []
     good_rows, good_lines = [], []
-    bad_rows, bad_lines, bad_counts, bad_texts = [], [], [], []
+    bad_rows, bad_lines, bad_ends, bad_counts, bad_fields = [], [], [], [], []
     ordinal = 0
-    for fields in reader:
+    for first, last, fields in records:
         if not fields:
             continue
-        # the reader skips blank lines silently: count back from where this record ends
-        # (line_num counts from the body's first line, which is the file's line 2)
-        start = reader.line_num + 1 - sum(_line_breaks(f) for f in fields)
         if len(fields) == EXPECTED_FIELD_COUNT:
             good.append(fields)
             good_rows.append(ordinal)
-            good_lines.append(start)
+            good_lines.append(first)
         else:
             bad_rows.append(ordinal)
-            bad_lines.append(start)
+            bad_lines.append(first)
+            bad_ends.append(last)
             bad_counts.append(len(fields))
-            bad_texts.append(",".join(fields))
+            bad_fields.append(fields)
         ordinal += 1
     if ordinal == 0:
         raise FileRejected(ErrorCode.FILE_EMPTY, 2, "The file has a header but no data rows.")
     table = pa.table(
         {name: pa.array([r[i] for r in good], pa.string()) for i, name in enumerate(COLUMNS)}
     )
-    rows = _to_frame(table)
+    rows = _to_frame(table, ascii_only=text.isascii())
     rows.insert(0, "line", np.asarray(good_lines, dtype=np.int64))
     rows.insert(0, "row", np.asarray(good_rows, dtype=np.int64))
     malformed = _malformed_errors(
-        np.asarray(bad_rows), np.asarray(bad_lines), np.asarray(bad_counts), bad_texts
+        np.asarray(bad_rows),
+        np.asarray(bad_lines),
+        np.asarray(bad_ends),
+        np.asarray(bad_counts),
+        bad_fields,
     )
     return ParsedFile(
         rows=rows.set_index(rows["row"].rename(None)), malformed=malformed, total_rows=ordinal
@@ -267,10 +413,18 @@ def _read_with_csv_module(body: bytes) -> ParsedFile:
 
 def count_data_records(data: bytes) -> int:
     """How many data records a file holds (non-empty records after the header), for the
-    counts of a rejected file. Works on bytes that are not valid UTF-8."""
+    counts of a rejected file: the records `read_upload` would read. Works on bytes that
+    are not valid UTF-8 (an undecodable byte counts as an ordinary character)."""
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM) :]
     if not data.strip():
         return 0
-    records = _scan_records(data)
-    return int((~records.blank[1:]).sum())
+    data = _line_ends(data)
+    records = _scan_if_unambiguous(data)
+    if records is not None:
+        return int((~records.blank[1:]).sum())
+    try:
+        every = _csv_records(data.decode("utf-8", errors="replace"))
+        return sum(1 for i, (_, _, fields) in enumerate(every) if i and fields)
+    except FileRejected:  # pragma: no cover - see _csv_records
+        return 0

@@ -11,7 +11,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame
+from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame, visible
 from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
 
 MAX_LENGTH = {
@@ -29,6 +29,9 @@ REQUIRED = ("school_code", "student_id", "last_name", "first_name", "grade", "us
 GRADES = ("K", *(str(g) for g in range(1, 13)))
 STATUSES = ("A", "D", "X", "I")
 
+# control characters (C0 with TAB, CR and LF; DEL; C1) and bidi controls (U+202E reverses
+# what a terminal or a spreadsheet shows): never in a name; other columns' patterns are ASCII
+CONTROL_CHARACTERS = "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 STUDENT_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 USERNAME_PATTERN = r"^[A-Za-z0-9._@-]{3,}$"
 GRADE_PATTERN = r"^(?:[Kk]|0?[1-9]|1[0-2])$"
@@ -49,6 +52,9 @@ MESSAGES: dict[str, str] = {
     ErrorCode.INVALID_PASSWORD: "Password must be 6 to 64 characters.",
     ErrorCode.INVALID_EMAIL: "Email is not a valid email address.",
     ErrorCode.INVALID_STATUS: "Status must be A, D, X or I.",
+    ErrorCode.INVALID_CHARACTERS: (
+        "{column} contains control or text-direction characters (shown as <...>)."
+    ),
 }
 # columns whose value is never repeated in a message
 SECRET_COLUMNS = frozenset({"password"})
@@ -63,24 +69,31 @@ def _matches(pattern: str, code: ErrorCode) -> pa.Check:
     return pa.Check(lambda s: s.str.fullmatch(pattern), name=code.value)
 
 
+def _no_control_characters() -> pa.Check:
+    return pa.Check(
+        lambda s: ~s.str.contains(CONTROL_CHARACTERS, regex=True),
+        name=ErrorCode.INVALID_CHARACTERS.value,
+    )
+
+
 def _min_length(length: int, code: ErrorCode) -> pa.Check:
     return pa.Check(lambda s: s.str.len() >= length, name=code.value)
 
 
 _RULES: dict[str, list[pa.Check]] = {
-    "school_code": [_too_long("school_code")],
+    "school_code": [_too_long("school_code"), _no_control_characters()],
     "student_id": [
         _too_long("student_id"),
         _matches(STUDENT_ID_PATTERN, ErrorCode.INVALID_STUDENT_ID),
     ],
-    "last_name": [_too_long("last_name")],
-    "first_name": [_too_long("first_name")],
-    "middle_name": [_too_long("middle_name")],
+    "last_name": [_too_long("last_name"), _no_control_characters()],
+    "first_name": [_too_long("first_name"), _no_control_characters()],
+    "middle_name": [_too_long("middle_name"), _no_control_characters()],
     "grade": [_matches(GRADE_PATTERN, ErrorCode.INVALID_GRADE)],
     "username": [_too_long("username"), _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME)],
     "password": [_too_long("password"), _min_length(6, ErrorCode.INVALID_PASSWORD)],
     "email": [_too_long("email"), _matches(EMAIL_PATTERN, ErrorCode.INVALID_EMAIL)],
-    "class_name": [_too_long("class_name")],
+    "class_name": [_too_long("class_name"), _no_control_characters()],
     "status": [_matches(STATUS_PATTERN, ErrorCode.INVALID_STATUS)],
 }
 
@@ -126,7 +139,9 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     value = failures["failure_case"].astype("str")
     shown = (~column.isin(SECRET_COLUMNS)) & failures["failure_case"].notna()
     shown &= code != ErrorCode.REQUIRED_FIELD_MISSING.value
-    message = message.where(~shown, message + " Found: " + value.str.slice(0, 100))
+    message = message.where(
+        ~shown, message + " Found: " + value.map(lambda v: visible(str(v), 100))
+    )
     located = rows.loc[index]
     errors = error_frame(
         index,
