@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,7 +20,8 @@ from eams_pipeline.db import export as db_export
 from eams_pipeline.db import migrations
 from eams_pipeline.db.connection import connect, create_database_if_missing
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.services.process import Engine, Upload, process_upload
+from eams_pipeline.io.files import NotARegularFile, read_upload_file
+from eams_pipeline.services.process import Engine, Upload, file_too_large, process_upload
 
 EXIT_OK, EXIT_FAILURE, EXIT_REJECTED = 0, 1, 2
 
@@ -89,21 +92,60 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
             return str(errors_out)
         return f"students_errors_{upload_id if upload_id is not None else 'dry-run'}.csv"
 
-    data = file.read_bytes()
+    # Everything that could stop the command after the upload is committed is checked first.
+    _check_errors_out(errors_out, file)
+    limit = config.max_upload_bytes()
+    try:
+        local = read_upload_file(file, limit)
+    except NotARegularFile as exc:
+        raise click.ClickException(str(exc)) from exc
+    upload = Upload(district=district_code, data=local.data, file_name=file.name)
+    if local.too_large:
+        upload = replace(upload, rejection=file_too_large(local.size, limit))
     with connect() as conn:
         result = process_upload(
-            conn,
-            Upload(district=district_code, data=data, file_name=file.name),
-            _engine(),
-            dry_run=dry_run,
-            error_file_name=error_path,
+            conn, upload, _engine(), dry_run=dry_run, error_file_name=error_path
         )
     error_file = None
     if result.has_errors:
         error_file = error_path(result.upload_id)
-        Path(error_file).write_bytes(render_error_file(result.errors))
+        try:
+            Path(error_file).write_bytes(render_error_file(result.errors))
+        except OSError as exc:
+            # The outcome is committed: report it and exit by it, never as a failure.
+            click.echo(
+                f"eams: warning: the upload was processed but its error file could not be "
+                f"written to {error_file}: {exc.strerror or exc}. The errors are recorded "
+                f"with upload {result.upload_id} (table upload_errors).",
+                err=True,
+            )
+            error_file = None
     click.echo(json.dumps(result.summary(error_file)))
     sys.exit(EXIT_REJECTED if result.status == UploadStatus.REJECTED else EXIT_OK)
+
+
+def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
+    """Refuse an error-file path that could not be written, or that is the upload itself."""
+    target = errors_out if errors_out is not None else Path.cwd() / "students_errors.csv"
+    where = "--errors-out" if errors_out is not None else "the current directory"
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.ClickException(f"{where}: the directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise click.ClickException(f"{where}: the directory {parent} is not writable")
+    if errors_out is None:
+        return
+    if errors_out.exists():
+        if errors_out.is_dir():
+            raise click.ClickException(f"--errors-out: {errors_out} is a directory")
+        if os.path.samefile(errors_out, upload):
+            raise click.ClickException(
+                f"--errors-out: {errors_out} is the input file; it would be overwritten"
+            )
+        if not os.access(errors_out, os.W_OK):
+            raise click.ClickException(f"--errors-out: {errors_out} is not writable")
+    elif errors_out.resolve() == upload.resolve():
+        raise click.ClickException(f"--errors-out: {errors_out} is the input file")
 
 
 @cli.group()

@@ -16,6 +16,7 @@ from eams_pipeline.core.passwords import Argon2Settings
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # the largest district's 1M rows: ~100 MB
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
 DEFAULT_SETTLE_SECONDS = 60
 SMTP_SECURITY_MODES = ("none", "starttls", "ssl")
@@ -93,6 +94,15 @@ def argon2_settings() -> Argon2Settings:
         parallelism=env_int("EAMS_ARGON2_PARALLELISM", Argon2Settings.parallelism),
         workers=workers if workers > 0 else (os.cpu_count() or 1),
     )
+
+
+def max_upload_bytes() -> int:
+    """EAMS_MAX_UPLOAD_BYTES: the largest students.csv accepted (default 512 MiB); a larger
+    one is rejected with FILE_TOO_LARGE without being read."""
+    value = env_int("EAMS_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)
+    if value < 1:
+        raise ConfigError(f"EAMS_MAX_UPLOAD_BYTES must be a positive number of bytes, got {value}")
+    return value
 
 
 # --- the archive, SMTP ------------------------------------------------------------------

@@ -281,6 +281,31 @@ def test_rejected_upload_emails_the_failure_with_the_error_file(
     assert builders.students(pipeline.conn, "D001") == {}
 
 
+def test_an_upload_above_the_limit_is_rejected_without_being_downloaded(
+    pipeline: Pipeline, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EAMS_MAX_UPLOAD_BYTES", "100")
+    request, result = pipeline.sensor_run(instance, "D001", clean_file())
+    assert result.success  # an oversized file is an outcome, not a crash
+    assert materialization(result, "upload_file")["too_large"] is True
+    upload = get_upload(pipeline.conn, request.partition_key)
+    assert upload is not None and upload.status == "rejected"
+    assert upload.error_codes == {"FILE_TOO_LARGE": 1}
+    assert upload.counts["rows"] == 0
+    assert pipeline.files("D001", "errors") == [f"students_errors_{upload.upload_id}.csv"]
+    published = pipeline.user_dir("D001") / "errors" / pipeline.files("D001", "errors")[0]
+    assert "FILE_TOO_LARGE" in published.read_text()
+    [mail] = pipeline.smtp.wait_for(1)
+    assert "FAILED" in mail["Subject"] and "FILE_TOO_LARGE" in mail.get_content()
+    assert len(pipeline.files("D001", "processed")) == 1  # kept, out of incoming/
+    assert pipeline.files("D001", "incoming") == []
+    assert not list(pipeline.archive_dir.rglob("*.fernet"))
+    assert builders.students(pipeline.conn, "D001") == {}
+    # running it again changes nothing and sends nothing more
+    again = pipeline.run_upload(instance, request.partition_key)
+    assert again.success and len(pipeline.smtp.wait_for(1)) == 1
+
+
 def test_a_crash_after_the_claim_is_recovered_by_running_again(
     pipeline: Pipeline, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:

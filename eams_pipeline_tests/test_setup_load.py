@@ -53,11 +53,50 @@ def test_existing_students_are_never_overwritten_by_a_reload(conn) -> None:
 
 
 def test_an_order_cannot_shrink_below_its_used_licenses(conn) -> None:
-    doc = district_doc(licenses=1, existing=[existing_student("E1")])
+    doc = district_doc(licenses=3, existing=[existing_student("E1"), existing_student("E2")])
     load(conn, doc)
-    doc["enterprise_order"]["licenses"] = 0
-    with pytest.raises(Exception, match="orders_used_within_size"):
+    doc["enterprise_order"]["licenses"] = 1
+    doc["name"] = "Renamed"
+    with pytest.raises(
+        MasterDataError,
+        match="order ENT-D1: 1 licenses requested but 2 are in use by active students; "
+        "deactivate students first or keep at least 2",
+    ):
         load(conn, doc)
+    assert conn.execute("SELECT name FROM districts").fetchone()[0] == "District D1"
+    assert conn.execute("SELECT size FROM orders WHERE number='ENT-D1'").fetchone()[0] == 3
+
+
+def test_an_order_of_another_district_is_refused_naming_both(conn) -> None:
+    load(conn, district_doc(code="D1"))
+    other = district_doc(code="D2")
+    other["enterprise_order"]["number"] = "ENT-D1"
+    with pytest.raises(MasterDataError, match="district D2: order ENT-D1 belongs to district D1"):
+        load(conn, other)
+    assert conn.execute("SELECT count(*) FROM districts WHERE code='D2'").fetchone()[0] == 0
+    # also within one file
+    with pytest.raises(MasterDataError, match="order REG-D1 belongs to district D1"):
+        again = district_doc(code="D3")
+        again["regular_orders"][0]["number"] = "REG-D1"
+        load(conn, district_doc(code="D1"), again)
+
+
+def test_setup_load_reports_a_refusal_in_plain_words(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eams_pipeline import cli
+
+    doc = district_doc(licenses=2, existing=[existing_student("E1"), existing_student("E2")])
+    setup = tmp_path / "setup.yaml"
+    setup.write_text(yaml.safe_dump({"districts": [doc]}))
+    assert cli.main(["setup", "load", str(setup)]) == 0
+    doc["enterprise_order"]["licenses"] = 1
+    setup.write_text(yaml.safe_dump({"districts": [doc]}))
+    capsys.readouterr()
+    assert cli.main(["setup", "load", str(setup)]) == 1
+    err = capsys.readouterr().err
+    assert "1 licenses requested but 2 are in use" in err
+    assert "Traceback" not in err and "CheckViolation" not in err
 
 
 @pytest.mark.parametrize(

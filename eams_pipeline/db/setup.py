@@ -11,7 +11,7 @@ import pandas as pd
 import psycopg
 
 from eams_pipeline.core.fingerprints import data_fingerprint
-from eams_pipeline.core.master_data import DistrictSpec
+from eams_pipeline.core.master_data import DistrictSpec, MasterDataError, OrderSpec
 from eams_pipeline.core.validation import normalise
 
 
@@ -87,6 +87,7 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
 
     changed["orders"] = 0
     orders = [(d.enterprise_order, "enterprise")] + [(o, "regular") for o in d.regular_orders]
+    _check_orders(conn, district_id, d, [order for order, _ in orders])
     for order, kind in orders:
         cur = conn.execute(
             """INSERT INTO orders (district_id, number, kind, school_id, size)
@@ -120,6 +121,38 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
     changed["districts"] = max(changed["districts"], cur.rowcount)
     changed["students"] = _load_existing_students(conn, district_id, d)
     return changed
+
+
+def _check_orders(
+    conn: psycopg.Connection, district_id: int, d: DistrictSpec, orders: list[OrderSpec]
+) -> None:
+    """Order numbers are unique across districts, and an order never has fewer licenses than
+    its active students use: refuse, in words, what the database would refuse in its own."""
+    numbers = [o.number for o in orders]
+    for number, owner, owner_name in conn.execute(
+        """SELECT o.number, od.code, od.name FROM orders o
+           JOIN districts od ON od.district_id = o.district_id
+           WHERE o.number = ANY(%s) AND o.district_id <> %s ORDER BY o.number""",
+        (numbers, district_id),
+    ).fetchall():
+        raise MasterDataError(
+            f"district {d.code}: order {number} belongs to district {owner} ({owner_name}); "
+            "an order number can belong to one district only"
+        )
+    used = dict(
+        conn.execute(
+            "SELECT number, used FROM orders WHERE district_id = %s AND number = ANY(%s)",
+            (district_id, numbers),
+        ).fetchall()
+    )
+    for order in orders:
+        in_use = used.get(order.number, 0)
+        if order.licenses < in_use:
+            raise MasterDataError(
+                f"district {d.code}: order {order.number}: {order.licenses} licenses requested "
+                f"but {in_use} are in use by active students; deactivate students first or "
+                f"keep at least {in_use}"
+            )
 
 
 def _load_existing_students(conn: psycopg.Connection, district_id: int, d: DistrictSpec) -> int:

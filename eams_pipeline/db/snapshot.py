@@ -114,13 +114,47 @@ def load_snapshot(
     )
     if students is None:
         students = load_district_students(conn, district)
+    claimed = _not_own_username(rows, students)
+    lock_usernames(conn, claimed["username"])
     return DistrictSnapshot(
         district_id=d,
         enterprise_order_id=district.enterprise_order_id,
         bin_available=int(bin_available),
         schools=schools,
         students=students,
-        taken_usernames=_usernames_held_by_others(conn, d, _not_own_username(rows, students)),
+        taken_usernames=_usernames_held_by_others(conn, d, claimed),
+    )
+
+
+# Usernames are unique across districts, whose uploads run concurrently (each holds only
+# its own district's lock). An upload that gives students usernames they do not hold yet
+# locks those usernames (advisory locks held until commit) BEFORE it reads who holds them:
+# a second upload claiming one of them waits until the first commits, then sees it taken
+# (USERNAME_TAKEN), exactly as if the two had run one after the other. Up to
+# USERNAME_LOCK_LIMIT usernames are locked one by one (in sorted order: no deadlock), under
+# a shared lock on the whole namespace; a file claiming more takes the namespace lock
+# exclusively instead, so the locks an upload holds stay bounded (the server's lock table
+# is shared). Two large uploads that both create many students therefore run one after
+# the other; small ones only wait for an upload claiming one of the same usernames.
+USERNAME_LOCK_SPACE = 0x45414D53  # "EAMS": advisory locks (USERNAME_LOCK_SPACE, hashtext(u))
+USERNAME_LOCK_ALL = (0x45414D54, 0)  # the lock on the whole namespace
+USERNAME_LOCK_LIMIT = 256
+
+
+def lock_usernames(conn: psycopg.Connection, usernames: pd.Series) -> None:
+    """Lock the usernames an upload may give to students until the transaction ends."""
+    wanted = sorted(set(usernames.dropna().str.lower()))
+    if not wanted:
+        return
+    if len(wanted) > USERNAME_LOCK_LIMIT:
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", USERNAME_LOCK_ALL)
+        return
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USERNAME_LOCK_ALL)
+    conn.execute(
+        "SELECT count(pg_advisory_xact_lock(%s, k)) FROM ("
+        "  SELECT DISTINCT hashtext(u) AS k FROM unnest(%s::text[]) u ORDER BY k"
+        ") keys",
+        (USERNAME_LOCK_SPACE, wanted),
     )
 
 

@@ -203,6 +203,11 @@ class SftpSession:
         return buffer.getvalue()
 
     @_mapped
+    def size(self, rel_path: str) -> int:
+        """The size of a remote file in bytes (a stat: nothing is read)."""
+        return int(self._client.stat(self.remote_path(rel_path)).st_size or 0)
+
+    @_mapped
     def exists(self, rel_path: str) -> bool:
         return self._exists(self.remote_path(rel_path))
 

@@ -22,6 +22,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from eams_pipeline import config
 from eams_pipeline.core.error_file import render_error_file
 from eams_pipeline.core.notifications import build_upload_email
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
@@ -44,7 +45,7 @@ from eams_pipeline.orchestration.resources import (
     SmtpResource,
 )
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
-from eams_pipeline.services.process import Upload, process_upload
+from eams_pipeline.services.process import Upload, file_too_large, process_upload
 
 GROUP = "eams_uploads"
 PREVIEW_ROWS = 20
@@ -114,11 +115,13 @@ def upload_file(
     db: DatabaseResource,
     sftp: SftpResource,
     archive: ArchiveResource,
+    engine: EngineResource,
 ) -> dg.MaterializeResult:
     ref = _ref(context)
     store = archive.get()
     archived = store.path_for(ref.district, ref.key)
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
+    limit = config.max_upload_bytes()
     if archived.exists():
         data = store.load(str(archived))
         source = "archive (re-run: SFTP not read)"
@@ -133,6 +136,11 @@ def upload_file(
             else:
                 _claim(context, session, ref, processed_rel)
                 source = f"incoming/{UPLOAD_NAME}"
+            size = session.size(processed_rel)
+            if size > limit:
+                # claimed (out of incoming/, kept in processed/) but never downloaded:
+                # recorded as rejected here; upload_outcome reports what was recorded
+                return _too_large(context, db, engine, ref, district, size, limit, source)
             data = session.read(processed_rel)
         store.store(ref.district, ref.key, data)
     digest = store.sha256(data)
@@ -145,6 +153,48 @@ def upload_file(
             "source": source,
             "processed_path": processed_rel,
             "archive_path": dg.MetadataValue.path(str(archived)),
+        }
+    )
+
+
+def _too_large(
+    context: dg.AssetExecutionContext,
+    db: DatabaseResource,
+    engine: EngineResource,
+    ref: UploadRef,
+    district: District,
+    size: int,
+    limit: int,
+    source: str,
+) -> dg.MaterializeResult:
+    context.log.warning(
+        f"upload {ref.key} is {size} bytes, above EAMS_MAX_UPLOAD_BYTES={limit}: not "
+        f"downloaded nor archived (it stays in {PROCESSED}/{ref.processed_name}); recorded "
+        "as rejected with FILE_TOO_LARGE"
+    )
+    upload = Upload(
+        district=ref.district,
+        data=b"",
+        file_name=UPLOAD_NAME,
+        key=ref.key,
+        received_at=ref.received_at,
+        rejection=file_too_large(size, limit),
+    )
+    with db.connect() as conn:
+        process_upload(
+            conn,
+            upload,
+            engine.get(),
+            error_file_name=lambda upload_id: _error_path(district.sftp_root, upload_id),
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "district": ref.district,
+            "received_at": ref.received_at.isoformat(),
+            "bytes": dg.MetadataValue.int(size),
+            "too_large": dg.MetadataValue.bool(True),
+            "source": source,
+            "processed_path": f"{PROCESSED}/{ref.processed_name}",
         }
     )
 
@@ -200,9 +250,16 @@ def upload_outcome(
     ref = _ref(context)
     store = archive.get()
     path = store.path_for(ref.district, ref.key)
-    if not path.exists():
-        raise dg.Failure(f"upload {ref.key} is not archived: materialize upload_file first")
-    data = store.load(str(path))
+    archive_path: str | None = str(path)
+    if path.exists():
+        data = store.load(str(path))
+    else:
+        # a file refused before download (FILE_TOO_LARGE) is recorded, never archived
+        with db.connect() as conn:
+            recorded = db_uploads.get_upload(conn, ref.key)
+        if recorded is None or not recorded.is_final:
+            raise dg.Failure(f"upload {ref.key} is not archived: materialize upload_file first")
+        data, archive_path = b"", None
     root = _load_district(db, ref.district).sftp_root
     upload = Upload(
         district=ref.district,
@@ -210,7 +267,7 @@ def upload_outcome(
         file_name=UPLOAD_NAME,
         key=ref.key,
         received_at=ref.received_at,
-        archive_path=str(path),
+        archive_path=archive_path,
     )
     with db.connect() as conn:
         result = process_upload(

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg
 
-from eams_pipeline.core.errors import concat_errors, error_frame
+from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
 from eams_pipeline.core.fingerprints import fingerprint_key
 from eams_pipeline.core.outcome import (
     OUTCOMES,
@@ -50,6 +50,19 @@ class Upload:
     key: str | None = None
     received_at: dt.datetime | None = None
     archive_path: str | None = None
+    # a file-level rejection found before the content was read (FILE_TOO_LARGE: `data` is
+    # then empty): the upload is recorded as rejected with that error, and 0 rows
+    rejection: FileRejected | None = None
+
+
+def file_too_large(size: int, limit: int) -> FileRejected:
+    """FILE_TOO_LARGE for a file of `size` bytes (at least) when `limit` bytes are allowed."""
+    return FileRejected(
+        ErrorCode.FILE_TOO_LARGE,
+        1,
+        f"The file is too large: {size:,} bytes; at most {limit:,} bytes are accepted. "
+        "Nothing was read or applied.",
+    )
 
 
 @dataclass(frozen=True)
@@ -114,10 +127,11 @@ def process_upload(
         # the thread's alone until .result()) while this thread parses and validates.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
             stored_students = pool.submit(load_district_students, conn, district)
-            parsed, rejection = None, None
+            parsed, rejection = None, upload.rejection
             with clock.step("read"):
                 try:
-                    parsed = read_upload(upload.data)
+                    if rejection is None:
+                        parsed = read_upload(upload.data)
                 except FileRejected as exc:
                     rejection = exc
             if parsed is not None:
@@ -192,7 +206,8 @@ def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadR
 
 
 def _rejected(upload: Upload, upload_id: int | None, exc: FileRejected) -> UploadResult:
-    rows = count_data_records(upload.data)
+    # a file refused before reading is not counted (rows 0): its records are unknown
+    rows = 0 if upload.rejection is not None else count_data_records(upload.data)
     counts = {"rows": rows, **{k: 0 for k in OUTCOMES}, "errors": rows}
     errors = error_frame([0], [exc.line], [""], [""], [exc.code.value], [exc.message])
     return UploadResult(
