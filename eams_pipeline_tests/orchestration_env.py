@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
 from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
@@ -31,7 +37,10 @@ from eams_pipeline.orchestration.partitions import (
 from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource
 from eams_pipeline.orchestration.sensors import sensor_name
 from eams_pipeline_tests import builders
+from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 T0 = dt.datetime(2026, 1, 14, 8, 0, 0, tzinfo=dt.UTC)
 DISTRICTS = {"D001": "d001", "D002": "d002"}  # district code -> SFTP user
@@ -196,3 +205,54 @@ class Pipeline:
 
 def generate_archive_key() -> str:
     return generate_key()
+
+
+# -- fixtures (registered in conftest.py) ---------------------------------------------------
+
+OPERATORS = "ops@eams.example.com, oncall@eams.example.com"
+
+
+@pytest.fixture
+def pipeline(
+    conn: psycopg.Connection,
+    db_url: str,
+    sftp_server: LoopbackSftpServer,
+    smtp_server: LoopbackSmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Pipeline:
+    """The whole pipeline of this module; EAMS_ARCHIVE_KEY and EAMS_OPERATOR_EMAILS set."""
+    monkeypatch.setenv("EAMS_ARCHIVE_KEY", generate_key())
+    monkeypatch.setenv("EAMS_OPERATOR_EMAILS", OPERATORS)
+    for user in DISTRICTS.values():
+        monkeypatch.setenv(password_env(user), "replaced by the pipeline")  # restored after
+    return Pipeline(conn, db_url, sftp_server, smtp_server, tmp_path / "archive")
+
+
+@pytest.fixture
+def dagster_pg(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty database for Dagster's storage; EAMS_DAGSTER_PG_* point at it."""
+    name = f"eams_test_dagster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(ADMIN_URL)
+    monkeypatch.setenv("EAMS_DAGSTER_PG_HOST", str(params.get("host", "127.0.0.1")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_PORT", str(params.get("port", "5432")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_USER", str(params.get("user", "postgres")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_PASSWORD", str(params.get("password", "")))
+    monkeypatch.setenv("EAMS_DAGSTER_PG_DB", name)
+    yield make_conninfo(ADMIN_URL, dbname=name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def dagster_home(dagster_pg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$DAGSTER_HOME holding a copy of the shipped dagster.yaml (storage in dagster_pg)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
