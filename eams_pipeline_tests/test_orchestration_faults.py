@@ -14,14 +14,20 @@ its failure, with ``dagster/retry_number``, while the instance tags it ``dagster
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import asyncssh
 import dagster as dg
 import psycopg
 import pytest
 
 from eams_pipeline.db.uploads import get_upload
+from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
 from eams_pipeline.orchestration.partitions import FILE_MTIME_TAG, FILE_SIZE_TAG, UPLOADS
 from eams_pipeline.orchestration.sensors import PARTITION_TAG, WILL_RETRY_TAG
 from eams_pipeline_tests import builders
@@ -31,6 +37,7 @@ from eams_pipeline_tests.fault_worker import (
     reconstructable_upload_job,
     worker_config,
 )
+from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
 from eams_pipeline_tests.orchestration_env import Pipeline
 
 SID_A, SID_B, SID_C = "STU-88101", "STU-88102", "STU-88103"
@@ -53,6 +60,76 @@ def file_with_errors() -> bytes:
             builders.row(SID_C, school_code="999"),  # SCHOOL_NOT_FOUND
         ]
     )
+
+
+class FaultySftpServer(LoopbackSftpServer):
+    """The loopback SFTP server, able to go away in the middle of a transfer.
+
+    With :attr:`trip` set to ``("read", b"/processed/")`` (or ``"write"``), the first read
+    (write) of a file whose server path contains that part closes the listening port and
+    drops every connection, before any byte of it is served (written): the server is gone
+    in the middle of the download (upload). :meth:`restart` serves again on the same port.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trip: tuple[str, bytes] | None = None
+        self.tripped = 0
+
+    def _sftp_session(self, chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
+        chroot = self.user_dir(chan.get_extra_info("username"))
+        return _TrippingSftp(self, chan, chroot=os.fsencode(chroot))
+
+    def go_away(self) -> None:  # on the server's event loop
+        self.tripped += 1
+        self.trip = None
+        if self._acceptor is not None:
+            self._acceptor.close()
+        for conn in list(self._connections):
+            conn.abort()
+
+    def restart(self) -> None:
+        port = self._port or self._requested_port
+        self.stop()
+        self._requested_port = port
+        self.start()
+        assert self.port == port
+
+
+class _TrippingSftp(asyncssh.SFTPServer):
+    def __init__(self, owner: FaultySftpServer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._owner = owner
+        self._paths: dict[int, bytes] = {}
+
+    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        file_obj = super().open(path, pflags, attrs)
+        self._paths[id(file_obj)] = path
+        return file_obj
+
+    def _tripping(self, op: str, file_obj: object) -> bool:
+        trip = self._owner.trip
+        if trip is None or trip[0] != op or trip[1] not in self._paths.get(id(file_obj), b""):
+            return False
+        self._owner.go_away()
+        return True
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        if self._tripping("read", file_obj):
+            await asyncio.Event().wait()  # never answered: the connection is gone
+        return super().read(file_obj, offset, size)  # type: ignore[return-value]
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        if self._tripping("write", file_obj):
+            await asyncio.Event().wait()
+        return super().write(file_obj, offset, data)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def sftp_server(tmp_path: Path) -> Iterator[FaultySftpServer]:
+    """Replaces the plain server of fixtures_servers for these tests (same users)."""
+    with FaultySftpServer(tmp_path / "sftp", SFTP_PASSWORDS) as server:
+        yield server
 
 
 @pytest.fixture
@@ -259,4 +336,57 @@ def test_run_worker_killed_in_the_middle_of_the_apply(
 
     failed = worker_died(instance, key)
     assert retry(instance, failed, 1).success
+    assert_applied_once(pipeline, key)
+
+
+# -- the SFTP server going away -------------------------------------------------------------
+
+
+def run(instance: dg.DagsterInstance, tags: dict[str, str]) -> dg.JobExecutionResult:
+    """The sensor's run, executed in this process."""
+    return dg.execute_job(reconstructable_upload_job(), instance, tags=tags)
+
+
+def step_error(result: dg.JobExecutionResult, step: str) -> str:
+    [event] = [e for e in result.get_step_failure_events() if e.step_key == step]
+    error = event.step_failure_data.error
+    while error.cause is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+        error = error.cause
+    return f"{error.cls_name}: {error.message}"
+
+
+@pytest.mark.parametrize(
+    ("op", "path", "step"),
+    [("read", b"/processed/", "upload_file"), ("write", b"/errors/", "error_report")],
+    ids=["download", "publish"],
+)
+def test_sftp_server_goes_away_in_the_middle_of_a_transfer(
+    pipeline: Pipeline, instance: dg.DagsterInstance, op: str, path: bytes, step: str
+) -> None:
+    server = pipeline.sftp
+    assert isinstance(server, FaultySftpServer)
+    tags = sensor_request(pipeline, instance, file_with_errors())
+    key = tags[PARTITION_TAG]
+
+    server.trip = (op, path)
+    first = run(instance, tags)
+    assert not first.success and server.tripped == 1
+    assert "SftpTransientError" in step_error(first, step)
+    assert pipeline.files("D001", "processed") == [f"students_{key}.csv"]  # claimed, kept
+    applied = step == "error_report"
+    assert (get_upload(pipeline.conn, key) is not None) == applied
+    pipeline.conn.rollback()
+    assert district_mails(pipeline) == []
+
+    # the first retry comes while the server is still away: it fails again, at connecting
+    failed = instance.get_run_by_id(first.run_id)
+    second = retry(instance, failed, 1)
+    assert not second.success
+    assert "cannot connect" in step_error(second, step)
+
+    server.restart()
+    failed = instance.get_run_by_id(second.run_id)
+    third = retry(instance, failed, 2)
+    assert third.success
+    assert [e.step_key for e in third.get_step_success_events()] == STEPS[STEPS.index(step) :]
     assert_applied_once(pipeline, key)
