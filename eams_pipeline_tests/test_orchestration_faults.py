@@ -25,12 +25,22 @@ import asyncssh
 import dagster as dg
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.devservers.sftp_server import LoopbackSftpServer
+from eams_pipeline.devservers.smtp_server import LoopbackSmtpServer
+from eams_pipeline.io.smtp import SmtpResource
+from eams_pipeline.orchestration import assets
 from eams_pipeline.orchestration.partitions import FILE_MTIME_TAG, FILE_SIZE_TAG, UPLOADS
-from eams_pipeline.orchestration.sensors import PARTITION_TAG, WILL_RETRY_TAG
+from eams_pipeline.orchestration.sensors import (
+    PARTITION_TAG,
+    WILL_RETRY_TAG,
+    build_operator_alert_sensor,
+)
 from eams_pipeline_tests import builders
+from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fault_worker import (
     ENV,
     Worker,
@@ -38,7 +48,7 @@ from eams_pipeline_tests.fault_worker import (
     worker_config,
 )
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
-from eams_pipeline_tests.orchestration_env import Pipeline
+from eams_pipeline_tests.orchestration_env import OPERATORS, Pipeline
 
 SID_A, SID_B, SID_C = "STU-88101", "STU-88102", "STU-88103"
 RETRY_NUMBER_TAG = "dagster/retry_number"
@@ -184,6 +194,9 @@ def retry(
     """The retry daemon's re-execution from failure (``number``), or an operator's (None)."""
     tags = {k: v for k, v in parent.tags.items() if not k.startswith("dagster/")}
     tags[PARTITION_TAG] = parent.tags[PARTITION_TAG]
+    # the run group (what max_retries counts) is found by these tags, as the daemon sets them
+    tags["dagster/parent_run_id"] = parent.run_id
+    tags["dagster/root_run_id"] = parent.root_run_id or parent.run_id
     if number is not None:
         assert parent.tags.get(WILL_RETRY_TAG) == "true", parent.tags
         tags[RETRY_NUMBER_TAG] = str(number)
@@ -389,4 +402,158 @@ def test_sftp_server_goes_away_in_the_middle_of_a_transfer(
     third = retry(instance, failed, 2)
     assert third.success
     assert [e.step_key for e in third.get_step_success_events()] == STEPS[STEPS.index(step) :]
+    assert_applied_once(pipeline, key)
+
+
+# -- the SMTP server down -------------------------------------------------------------------
+
+
+def alert(
+    pipeline: Pipeline, instance: dg.DagsterInstance, result: dg.JobExecutionResult, port: int
+) -> dg.SkipReason | None:
+    """One evaluation of the operators' alert sensor for a failed run."""
+    sensor = build_operator_alert_sensor([reconstructable_upload_job().get_definition()])
+    context = dg.build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+        resources={"smtp": SmtpResource(port=port, timeout_seconds=5)},
+    )
+    return sensor(context.for_run_failure())
+
+
+def test_smtp_server_down_for_the_email_step_retried_then_alert_then_reexecuted(
+    pipeline: Pipeline, instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    tags = sensor_request(pipeline, instance, file_with_errors())
+    key = tags[PARTITION_TAG]
+    port = pipeline.smtp.port
+    pipeline.smtp.stop()
+
+    # the run and its two retries (dagster.yaml: max_retries 2) fail at the email
+    results = [run(instance, tags)]
+    for number in (1, 2):
+        failed = instance.get_run_by_id(results[-1].run_id)
+        results.append(retry(instance, failed, number))
+    for number, result in enumerate(results):
+        assert not result.success
+        assert [e.step_key for e in result.get_step_failure_events()] == ["district_email"]
+        assert "ConnectionRefusedError" in step_error(result, "district_email")
+        will_retry = instance.get_run_by_id(result.run_id).tags[WILL_RETRY_TAG]
+        assert will_retry == ("true" if number < 2 else "false")
+    # the retries re-ran the email only: applied once, published once, before the email
+    assert [e.step_key for e in results[2].get_step_success_events()] == []
+    assert get_upload(pipeline.conn, key) is not None
+    pipeline.conn.rollback()
+
+    # the relay is back (same port); the alert sensor sees the three failures
+    pipeline.smtp = LoopbackSmtpServer(tmp_path / "mail-after", port=port)
+    pipeline.smtp.start()
+    try:
+        for result in results[:2]:
+            assert isinstance(alert(pipeline, instance, result, port), dg.SkipReason)
+        assert pipeline.smtp.messages == []
+        assert alert(pipeline, instance, results[2], port) is None
+        [mail] = pipeline.smtp.wait_for(1)
+        assert mail["To"] == OPERATORS
+        assert results[2].run_id in mail["Subject"] and "D001" in mail["Subject"]
+        assert "step district_email: ConnectionRefusedError" in mail.get_content()
+
+        # the operator re-executes the last run from its failure: the district is emailed once
+        again = retry(instance, instance.get_run_by_id(results[2].run_id))
+        assert again.success
+        assert [e.step_key for e in again.get_step_success_events()] == ["district_email"]
+        assert_applied_once(pipeline, key)
+        assert len(pipeline.smtp.messages) == 2  # the alert and the district's email
+    finally:
+        pipeline.smtp.stop()
+
+
+# -- PostgreSQL restarting ------------------------------------------------------------------
+
+
+def _between_steps(monkeypatch: pytest.MonkeyPatch, before: str, action) -> list[str]:
+    """Call ``action`` once, when the step ``before`` starts (in this process)."""
+    original = assets._ref
+    fired: list[str] = []
+
+    def hooked(context: dg.AssetExecutionContext):
+        if context.asset_key == dg.AssetKey(before) and not fired:
+            fired.append(action())
+        return original(context)
+
+    monkeypatch.setattr(assets, "_ref", hooked)
+    return fired
+
+
+def _terminate(databases: list[str], spare: int) -> int:
+    """What a restart does to the clients: every backend of these databases terminated."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        rows = admin.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = ANY(%s) AND pid <> pg_backend_pid() AND pid <> %s""",
+            (databases, spare),
+        ).fetchall()
+    return len(rows)
+
+
+def test_postgres_restart_between_two_steps_the_run_carries_on(
+    pipeline: Pipeline,
+    instance: dg.DagsterInstance,
+    dagster_pg: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tags = sensor_request(pipeline, instance, file_with_errors())
+    key = tags[PARTITION_TAG]
+    databases = [pipeline.conn.info.dbname, conninfo_to_dict(dagster_pg)["dbname"]]
+    observer = pipeline.conn.info.backend_pid  # the test's own connection is spared
+
+    def restart() -> str:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            held = admin.execute(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = %s AND pid <> %s""",
+                (databases[0], observer),
+            ).fetchone()[0]
+        assert held == 0  # no step keeps a connection to the database after it ends
+        return f"terminated {_terminate(databases, observer)}"
+
+    fired = _between_steps(monkeypatch, "error_report", restart)
+    result = run(instance, tags)
+    assert fired
+    assert result.success
+    assert_applied_once(pipeline, key)
+
+
+def test_postgres_down_when_the_next_step_starts_then_retried(
+    pipeline: Pipeline, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tags = sensor_request(pipeline, instance, file_with_errors())
+    key = tags[PARTITION_TAG]
+    name = pipeline.conn.info.dbname
+    observer = pipeline.conn.info.backend_pid
+
+    def go_down() -> str:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+            )
+        return f"terminated {_terminate([name], observer)}"
+
+    _between_steps(monkeypatch, "error_report", go_down)
+    try:
+        first = run(instance, tags)
+        assert not first.success
+        assert "OperationalError" in step_error(first, "error_report")
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name))
+            )
+    assert district_mails(pipeline) == [] and pipeline.files("D001", "errors") == []
+
+    again = retry(instance, instance.get_run_by_id(first.run_id), 1)
+    assert again.success
+    assert [e.step_key for e in again.get_step_success_events()] == STEPS[2:]
     assert_applied_once(pipeline, key)
