@@ -10,6 +10,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,30 +230,65 @@ def pipeline(
     return Pipeline(conn, db_url, sftp_server, smtp_server, tmp_path / "archive")
 
 
-@pytest.fixture
-def dagster_pg(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An empty database for Dagster's storage; EAMS_DAGSTER_PG_* point at it."""
+@dataclass(frozen=True)
+class DagsterStorage:
+    """A database for Dagster's storage and a $DAGSTER_HOME with the shipped dagster.yaml."""
+
+    url: str
+    home: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """EAMS_DAGSTER_PG_* (what dagster.yaml reads) and DAGSTER_HOME."""
+        params = conninfo_to_dict(self.url)
+        return {
+            "EAMS_DAGSTER_PG_HOST": str(params.get("host", "127.0.0.1")),
+            "EAMS_DAGSTER_PG_PORT": str(params.get("port", "5432")),
+            "EAMS_DAGSTER_PG_USER": str(params.get("user", "postgres")),
+            "EAMS_DAGSTER_PG_PASSWORD": str(params.get("password", "")),
+            "EAMS_DAGSTER_PG_DB": str(params["dbname"]),
+            "DAGSTER_HOME": str(self.home),
+        }
+
+    def use(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+
+
+@contextmanager
+def dagster_storage(home: Path) -> Iterator[DagsterStorage]:
+    """An empty database for Dagster's storage, dropped afterwards."""
     name = f"eams_test_dagster_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(ADMIN_URL)
-    monkeypatch.setenv("EAMS_DAGSTER_PG_HOST", str(params.get("host", "127.0.0.1")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_PORT", str(params.get("port", "5432")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_USER", str(params.get("user", "postgres")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_PASSWORD", str(params.get("password", "")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_DB", name)
-    yield make_conninfo(ADMIN_URL, dbname=name)
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    try:
+        yield DagsterStorage(make_conninfo(ADMIN_URL, dbname=name), home)
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @pytest.fixture
-def dagster_home(dagster_pg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """$DAGSTER_HOME holding a copy of the shipped dagster.yaml (storage in dagster_pg)."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    return home
+def dagster_pg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty database for Dagster's storage; EAMS_DAGSTER_PG_* point at it."""
+    with dagster_storage(tmp_path / "dagster_pg_home") as storage:
+        for name, value in storage.env.items():
+            if name != "DAGSTER_HOME":
+                monkeypatch.setenv(name, value)
+        yield storage.url
+
+
+@pytest.fixture(scope="module")
+def module_dagster_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterStorage]:
+    """One Dagster storage for a module's tests, its schema created once (about 2 s saved
+    per test). Tests sharing it must use partition keys of their own (see Clock)."""
+    with dagster_storage(tmp_path_factory.mktemp("dagster_home")) as storage:
+        with pytest.MonkeyPatch.context() as mp:
+            storage.use(mp)
+            with dg.DagsterInstance.get():
+                pass
+        yield storage

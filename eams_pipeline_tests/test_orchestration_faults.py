@@ -15,6 +15,7 @@ its failure, with ``dagster/retry_number``, while the instance tags it ``dagster
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -48,7 +49,7 @@ from eams_pipeline_tests.fault_worker import (
     worker_config,
 )
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
-from eams_pipeline_tests.orchestration_env import OPERATORS, Pipeline
+from eams_pipeline_tests.orchestration_env import OPERATORS, DagsterStorage, Pipeline
 
 SID_A, SID_B, SID_C = "STU-88101", "STU-88102", "STU-88103"
 RETRY_NUMBER_TAG = "dagster/retry_number"
@@ -142,14 +143,21 @@ def sftp_server(tmp_path: Path) -> Iterator[FaultySftpServer]:
         yield server
 
 
+_UPLOAD_DAYS = itertools.count()
+
+
 @pytest.fixture
 def instance(
-    dagster_home: object, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    module_dagster_storage: DagsterStorage, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dg.DagsterInstance]:
-    """The instance of the shipped dagster.yaml; the worker's resources are the pipeline's."""
+    """The instance of the shipped dagster.yaml (PostgreSQL storage shared by the module:
+    each test's uploads are on a day of their own, so their partition keys differ); the
+    worker's resources are the pipeline's."""
+    module_dagster_storage.use(monkeypatch)
     monkeypatch.setenv(
         ENV, worker_config(pipeline.db_url, str(pipeline.archive_dir), pipeline.smtp.port)
     )
+    pipeline.clock.advance(86400 * next(_UPLOAD_DAYS))
     with dg.DagsterInstance.get() as inst:
         assert inst.run_retries_enabled and inst.run_retries_max_retries == 2
         yield inst
@@ -501,12 +509,12 @@ def _terminate(databases: list[str], spare: int) -> int:
 def test_postgres_restart_between_two_steps_the_run_carries_on(
     pipeline: Pipeline,
     instance: dg.DagsterInstance,
-    dagster_pg: str,
+    module_dagster_storage: DagsterStorage,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tags = sensor_request(pipeline, instance, file_with_errors())
     key = tags[PARTITION_TAG]
-    databases = [pipeline.conn.info.dbname, conninfo_to_dict(dagster_pg)["dbname"]]
+    databases = [pipeline.conn.info.dbname, conninfo_to_dict(module_dagster_storage.url)["dbname"]]
     observer = pipeline.conn.info.backend_pid  # the test's own connection is spared
 
     def restart() -> str:
