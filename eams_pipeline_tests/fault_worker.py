@@ -76,8 +76,15 @@ def reconstructable_upload_job() -> ReconstructableJob:
     return dg.reconstructable(upload_job)
 
 
+_marker_fd: int | None = None  # the test's pipe, kept apart from Dagster's log capture
+
+
+def _say(line: str) -> None:
+    os.write(_marker_fd if _marker_fd is not None else 1, f"{line}\n".encode())
+
+
 def _pause(point: str) -> None:
-    print(f"{PAUSED} {point}", flush=True)
+    _say(f"{PAUSED} {point}")
     time.sleep(_PAUSE_SECONDS)
     raise SystemExit(f"the test did not kill the worker paused at {point}")
 
@@ -122,11 +129,14 @@ def install_pause(point: str | None) -> None:
 
 def main() -> None:
     """``python -c 'from eams_pipeline_tests.fault_worker import main; main()' SPEC``."""
+    global _marker_fd
     spec = json.loads(sys.argv[1])
+    # a step's stdout is redirected into its compute log: the markers use their own fd
+    _marker_fd = os.dup(sys.stdout.fileno())
     install_pause(spec.get("pause"))
     with dg.DagsterInstance.get() as instance:
         result = dg.execute_job(reconstructable_upload_job(), instance, tags=spec["tags"])
-    print(f"finished {result.success}", flush=True)
+    _say(f"finished {result.success}")
 
 
 class Worker:
