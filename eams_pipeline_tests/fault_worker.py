@@ -12,6 +12,7 @@ the test kills it. No product code knows about these points.
     committed  after process_upload committed (upload_outcome not yet recorded)
     published  after the error file is renamed into place (error_report not yet recorded)
     email      just before the district's email is sent
+    emailed    after the relay accepted the email (district_email not yet recorded)
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def install_pause(point: str | None) -> None:
         _after(sftp.SftpSession, "put_atomic", point)
     elif point == "email":
         _before(smtp.SmtpResource, "send", point)
+    elif point == "emailed":
+        _after(smtp.SmtpResource, "send", point)
     else:
         raise ValueError(f"unknown pause point {point!r}")
 
