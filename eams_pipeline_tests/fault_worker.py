@@ -23,6 +23,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -148,12 +149,18 @@ class Worker:
     def __init__(self, tags: dict[str, str], pause: str | None = None) -> None:
         spec = json.dumps({"tags": tags, "pause": pause})
         code = "from eams_pipeline_tests.fault_worker import main; main()"
+        # Dagster's log lines, shown if it goes wrong; closed by stop()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, spec],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log,
             text=True,
         )
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")[-chars:]
 
     def wait_for_line(self, prefix: str, timeout: float = 60) -> str:
         """The first line of the child's stdout starting with ``prefix``."""
@@ -162,13 +169,17 @@ class Worker:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"the worker did not print {prefix!r} in {timeout}s")
+                raise TimeoutError(
+                    f"the worker did not print {prefix!r} in {timeout}s:\n{self.log_tail()}"
+                )
             ready, _, _ = select.select([self.proc.stdout], [], [], left)
             if not ready:
                 continue
             line = self.proc.stdout.readline()
             if not line:
-                raise AssertionError(f"the worker exited ({self.proc.wait()}) before {prefix!r}")
+                raise AssertionError(
+                    f"the worker exited ({self.proc.wait()}) before {prefix!r}:\n" + self.log_tail()
+                )
             if line.startswith(prefix):
                 return line.strip()
 
@@ -182,3 +193,4 @@ class Worker:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.kill()
+        self._log.close()

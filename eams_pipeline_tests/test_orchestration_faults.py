@@ -4,7 +4,8 @@ going away, PostgreSQL restarting. Real servers on 127.0.0.1 and the shipped dag
 
 - the upload applied exactly once (one uploads row, final status, students and
   ``orders.used`` consistent);
-- the district emailed exactly once;
+- the district emailed exactly once (one window is at least once by choice: a worker killed
+  after the relay accepted the email, before the step recorded it, see the last kill test);
 - the error file published exactly once (one file in errors/, nothing else left there).
 
 What the daemons do is done by the test, as they would: run monitoring reports a run whose
