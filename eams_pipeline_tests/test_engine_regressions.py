@@ -72,9 +72,6 @@ def test_a_value_holding_the_fingerprint_separator_cannot_mask_a_change() -> Non
     plain = pd.DataFrame([base], dtype="str")
     assert data_fingerprint(plain)[0] == data_fingerprint(plain.copy())[0]
     ids, pw = pd.Series(["S1"], dtype="str"), pd.Series(["p\x1fw"], dtype="str")
-    assert (
-        password_fingerprint(ids, pw, "0123456789abcdef")[0]
-        != password_fingerprint(
-            pd.Series(["S1\x1fp"], dtype="str"), pd.Series(["w"], dtype="str"), "0123456789abcdef"
-        )[0]
-    )
+    assert password_fingerprint(ids, pw, "0123456789abcdef")[0] != password_fingerprint(
+        pd.Series(["S1\x1fp"], dtype="str"), pd.Series(["w"], dtype="str"), "0123456789abcdef"
+    )[0]
