@@ -25,7 +25,7 @@ from eams_pipeline.db import migrations
 
 ADMIN_URL = os.environ.get("EAMS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-pytest_plugins = ["eams_pipeline_tests.fixtures_servers"]
+pytest_plugins = ["eams_pipeline_tests.fixtures_servers", "eams_pipeline_tests.orchestration_env"]
 
 
 def _admin() -> psycopg.Connection:

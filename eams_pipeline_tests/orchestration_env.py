@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
@@ -35,7 +42,10 @@ from eams_pipeline.orchestration.resources import (
 )
 from eams_pipeline.orchestration.sensors import sensor_name
 from eams_pipeline_tests import builders
+from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 T0 = dt.datetime(2026, 1, 14, 8, 0, 0, tzinfo=dt.UTC)
 DISTRICTS = {"D001": "d001", "D002": "d002"}  # district code -> SFTP user
@@ -201,3 +211,89 @@ class Pipeline:
 
 def generate_archive_key() -> str:
     return generate_key()
+
+
+# -- fixtures (registered in conftest.py) ---------------------------------------------------
+
+OPERATORS = "ops@eams.example.com, oncall@eams.example.com"
+
+
+@pytest.fixture
+def pipeline(
+    conn: psycopg.Connection,
+    db_url: str,
+    sftp_server: LoopbackSftpServer,
+    smtp_server: LoopbackSmtpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Pipeline:
+    """The whole pipeline of this module; EAMS_ARCHIVE_KEY and EAMS_OPERATOR_EMAILS set."""
+    monkeypatch.setenv("EAMS_ARCHIVE_KEY", generate_key())
+    monkeypatch.setenv("EAMS_OPERATOR_EMAILS", OPERATORS)
+    for user in DISTRICTS.values():
+        monkeypatch.setenv(password_env(user), "replaced by the pipeline")  # restored after
+    return Pipeline(conn, db_url, sftp_server, smtp_server, tmp_path / "archive")
+
+
+@dataclass(frozen=True)
+class DagsterStorage:
+    """A database for Dagster's storage and a $DAGSTER_HOME with the shipped dagster.yaml."""
+
+    url: str
+    home: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """EAMS_DAGSTER_PG_* (what dagster.yaml reads) and DAGSTER_HOME."""
+        params = conninfo_to_dict(self.url)
+        return {
+            "EAMS_DAGSTER_PG_HOST": str(params.get("host", "127.0.0.1")),
+            "EAMS_DAGSTER_PG_PORT": str(params.get("port", "5432")),
+            "EAMS_DAGSTER_PG_USER": str(params.get("user", "postgres")),
+            "EAMS_DAGSTER_PG_PASSWORD": str(params.get("password", "")),
+            "EAMS_DAGSTER_PG_DB": str(params["dbname"]),
+            "DAGSTER_HOME": str(self.home),
+        }
+
+    def use(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name, value in self.env.items():
+            monkeypatch.setenv(name, value)
+
+
+@contextmanager
+def dagster_storage(home: Path) -> Iterator[DagsterStorage]:
+    """An empty database for Dagster's storage, dropped afterwards."""
+    name = f"eams_test_dagster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    try:
+        yield DagsterStorage(make_conninfo(ADMIN_URL, dbname=name), home)
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def dagster_pg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """An empty database for Dagster's storage; EAMS_DAGSTER_PG_* point at it."""
+    with dagster_storage(tmp_path / "dagster_pg_home") as storage:
+        for name, value in storage.env.items():
+            if name != "DAGSTER_HOME":
+                monkeypatch.setenv(name, value)
+        yield storage.url
+
+
+@pytest.fixture(scope="module")
+def module_dagster_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterStorage]:
+    """One Dagster storage for a module's tests, its schema created once (about 2 s saved
+    per test). Tests sharing it must use partition keys of their own (see Clock)."""
+    with dagster_storage(tmp_path_factory.mktemp("dagster_home")) as storage:
+        with pytest.MonkeyPatch.context() as mp:
+            storage.use(mp)
+            with dg.DagsterInstance.get():
+                pass
+        yield storage

@@ -6,59 +6,17 @@ from __future__ import annotations
 import importlib
 import shutil
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import psycopg
 import pytest
 import yaml
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
-from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
-from eams_pipeline.io.archive import generate_key
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG
-from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.orchestration_env import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def dagster_pg(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An empty database for Dagster's storage; EAMS_DAGSTER_PG_* point at it."""
-    name = f"eams_test_dagster_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(ADMIN_URL)
-    monkeypatch.setenv("EAMS_DAGSTER_PG_HOST", str(params.get("host", "127.0.0.1")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_PORT", str(params.get("port", "5432")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_USER", str(params.get("user", "postgres")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_PASSWORD", str(params.get("password", "")))
-    monkeypatch.setenv("EAMS_DAGSTER_PG_DB", name)
-    yield make_conninfo(ADMIN_URL, dbname=name)
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-@pytest.fixture
-def pipeline(
-    conn: psycopg.Connection,
-    db_url: str,
-    sftp_server: LoopbackSftpServer,
-    smtp_server: LoopbackSmtpServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Pipeline:
-    monkeypatch.setenv("EAMS_ARCHIVE_KEY", generate_key())
-    for name in ("EAMS_TEST_SFTP_D001_PASSWORD", "EAMS_TEST_SFTP_D002_PASSWORD"):
-        monkeypatch.setenv(name, "replaced by the pipeline")
-    return Pipeline(conn, db_url, sftp_server, smtp_server, tmp_path / "archive")
 
 
 def test_sensor_and_run_with_the_shipped_dagster_yaml_on_postgres(

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import asyncssh
 import dagster as dg
-import psycopg
 import pytest
 
 from eams_pipeline.db.uploads import get_upload
-from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
-from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
-from eams_pipeline.io.archive import generate_key
 from eams_pipeline.io.sftp import SftpAuthError, SftpHostKeyError
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOADS, UploadRef
 from eams_pipeline.orchestration.resources import ArchiveResource, SmtpResource
@@ -54,22 +50,6 @@ def file_with_errors() -> bytes:
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as inst:
         yield inst
-
-
-@pytest.fixture
-def pipeline(
-    conn: psycopg.Connection,
-    db_url: str,
-    sftp_server: LoopbackSftpServer,
-    smtp_server: LoopbackSmtpServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Pipeline:
-    monkeypatch.setenv("EAMS_ARCHIVE_KEY", generate_key())
-    monkeypatch.setenv("EAMS_OPERATOR_EMAILS", "ops@eams.example.com, oncall@eams.example.com")
-    for name in ("EAMS_TEST_SFTP_D001_PASSWORD", "EAMS_TEST_SFTP_D002_PASSWORD"):
-        monkeypatch.setenv(name, "replaced by the pipeline")  # restored after the test
-    return Pipeline(conn, db_url, sftp_server, smtp_server, tmp_path / "archive")
 
 
 def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:

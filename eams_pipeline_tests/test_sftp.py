@@ -141,6 +141,20 @@ def test_put_atomic_replaces_the_file_and_leaves_no_temp_file(
     assert d001.read("errors/students_errors_7.csv") == payload
 
 
+def test_put_atomic_removes_the_temp_files_of_attempts_that_were_cut_off(
+    sftp_server: LoopbackSftpServer, d001
+) -> None:
+    errors_dir = sftp_server.user_dir("d001") / "errors"
+    errors_dir.mkdir(parents=True, exist_ok=True)
+    (errors_dir / ".students_errors_7.csv.tmp-0123456789abcdef").write_bytes(b"Line Num")
+    (errors_dir / ".students_errors_8.csv.tmp-0123456789abcdef").write_bytes(b"other")
+    d001.put_atomic("errors/students_errors_7.csv", b"complete")
+    assert sorted(p.name for p in errors_dir.iterdir()) == [
+        ".students_errors_8.csv.tmp-0123456789abcdef",  # another file's: not this publish's
+        "students_errors_7.csv",
+    ]
+
+
 def test_put_atomic_into_a_missing_directory_fails_and_leaves_nothing(
     sftp_server: LoopbackSftpServer, d001
 ) -> None:

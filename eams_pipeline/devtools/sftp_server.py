@@ -5,7 +5,7 @@ files. The server runs its own asyncio event loop in a background thread, which 
 blocking clients (paramiko) talk to it from the calling thread.
 
     with LoopbackSftpServer(tmp_path, {"d001": "secret"}) as server:
-        settings = SftpSettings("127.0.0.1", server.port, "d001", server.host_key_line, "/")
+        settings = SftpAccount("127.0.0.1", server.port, "d001", server.host_key_line, "/")
 """
 
 from __future__ import annotations

@@ -216,10 +216,13 @@ class SftpSession:
         """Write ``data`` to a hidden temporary name, then rename it over ``rel_path``.
 
         Readers see either the old file or the complete new one, never a partial write.
+        Temporary files of earlier attempts at ``rel_path`` that were cut off (connection
+        lost, worker killed) are removed once the new file is in place.
         """
         final = self.remote_path(rel_path)
         directory, name = posixpath.split(final)
-        temp = posixpath.join(directory, f".{name}.tmp-{secrets.token_hex(8)}")
+        prefix = f".{name}.tmp-"
+        temp = posixpath.join(directory, f"{prefix}{secrets.token_hex(8)}")
         try:
             self._client.putfo(io.BytesIO(data), temp, file_size=len(data), confirm=True)
             self._client.posix_rename(temp, final)
@@ -228,6 +231,10 @@ class SftpSession:
             with contextlib.suppress(OSError, paramiko.SSHException, EOFError):
                 self._client.remove(temp)
             raise
+        for stale in self._client.listdir(directory):
+            if stale.startswith(prefix):
+                with contextlib.suppress(FileNotFoundError):
+                    self._client.remove(posixpath.join(directory, stale))
 
     @_mapped
     def ensure_dirs(self) -> None:
