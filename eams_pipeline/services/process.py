@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg
 
+from eams_pipeline.core.encoding import decode_upload
 from eams_pipeline.core.errors import concat_errors, error_frame
 from eams_pipeline.core.fingerprints import fingerprint_key
 from eams_pipeline.core.outcome import (
@@ -114,10 +115,11 @@ def process_upload(
         # the thread's alone until .result()) while this thread parses and validates.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
             stored_students = pool.submit(load_district_students, conn, district)
-            parsed, rejection = None, None
+            parsed, rejection, text = None, None, upload.data
             with clock.step("read"):
                 try:
-                    parsed = read_upload(upload.data)
+                    text = decode_upload(upload.data, district.encoding)
+                    parsed = read_upload(text)
                 except FileRejected as exc:
                     rejection = exc
             if parsed is not None:
@@ -135,7 +137,7 @@ def process_upload(
         upload_id = record.upload_id if record is not None else None
 
         if rejection is not None:
-            result = _rejected(upload, upload_id, rejection)
+            result = _rejected(upload.district, text, upload_id, rejection)
         else:
             with clock.step("snapshot"):
                 snapshot = load_snapshot(conn, district, rows, students)
@@ -191,13 +193,15 @@ def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadR
     )
 
 
-def _rejected(upload: Upload, upload_id: int | None, exc: FileRejected) -> UploadResult:
-    rows = count_data_records(upload.data)
+def _rejected(
+    district_code: str, data: bytes, upload_id: int | None, exc: FileRejected
+) -> UploadResult:
+    rows = count_data_records(data)
     counts = {"rows": rows, **{k: 0 for k in OUTCOMES}, "errors": rows}
     errors = error_frame([0], [exc.line], [""], [""], [exc.code.value], [exc.message])
     return UploadResult(
         upload_id=upload_id,
-        district=upload.district,
+        district=district_code,
         status=UploadStatus.REJECTED,
         counts=counts,
         error_codes={exc.code.value: 1},
