@@ -39,8 +39,13 @@ def build_upload_email(
     summary: Mapping[str, object],
     error_file_path: str | None,
     file_error: str | None = None,
+    upload_key: str | None = None,
 ) -> EmailMessage:
     """The outcome email for one upload, to the district's contacts.
+
+    ``upload_key`` (e.g. ``D001-20260114T020000123456Z``) names the upload in the subject
+    and the body: it is what the district quotes back (the numeric id has gaps and means
+    nothing to them); without it the summary's ``upload_id`` is shown.
 
     ``summary`` is the processing summary (SPEC §8 ``eams process`` keys); ``error_file_path``
     is where the error file was published on the SFTP site; ``file_error`` is the
@@ -49,7 +54,7 @@ def build_upload_email(
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     status = str(summary.get("status"))
-    upload_id = summary.get("upload_id")
+    upload_id = upload_key if upload_key else summary.get("upload_id")
     district = f"{district_name} ({district_code})"
     if status == UploadStatus.REJECTED:
         subject = f"eAMS student update FAILED: {district}, upload {upload_id}"
@@ -71,16 +76,21 @@ def build_upload_email(
         lines += [
             "",
             "Error:",
-            *textwrap.wrap(error, _WIDTH, initial_indent="  ", subsequent_indent="  "),
+            *_wrap(error, initial_indent="  ", subsequent_indent="  "),
         ]
     else:
         lines += ["", *_count_table(summary)]
     lines += _error_codes(summary)
     lines += _error_file_paragraph(status, error_file_path)
+    if status == UploadStatus.PROCESSED:
+        lines += ["", "This message contains no student data."]
+    else:
+        lines += [
+            "",
+            "This message contains no student data; the error file lists each error",
+            "with its line number in the uploaded file.",
+        ]
     lines += [
-        "",
-        "This message contains no student data; the error file lists each error",
-        "with its line number in the uploaded file.",
         "",
         "-- ",
         "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
@@ -141,7 +151,15 @@ def _result_paragraph(status: str, district: str, upload_id: object) -> list[str
         )
     else:
         text = f"{intro} processed SUCCESSFULLY: every row was applied."
-    return textwrap.wrap(text, _WIDTH)
+    return _wrap(text)
+
+
+def _wrap(text: str, **indent: str) -> list[str]:
+    """Lines of at most _WIDTH characters, broken between words only: a code, a path or
+    a header in a message is never cut in two (a longer word gets a line of its own)."""
+    return textwrap.wrap(
+        text, _WIDTH, break_long_words=False, break_on_hyphens=False, **indent
+    )
 
 
 def _count(summary: Mapping[str, object], key: str) -> int:

@@ -208,4 +208,3 @@ def _rejected(
         errors=errors,
         file_error=exc,
     )
-
