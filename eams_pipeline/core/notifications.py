@@ -8,6 +8,7 @@ slip into a message.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import textwrap
 from collections.abc import Mapping
@@ -135,6 +136,94 @@ def build_failure_email(
         ]
     )
     return _message(sender, operators, subject, body + "\n")
+
+
+def build_missing_upload_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    operators: list[str],
+    sender: str,
+    due: dt.datetime,
+    since: dt.datetime,
+    last_received: dt.datetime | None,
+) -> EmailMessage:
+    """No students.csv arrived in the 24 hours before the district's ``expected_by``: to
+    the district's contacts, the operators in copy."""
+    if not contacts and not operators:
+        raise ValueError(f"district {district_code} has no contact address")
+    district = f"{district_name} ({district_code})"
+    subject = f"eAMS: no students.csv received from {district} since {_when(since)}"
+    last = _when(last_received) if last_received else "never"
+    lines = [
+        "Hello,",
+        "",
+        *_wrap(
+            f"No students.csv was received from {district} since {_when(since)}. The nightly "
+            f"file is expected by {_when(due)}. The last upload was received: {last}."
+        ),
+        "",
+        *_wrap(
+            "Please check that the SIS export ran and that it copies the file to the "
+            "incoming/ directory of your eAMS SFTP site, named exactly students.csv. Until a "
+            "file arrives, MY Access keeps the students as they are."
+        ),
+        "",
+        "This alert is sent once a day while no file arrives.",
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    message = _message(sender, contacts or operators, subject, "\n".join(lines) + "\n")
+    if contacts and operators:
+        message["Cc"] = ", ".join(operators)
+    return message
+
+
+def build_misnamed_file_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    sender: str,
+    file_name: str,
+    size: int,
+) -> EmailMessage:
+    """A file in incoming/ that is not students.csv: it is not processed."""
+    if not contacts:
+        raise ValueError(f"district {district_code} has no contact address")
+    district = f"{district_name} ({district_code})"
+    name = _printable(file_name)
+    subject = f"eAMS: {name} in incoming/ is not processed: {district}"
+    lines = [
+        "Hello,",
+        "",
+        *_wrap(
+            f"Only a file named exactly students.csv is processed; found incoming/{name} "
+            f"({size} bytes) on the eAMS SFTP site of {district}. It was left alone and is not "
+            "applied."
+        ),
+        "",
+        *_wrap(
+            "If it is the nightly student file, rename it (or set the SIS export) to "
+            "students.csv, lower case, in CSV format (not Excel .xlsx), then delete the "
+            "other file."
+        ),
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
+def _when(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def _printable(name: str, limit: int = 120) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in name)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _result_paragraph(status: str, district: str, upload_id: object) -> list[str]:
