@@ -33,6 +33,7 @@ class MissingUpload:
     due: dt.datetime  # today's expected_by, aware
     since: dt.datetime  # the start of the 24 hours: nothing received since then
     last_received: dt.datetime | None
+    already_alerted: bool = False  # sent earlier today: shown in the tick, not sent again
 
 
 def missing_upload(
@@ -60,9 +61,13 @@ def missing_upload(
     if last_received is not None and last_received >= since:
         return None
     subject = local.date().isoformat()
-    if subject in alerted:
-        return None
-    return MissingUpload(subject=subject, due=due, since=since, last_received=last_received)
+    return MissingUpload(
+        subject=subject,
+        due=due,
+        since=since,
+        last_received=last_received,
+        already_alerted=subject in alerted,
+    )
 
 
 def track_other_files(

@@ -186,6 +186,9 @@ def send_district_alerts(
                 f"MISSING UPLOAD: no {UPLOAD_NAME} received since {missing.since.isoformat()} "
                 f"(expected by {missing.due.isoformat()})"
             )
+        if missing is not None and missing.already_alerted:
+            notes.append(f"{text} (already alerted)")
+        elif missing is not None:
             message = build_missing_upload_email(
                 district_code=district.code,
                 district_name=district.name,
