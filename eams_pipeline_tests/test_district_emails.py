@@ -78,16 +78,15 @@ def test_counts_are_in_one_order_everywhere() -> None:
     assert tuple(key for key, _ in COUNT_LABELS) == OUTCOMES
     body = _email("partially_processed").get_content()
     labels = re.findall(r"^  (\S.*?)\s{2,}\d+$", body, flags=re.M)
-    assert labels[: len(COUNT_LABELS) + 1] == ["Rows in the file", *(label for _, label in COUNT_LABELS)]
+    expected = ["Rows in the file", *(label for _, label in COUNT_LABELS)]
+    assert labels[: len(expected)] == expected
 
 
 def test_a_rejected_file_goes_to_the_failure_contacts_too(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
     failures = ["sis-vendor@d001.example.org"]
-    builders.load(
-        pipeline.conn, district("D001", pipeline.sftp) | {"failure_contacts": failures}
-    )
+    builders.load(pipeline.conn, district("D001", pipeline.sftp) | {"failure_contacts": failures})
     pipeline.conn.commit()
     request, rejected = pipeline.sensor_run(instance, "D001", b"not,a,students,file\n1,2,3,4\n")
     assert rejected.success
