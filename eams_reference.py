@@ -151,7 +151,7 @@ INVALID = {
     "Username": lambda s: len(s) < 3 or USERNAME_CHARS.fullmatch(s) is None,
     "Password": lambda s: len(s) < 6,
     "Email": lambda s: EMAIL.fullmatch(s) is None,
-    "Status": lambda s: s.upper() not in STATUSES,
+    "Status": lambda s: _status(s) not in STATUSES,
 }
 OUTCOMES = ("added", "activated", "deactivated", "updated", "unchanged", "errors")
 # README: control characters (C0, DEL, C1) and text-direction marks in the free-text columns
@@ -165,6 +165,12 @@ def _present(field: str) -> str | None:
     """The trimmed value, or None when it is empty or only spaces and zero-width marks."""
     value = field.strip()
     return value if value.strip(ZERO_WIDTH + " \t\r\n\u00a0") else None
+
+
+def _status(value: str) -> str:
+    """The status flag of a Status value: upper-case; IGNORE (any case) is I."""
+    flag = value.upper()
+    return "I" if flag == "IGNORE" else flag
 
 
 def _read_transitions() -> dict[tuple[str, str, str], dict[str, str]]:
@@ -363,6 +369,8 @@ def reference_process(data: bytes, state: DistrictState) -> ReferenceResult:
     names = Counter(r.values["Username"].lower() for r in well_formed if r.values["Username"])
 
     targets = {code for code, s in state.schools.items() if s.active and not s.holding_bin}
+    # a closed school is a target for D rows only (its students can still be deactivated)
+    closed = {code for code, s in state.schools.items() if not s.active and not s.holding_bin}
     enterprise = state.enterprise_order
     for r in well_formed:
         v = r.values
@@ -371,7 +379,12 @@ def reference_process(data: bytes, state: DistrictState) -> ReferenceResult:
             r.error("Student ID", "DUPLICATE_STUDENT_ID")
         if v["Username"] and names[v["Username"].lower()] > 1:
             r.error("Username", "DUPLICATE_USERNAME")
-        if v["School Code"] is not None and v["School Code"] not in targets:
+        deactivating = status_ok and _status(v["Status"]) == "D"
+        if (
+            v["School Code"] is not None
+            and v["School Code"] not in targets
+            and not (deactivating and v["School Code"] in closed)
+        ):
             r.error("School Code", "SCHOOL_NOT_FOUND")
         student = state.students.get(v["Student ID"]) if id_ok else None
         if id_ok and status_ok:
@@ -381,7 +394,7 @@ def reference_process(data: bytes, state: DistrictState) -> ReferenceResult:
                 if student is None
                 else (ENTERPRISE if student.order == enterprise else REGULAR)
             )
-            r.case = TRANSITIONS[(before, kind, v["Status"].upper())]
+            r.case = TRANSITIONS[(before, kind, _status(v["Status"]))]
             if r.case["error_code"]:
                 r.error("Status", r.case["error_code"])
         if username_ok:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eams_pipeline.core.passwords import Argon2Settings
+from eams_pipeline.core.retention import RetentionSettings
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
@@ -180,3 +181,43 @@ def operator_emails() -> list[str]:
     """EAMS_OPERATOR_EMAILS: comma-separated addresses alerted when a run crashes."""
     raw = env_str("EAMS_OPERATOR_EMAILS", "") or ""
     return [a.strip() for a in raw.split(",") if a.strip()]
+
+
+# --- retention (issue 10 §2) ------------------------------------------------------------
+
+DEFAULT_PROCESSED_RETENTION_DAYS = 0
+DEFAULT_ARCHIVE_RETENTION_DAYS = 400
+DEFAULT_ERROR_FILE_RETENTION_DAYS = 90
+DEFAULT_RETENTION_CRON = "30 4 * * *"
+
+
+def retention_settings() -> RetentionSettings:
+    """``EAMS_PROCESSED_RETENTION_DAYS`` (default 0: the raw file leaves processed/ as soon
+    as its run succeeded), ``EAMS_ARCHIVE_RETENTION_DAYS`` (default 400: a school year and
+    more of re-runs, reverts and backfills), ``EAMS_ERROR_FILE_RETENTION_DAYS`` (default 90).
+    """
+    settings = RetentionSettings(
+        processed_days=env_int("EAMS_PROCESSED_RETENTION_DAYS", DEFAULT_PROCESSED_RETENTION_DAYS),
+        archive_days=env_int("EAMS_ARCHIVE_RETENTION_DAYS", DEFAULT_ARCHIVE_RETENTION_DAYS),
+        error_file_days=env_int(
+            "EAMS_ERROR_FILE_RETENTION_DAYS", DEFAULT_ERROR_FILE_RETENTION_DAYS
+        ),
+    )
+    for name, days in (
+        ("EAMS_PROCESSED_RETENTION_DAYS", settings.processed_days),
+        ("EAMS_ARCHIVE_RETENTION_DAYS", settings.archive_days),
+        ("EAMS_ERROR_FILE_RETENTION_DAYS", settings.error_file_days),
+    ):
+        if days < 0:
+            raise ConfigError(f"{name} must be 0 or more days, got {days}")
+    if settings.archive_days < settings.processed_days:
+        raise ConfigError(
+            "EAMS_ARCHIVE_RETENTION_DAYS must not be shorter than EAMS_PROCESSED_RETENTION_DAYS: "
+            "a raw file leaves processed/ only while its encrypted archive copy exists"
+        )
+    return settings
+
+
+def retention_cron() -> str:
+    """EAMS_RETENTION_CRON: when the retention job runs (default 04:30 UTC daily)."""
+    return env_str("EAMS_RETENTION_CRON", DEFAULT_RETENTION_CRON) or DEFAULT_RETENTION_CRON

@@ -190,10 +190,13 @@ def test_clean_upload_end_to_end(pipeline: Pipeline, instance: dg.DagsterInstanc
     assert result.success
     assert result.dagster_run.tags[DISTRICT_TAG] == "D001"
 
-    # claimed by a rename into processed/, nothing left in incoming/, no error file
+    # claimed by a rename into processed/, nothing left in incoming/, no error file; the
+    # raw file (clear passwords) left processed/ once archived (EAMS_PROCESSED_RETENTION_DAYS=0)
     assert pipeline.files("D001", "incoming") == []
-    assert pipeline.files("D001", "processed") == [f"students_{key}.csv"]
-    assert (pipeline.user_dir("D001") / "processed" / f"students_{key}.csv").read_bytes() == data
+    claimed = materialization(result, "upload_file")["processed_path"]
+    assert claimed == f"processed/students_{key}.csv"
+    assert pipeline.files("D001", "processed") == []
+    assert materialization(result, "district_email")["raw_file_removed"] is True
     assert pipeline.files("D001", "errors") == []
 
     # archived, encrypted, content hash recorded
@@ -317,7 +320,7 @@ def test_a_crash_after_the_claim_is_recovered_by_running_again(
     assert len(pipeline.smtp.wait_for(1)) == 1
 
     # once more (e.g. a backfill): archive only, nothing applied twice, no second email
-    (pipeline.user_dir("D001") / "processed" / f"students_{key}.csv").unlink()
+    assert pipeline.files("D001", "processed") == []  # removed after the successful run
     third = pipeline.run_upload(instance, key)
     assert third.success
     assert materialization(third, "upload_file")["source"].startswith("archive")

@@ -8,6 +8,7 @@ slip into a message.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import textwrap
 from collections.abc import Mapping
@@ -39,8 +40,13 @@ def build_upload_email(
     summary: Mapping[str, object],
     error_file_path: str | None,
     file_error: str | None = None,
+    upload_key: str | None = None,
 ) -> EmailMessage:
     """The outcome email for one upload, to the district's contacts.
+
+    ``upload_key`` (e.g. ``D001-20260114T020000123456Z``) names the upload in the subject
+    and the body: it is what the district quotes back (the numeric id has gaps and means
+    nothing to them); without it the summary's ``upload_id`` is shown.
 
     ``summary`` is the processing summary (SPEC §8 ``eams process`` keys); ``error_file_path``
     is where the error file was published on the SFTP site; ``file_error`` is the
@@ -49,7 +55,7 @@ def build_upload_email(
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     status = str(summary.get("status"))
-    upload_id = summary.get("upload_id")
+    upload_id = upload_key if upload_key else summary.get("upload_id")
     district = f"{district_name} ({district_code})"
     if status == UploadStatus.REJECTED:
         subject = f"eAMS student update FAILED: {district}, upload {upload_id}"
@@ -71,16 +77,21 @@ def build_upload_email(
         lines += [
             "",
             "Error:",
-            *textwrap.wrap(error, _WIDTH, initial_indent="  ", subsequent_indent="  "),
+            *_wrap(error, initial_indent="  ", subsequent_indent="  "),
         ]
     else:
         lines += ["", *_count_table(summary)]
     lines += _error_codes(summary)
     lines += _error_file_paragraph(status, error_file_path)
+    if status == UploadStatus.PROCESSED:
+        lines += ["", "This message contains no student data."]
+    else:
+        lines += [
+            "",
+            "This message contains no student data; the error file lists each error",
+            "with its line number in the uploaded file.",
+        ]
     lines += [
-        "",
-        "This message contains no student data; the error file lists each error",
-        "with its line number in the uploaded file.",
         "",
         "-- ",
         "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
@@ -127,6 +138,94 @@ def build_failure_email(
     return _message(sender, operators, subject, body + "\n")
 
 
+def build_missing_upload_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    operators: list[str],
+    sender: str,
+    due: dt.datetime,
+    since: dt.datetime,
+    last_received: dt.datetime | None,
+) -> EmailMessage:
+    """No students.csv arrived in the 24 hours before the district's ``expected_by``: to
+    the district's contacts, the operators in copy."""
+    if not contacts and not operators:
+        raise ValueError(f"district {district_code} has no contact address")
+    district = f"{district_name} ({district_code})"
+    subject = f"eAMS: no students.csv received from {district} since {_when(since)}"
+    last = _when(last_received) if last_received else "never"
+    lines = [
+        "Hello,",
+        "",
+        *_wrap(
+            f"No students.csv was received from {district} since {_when(since)}. The nightly "
+            f"file is expected by {_when(due)}. The last upload was received: {last}."
+        ),
+        "",
+        *_wrap(
+            "Please check that the SIS export ran and that it copies the file to the "
+            "incoming/ directory of your eAMS SFTP site, named exactly students.csv. Until a "
+            "file arrives, MY Access keeps the students as they are."
+        ),
+        "",
+        "This alert is sent once a day while no file arrives.",
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    message = _message(sender, contacts or operators, subject, "\n".join(lines) + "\n")
+    if contacts and operators:
+        message["Cc"] = ", ".join(operators)
+    return message
+
+
+def build_misnamed_file_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    sender: str,
+    file_name: str,
+    size: int,
+) -> EmailMessage:
+    """A file in incoming/ that is not students.csv: it is not processed."""
+    if not contacts:
+        raise ValueError(f"district {district_code} has no contact address")
+    district = f"{district_name} ({district_code})"
+    name = _printable(file_name)
+    subject = f"eAMS: {name} in incoming/ is not processed: {district}"
+    lines = [
+        "Hello,",
+        "",
+        *_wrap(
+            f"Only a file named exactly students.csv is processed; found incoming/{name} "
+            f"({size} bytes) on the eAMS SFTP site of {district}. It was left alone and is not "
+            "applied."
+        ),
+        "",
+        *_wrap(
+            "If it is the nightly student file, rename it (or set the SIS export) to "
+            "students.csv, lower case, in CSV format (not Excel .xlsx), then delete the "
+            "other file."
+        ),
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
+def _when(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
+
+
+def _printable(name: str, limit: int = 120) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in name)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _result_paragraph(status: str, district: str, upload_id: object) -> list[str]:
     intro = f"The students.csv file uploaded by {district} (upload {upload_id}) was"
     if status == UploadStatus.REJECTED:
@@ -141,7 +240,15 @@ def _result_paragraph(status: str, district: str, upload_id: object) -> list[str
         )
     else:
         text = f"{intro} processed SUCCESSFULLY: every row was applied."
-    return textwrap.wrap(text, _WIDTH)
+    return _wrap(text)
+
+
+def _wrap(text: str, **indent: str) -> list[str]:
+    """Lines of at most _WIDTH characters, broken between words only: a code, a path or
+    a header in a message is never cut in two (a longer word gets a line of its own)."""
+    return textwrap.wrap(
+        text, _WIDTH, break_long_words=False, break_on_hyphens=False, **indent
+    )
 
 
 def _count(summary: Mapping[str, object], key: str) -> int:

@@ -42,6 +42,7 @@ class DistrictSnapshot:
     students: student_id, student_pk, status, order_id, school_id,
               data_hash, password_fingerprint (nullable)            - this district's students
     taken_usernames: username_lower, district_id, student_id        - who holds a file username
+    grades: the district's participating grades (normalised: K, 1..12); None: every grade
     """
 
     district_id: int
@@ -50,6 +51,7 @@ class DistrictSnapshot:
     schools: pd.DataFrame
     students: pd.DataFrame
     taken_usernames: pd.DataFrame
+    grades: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def make_plan(
         text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
         errors.append(_flag(df, repeated, code, column, text, column))
 
-    df = _attach_school(df, snapshot.schools)
+    df = _attach_school(df, snapshot.schools, valid_status)
     errors.append(
         _flag(
             df,
@@ -103,6 +105,27 @@ def make_plan(
             "school_code",
         )
     )
+
+    if snapshot.grades is not None:
+        # a D row is exempt: a student who left the participating grades can be deactivated
+        outside = (
+            _passes_column_rules(df, row_errors, "grade")
+            & ~df["grade"].isin(sorted(snapshot.grades))
+            & ~(valid_status & (df["status"] == "D"))
+        )
+        listed = ", ".join(g for g in ("K", *map(str, range(1, 13))) if g in snapshot.grades)
+        errors.append(
+            _flag(
+                df,
+                outside,
+                ErrorCode.GRADE_NOT_PARTICIPATING,
+                "grade",
+                "Grade {v} does not participate in eAMS for this district (participating: "
+                + listed
+                + "); only a D row may name it.",
+                "grade",
+            )
+        )
 
     df = _attach_student(df, snapshot)
     df = _attach_transition(df, valid_id & valid_status)
@@ -198,10 +221,21 @@ def _flag(
     )
 
 
-def _attach_school(df: pd.DataFrame, schools: pd.DataFrame) -> pd.DataFrame:
-    targets = schools[schools["active"] & ~schools["holding_bin"]][["code", "school_id"]]
-    mapping = pd.Series(targets["school_id"].to_numpy(), index=targets["code"].to_numpy())
-    df["school_id"] = df["school_code"].map(mapping).astype("Int64")
+def _attach_school(
+    df: pd.DataFrame, schools: pd.DataFrame, valid_status: pd.Series
+) -> pd.DataFrame:
+    """The row's school: an active school of the district, never the bin; a closed school
+    only for a D row (its students must still be deactivated and their licenses returned)."""
+    schools = schools[~schools["holding_bin"]]
+
+    def lookup(rows: pd.DataFrame) -> pd.Series:
+        mapping = pd.Series(rows["school_id"].to_numpy(), index=rows["code"].to_numpy())
+        return df["school_code"].map(mapping).astype("Int64")
+
+    open_school = lookup(schools[schools["active"]])
+    closed_school = lookup(schools[~schools["active"]])
+    deactivating = (valid_status & (df["status"] == "D")).to_numpy()
+    df["school_id"] = open_school.where(open_school.notna() | ~deactivating, closed_school)
     return df
 
 

@@ -35,7 +35,8 @@ CONTROL_CHARACTERS = "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\
 STUDENT_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
 USERNAME_PATTERN = r"^[A-Za-z0-9._@-]{3,}$"
 GRADE_PATTERN = r"^(?:[Kk]|0?[1-9]|1[0-2])$"
-STATUS_PATTERN = r"^[AaDdXxIi]$"
+# IGNORE (the seed's own label for I), any case, is read as I
+STATUS_PATTERN = r"^(?:[AaDdXxIi]|[Ii][Gg][Nn][Oo][Rr][Ee])$"
 # a pragmatic RFC 5322 subset: dot-atom local part, dotted domain with a letter TLD
 EMAIL_PATTERN = (
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -51,7 +52,7 @@ MESSAGES: dict[str, str] = {
     ErrorCode.INVALID_USERNAME: "Username must be 3 to 64 characters of A-Z a-z 0-9 . _ - and @.",
     ErrorCode.INVALID_PASSWORD: "Password must be 6 to 64 characters.",
     ErrorCode.INVALID_EMAIL: "Email is not a valid email address.",
-    ErrorCode.INVALID_STATUS: "Status must be A, D, X or I.",
+    ErrorCode.INVALID_STATUS: "Status must be A, D, X or I (IGNORE is read as I).",
     ErrorCode.INVALID_CHARACTERS: (
         "{column} contains control or text-direction characters (shown as <...>)."
     ),
@@ -158,8 +159,9 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def normalise(rows: pd.DataFrame) -> pd.DataFrame:
-    """Stored forms: Grade `K` or `1`..`12` without a leading zero, Status upper-case."""
+    """Stored forms: Grade `K` or `1`..`12` without a leading zero, Status upper-case
+    (`IGNORE` read as `I`)."""
     out = rows.copy()
     out["grade"] = out["grade"].str.upper().str.replace(r"^0(?=[1-9]$)", "", regex=True)
-    out["status"] = out["status"].str.upper()
+    out["status"] = out["status"].str.upper().replace({"IGNORE": "I"})
     return out

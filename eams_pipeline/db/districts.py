@@ -29,6 +29,15 @@ class District:
     sftp: SftpAccount | None  # None: no SFTP account configured
     enterprise_order_id: int | None
     holding_bin_school_id: int | None
+    encoding: str = "utf-8"  # how the district's files are read (master data `encoding`)
+    grades: tuple[str, ...] | None = None  # participating grades; None: all
+    expected_by: dt.time | None = None  # local time the nightly file is due; None: no alert
+    failure_contacts: tuple[str, ...] = ()  # also told of rejected or held files
+
+    @property
+    def failure_recipients(self) -> tuple[str, ...]:
+        """Who hears of a rejected or held file: the contacts, then the failure contacts."""
+        return tuple(dict.fromkeys((*self.contacts, *self.failure_contacts)))
 
     @property
     def sftp_root(self) -> str:
@@ -38,13 +47,15 @@ class District:
 _SELECT = """SELECT district_id, code, name, timezone, contacts, process_at,
                     enterprise_order_id, holding_bin_school_id,
                     sftp_host, sftp_port, sftp_username, sftp_password_env,
-                    sftp_private_key_file, sftp_host_key, sftp_root
+                    sftp_private_key_file, sftp_host_key, sftp_root,
+                    encoding, grades, expected_by, failure_contacts
              FROM districts"""
 
 
 def _from_row(r: tuple) -> District:
     district_id, code, name, timezone, contacts, process_at, ent_order, bin_school = r[:8]
-    host, port, username, password_env, key_file, host_key, root = r[8:]
+    host, port, username, password_env, key_file, host_key, root = r[8:15]
+    encoding, grades, expected_by, failure_contacts = r[15:19]
     sftp = None
     if host and username:
         sftp = SftpAccount(
@@ -66,6 +77,10 @@ def _from_row(r: tuple) -> District:
         sftp=sftp,
         enterprise_order_id=ent_order,
         holding_bin_school_id=bin_school,
+        encoding=encoding or "utf-8",
+        grades=tuple(grades) if grades is not None else None,
+        expected_by=expected_by,
+        failure_contacts=tuple(failure_contacts or ()),
     )
 
 

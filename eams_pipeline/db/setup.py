@@ -31,10 +31,14 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
         """
         INSERT INTO districts (code, name, timezone, contacts, process_at, sftp_host, sftp_port,
                                sftp_username, sftp_password_env, sftp_private_key_file,
-                               sftp_host_key, sftp_root)
+                               sftp_host_key, sftp_root, encoding, grades, expected_by,
+                               failure_contacts)
         VALUES (%(code)s, %(name)s, %(tz)s, %(contacts)s, %(at)s, %(host)s, %(port)s, %(user)s,
-                %(pw)s, %(key)s, %(hk)s, %(root)s)
+                %(pw)s, %(key)s, %(hk)s, %(root)s, %(encoding)s, %(grades)s, %(expected_by)s,
+                %(failure_contacts)s)
         ON CONFLICT (code) DO UPDATE SET
+            encoding = EXCLUDED.encoding, grades = EXCLUDED.grades,
+            expected_by = EXCLUDED.expected_by, failure_contacts = EXCLUDED.failure_contacts,
             name = EXCLUDED.name, timezone = EXCLUDED.timezone, contacts = EXCLUDED.contacts,
             process_at = EXCLUDED.process_at, sftp_host = EXCLUDED.sftp_host,
             sftp_port = EXCLUDED.sftp_port, sftp_username = EXCLUDED.sftp_username,
@@ -45,12 +49,14 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
         WHERE (districts.name, districts.timezone, districts.contacts, districts.process_at,
                districts.sftp_host, districts.sftp_port, districts.sftp_username,
                districts.sftp_password_env, districts.sftp_private_key_file,
-               districts.sftp_host_key, districts.sftp_root)
+               districts.sftp_host_key, districts.sftp_root, districts.encoding,
+               districts.grades, districts.expected_by, districts.failure_contacts)
           IS DISTINCT FROM
               (EXCLUDED.name, EXCLUDED.timezone, EXCLUDED.contacts, EXCLUDED.process_at,
                EXCLUDED.sftp_host, EXCLUDED.sftp_port, EXCLUDED.sftp_username,
                EXCLUDED.sftp_password_env, EXCLUDED.sftp_private_key_file,
-               EXCLUDED.sftp_host_key, EXCLUDED.sftp_root)
+               EXCLUDED.sftp_host_key, EXCLUDED.sftp_root, EXCLUDED.encoding,
+               EXCLUDED.grades, EXCLUDED.expected_by, EXCLUDED.failure_contacts)
         RETURNING district_id
         """,
         {
@@ -66,6 +72,10 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             "key": s.private_key_file if s else None,
             "hk": s.host_key if s else None,
             "root": s.root if s else "/",
+            "encoding": d.encoding,
+            "grades": list(d.grades) if d.grades is not None else None,
+            "expected_by": d.expected_by,
+            "failure_contacts": list(d.failure_contacts),
         },
     ).fetchone()
     changed = {"districts": 1 if row else 0}

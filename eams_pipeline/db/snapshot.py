@@ -123,6 +123,7 @@ def load_snapshot(
         schools=schools,
         students=students,
         taken_usernames=_usernames_held_by_others(conn, d, claimed),
+        grades=frozenset(district.grades) if district.grades is not None else None,
     )
 
 

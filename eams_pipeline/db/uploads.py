@@ -144,3 +144,23 @@ def recorded_result(
         file_error=file_error,
         already_applied=True,
     )
+
+
+def uploads_of_district(conn: psycopg.Connection, district_id: int) -> list[UploadRow]:
+    """Every upload of a district (retention decides from their status and time)."""
+    return [
+        _row(r)
+        for r in conn.execute(
+            _SELECT + " WHERE district_id = %s ORDER BY received_at", (district_id,)
+        ).fetchall()
+    ]
+
+
+def mark_raw_removed(conn: psycopg.Connection, upload_key: str) -> None:
+    """Record that the raw file left the district's processed/ directory."""
+    conn.execute(
+        "UPDATE uploads SET raw_removed_at = now() "
+        "WHERE upload_key = %s AND raw_removed_at IS NULL",
+        (upload_key,),
+    )
+

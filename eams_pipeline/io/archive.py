@@ -76,6 +76,25 @@ class Archive:
     def path_for(self, district_code: str, upload_key: str) -> Path:
         return self.directory / _safe(district_code) / f"{_safe(upload_key)}{SUFFIX}"
 
+    def keys(self, district_code: str) -> list[str]:
+        """The upload keys archived for a district, sorted."""
+        folder = self.directory / _safe(district_code)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            p.name[: -len(SUFFIX)]
+            for p in folder.iterdir()
+            if p.name.endswith(SUFFIX) and not p.name.startswith(".")
+        )
+
+    def remove(self, district_code: str, upload_key: str) -> bool:
+        """Delete an upload's archive copy (retention); False when it was not there."""
+        try:
+            self.path_for(district_code, upload_key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def store(self, district_code: str, upload_key: str, data: bytes) -> ArchivedFile:
         """Encrypt and write ``data``; storing the same bytes again is a no-op.
 

@@ -180,6 +180,30 @@ class SftpSession:
         return sorted(files, key=lambda f: f.name)
 
     @_mapped
+    def list_dir(self, directory: str) -> list[RemoteFile]:
+        """Regular files in ``directory`` (relative to the root), sorted by name; [] when the
+        directory does not exist."""
+        try:
+            entries = self._client.listdir_attr(self.remote_path(directory))
+        except FileNotFoundError:
+            return []
+        files = [
+            RemoteFile(name=e.filename, size=int(e.st_size or 0), mtime=int(e.st_mtime or 0))
+            for e in entries
+            if e.st_mode is None or stat.S_ISREG(e.st_mode)
+        ]
+        return sorted(files, key=lambda f: f.name)
+
+    @_mapped
+    def remove(self, directory: str, name: str) -> bool:
+        """Delete ``directory/<name>``; False when it was already gone."""
+        try:
+            self._client.remove(self.remote_path(f"{directory}/{self._plain_name(name)}"))
+        except FileNotFoundError:
+            return False
+        return True
+
+    @_mapped
     def claim(self, name: str, processed_name: str) -> str:
         """Move ``incoming/<name>`` to ``processed/<processed_name>`` by one atomic rename.
 

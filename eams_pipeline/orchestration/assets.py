@@ -14,6 +14,7 @@ or a backfill reads the archive, not SFTP; an upload already applied is not appl
 not applied over it unless the run config says ``allow_older: true``.
 """
 
+import datetime as dt
 import posixpath
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +23,11 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from eams_pipeline import config
+from eams_pipeline import config as eams_config
 from eams_pipeline.core.error_file import render_error_file
 from eams_pipeline.core.notifications import build_upload_email
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
+from eams_pipeline.core.retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, get_district
 from eams_pipeline.io.sftp import ERRORS, PROCESSED
@@ -44,10 +46,13 @@ from eams_pipeline.orchestration.resources import (
     SftpResource,
     SmtpResource,
 )
+from eams_pipeline.orchestration.retention import known_uploads, remove_raw_upload
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 
 GROUP = "eams_uploads"
+# the outcomes told to the failure contacts as well (master data `failure_contacts`)
+FAILURE_STATUSES = frozenset({UploadStatus.REJECTED, UploadStatus.HELD})
 PREVIEW_ROWS = 20
 
 
@@ -121,7 +126,7 @@ def upload_file(
     store = archive.get()
     archived = store.path_for(ref.district, ref.key)
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
-    limit = config.max_upload_bytes()
+    limit = eams_config.max_upload_bytes()
     if archived.exists():
         data = store.load(str(archived))
         source = "archive (re-run: SFTP not read)"
@@ -382,42 +387,91 @@ def error_preview(errors: pd.DataFrame, limit: int = PREVIEW_ROWS) -> str:
     group_name=GROUP,
     deps=[error_report],
     kinds={"email"},
-    description="The outcome email to the district's contacts (counts, error file path).",
+    description=(
+        "The outcome email to the district's contacts (counts, error file path); then the raw "
+        "file leaves processed/ (EAMS_PROCESSED_RETENTION_DAYS=0)."
+    ),
 )
 def district_email(
     context: dg.AssetExecutionContext,
     config: EmailConfig,
     db: DatabaseResource,
     smtp: SmtpResource,
+    sftp: SftpResource,
+    archive: ArchiveResource,
 ) -> dg.MaterializeResult:
     ref = _ref(context)
     upload, result = _recorded_outcome(db, ref)
+    metadata = _email(context, config, db, smtp, ref, upload, result)
+    metadata.update(_remove_raw_upload(context, db, sftp, archive, ref))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _email(
+    context: dg.AssetExecutionContext,
+    config: EmailConfig,
+    db: DatabaseResource,
+    smtp: SmtpResource,
+    ref: UploadRef,
+    upload: db_uploads.UploadRow,
+    result: UploadResult,
+) -> dict[str, object]:
     if upload.status == UploadStatus.SUPERSEDED:
         context.log.info(f"upload {ref.key} was superseded: the district is not emailed")
-        return dg.MaterializeResult(metadata={"sent": False, "why": "superseded: not applied"})
+        return {"sent": False, "why": "superseded: not applied"}
     if not config.resend and _already_sent(context):
         context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
-        return dg.MaterializeResult(metadata={"sent": False, "why": "already sent"})
+        return {"sent": False, "why": "already sent"}
     district = _load_district(db, ref.district)
     file_error = result.file_error
+    failed = upload.status in FAILURE_STATUSES
+    recipients = district.failure_recipients if failed else district.contacts
     message = build_upload_email(
         district_code=ref.district,
         district_name=district.name,
-        contacts=list(district.contacts),
+        contacts=list(recipients),
         sender=smtp.sender,
         summary=result.summary(upload.error_file),
         error_file_path=upload.error_file if result.has_errors else None,
         file_error=f"{file_error.code}: {file_error.message}" if file_error else None,
+        upload_key=ref.key,
     )
     smtp.send(message)
-    context.log.info(f"emailed {len(district.contacts)} contact(s): {message['Subject']}")
-    return dg.MaterializeResult(
-        metadata={
-            "sent": True,
-            "recipients": dg.MetadataValue.int(len(district.contacts)),
-            "subject": str(message["Subject"]),
-        }
-    )
+    context.log.info(f"emailed {len(recipients)} contact(s): {message['Subject']}")
+    return {
+        "sent": True,
+        "recipients": dg.MetadataValue.int(len(recipients)),
+        "subject": str(message["Subject"]),
+    }
+
+
+def _remove_raw_upload(
+    context: dg.AssetExecutionContext,
+    db: DatabaseResource,
+    sftp: SftpResource,
+    archive: ArchiveResource,
+    ref: UploadRef,
+) -> dict[str, object]:
+    """The raw file (clear passwords) leaves processed/ once archived and recorded, when
+    EAMS_PROCESSED_RETENTION_DAYS allows it now (0, the default); else the retention job."""
+    if eams_config.retention_settings().processed_days > 0:
+        return {"raw_file_removed": False, "why": "kept for EAMS_PROCESSED_RETENTION_DAYS"}
+    store = archive.get()
+    with db.connect() as conn:
+        row = db_uploads.get_upload(conn, ref.key)
+    uploads = known_uploads([row] if row else [], store, ref.district)
+    now = dt.datetime.now(dt.UTC)
+    if not uploads or not raw_removable(uploads[0], now, 0):
+        return {"raw_file_removed": False, "why": "not finished, held or not archived"}
+    district = _load_district(db, ref.district)
+    processed_rel = f"{PROCESSED}/{ref.processed_name}"
+    with _session(sftp, district) as session:
+        removed = remove_raw_upload(session, uploads[0], ref.processed_name, now, 0)
+    with db.connect() as conn:
+        db_uploads.mark_raw_removed(conn, ref.key)
+    if removed:
+        context.log.info(f"removed the raw upload {processed_rel} (archived encrypted)")
+    return {"raw_file_removed": dg.MetadataValue.bool(removed), "processed_path": processed_rel}
 
 
 def _already_sent(context: dg.AssetExecutionContext) -> bool:

@@ -11,6 +11,7 @@ from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS
 from eams_pipeline.orchestration.jobs import upload_job
 from eams_pipeline.orchestration.resources import default_resources
+from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
 from eams_pipeline.orchestration.sensors import (
     build_district_sensors,
     build_operator_alert_sensor,
@@ -33,9 +34,11 @@ def build_definitions(
     **sensor_kwargs: object,
 ) -> dg.Definitions:
     codes = district_codes_from_database() if district_codes is None else list(district_codes)
+    retention_job = build_retention_job()
     return dg.Definitions(
         assets=UPLOAD_ASSETS,
-        jobs=[upload_job],
+        jobs=[upload_job, retention_job],
+        schedules=[build_retention_schedule(retention_job)],
         sensors=[
             *build_district_sensors(codes, upload_job, **sensor_kwargs),
             build_operator_alert_sensor([upload_job]),

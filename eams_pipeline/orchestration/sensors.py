@@ -11,6 +11,7 @@ run per upload once ``students.csv`` has settled (see :mod:`.settle`). SFTP fail
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
@@ -20,9 +21,22 @@ from eams_pipeline.config import (
     sensor_interval_seconds,
     settle_seconds,
 )
-from eams_pipeline.core.notifications import build_failure_email
+from eams_pipeline.core.notifications import (
+    build_failure_email,
+    build_misnamed_file_email,
+    build_missing_upload_email,
+)
+from eams_pipeline.db import alerts as db_alerts
 from eams_pipeline.db.districts import District, get_district
 from eams_pipeline.io.sftp import SftpFileNotFoundError, SftpTransientError
+from eams_pipeline.orchestration.alerts import (
+    MISNAMED_FILE,
+    MISSING_UPLOAD,
+    misnamed_files,
+    misnamed_subject,
+    missing_upload,
+    track_other_files,
+)
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     FILE_MTIME_TAG,
@@ -31,7 +45,7 @@ from eams_pipeline.orchestration.partitions import (
     UploadRef,
 )
 from eams_pipeline.orchestration.resources import DatabaseResource, SftpResource, SmtpResource
-from eams_pipeline.orchestration.settle import SensorState, decide
+from eams_pipeline.orchestration.settle import UPLOAD_NAME, SensorState, decide
 
 Clock = Callable[[], dt.datetime]
 JobLike = Any  # a JobDefinition or the unresolved asset job of define_asset_job
@@ -74,7 +88,10 @@ def build_district_sensor(
         tags={"eams/district": district_code},
     )
     def _sensor(
-        context: dg.SensorEvaluationContext, db: DatabaseResource, sftp: SftpResource
+        context: dg.SensorEvaluationContext,
+        db: DatabaseResource,
+        sftp: SftpResource,
+        smtp: SmtpResource,
     ) -> dg.SensorResult | dg.SkipReason:
         now = clock()
         with db.connect() as conn:
@@ -104,10 +121,16 @@ def build_district_sensor(
         )
         if decision.ignored:
             context.log.info(f"left alone in incoming/: {', '.join(decision.ignored)}")
-        cursor = decision.state.to_cursor()
+        others = track_other_files(files, state.others, now)
+        cursor = replace(decision.state, others=others).to_cursor()
+        waiting = any(f.name == UPLOAD_NAME for f in files) or state.requested is not None
+        notes = send_district_alerts(
+            context, db, smtp, district, now, others, settle_window, file_waiting=waiting
+        )
         request = decision.request
         if request is None:
-            return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
+            reason = " | ".join([*notes, decision.reason])
+            return dg.SensorResult(skip_reason=reason, cursor=cursor)
         context.log.info(decision.reason)
         return dg.SensorResult(
             run_requests=[
@@ -122,6 +145,106 @@ def build_district_sensor(
         )
 
     return _sensor
+
+
+def send_district_alerts(
+    context: dg.SensorEvaluationContext,
+    db: DatabaseResource,
+    smtp: SmtpResource,
+    district: District,
+    now: dt.datetime,
+    others: dict,
+    settle_window: float,
+    *,
+    file_waiting: bool,
+) -> list[str]:
+    """Send the missing-upload and misnamed-file alerts due now, each once (recorded in
+    district_alerts in the transaction that sends it). Returns lines for the tick's reason.
+
+    An alert that cannot be sent (SMTP down) is logged and tried again next tick; it never
+    keeps the sensor from requesting a run.
+    """
+    notes: list[str] = []
+    with db.connect() as conn:
+        missing = missing_upload(
+            now,
+            expected_by=district.expected_by,
+            timezone=district.timezone,
+            last_received=db_alerts.last_received(conn, district.district_id),
+            file_waiting=file_waiting,
+            alerted=db_alerts.alerted(conn, district.district_id, MISSING_UPLOAD),
+        )
+        misnamed = misnamed_files(
+            others,
+            now,
+            settle_window,
+            db_alerts.alerted(conn, district.district_id, MISNAMED_FILE),
+        )
+        conn.rollback()
+        if missing is not None:
+            text = (
+                f"MISSING UPLOAD: no {UPLOAD_NAME} received since {missing.since.isoformat()} "
+                f"(expected by {missing.due.isoformat()})"
+            )
+        if missing is not None and missing.already_alerted:
+            notes.append(f"{text} (already alerted)")
+        elif missing is not None:
+            message = build_missing_upload_email(
+                district_code=district.code,
+                district_name=district.name,
+                contacts=list(district.contacts),
+                operators=operator_emails(),
+                sender=smtp.sender,
+                due=missing.due,
+                since=missing.since,
+                last_received=missing.last_received,
+            )
+            notes.append(
+                _send_once(
+                    context, conn, smtp, district, MISSING_UPLOAD, missing.subject, text, message
+                )
+            )
+        for name, size in misnamed:
+            text = f"MISNAMED FILE: incoming/{name} ({size} bytes) is not {UPLOAD_NAME}"
+            if not district.contacts:
+                notes.append(text + "; the district has no contacts to tell")
+                continue
+            message = build_misnamed_file_email(
+                district_code=district.code,
+                district_name=district.name,
+                contacts=list(district.contacts),
+                sender=smtp.sender,
+                file_name=name,
+                size=size,
+            )
+            subject = misnamed_subject(name, size)
+            notes.append(
+                _send_once(context, conn, smtp, district, MISNAMED_FILE, subject, text, message)
+            )
+    return notes
+
+
+def _send_once(
+    context: dg.SensorEvaluationContext,
+    conn,
+    smtp: SmtpResource,
+    district: District,
+    kind: str,
+    subject: str,
+    text: str,
+    message,
+) -> str:
+    try:
+        with conn.transaction():
+            if not db_alerts.claim_alert(conn, district.district_id, kind, subject, text):
+                return f"{text} (already alerted)"
+            smtp.send(message)
+    except Exception as exc:  # an alert must never keep the sensor from requesting runs
+        context.log.error(f"{text}: the alert could not be sent, retrying next tick: {exc}")
+        return f"{text}; alert NOT sent ({type(exc).__name__}), retrying next tick"
+    recipients = message.get_all("To", []) + message.get_all("Cc", [])
+    context.log.warning(f"{text}: emailed {', '.join(recipients)}")
+    return f"{text}; emailed {', '.join(recipients)}"
 
 
 def _run_tags(district: District, size: int, mtime: int) -> dict[str, str]:

@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import zoneinfo
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from eams_pipeline.io.sftp import RemoteFile
 from eams_pipeline.orchestration.partitions import UploadRef
@@ -52,10 +52,12 @@ class Requested:
 
 @dataclass(frozen=True)
 class SensorState:
-    """The sensor's cursor."""
+    """The sensor's cursor. ``others``: the other files in incoming/ by name, with the size
+    and the epoch seconds since they have looked like that (misnamed-file alerts)."""
 
     watched: Watched | None = None
     requested: Requested | None = None
+    others: dict[str, Watched] = field(default_factory=dict)
 
     def to_cursor(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -68,9 +70,11 @@ class SensorState:
             raw = json.loads(cursor)
             watched = raw.get("watched")
             requested = raw.get("requested")
+            others = raw.get("others") or {}
             return cls(
                 watched=Watched(**watched) if watched else None,
                 requested=Requested(**requested) if requested else None,
+                others={str(name): Watched(**w) for name, w in others.items()},
             )
         except (ValueError, TypeError, AttributeError):
             return cls()  # an unreadable cursor: start watching afresh

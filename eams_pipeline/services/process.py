@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import psycopg
 
+from eams_pipeline.core.encoding import decode_upload
 from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
 from eams_pipeline.core.fingerprints import fingerprint_key
 from eams_pipeline.core.outcome import (
@@ -127,11 +128,12 @@ def process_upload(
         # the thread's alone until .result()) while this thread parses and validates.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
             stored_students = pool.submit(load_district_students, conn, district)
-            parsed, rejection = None, upload.rejection
+            parsed, rejection, text = None, upload.rejection, upload.data
             with clock.step("read"):
                 try:
                     if rejection is None:
-                        parsed = read_upload(upload.data)
+                        text = decode_upload(upload.data, district.encoding)
+                        parsed = read_upload(text)
                 except FileRejected as exc:
                     rejection = exc
             if parsed is not None:
@@ -149,7 +151,9 @@ def process_upload(
         upload_id = record.upload_id if record is not None else None
 
         if rejection is not None:
-            result = _rejected(upload, upload_id, rejection)
+            result = _rejected(
+                upload.district, text, upload_id, rejection, read=upload.rejection is None
+            )
         else:
             with clock.step("snapshot"):
                 snapshot = load_snapshot(conn, district, rows, students)
@@ -205,18 +209,19 @@ def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadR
     )
 
 
-def _rejected(upload: Upload, upload_id: int | None, exc: FileRejected) -> UploadResult:
-    # a file refused before reading is not counted (rows 0): its records are unknown
-    rows = 0 if upload.rejection is not None else count_data_records(upload.data)
+def _rejected(
+    district_code: str, data: bytes, upload_id: int | None, exc: FileRejected, *, read: bool
+) -> UploadResult:
+    # a file refused before reading (FILE_TOO_LARGE) is not counted: its records are unknown
+    rows = count_data_records(data) if read else 0
     counts = {"rows": rows, **{k: 0 for k in OUTCOMES}, "errors": rows}
     errors = error_frame([0], [exc.line], [""], [""], [exc.code.value], [exc.message])
     return UploadResult(
         upload_id=upload_id,
-        district=upload.district,
+        district=district_code,
         status=UploadStatus.REJECTED,
         counts=counts,
         error_codes={exc.code.value: 1},
         errors=errors,
         file_error=exc,
     )
-

@@ -1,0 +1,39 @@
+"""district_alerts: the alerts sent to districts, one row each, so each goes out once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+
+
+def alerted(conn: psycopg.Connection, district_id: int, kind: str) -> set[str]:
+    """The subjects already alerted for a district and kind."""
+    rows = conn.execute(
+        "SELECT subject FROM district_alerts WHERE district_id = %s AND kind = %s",
+        (district_id, kind),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def claim_alert(
+    conn: psycopg.Connection, district_id: int, kind: str, subject: str, detail: str
+) -> bool:
+    """Record an alert; False when it was already recorded (then it must not be sent).
+
+    Call it in the transaction that sends the alert: when sending fails, the rollback
+    leaves the alert unrecorded and the next tick tries again.
+    """
+    cur = conn.execute(
+        """INSERT INTO district_alerts (district_id, kind, subject, detail)
+           VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+        (district_id, kind, subject, detail),
+    )
+    return cur.rowcount == 1
+
+
+def last_received(conn: psycopg.Connection, district_id: int) -> dt.datetime | None:
+    """When the district's newest upload was received (None: never)."""
+    return conn.execute(
+        "SELECT max(received_at) FROM uploads WHERE district_id = %s", (district_id,)
+    ).fetchone()[0]
