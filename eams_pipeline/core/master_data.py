@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from eams_pipeline.core.guard import GuardConfigError, parse_thresholds
+
 
 class MasterDataError(ValueError):
     pass
@@ -77,6 +79,12 @@ class DistrictSpec:
     existing_students: tuple[ExistingStudentSpec, ...] = ()
     sftp: SftpAccount | None = None
     process_at: dt.time | None = None
+    # the change guard's limits (core.guard: absent = the defaults, None per rule = off)
+    guard: dict[str, float | None] | None = None
+    mode: str = "incremental"  # or "full_roster": students absent from the file deactivated
+
+
+MODES = ("incremental", "full_roster")
 
 
 def parse_master_data(text: str) -> list[DistrictSpec]:
@@ -144,6 +152,13 @@ def _parse_district(i: int, d: Any) -> DistrictSpec:
         _student(where, s, school_codes, order_numbers) for s in d.get("existing_students") or []
     )
     sftp = d.get("sftp")
+    try:
+        guard = parse_thresholds(d.get("guard", None), f"{where}: guard")
+    except GuardConfigError as exc:
+        raise MasterDataError(str(exc)) from exc
+    mode = str(d.get("mode") or "incremental")
+    if mode not in MODES:
+        raise MasterDataError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
     return DistrictSpec(
         code=code,
         name=str(_req(where, d, "name")),
@@ -156,6 +171,8 @@ def _parse_district(i: int, d: Any) -> DistrictSpec:
         existing_students=students,
         sftp=_sftp(where, sftp) if sftp else None,
         process_at=_time(where, d.get("process_at")),
+        guard=guard,
+        mode=mode,
     )
 
 

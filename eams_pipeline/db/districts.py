@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from eams_pipeline.core.guard import parse_thresholds
 from eams_pipeline.core.master_data import SftpAccount
 
 
@@ -29,6 +30,8 @@ class District:
     sftp: SftpAccount | None  # None: no SFTP account configured
     enterprise_order_id: int | None
     holding_bin_school_id: int | None
+    guard: dict[str, float | None] | None = None  # the change guard's limits (core.guard)
+    mode: str = "incremental"  # or "full_roster"
 
     @property
     def sftp_root(self) -> str:
@@ -38,13 +41,14 @@ class District:
 _SELECT = """SELECT district_id, code, name, timezone, contacts, process_at,
                     enterprise_order_id, holding_bin_school_id,
                     sftp_host, sftp_port, sftp_username, sftp_password_env,
-                    sftp_private_key_file, sftp_host_key, sftp_root
+                    sftp_private_key_file, sftp_host_key, sftp_root, guard, mode
              FROM districts"""
 
 
 def _from_row(r: tuple) -> District:
     district_id, code, name, timezone, contacts, process_at, ent_order, bin_school = r[:8]
-    host, port, username, password_env, key_file, host_key, root = r[8:]
+    host, port, username, password_env, key_file, host_key, root = r[8:15]
+    guard, mode = r[15:17]
     sftp = None
     if host and username:
         sftp = SftpAccount(
@@ -66,6 +70,9 @@ def _from_row(r: tuple) -> District:
         sftp=sftp,
         enterprise_order_id=ent_order,
         holding_bin_school_id=bin_school,
+        # stored resolved at `eams setup load`; NULL (never loaded since 007): the defaults
+        guard=guard if guard is not None else parse_thresholds(None),
+        mode=mode or "incremental",
     )
 
 

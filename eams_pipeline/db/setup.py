@@ -7,6 +7,8 @@ once a student exists, the district's uploads own its data.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import psycopg
 
@@ -31,9 +33,9 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
         """
         INSERT INTO districts (code, name, timezone, contacts, process_at, sftp_host, sftp_port,
                                sftp_username, sftp_password_env, sftp_private_key_file,
-                               sftp_host_key, sftp_root)
+                               sftp_host_key, sftp_root, guard, mode)
         VALUES (%(code)s, %(name)s, %(tz)s, %(contacts)s, %(at)s, %(host)s, %(port)s, %(user)s,
-                %(pw)s, %(key)s, %(hk)s, %(root)s)
+                %(pw)s, %(key)s, %(hk)s, %(root)s, %(guard)s, %(mode)s)
         ON CONFLICT (code) DO UPDATE SET
             name = EXCLUDED.name, timezone = EXCLUDED.timezone, contacts = EXCLUDED.contacts,
             process_at = EXCLUDED.process_at, sftp_host = EXCLUDED.sftp_host,
@@ -41,16 +43,17 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             sftp_password_env = EXCLUDED.sftp_password_env,
             sftp_private_key_file = EXCLUDED.sftp_private_key_file,
             sftp_host_key = EXCLUDED.sftp_host_key, sftp_root = EXCLUDED.sftp_root,
+            guard = EXCLUDED.guard, mode = EXCLUDED.mode,
             updated_at = now()
         WHERE (districts.name, districts.timezone, districts.contacts, districts.process_at,
                districts.sftp_host, districts.sftp_port, districts.sftp_username,
                districts.sftp_password_env, districts.sftp_private_key_file,
-               districts.sftp_host_key, districts.sftp_root)
+               districts.sftp_host_key, districts.sftp_root, districts.guard, districts.mode)
           IS DISTINCT FROM
               (EXCLUDED.name, EXCLUDED.timezone, EXCLUDED.contacts, EXCLUDED.process_at,
                EXCLUDED.sftp_host, EXCLUDED.sftp_port, EXCLUDED.sftp_username,
                EXCLUDED.sftp_password_env, EXCLUDED.sftp_private_key_file,
-               EXCLUDED.sftp_host_key, EXCLUDED.sftp_root)
+               EXCLUDED.sftp_host_key, EXCLUDED.sftp_root, EXCLUDED.guard, EXCLUDED.mode)
         RETURNING district_id
         """,
         {
@@ -66,6 +69,8 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             "key": s.private_key_file if s else None,
             "hk": s.host_key if s else None,
             "root": s.root if s else "/",
+            "guard": json.dumps(d.guard) if d.guard is not None else None,
+            "mode": d.mode,
         },
     ).fetchone()
     changed = {"districts": 1 if row else 0}
