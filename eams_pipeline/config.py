@@ -17,6 +17,7 @@ from eams_pipeline.core.passwords import Argon2Settings
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+DEFAULT_REVERT_RETENTION_DAYS = 30
 DEFAULT_SETTLE_SECONDS = 60
 SMTP_SECURITY_MODES = ("none", "starttls", "ssl")
 SMTP_DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
@@ -170,3 +171,8 @@ def operator_emails() -> list[str]:
     """EAMS_OPERATOR_EMAILS: comma-separated addresses alerted when a run crashes."""
     raw = env_str("EAMS_OPERATOR_EMAILS", "") or ""
     return [a.strip() for a in raw.split(",") if a.strip()]
+
+
+def revert_retention_days() -> int:
+    """EAMS_REVERT_RETENTION_DAYS: how long after it was applied an upload can be reverted."""
+    return max(0, env_int("EAMS_REVERT_RETENTION_DAYS", DEFAULT_REVERT_RETENTION_DAYS))

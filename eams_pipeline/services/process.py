@@ -240,4 +240,3 @@ def _rejected(upload: Upload, upload_id: int | None, exc: FileRejected) -> Uploa
         errors=errors,
         file_error=exc,
     )
-
