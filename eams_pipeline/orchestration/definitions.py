@@ -8,8 +8,8 @@ import dagster as dg
 
 from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
-from eams_pipeline.orchestration.assets import UPLOAD_ASSETS
-from eams_pipeline.orchestration.jobs import upload_job
+from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
+from eams_pipeline.orchestration.jobs import revert_job, upload_job
 from eams_pipeline.orchestration.resources import default_resources
 from eams_pipeline.orchestration.sensors import (
     build_district_sensors,
@@ -32,7 +32,8 @@ def build_definitions(
     codes = district_codes_from_database() if district_codes is None else list(district_codes)
     return dg.Definitions(
         assets=UPLOAD_ASSETS,
-        jobs=[upload_job],
+        asset_checks=UPLOAD_CHECKS,
+        jobs=[upload_job, revert_job],
         sensors=[
             *build_district_sensors(codes, upload_job, **sensor_kwargs),
             build_operator_alert_sensor([upload_job]),
