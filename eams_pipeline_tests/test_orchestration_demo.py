@@ -1,4 +1,5 @@
-"""The demo's sample data: one clean upload, one with errors, as the README promises."""
+"""The demo's sample data: one clean upload, one with errors, one held by the change guard,
+as the README promises."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import yaml
 
 from eams_pipeline.core.master_data import parse_master_data
 from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.devtools.demo import master_data, sample_clean, sample_with_errors
+from eams_pipeline.devtools.demo import master_data, sample_clean, sample_held, sample_with_errors
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline_tests.builders import run
 
@@ -17,7 +18,7 @@ def test_demo_samples_give_one_clean_and_one_partial_upload(
 ) -> None:
     doc = master_data(sftp_server)
     districts = parse_master_data(yaml.safe_dump(doc))
-    assert [d.sftp.port for d in districts] == [sftp_server.port] * 2
+    assert [d.sftp.port for d in districts] == [sftp_server.port] * 3
     load_master_data(conn, districts)
 
     clean = run(conn, sample_clean(), "D001")
@@ -35,3 +36,8 @@ def test_demo_samples_give_one_clean_and_one_partial_upload(
         "NO_LICENSE_AVAILABLE",
         "STUDENT_NOT_FOUND",
     }
+
+    held = run(conn, sample_held(), "D003")
+    assert held.status == "held" and held.counts["deactivated"] == 16
+    assert held.guard_trip["rule"] == "max_deactivated_pct"
+    assert "deactivates 16 of 20 active students (80.0%), limit 10%" in held.guard_trip["message"]
