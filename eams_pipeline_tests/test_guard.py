@@ -329,3 +329,47 @@ def test_full_roster_is_under_the_guard(conn) -> None:
     assert result.deactivated_missing == 10
     assert "deactivates 10 of 20 active students (50.0%)" in result.guard_trip["message"]
     assert _state(conn) == before
+
+
+# --- emails ---------------------------------------------------------------------------
+
+
+def test_held_emails_carry_figures_and_commands_never_student_data() -> None:
+    from eams_pipeline.core.notifications import build_held_operator_email, build_upload_email
+
+    summary = {
+        "upload_id": 7, "district": "D1", "status": "held", "rows": 3, "added": 0,
+        "activated": 0, "deactivated": 2, "updated": 0, "unchanged": 0, "errors": 1,
+        "error_codes": {"INVALID_GRADE": 1}, "error_file": "/errors/e.csv",
+        "deactivated_missing": 0, "guard": None,
+    }  # fmt: skip
+    trip = {
+        "rule": "max_deactivated_pct",
+        "message": "deactivates 2 of 3 active students (66.7%), limit 10%",
+        "trips": [
+            {"rule": "max_deactivated_pct",
+             "message": "deactivates 2 of 3 active students (66.7%), limit 10%"}
+        ],
+    }  # fmt: skip
+    ops = build_held_operator_email(
+        operators=["ops@example.com"], sender="eams@example.com", district_code="D1",
+        district_name="District D1", upload_key="D1-k1", upload_id=7, summary=summary,
+        guard_trip=trip,
+    )  # fmt: skip
+    body = ops.get_content()
+    assert "HELD" in ops["Subject"]
+    assert "deactivates 2 of 3 active students (66.7%), limit 10%" in body
+    assert "eams uploads approve D1-k1" in body and "eams uploads discard D1-k1" in body
+    district = build_upload_email(
+        district_code="D1", district_name="District D1", contacts=["a@d1.example.org"],
+        sender="eams@example.com", summary=summary, error_file_path="/errors/e.csv",
+    )  # fmt: skip
+    assert "HELD for review" in district["Subject"]
+    text = district.get_content()
+    assert "NOTHING was applied" in text and "/errors/e.csv" in text
+    discarded = build_upload_email(
+        district_code="D1", district_name="District D1", contacts=["a@d1.example.org"],
+        sender="eams@example.com", summary=summary | {"status": "discarded"},
+        error_file_path=None,
+    )  # fmt: skip
+    assert "DISCARDED" in discarded["Subject"]

@@ -32,7 +32,10 @@ def _process(url: str, tmp_path: Path, rows: list[dict[str, str]], name: str):
 
 
 def _keys(url: str, tmp_path: Path) -> list[dict]:
-    listed = eams("uploads", "list", "--district", "D1", "--json", cwd=tmp_path, url=url)
+    listed = eams(
+        "uploads", "list", "--district", "D1", "--since", "2000-01-01", "--json",
+        cwd=tmp_path, url=url,
+    )  # fmt: skip
     assert listed.returncode == 0, listed.stderr
     return json.loads(listed.stdout)
 
