@@ -112,3 +112,9 @@ def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
     assert builders.students(conn, "D001") == before
     builders.assert_license_invariant(conn)
     assert get_upload(conn, key).status == "reverted"
+    # re-running the reverted upload applies nothing and emails nobody
+    rerun = pipeline.run_upload(instance, key)
+    assert rerun.success
+    assert materialization(rerun, "upload_outcome")["status"] == "reverted"
+    assert materialization(rerun, "district_email")["sent"] is False
+    assert builders.students(conn, "D001") == before

@@ -434,6 +434,9 @@ def district_email(
     if upload.status == UploadStatus.SUPERSEDED:
         context.log.info(f"upload {ref.key} was superseded: the district is not emailed")
         return dg.MaterializeResult(metadata={"sent": False, "why": "superseded: not applied"})
+    if upload.status == UploadStatus.REVERTED:
+        context.log.info(f"upload {ref.key} was reverted by an operator: not emailed again")
+        return dg.MaterializeResult(metadata={"sent": False, "why": "reverted"})
     if not config.resend and _already_sent(context, str(upload.status)):
         context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
         return dg.MaterializeResult(metadata={"sent": False, "why": "already sent"})
