@@ -256,6 +256,11 @@ def upload_outcome(
             f"{ref.key} (or re-execute with upload_outcome: {{config: {{approve_hold: true}}}}); "
             f"discard: eams uploads discard {ref.key}"
         )
+    if result.superseded_held:
+        context.log.info(
+            f"held upload(s) {', '.join(result.superseded_held)} of {ref.district} are now "
+            "superseded by this one (approving them needs allow_older)"
+        )
     if result.already_applied:
         context.log.info(f"upload {ref.key} was already applied; nothing applied again")
     if result.status == UploadStatus.SUPERSEDED:
