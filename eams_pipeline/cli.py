@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import getpass
 import json
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import click
 from defusedcsv import csv as safe_csv
@@ -23,7 +26,7 @@ from eams_pipeline.db.setup import load_master_data
 from eams_pipeline.io.files import NotARegularFile, read_upload_file
 from eams_pipeline.services.process import Engine, Upload, file_too_large, process_upload
 
-EXIT_OK, EXIT_FAILURE, EXIT_REJECTED = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_HELD = 0, 1, 2, 3
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,7 +87,8 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
     """Process FILE as an upload of a district; print a JSON summary.
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
-    rejected (file-level error), 1 on an operational failure.
+    rejected (file-level error), 3 when the change guard held it (nothing applied: see
+    `eams uploads approve|discard`), 1 on an operational failure.
     """
 
     def error_path(upload_id: int | None) -> str:
@@ -121,6 +125,236 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
             )
             error_file = None
     click.echo(json.dumps(result.summary(error_file)))
+    sys.exit(
+        EXIT_REJECTED
+        if result.status == UploadStatus.REJECTED
+        else EXIT_HELD
+        if result.status == UploadStatus.HELD
+        else EXIT_OK
+    )
+
+
+@cli.group()
+def uploads() -> None:
+    """A district's uploads: list, show, approve or discard a held one, revert one."""
+
+
+def _operator(by: str | None) -> str:
+    return by or os.environ.get("USER") or getpass.getuser()
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat()
+    return str(value)
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%MZ") if value else ""
+
+
+@uploads.command("list")
+@click.option("--district", "district_code", required=True)
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    default=None,
+    help="Only uploads received on or after this date (UTC).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -> None:
+    """The district's uploads, newest first: key, received, status, counts, error codes,
+    the guard rule that held it, its revert."""
+    from eams_pipeline.db.history import list_uploads
+
+    with connect() as conn:
+        _require_district(conn, district_code)
+        rows = list_uploads(conn, district_code, since.replace(tzinfo=dt.UTC) if since else None)
+    if as_json:
+        click.echo(json.dumps(rows, default=_json_default, indent=1))
+        return
+    header = (
+        "UPLOAD KEY",
+        "RECEIVED",
+        "STATUS",
+        "ROWS",
+        "ADD",
+        "ACT",
+        "DEACT",
+        "UPD",
+        "UNCH",
+        "ERR",
+        "ERROR CODES",
+        "GUARD / REVERT",
+    )
+    table = [header]
+    for r in rows:
+        notes = []
+        if r["guard_trip"]:
+            notes.append("held: " + str(r["guard_trip"].get("rule")))
+        if r["decision"]:
+            notes.append(f"{r['decision']} by {r['decided_by']}")
+        if r["reverted_at"]:
+            notes.append(f"reverted {_when(r['reverted_at'])} by {r['reverted_by']}")
+        if r["deactivated_missing"]:
+            notes.append(f"{r['deactivated_missing']} absent deactivated")
+        codes = ", ".join(f"{k}:{v}" for k, v in sorted((r["error_codes"] or {}).items()))
+        table.append(
+            (
+                r["upload_key"],
+                _when(r["received_at"]),
+                r["status"],
+                *(
+                    "" if r[k] is None else str(r[k])
+                    for k in (
+                        "rows",
+                        "added",
+                        "activated",
+                        "deactivated",
+                        "updated",
+                        "unchanged",
+                        "errors",
+                    )
+                ),
+                codes,
+                "; ".join(notes),
+            )
+        )
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+@uploads.command("show")
+@click.argument("upload_key")
+@click.option("--json", "as_json", is_flag=True)
+def uploads_show(upload_key: str, as_json: bool) -> None:
+    """One upload: its summary, the guard's figures, the first error lines."""
+    from eams_pipeline.db.history import show_upload
+
+    with connect() as conn:
+        row = show_upload(conn, upload_key)
+    if row is None:
+        raise click.ClickException(f"no upload {upload_key}")
+    if as_json:
+        click.echo(json.dumps(row, default=_json_default, indent=1))
+        return
+    out = [
+        f"Upload {row['upload_key']} (id {row['upload_id']}) of district {row['district']}",
+        f"  received {_when(row['received_at'])}, applied {_when(row['applied_at']) or '-'}",
+        f"  status   {row['status']}",
+        "  counts   "
+        + ", ".join(
+            f"{k} {row[k]}"
+            for k in ("rows", "added", "activated", "deactivated", "updated", "unchanged", "errors")
+        ),
+    ]
+    if row["deactivated_missing"]:
+        out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
+    if row["guard_trip"]:
+        out.append("  HELD by the change guard:")
+        out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
+    if row["guard_figures"]:
+        f = row["guard_figures"]
+        out.append("  guard figures: " + ", ".join(f"{k} {v}" for k, v in f.items()))
+    if row["decision"]:
+        out.append(f"  {row['decision']} by {row['decided_by']} at {_when(row['decided_at'])}")
+    if row["reverted_at"]:
+        out.append(
+            f"  reverted by {row['reverted_by']} at {_when(row['reverted_at'])}: "
+            f"{row['revert_counts']}"
+        )
+    if row["error_codes"]:
+        out.append(
+            "  error codes: " + ", ".join(f"{k} {v}" for k, v in sorted(row["error_codes"].items()))
+        )
+    if row["first_errors"]:
+        out.append(f"  first errors ({row['error_lines']} in all):")
+        out += [
+            f"    line {e['line']}: {e['code']} {e['column']} {e['message']}"
+            for e in row["first_errors"]
+        ]
+    click.echo("\n".join(out))
+
+
+def _email_district(conn: Any, result: Any, error_file: str | None) -> None:
+    """The district's outcome email after an approval or a discard (best effort: the
+    decision stands when the mail relay fails)."""
+    from eams_pipeline.core.notifications import build_upload_email
+    from eams_pipeline.db.districts import get_district
+    from eams_pipeline.io.smtp import send_email
+
+    district = get_district(conn, result.district)
+    if district is None or not district.contacts:
+        return
+    settings = config.smtp_settings()
+    try:
+        send_email(
+            settings,
+            build_upload_email(
+                district_code=district.code,
+                district_name=district.name,
+                contacts=list(district.contacts),
+                sender=settings.sender,
+                summary=result.summary(error_file),
+                error_file_path=error_file if result.has_errors else None,
+            ),
+        )
+    except (OSError, ValueError) as exc:
+        click.echo(f"eams: warning: the district was not emailed: {exc}", err=True)
+
+
+@uploads.command("approve")
+@click.argument("upload_key")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The upload's file (an upload of `eams process`, which has no archive copy).",
+)
+@click.option("--by", "by", help="Who approves (default: $USER).")
+@click.option(
+    "--allow-older",
+    is_flag=True,
+    help="Approve although a newer upload of the district superseded it.",
+)
+@click.option("--no-email", is_flag=True, help="Do not email the district the outcome.")
+def uploads_approve(
+    upload_key: str, file: Path | None, by: str | None, allow_older: bool, no_email: bool
+) -> None:
+    """Apply a held upload as it would have been applied, re-planned against the current
+    database. Prints the JSON summary (exit codes as `eams process`)."""
+    from eams_pipeline.db import uploads as db_uploads
+    from eams_pipeline.services.review import approve
+
+    with connect() as conn:
+        record = db_uploads.get_upload(conn, upload_key)
+        if record is None:
+            raise click.ClickException(f"no upload {upload_key}")
+        if file is not None:
+            data = file.read_bytes()
+        elif record.archive_path:
+            from eams_pipeline.io.archive import Archive
+
+            archive = Archive(config.archive_dir(), config.archive_keys())
+            data = archive.load(record.archive_path, record.content_sha256)
+        else:
+            raise click.ClickException(
+                f"upload {upload_key} has no archive copy: give its file with --file"
+            )
+        result = approve(
+            conn,
+            upload_key,
+            data,
+            _engine(),
+            decided_by=_operator(by),
+            allow_older=allow_older,
+            error_file_name=lambda _id: record.error_file or f"students_errors_{_id}.csv",
+        )
+        error_file = db_uploads.get_upload(conn, upload_key).error_file
+        if not no_email:
+            _email_district(conn, result, error_file)
+    click.echo(json.dumps(result.summary(error_file)))
     sys.exit(EXIT_REJECTED if result.status == UploadStatus.REJECTED else EXIT_OK)
 
 
@@ -146,6 +380,79 @@ def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
             raise click.ClickException(f"--errors-out: {errors_out} is not writable")
     elif errors_out.resolve() == upload.resolve():
         raise click.ClickException(f"--errors-out: {errors_out} is the input file")
+
+
+@uploads.command("discard")
+@click.argument("upload_key")
+@click.option("--by", "by", help="Who discards (default: $USER).")
+@click.option("--no-email", is_flag=True, help="Do not email the district.")
+def uploads_discard(upload_key: str, by: str | None, no_email: bool) -> None:
+    """Discard a held upload: nothing of it is applied; the district is emailed."""
+    from eams_pipeline.services.review import discard
+
+    with connect() as conn:
+        result = discard(conn, upload_key, decided_by=_operator(by))
+        if not no_email:
+            _email_district(conn, result, None)
+    click.echo(json.dumps(result.summary(None)))
+
+
+@uploads.command("revert")
+@click.argument("upload_key")
+@click.option(
+    "--cascade",
+    is_flag=True,
+    help="Revert the later uploads that changed the same students first, newest first.",
+)
+@click.option("--by", "by", help="Who reverts (default: $USER).")
+def uploads_revert(upload_key: str, cascade: bool, by: str | None) -> None:
+    """Put every student the upload changed back as it was before it (one transaction)."""
+    from eams_pipeline.services.revert import revert_upload
+
+    with connect() as conn:
+        done = revert_upload(
+            conn,
+            upload_key,
+            reverted_by=_operator(by),
+            cascade=cascade,
+            retention_days=config.revert_retention_days(),
+        )
+    click.echo(json.dumps({"reverted": [{"upload_key": r.upload_key, **r.counts} for r in done]}))
+
+
+@cli.command("history")
+@click.option("--district", "district_code", required=True)
+@click.option("--student", "student_id", required=True, help="The Student ID.")
+@click.option("--json", "as_json", is_flag=True)
+def history_cmd(district_code: str, student_id: str, as_json: bool) -> None:
+    """Every upload that changed a student, with what changed (before -> after).
+    Passwords never appear (only that one was changed)."""
+    from eams_pipeline.db.history import student_history
+
+    with connect() as conn:
+        _require_district(conn, district_code)
+        entries = student_history(conn, district_code, student_id)
+    if as_json:
+        click.echo(json.dumps(entries, default=_json_default, indent=1))
+        return
+    if not entries:
+        click.echo(f"no upload changed student {student_id} of {district_code}")
+        return
+    for e in entries:
+        where = f"line {e['line_number']}" if e["line_number"] else "absent from the file"
+        note = (
+            f"  [reverted {_when(e['reverted_at'])} by {e['reverted_by']}]"
+            if e["reverted_at"]
+            else ""
+        )
+        click.echo(f"{_when(e['applied_at'])}  {e['upload_key']}  {e['change']} ({where}){note}")
+        for c in e["changes"]:
+            if c["field"] == "password":
+                click.echo("    Password: changed")
+            else:
+                before = "(none)" if c["before"] is None else c["before"]
+                after = "(none)" if c["after"] is None else c["after"]
+                click.echo(f"    {c['label']}: {before} -> {after}")
 
 
 @cli.group()

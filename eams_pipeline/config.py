@@ -19,6 +19,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # the largest district's 1M rows: ~100 MB
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+DEFAULT_REVERT_RETENTION_DAYS = 30
 DEFAULT_SETTLE_SECONDS = 60
 SMTP_SECURITY_MODES = ("none", "starttls", "ssl")
 SMTP_DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
@@ -221,3 +222,8 @@ def retention_settings() -> RetentionSettings:
 def retention_cron() -> str:
     """EAMS_RETENTION_CRON: when the retention job runs (default 04:30 UTC daily)."""
     return env_str("EAMS_RETENTION_CRON", DEFAULT_RETENTION_CRON) or DEFAULT_RETENTION_CRON
+
+
+def revert_retention_days() -> int:
+    """EAMS_REVERT_RETENTION_DAYS: how long after it was applied an upload can be reverted."""
+    return max(0, env_int("EAMS_REVERT_RETENTION_DAYS", DEFAULT_REVERT_RETENTION_DAYS))

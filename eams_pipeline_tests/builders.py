@@ -27,8 +27,14 @@ def district_doc(
     regular_licenses: int = 50,
     existing: list[dict[str, Any]] | None = None,
     closed_school: bool = True,
+    guard: Any = "off",
+    mode: str | None = None,
 ) -> dict[str, Any]:
-    """A district with schools 101, 102, a closed 900 and the bin; one regular order."""
+    """A district with schools 101, 102, a closed 900 and the bin; one regular order.
+
+    The change guard is off unless `guard` says otherwise (None: the README's defaults):
+    the engine's tests change most of their few students on purpose; test_guard.py tests it.
+    """
     schools = [
         {"code": f"{code}-HB", "name": "Enterprise Holding Bin School"},
         {"code": "101", "name": "Lincoln Elementary"},
@@ -48,6 +54,8 @@ def district_doc(
             {"number": f"REG-{code}", "school": "101", "licenses": regular_licenses}
         ],
         "existing_students": existing or [],
+        **({"guard": guard} if guard is not None else {}),
+        **({"mode": mode} if mode is not None else {}),
     }
 
 

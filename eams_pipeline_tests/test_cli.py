@@ -28,6 +28,8 @@ SUMMARY_KEYS = [
     "errors",
     "error_codes",
     "error_file",
+    "deactivated_missing",
+    "guard",
 ]
 
 

@@ -1,4 +1,5 @@
-"""The demo's sample data: one clean upload, one with errors, as the README promises."""
+"""The demo's sample data: one clean upload, one with errors, one held by the change guard,
+as the README promises."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from eams_pipeline.db.setup import load_master_data
 from eams_pipeline.devtools.demo import (
     master_data,
     sample_clean,
+    sample_held,
     sample_with_errors,
     write_env_file,
 )
@@ -26,7 +28,7 @@ def test_demo_samples_give_one_clean_and_one_partial_upload(
 ) -> None:
     doc = master_data(sftp_server)
     districts = parse_master_data(yaml.safe_dump(doc))
-    assert [d.sftp.port for d in districts] == [sftp_server.port] * 2
+    assert [d.sftp.port for d in districts] == [sftp_server.port] * 3
     load_master_data(conn, districts)
 
     clean = run(conn, sample_clean(), "D001")
@@ -45,6 +47,10 @@ def test_demo_samples_give_one_clean_and_one_partial_upload(
         "STUDENT_NOT_FOUND",
     }
 
+    held = run(conn, sample_held(), "D003")
+    assert held.status == "held" and held.counts["deactivated"] == 16
+    assert held.guard_trip["rule"] == "max_deactivated_pct"
+    assert "deactivates 16 of 20 active students (80.0%), limit 10%" in held.guard_trip["message"]
 
 def test_sourcing_the_env_file_puts_the_projects_eams_on_path(tmp_path: Path) -> None:
     env_file = tmp_path / "env.sh"

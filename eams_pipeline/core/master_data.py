@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from eams_pipeline.core.guard import GuardConfigError, parse_thresholds
+
 
 class MasterDataError(ValueError):
     pass
@@ -134,6 +136,12 @@ class DistrictSpec:
     encoding: str = DEFAULT_ENCODING  # utf-8, windows-1252 or latin-1
     grades: tuple[str, ...] | None = None  # participating grades; None: all
     failure_contacts: tuple[str, ...] = ()  # for rejected or held files, beside contacts
+    # the change guard's limits (core.guard: absent = the defaults, None per rule = off)
+    guard: dict[str, float | None] | None = None
+    mode: str = "incremental"  # or "full_roster": students absent from the file deactivated
+
+
+MODES = ("incremental", "full_roster")
 
 
 def parse_master_data(text: str) -> list[DistrictSpec]:
@@ -207,6 +215,13 @@ def _parse_district(i: int, d: Any) -> DistrictSpec:
         _student(where, s, school_codes, order_numbers) for s in d.get("existing_students") or []
     )
     sftp = d.get("sftp")
+    try:
+        guard = parse_thresholds(d.get("guard", None), f"{where}: guard")
+    except GuardConfigError as exc:
+        raise MasterDataError(str(exc)) from exc
+    mode = str(d.get("mode") or "incremental")
+    if mode not in MODES:
+        raise MasterDataError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
     return DistrictSpec(
         code=code,
         name=str(_req(where, d, "name")),
@@ -223,6 +238,8 @@ def _parse_district(i: int, d: Any) -> DistrictSpec:
         encoding=_encoding(where, d.get("encoding")),
         grades=_grades(where, d.get("grades")),
         failure_contacts=tuple(str(c) for c in d.get("failure_contacts") or []),
+        guard=guard,
+        mode=mode,
     )
 
 

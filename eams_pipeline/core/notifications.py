@@ -67,12 +67,21 @@ def build_upload_email(
         )
     elif status == UploadStatus.PROCESSED:
         subject = f"eAMS student update SUCCESSFUL: {district}, upload {upload_id}"
+    elif status == UploadStatus.HELD:
+        subject = f"eAMS student update HELD for review: {district}, upload {upload_id}"
+    elif status == UploadStatus.DISCARDED:
+        subject = f"eAMS student update DISCARDED after review: {district}, upload {upload_id}"
     else:
         raise ValueError(f"unknown upload status {status!r}")
 
     lines = ["Hello,", ""]
     lines += _result_paragraph(status, district, upload_id)
-    if status == UploadStatus.REJECTED:
+    if status in (UploadStatus.HELD, UploadStatus.DISCARDED):
+        lines += ["", "Counts the file would have applied:", *_count_table(summary)[1:]]
+        missing = _count(summary, "deactivated_missing")
+        if missing:
+            lines += [f"  {'Students absent from the file':<32}{missing:>8}"]
+    elif status == UploadStatus.REJECTED:
         error = _file_error_text(summary, file_error)
         lines += [
             "",
@@ -81,6 +90,9 @@ def build_upload_email(
         ]
     else:
         lines += ["", *_count_table(summary)]
+        missing = _count(summary, "deactivated_missing")
+        if missing:
+            lines += [f"  {'Deactivated: absent from file':<32}{missing:>8}"]
     lines += _error_codes(summary)
     lines += _error_file_paragraph(status, error_file_path)
     if status == UploadStatus.PROCESSED:
@@ -226,6 +238,62 @@ def _printable(name: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def build_held_operator_email(
+    *,
+    operators: list[str],
+    sender: str,
+    district_code: str,
+    district_name: str,
+    upload_key: str,
+    upload_id: object,
+    summary: Mapping[str, object],
+    guard_trip: Mapping[str, object],
+) -> EmailMessage:
+    """To the operators: an upload was held by the change guard, with the rule(s), the
+    figures and how to approve or discard it. Counts and percentages only, no student data."""
+    if not operators:
+        raise ValueError("no operator address to notify")
+    trips = guard_trip.get("trips") or []
+    if not isinstance(trips, list):
+        raise ValueError("guard_trip['trips'] must be a list")
+    rules = []
+    for t in trips:
+        if not isinstance(t, Mapping):
+            raise ValueError("a guard trip must be a mapping")
+        rule = str(t.get("rule"))
+        if not _ERROR_CODE.fullmatch(rule.upper()):
+            raise ValueError(f"{rule!r} is not a guard rule")
+        rules.append(f"  {rule}: {' '.join(str(t.get('message', '')).split())}")
+    subject = (
+        f"eAMS upload HELD by the change guard: {district_name} ({district_code}), "
+        f"upload {upload_id}"
+    )
+    missing = _count(summary, "deactivated_missing")
+    body = [
+        f"The change guard held upload {upload_key} of {district_name} ({district_code}).",
+        "Nothing was applied. The district was told that its file is held for review.",
+        "",
+        "Rule(s) tripped:",
+        *rules,
+        "",
+        *_count_table(summary),
+        *([f"  {'Deactivated: absent from file':<32}{missing:>8}"] if missing else []),
+        *_error_codes(summary),
+        "",
+        "To apply it as it would have been applied (re-planned against the current data):",
+        f"  eams uploads approve {upload_key} --by YOUR_NAME",
+        "  or in Dagster: re-execute the upload's run with",
+        "  ops: {upload_outcome: {config: {approve_hold: true}}}",
+        "To discard it (nothing applied; the district is emailed):",
+        f"  eams uploads discard {upload_key} --by YOUR_NAME",
+        f"Details: eams uploads show {upload_key}",
+        "",
+        "A newer upload of the district supersedes this one (then approving it needs",
+        "--allow-older).",
+    ]
+    return _message(sender, operators, subject, "\n".join(body) + "\n")
+
+
 def _result_paragraph(status: str, district: str, upload_id: object) -> list[str]:
     intro = f"The students.csv file uploaded by {district} (upload {upload_id}) was"
     if status == UploadStatus.REJECTED:
@@ -237,6 +305,20 @@ def _result_paragraph(status: str, district: str, upload_id: object) -> list[str
         text = (
             f"{intro} PARTIALLY processed: all valid rows were applied; the rows with "
             "errors were not. Please correct those rows and include them in the next upload."
+        )
+    elif status == UploadStatus.HELD:
+        text = (
+            f"{intro} HELD FOR REVIEW: it would change an unusual share of your students "
+            "(for example deactivate many of them), so NOTHING was applied. Our operators "
+            "will review it and apply or discard it; you will get another message. If the "
+            "file is wrong (for example one school only, or every student marked D), "
+            "upload a corrected file: it replaces this one."
+        )
+    elif status == UploadStatus.DISCARDED:
+        text = (
+            f"{intro} DISCARDED after review: it was held because it would change an "
+            "unusual share of your students, and nothing of it was applied. Please check "
+            "the export from your SIS and upload a corrected file."
         )
     else:
         text = f"{intro} processed SUCCESSFULLY: every row was applied."
@@ -289,6 +371,8 @@ def _file_error_text(summary: Mapping[str, object], file_error: str | None) -> s
 def _error_file_paragraph(status: str, error_file_path: str | None) -> list[str]:
     if status == UploadStatus.PROCESSED:
         return []  # no row errors: nothing to look at
+    if status in (UploadStatus.HELD, UploadStatus.DISCARDED) and not error_file_path:
+        return []  # a held file without row errors has no error file
     if error_file_path:
         return [
             "",

@@ -27,6 +27,13 @@ class UploadStatus(StrEnum):
 FINAL_STATUSES = frozenset(
     {UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED, UploadStatus.REJECTED}
 )
+# the statuses a plain re-run leaves alone: it returns what was recorded. A held upload is
+# applied only by an explicit approval (services.review), never by running it again.
+SETTLED_STATUSES = FINAL_STATUSES | {
+    UploadStatus.HELD,
+    UploadStatus.DISCARDED,
+    UploadStatus.REVERTED,
+}
 # the statuses of an upload whose rows were applied to the students
 APPLIED_STATUSES = frozenset({UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED})
 
@@ -52,6 +59,13 @@ class UploadResult:
     already_applied: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     hashed_passwords: int = 0
+    # full-roster mode: active students absent from the file, deactivated (not in `rows`)
+    deactivated_missing: int = 0
+    # the change guard: the rule(s) that tripped with their figures (core.guard.trip_record)
+    guard_trip: dict[str, object] | None = None
+    guard_figures: dict[str, object] | None = None
+    # held uploads of the district that this one superseded (their keys)
+    superseded_held: list[str] = field(default_factory=list)
 
     @property
     def has_errors(self) -> bool:
@@ -67,6 +81,8 @@ class UploadResult:
             **{k: int(self.counts[k]) for k in COUNT_KEYS},
             "error_codes": self.error_codes,
             "error_file": error_file if self.has_errors else None,
+            "deactivated_missing": int(self.deactivated_missing),
+            "guard": self.guard_trip,
         }
 
 

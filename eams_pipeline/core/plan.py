@@ -11,7 +11,7 @@ bin is empty (NO_LICENSE_AVAILABLE for the rest).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,9 @@ class Plan:
     """rows: one row per well-formed data row, indexed by `row`, with its decision.
     changes: the rows that write a student (added, activated, deactivated, updated).
     license_deltas: order_id, delta - what each order's `used` counter moves by.
+    missing: full-roster mode: student_pk, order_id - the active students absent from the
+             file, deactivated as if a D row had been sent for each (not rows of the file:
+             counted apart as `deactivated_missing`; their licenses are in license_deltas).
     """
 
     rows: pd.DataFrame
@@ -67,6 +70,15 @@ class Plan:
     license_deltas: pd.DataFrame
     counts: dict[str, int]
     error_codes: dict[str, int]
+    missing: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(
+            {"student_pk": pd.Series(dtype="Int64"), "order_id": pd.Series(dtype="Int64")}
+        )
+    )
+
+    @property
+    def deactivated_missing(self) -> int:
+        return len(self.missing)
 
 
 def make_plan(
@@ -75,9 +87,12 @@ def make_plan(
     total_rows: int,
     snapshot: DistrictSnapshot,
     fingerprint_key: str,
+    *,
+    full_roster: bool = False,
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
-    `row_errors` the errors found so far (malformed rows and column rules)."""
+    `row_errors` the errors found so far (malformed rows and column rules). With
+    `full_roster` the district's active students absent from the file are deactivated too."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
     # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
@@ -187,7 +202,40 @@ def make_plan(
     df = _changes(df, applied, snapshot.enterprise_order_id, fingerprint_key)
     all_errors = concat_errors(errors)
     df.loc[df.index.isin(all_errors["row"].unique()), "outcome"] = "errors"
-    return _finish(df, all_errors, total_rows)
+    plan = _finish(df, all_errors, total_rows)
+    if full_roster:
+        plan = with_missing(plan, snapshot, row_errors)
+    return plan
+
+
+def with_missing(plan: Plan, snapshot: DistrictSnapshot, row_errors: pd.DataFrame) -> Plan:
+    """Full roster: every active student of the district whose Student ID is on no row of
+    the file (a row with errors, even a malformed one, still names its student) is
+    deactivated as by a D row (transitions 3 and 4): status deactivated, same order, one
+    license back to its order (the bin for Enterprise)."""
+    named = pd.concat(
+        [plan.rows["student_id"].dropna(), row_errors["student_id"].replace("", pd.NA).dropna()]
+    )
+    students = snapshot.students
+    absent = students[
+        (students["status"] == ACTIVE) & ~students["student_id"].isin(named.to_numpy())
+    ]
+    missing = pd.DataFrame(
+        {
+            "student_pk": absent["student_pk"].astype("Int64").to_numpy(),
+            "order_id": absent["order_id"].astype("Int64").to_numpy(),
+        }
+    )
+    if missing.empty:
+        return replace(plan, missing=missing)
+    returned = (
+        missing.groupby("order_id", as_index=False).size().rename(columns={"size": "delta"})
+    )
+    returned["delta"] = -returned["delta"]
+    deltas = pd.concat([plan.license_deltas, returned.astype("int64")], ignore_index=True)
+    deltas = deltas.groupby("order_id", as_index=False)["delta"].sum()
+    deltas = deltas[deltas["delta"] != 0].astype("int64").reset_index(drop=True)
+    return replace(plan, missing=missing, license_deltas=deltas)
 
 
 def _passes_column_rules(df: pd.DataFrame, row_errors: pd.DataFrame, column: str) -> pd.Series:

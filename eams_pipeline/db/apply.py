@@ -1,8 +1,10 @@
 """Writing a plan to the database: set-based SQL inside the upload's transaction.
 
 Only the rows that change anything are sent: COPY into a temporary staging table, then
-one INSERT for new students, one UPDATE for changed ones, one UPDATE of the order
-counters, one INSERT of the history, one COPY of the errors. The caller owns the
+one INSERT for new students, one INSERT of the history (with the before-images read from
+the students about to change), one UPDATE for changed ones, in full-roster mode one
+INSERT of history and one UPDATE for the absent students, one UPDATE of the order
+counters, one COPY of the errors. The caller owns the
 transaction; any exception rolls all of it back.
 """
 
@@ -135,15 +137,59 @@ def move_licenses(conn: psycopg.Connection, district_id: int, deltas: pd.DataFra
     )
 
 
+_DATA = ("last_name", "first_name", "middle_name", "grade", "username", "email", "class_name")
+_HISTORY_COLUMNS = (
+    "upload_id, student_pk, line_number, change, status_before, status_after, order_before, "
+    "order_after, school_before, school_after, data_changed, "
+    + ", ".join(f"{c}_before, {c}_after" for c in _DATA)
+    + ", data_hash_before, password_hash_before, password_fingerprint_before, password_changed"
+)
+
+
 def record_history(conn: psycopg.Connection, district_id: int, upload_id: int) -> None:
+    """One history row per changed student, with the before-image of its data, password
+    hash and fingerprint (what a revert restores) and the after-image of its data. Runs
+    after the new students are inserted (the key to students) and before the changed ones
+    are updated (the before-image is read from them)."""
+    data = ", ".join(f"s.{c}, st.{c}" for c in _DATA)
     conn.execute(
-        """INSERT INTO student_history (upload_id, student_pk, line_number, change,
-               status_before, status_after, order_before, order_after, school_before,
-               school_after, data_changed)
-           SELECT %s, student_pk, line_number, change, status_before, status, order_before,
-               order_id, school_before, school_id, data_changed
-           FROM stage_students ORDER BY student_pk""",  # index and FK-lookup locality
-        (upload_id,),
+        f"""INSERT INTO student_history ({_HISTORY_COLUMNS})
+           SELECT %s, st.student_pk, st.line_number, st.change, st.status_before, st.status,
+               st.order_before, st.order_id, st.school_before, st.school_id, st.data_changed,
+               {data}, s.data_hash, s.password_hash, s.password_fingerprint,
+               st.password_fp IS NOT NULL
+           FROM stage_students st
+           LEFT JOIN students s ON s.student_pk = st.student_pk AND NOT st.new_student
+                                AND s.district_id = %s
+           ORDER BY st.student_pk""",  # index and FK-lookup locality
+        (upload_id, district_id),
+    )
+
+
+def deactivate_missing(
+    conn: psycopg.Connection, district_id: int, upload_id: int, missing: pd.DataFrame
+) -> None:
+    """Full roster: the active students absent from the file become deactivated (their
+    licenses move with the plan's license deltas). History line number 0: not in the file."""
+    if missing.empty:
+        return
+    pks = [int(v) for v in missing["student_pk"].to_numpy()]
+    data = ", ".join(f"s.{c}, s.{c}" for c in _DATA)
+    conn.execute(
+        f"""INSERT INTO student_history ({_HISTORY_COLUMNS})
+           SELECT %s, s.student_pk, 0, 'deactivated', s.status, 'deactivated', s.order_id,
+               s.order_id, s.school_id, s.school_id, false, {data}, s.data_hash,
+               s.password_hash, s.password_fingerprint, false
+           FROM students s JOIN unnest(%s::bigint[]) AS m(student_pk) USING (student_pk)
+           WHERE s.district_id = %s AND s.status = 'active'
+           ORDER BY s.student_pk""",
+        (upload_id, pks, district_id),
+    )
+    conn.execute(
+        """UPDATE students s SET status = 'deactivated', updated_at = now()
+           FROM unnest(%s::bigint[]) AS m(student_pk)
+           WHERE s.student_pk = m.student_pk AND s.district_id = %s AND s.status = 'active'""",
+        (pks, district_id),
     )
 
 
@@ -172,13 +218,18 @@ def record_outcome(
     counts: dict[str, int],
     error_codes: dict[str, int],
     error_file: str | None,
+    *,
+    deactivated_missing: int = 0,
+    guard_trip: dict | None = None,
+    guard_figures: dict | None = None,
 ) -> None:
     conn.execute(
         """UPDATE uploads SET status = %s,
                applied_at = CASE WHEN %s THEN now() END,
                rows = %s, added = %s,
                activated = %s, deactivated = %s, updated = %s, unchanged = %s, errors = %s,
-               error_codes = %s, error_file = %s
+               error_codes = %s, error_file = %s, deactivated_missing = %s,
+               guard_trip = coalesce(%s::jsonb, guard_trip), guard_figures = %s
            WHERE upload_id = %s""",
         (
             str(status),
@@ -192,6 +243,9 @@ def record_outcome(
             counts["errors"],
             json.dumps(error_codes),
             error_file,
+            deactivated_missing,
+            json.dumps(guard_trip) if guard_trip is not None else None,
+            json.dumps(guard_figures) if guard_figures is not None else None,
             upload_id,
         ),
     )
@@ -209,6 +263,7 @@ def apply_plan(
     conn.execute("SET LOCAL work_mem = '64MB'")
     stage_changes(conn, plan, password_hashes)
     insert_new_students(conn, district_id)
+    record_history(conn, district_id, upload_id)  # reads the before-images: before UPDATE
     update_changed_students(conn, district_id)
+    deactivate_missing(conn, district_id, upload_id, plan.missing)
     move_licenses(conn, district_id, plan.license_deltas)
-    record_history(conn, district_id, upload_id)

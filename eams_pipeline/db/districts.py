@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from eams_pipeline.core.guard import parse_thresholds
 from eams_pipeline.core.master_data import SftpAccount
 
 
@@ -29,6 +30,8 @@ class District:
     sftp: SftpAccount | None  # None: no SFTP account configured
     enterprise_order_id: int | None
     holding_bin_school_id: int | None
+    guard: dict[str, float | None] | None = None  # the change guard's limits (core.guard)
+    mode: str = "incremental"  # or "full_roster"
     encoding: str = "utf-8"  # how the district's files are read (master data `encoding`)
     grades: tuple[str, ...] | None = None  # participating grades; None: all
     expected_by: dt.time | None = None  # local time the nightly file is due; None: no alert
@@ -48,7 +51,7 @@ _SELECT = """SELECT district_id, code, name, timezone, contacts, process_at,
                     enterprise_order_id, holding_bin_school_id,
                     sftp_host, sftp_port, sftp_username, sftp_password_env,
                     sftp_private_key_file, sftp_host_key, sftp_root,
-                    encoding, grades, expected_by, failure_contacts
+                    encoding, grades, expected_by, failure_contacts, guard, mode
              FROM districts"""
 
 
@@ -56,6 +59,7 @@ def _from_row(r: tuple) -> District:
     district_id, code, name, timezone, contacts, process_at, ent_order, bin_school = r[:8]
     host, port, username, password_env, key_file, host_key, root = r[8:15]
     encoding, grades, expected_by, failure_contacts = r[15:19]
+    guard, mode = r[19:21]
     sftp = None
     if host and username:
         sftp = SftpAccount(
@@ -81,6 +85,9 @@ def _from_row(r: tuple) -> District:
         grades=tuple(grades) if grades is not None else None,
         expected_by=expected_by,
         failure_contacts=tuple(failure_contacts or ()),
+        # stored resolved at `eams setup load`; NULL (never loaded since 007): the defaults
+        guard=guard if guard is not None else parse_thresholds(None),
+        mode=mode or "incremental",
     )
 
 

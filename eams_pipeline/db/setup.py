@@ -7,6 +7,8 @@ once a student exists, the district's uploads own its data.
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import psycopg
 
@@ -32,10 +34,10 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
         INSERT INTO districts (code, name, timezone, contacts, process_at, sftp_host, sftp_port,
                                sftp_username, sftp_password_env, sftp_private_key_file,
                                sftp_host_key, sftp_root, encoding, grades, expected_by,
-                               failure_contacts)
+                               failure_contacts, guard, mode)
         VALUES (%(code)s, %(name)s, %(tz)s, %(contacts)s, %(at)s, %(host)s, %(port)s, %(user)s,
                 %(pw)s, %(key)s, %(hk)s, %(root)s, %(encoding)s, %(grades)s, %(expected_by)s,
-                %(failure_contacts)s)
+                %(failure_contacts)s, %(guard)s, %(mode)s)
         ON CONFLICT (code) DO UPDATE SET
             encoding = EXCLUDED.encoding, grades = EXCLUDED.grades,
             expected_by = EXCLUDED.expected_by, failure_contacts = EXCLUDED.failure_contacts,
@@ -45,18 +47,21 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             sftp_password_env = EXCLUDED.sftp_password_env,
             sftp_private_key_file = EXCLUDED.sftp_private_key_file,
             sftp_host_key = EXCLUDED.sftp_host_key, sftp_root = EXCLUDED.sftp_root,
+            guard = EXCLUDED.guard, mode = EXCLUDED.mode,
             updated_at = now()
         WHERE (districts.name, districts.timezone, districts.contacts, districts.process_at,
                districts.sftp_host, districts.sftp_port, districts.sftp_username,
                districts.sftp_password_env, districts.sftp_private_key_file,
                districts.sftp_host_key, districts.sftp_root, districts.encoding,
-               districts.grades, districts.expected_by, districts.failure_contacts)
+               districts.grades, districts.expected_by, districts.failure_contacts,
+               districts.guard, districts.mode)
           IS DISTINCT FROM
               (EXCLUDED.name, EXCLUDED.timezone, EXCLUDED.contacts, EXCLUDED.process_at,
                EXCLUDED.sftp_host, EXCLUDED.sftp_port, EXCLUDED.sftp_username,
                EXCLUDED.sftp_password_env, EXCLUDED.sftp_private_key_file,
                EXCLUDED.sftp_host_key, EXCLUDED.sftp_root, EXCLUDED.encoding,
-               EXCLUDED.grades, EXCLUDED.expected_by, EXCLUDED.failure_contacts)
+               EXCLUDED.grades, EXCLUDED.expected_by, EXCLUDED.failure_contacts,
+               EXCLUDED.guard, EXCLUDED.mode)
         RETURNING district_id
         """,
         {
@@ -76,6 +81,8 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             "grades": list(d.grades) if d.grades is not None else None,
             "expected_by": d.expected_by,
             "failure_contacts": list(d.failure_contacts),
+            "guard": json.dumps(d.guard) if d.guard is not None else None,
+            "mode": d.mode,
         },
     ).fetchone()
     changed = {"districts": 1 if row else 0}

@@ -12,7 +12,7 @@ from eams_pipeline.core.errors import ErrorCode, error_frame
 from eams_pipeline.core.outcome import (
     APPLIED_STATUSES,
     COUNT_KEYS,
-    FINAL_STATUSES,
+    SETTLED_STATUSES,
     UploadResult,
     UploadStatus,
 )
@@ -30,10 +30,24 @@ class UploadRow:
     error_file: str | None
     content_sha256: str | None
     archive_path: str | None
+    district_id: int = 0
+    guard_trip: dict | None = None
+    guard_figures: dict | None = None
+    deactivated_missing: int = 0
 
     @property
     def is_final(self) -> bool:
-        return self.status in FINAL_STATUSES
+        """Does a plain re-run leave it alone? (held: only an approval applies it; a held
+        upload that a newer one superseded stays unapplied too)"""
+        return self.status in SETTLED_STATUSES or self.was_held_superseded
+
+    @property
+    def was_held_superseded(self) -> bool:
+        return self.status == UploadStatus.SUPERSEDED and self.guard_trip is not None
+
+    @property
+    def approvable(self) -> bool:
+        return self.status == UploadStatus.HELD or self.was_held_superseded
 
 
 def make_upload_key(district_code: str, received_at: dt.datetime) -> str:
@@ -43,7 +57,8 @@ def make_upload_key(district_code: str, received_at: dt.datetime) -> str:
 
 
 _SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_KEYS)},
-                     error_codes, error_file, content_sha256, archive_path FROM uploads"""
+                     error_codes, error_file, content_sha256, archive_path, district_id,
+                     guard_trip, guard_figures, deactivated_missing FROM uploads"""
 
 
 def _row(r: tuple) -> UploadRow:
@@ -58,6 +73,10 @@ def _row(r: tuple) -> UploadRow:
         error_file=r[12],
         content_sha256=r[13],
         archive_path=r[14],
+        district_id=r[15],
+        guard_trip=r[16],
+        guard_figures=r[17],
+        deactivated_missing=int(r[18] or 0),
     )
 
 
@@ -109,6 +128,41 @@ def newer_applied_exists(conn: psycopg.Connection, district_id: int, upload: Upl
     )
 
 
+def last_applied_rows(
+    conn: psycopg.Connection, district_id: int, upload_id: int | None
+) -> int | None:
+    """The data rows of the district's last applied upload (the change guard's row-drop base)."""
+    r = conn.execute(
+        """SELECT rows FROM uploads WHERE district_id = %s AND upload_id IS DISTINCT FROM %s
+               AND status = ANY(%s) ORDER BY applied_at DESC, upload_id DESC LIMIT 1""",
+        (district_id, upload_id, sorted(str(s) for s in APPLIED_STATUSES)),
+    ).fetchone()
+    return int(r[0]) if r and r[0] is not None else None
+
+
+def supersede_held(conn: psycopg.Connection, district_id: int, upload: UploadRow) -> list[str]:
+    """Held uploads received before `upload` (accepted: applied or held itself) become
+    superseded: they can no longer be approved over newer data without allow_older."""
+    rows = conn.execute(
+        """UPDATE uploads SET status = 'superseded'
+           WHERE district_id = %s AND status = 'held' AND upload_id <> %s AND received_at < %s
+           RETURNING upload_key""",
+        (district_id, upload.upload_id, upload.received_at),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def record_decision(
+    conn: psycopg.Connection, upload_id: int, decision: str, decided_by: str
+) -> None:
+    """The audit of a held upload: approved or discarded, by whom, when."""
+    conn.execute(
+        """UPDATE uploads SET decision = %s, decided_by = %s, decided_at = now()
+           WHERE upload_id = %s""",
+        (decision, decided_by, upload_id),
+    )
+
+
 def load_errors(conn: psycopg.Connection, upload_id: int) -> pd.DataFrame:
     rows = conn.execute(
         """SELECT line_number, student_id, column_name, error_code, message
@@ -143,6 +197,9 @@ def recorded_result(
         errors=errors,
         file_error=file_error,
         already_applied=True,
+        deactivated_missing=record.deactivated_missing,
+        guard_trip=record.guard_trip,
+        guard_figures=record.guard_figures,
     )
 
 

@@ -50,7 +50,7 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams_demo"
 DAGSTER_DB_SUFFIX = "_dagster"
 HOST = "127.0.0.1"
 OPERATORS = "eams-operators@eams.example.com"
-USERS = {"D001": "d001", "D002": "d002"}  # district code -> SFTP user
+USERS = {"D001": "d001", "D002": "d002", "D003": "d003"}  # district code -> SFTP user
 _STOP_TIMEOUT_SECONDS = 60
 
 Echo = Callable[[str], None]
@@ -103,7 +103,16 @@ def load_or_create_secrets(state_dir: Path) -> dict[str, str]:
     """Secrets generated on first start, kept in ``<state>/secrets.json`` (mode 0600)."""
     path = state_dir / "secrets.json"
     if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        values = json.loads(path.read_text(encoding="utf-8"))
+        missing = {
+            f"EAMS_SFTP_{code}_PASSWORD": secrets.token_urlsafe(18)
+            for code in USERS
+            if f"EAMS_SFTP_{code}_PASSWORD" not in values
+        }
+        if missing:  # a district added to the demo since the secrets were made
+            values |= missing
+            path.write_text(json.dumps(values, indent=2), encoding="utf-8")
+        return values
     values = {
         "EAMS_SECRET_KEY": secrets.token_hex(32),
         "EAMS_ARCHIVE_KEY": generate_key(),
@@ -168,6 +177,9 @@ def master_data(sftp: LoopbackSftpServer) -> dict:
                     {"code": "201", "name": "Springfield High School"},
                 ],
                 "regular_orders": [{"number": "ORD-2025-0042", "school": "201", "licenses": 120}],
+                # its one pre-loaded student moves to Enterprise in the sample (1 of 1
+                # updated): the update rule is off here, the other two at their defaults
+                "guard": {"max_updated_pct": 0},
                 "existing_students": [
                     {
                         "student_id": "S-000017",
@@ -196,8 +208,52 @@ def master_data(sftp: LoopbackSftpServer) -> dict:
                     {"code": "390", "name": "Old Annex (closed)", "active": False},
                 ],
             },
+            {
+                # the change guard at its defaults (README): the sample file marks most of
+                # the district's active students D and is held for review
+                "code": "D003",
+                "name": "Ogdenville Public Schools",
+                "timezone": "America/Denver",
+                "contacts": ["sis-team@ogdenville.example.org"],
+                "sftp": account("D003"),
+                "holding_bin_school": "D003-HB",
+                "enterprise_order": {"number": "ENT-2026-D003", "licenses": 40},
+                "schools": [
+                    {"code": "D003-HB", "name": "Enterprise Holding Bin School"},
+                    {"code": "501", "name": "Ogdenville Elementary"},
+                    {"code": "502", "name": "Ogdenville High"},
+                ],
+                "existing_students": [
+                    {
+                        "student_id": sid,
+                        "school": school,
+                        "last_name": last,
+                        "first_name": first,
+                        "grade": grade,
+                        "username": username,
+                        "order": "ENT-2026-D003",
+                        "status": "active",
+                    }
+                    for sid, school, last, first, grade, username in _D003_STUDENTS
+                ],
+            },
         ]
     }
+
+
+_D003_STUDENTS = [
+    (f"O-3{i:05d}", "501" if i < 12 else "502", last, first, str(1 + i % 12),
+     f"{first[0]}{last}{i}".lower())
+    for i, (last, first) in enumerate(
+        [
+            ("Abbott", "Ada"), ("Baker", "Ben"), ("Chen", "Cai"), ("Diaz", "Dora"),
+            ("Evans", "Eli"), ("Fischer", "Fay"), ("Gupta", "Gia"), ("Hughes", "Hal"),
+            ("Ivanova", "Ira"), ("Jones", "Jay"), ("Khan", "Kai"), ("Lopez", "Liv"),
+            ("Mensah", "Max"), ("Nakamura", "Nia"), ("Olsen", "Oli"), ("Patel", "Pia"),
+            ("Quinn", "Quin"), ("Reyes", "Rae"), ("Sato", "Sam"), ("Tanaka", "Tia"),
+        ]
+    )
+]  # fmt: skip
 
 
 def _csv(rows: list[list[str]]) -> bytes:
@@ -238,6 +294,16 @@ def sample_with_errors() -> bytes:
         ["302", "T-200009", "Kim", "Min", "", "12", "mkim9", "Harbor-2209", "", "", "A"],
         ["301", "T-200010", "Rossi", "Gia", "", "1", "grossi10", "Harbor-2210", "", "", "D"],
     ]  # fmt: skip
+    return _csv(rows)
+
+
+def sample_held() -> bytes:
+    """D003: the SIS's end-of-year export marks 16 of its 20 active students D (80%, limit
+    10%): the change guard holds it; nothing is applied until an operator decides."""
+    rows = [
+        [school, sid, last, first, "", grade, username, "", "", "", "D" if i < 16 else "A"]
+        for i, (sid, school, last, first, grade, username) in enumerate(_D003_STUDENTS)
+    ]
     return _csv(rows)
 
 
@@ -294,7 +360,11 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> int:
 
         dropped = []
         if options.samples:
-            samples = {"D001": sample_clean(), "D002": sample_with_errors()}
+            samples = {
+                "D001": sample_clean(),
+                "D002": sample_with_errors(),
+                "D003": sample_held(),
+            }
             dropped = [
                 code
                 for code, data in samples.items()
@@ -403,7 +473,11 @@ def _print_guide(
     echo(f"    error reports   {url}/assets/error_report  (metadata: counts, codes, preview)")
     echo(f"    sensors         {url}/automation")
     echo(f"  SFTP server       sftp -P {sftp.port} d001@{HOST}   (passwords: {state}/secrets.json)")
-    echo(f"    district dirs   {sftp_dir}/d001, {sftp_dir}/d002 (incoming/ errors/ processed/)")
+    echo(f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/)")
+    echo(
+        f"  held for review   D003's upload: {url}/assets/upload_outcome (check change_guard);"
+        " eams uploads list --district D003, then approve or discard"
+    )
     echo(f"  mail folder       {smtp.maildir}  (SMTP on {HOST}:{smtp.port})")
     echo(f"  archive           {state}/archive (encrypted)")
     echo(f"  Dagster log       {log_file}")

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from eams_pipeline import config as eams_config
 from eams_pipeline.core.error_file import render_error_file
-from eams_pipeline.core.notifications import build_upload_email
+from eams_pipeline.core.notifications import build_held_operator_email, build_upload_email
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
 from eams_pipeline.core.retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
@@ -49,6 +49,7 @@ from eams_pipeline.orchestration.resources import (
 from eams_pipeline.orchestration.retention import known_uploads, remove_raw_upload
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
+from eams_pipeline.services.review import ReviewRefused, approve
 
 GROUP = "eams_uploads"
 # the outcomes told to the failure contacts as well (master data `failure_contacts`)
@@ -63,6 +64,17 @@ class ApplyConfig(dg.Config):
             "Apply this upload even though a newer upload of the district was already applied "
             "(an explicit operator decision: it rolls students back to this file's data)."
         ),
+    )
+    approve_hold: bool = Field(
+        default=False,
+        description=(
+            "Apply this upload although the change guard held it: re-planned against the "
+            "current database, recorded as approved (eams uploads approve does the same)."
+        ),
+    )
+    approved_by: str = Field(
+        default="",
+        description="Who approves (recorded in uploads.decided_by); default: the run id.",
     )
 
 
@@ -275,12 +287,40 @@ def upload_outcome(
         archive_path=archive_path,
     )
     with db.connect() as conn:
-        result = process_upload(
-            conn,
-            upload,
-            engine.get(),
-            allow_older=config.allow_older,
-            error_file_name=lambda upload_id: _error_path(root, upload_id),
+        record = db_uploads.get_upload(conn, ref.key)
+        if config.approve_hold and record is not None and record.approvable:
+            try:
+                result = approve(
+                    conn,
+                    ref.key,
+                    data,
+                    engine.get(),
+                    decided_by=config.approved_by or f"dagster run {context.run.run_id}",
+                    allow_older=config.allow_older,
+                    error_file_name=lambda upload_id: _error_path(root, upload_id),
+                )
+            except ReviewRefused as exc:
+                raise dg.Failure(str(exc), allow_retries=False) from exc
+            context.log.info(f"held upload {ref.key} approved: {result.status}")
+        else:
+            result = process_upload(
+                conn,
+                upload,
+                engine.get(),
+                allow_older=config.allow_older,
+                error_file_name=lambda upload_id: _error_path(root, upload_id),
+            )
+    if result.status == UploadStatus.HELD:
+        context.log.warning(
+            f"upload {ref.key} HELD by the change guard, nothing applied: "
+            f"{(result.guard_trip or {}).get('message')}. Approve: eams uploads approve "
+            f"{ref.key} (or re-execute with upload_outcome: {{config: {{approve_hold: true}}}}); "
+            f"discard: eams uploads discard {ref.key}"
+        )
+    if result.superseded_held:
+        context.log.info(
+            f"held upload(s) {', '.join(result.superseded_held)} of {ref.district} are now "
+            "superseded by this one (approving them needs allow_older)"
         )
     if result.already_applied:
         context.log.info(f"upload {ref.key} was already applied; nothing applied again")
@@ -297,9 +337,68 @@ def upload_outcome(
             "already_applied": dg.MetadataValue.bool(result.already_applied),
             "allow_older": dg.MetadataValue.bool(config.allow_older),
             **{k: dg.MetadataValue.int(int(result.counts[k])) for k in COUNT_KEYS},
+            "deactivated_missing": dg.MetadataValue.int(result.deactivated_missing),
             "hashed_passwords": dg.MetadataValue.int(result.hashed_passwords),
             "seconds": dg.MetadataValue.float(round(float(sum(result.timings.values())), 3)),
+            **_guard_metadata(result.guard_trip, result.guard_figures),
         }
+    )
+
+
+def _guard_metadata(trip: dict | None, figures: dict | None) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "guard": (trip or {}).get("message") or "passed",
+    }
+    if trip:
+        meta["guard_rule"] = str(trip.get("rule"))
+    if figures:
+        meta["guard_figures"] = dg.MetadataValue.json(figures)
+    return meta
+
+
+@dg.asset_check(
+    asset=upload_outcome,
+    name="change_guard",
+    description=(
+        "Fails (severity ERROR) when the change guard held the upload: nothing was applied "
+        "until an operator approves or discards it. The rule and its figures are in the "
+        "check's metadata."
+    ),
+)
+def change_guard(
+    context: dg.AssetCheckExecutionContext, db: DatabaseResource
+) -> dg.AssetCheckResult:
+    key = context.run.tags.get("dagster/partition")
+    with db.connect() as conn:
+        upload = db_uploads.get_upload(conn, key) if key else None
+        decision = (
+            conn.execute(
+                "SELECT decision, decided_by FROM uploads WHERE upload_id = %s",
+                (upload.upload_id,),
+            ).fetchone()
+            if upload
+            else None
+        )
+    if upload is None:
+        return dg.AssetCheckResult(passed=True, metadata={"upload": str(key), "held": False})
+    trip = upload.guard_trip or {}
+    held = upload.status == UploadStatus.HELD or upload.was_held_superseded
+    metadata: dict[str, object] = {
+        "upload": upload.upload_key,
+        "status": str(upload.status),
+        "held": held,
+        **_guard_metadata(upload.guard_trip, upload.guard_figures),
+    }
+    if decision and decision[0]:
+        metadata["decision"] = f"{decision[0]} by {decision[1]}"
+    if held:
+        metadata["approve"] = f"eams uploads approve {upload.upload_key} --by NAME"
+        metadata["discard"] = f"eams uploads discard {upload.upload_key} --by NAME"
+    return dg.AssetCheckResult(
+        passed=not held,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description=str(trip.get("message")) if held else None,
     )
 
 
@@ -355,6 +454,7 @@ def error_report(
             "error_lines": dg.MetadataValue.int(len(errors)),
             "error_file": published or "(none: no errors)",
             "preview": dg.MetadataValue.md(error_preview(errors)),
+            **_guard_metadata(upload.guard_trip, upload.guard_figures),
         }
     )
 
@@ -419,7 +519,10 @@ def _email(
     if upload.status == UploadStatus.SUPERSEDED:
         context.log.info(f"upload {ref.key} was superseded: the district is not emailed")
         return {"sent": False, "why": "superseded: not applied"}
-    if not config.resend and _already_sent(context):
+    if upload.status == UploadStatus.REVERTED:
+        context.log.info(f"upload {ref.key} was reverted by an operator: not emailed again")
+        return {"sent": False, "why": "reverted"}
+    if not config.resend and _already_sent(context, str(upload.status)):
         context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
         return {"sent": False, "why": "already sent"}
     district = _load_district(db, ref.district)
@@ -438,9 +541,31 @@ def _email(
     )
     smtp.send(message)
     context.log.info(f"emailed {len(recipients)} contact(s): {message['Subject']}")
+    operators_told = 0
+    if upload.status == UploadStatus.HELD and upload.guard_trip:
+        operators = eams_config.operator_emails()
+        if operators:
+            smtp.send(
+                build_held_operator_email(
+                    operators=operators,
+                    sender=smtp.sender,
+                    district_code=ref.district,
+                    district_name=district.name,
+                    upload_key=ref.key,
+                    upload_id=upload.upload_id,
+                    summary=result.summary(upload.error_file),
+                    guard_trip=upload.guard_trip,
+                )
+            )
+            operators_told = len(operators)
+            context.log.info(f"emailed {operators_told} operator(s): held for review")
+        else:
+            context.log.warning("upload held but EAMS_OPERATOR_EMAILS is empty: no operator told")
     return {
         "sent": True,
+        "status": str(upload.status),
         "recipients": dg.MetadataValue.int(len(recipients)),
+        "operators": dg.MetadataValue.int(operators_told),
         "subject": str(message["Subject"]),
     }
 
@@ -474,7 +599,9 @@ def _remove_raw_upload(
     return {"raw_file_removed": dg.MetadataValue.bool(removed), "processed_path": processed_rel}
 
 
-def _already_sent(context: dg.AssetExecutionContext) -> bool:
+def _already_sent(context: dg.AssetExecutionContext, status: str) -> bool:
+    """Was this outcome's email sent already? (a held upload approved later gets its
+    outcome email: another status; materializations from before had no status)"""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=context.asset_key, asset_partitions=[context.partition_key]
@@ -485,8 +612,11 @@ def _already_sent(context: dg.AssetExecutionContext) -> bool:
         materialization = record.asset_materialization
         sent = materialization.metadata.get("sent") if materialization else None
         if sent is not None and getattr(sent, "value", sent) is True:
-            return True
+            was = materialization.metadata.get("status")
+            if was is None or getattr(was, "value", was) == status:
+                return True
     return False
 
 
 UPLOAD_ASSETS = [upload_file, upload_outcome, error_report, district_email]
+UPLOAD_CHECKS = [change_guard]

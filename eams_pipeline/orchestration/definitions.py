@@ -8,8 +8,8 @@ import dagster as dg
 
 from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
-from eams_pipeline.orchestration.assets import UPLOAD_ASSETS
-from eams_pipeline.orchestration.jobs import upload_job
+from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
+from eams_pipeline.orchestration.jobs import revert_job, upload_job
 from eams_pipeline.orchestration.resources import default_resources
 from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
 from eams_pipeline.orchestration.sensors import (
@@ -37,7 +37,8 @@ def build_definitions(
     retention_job = build_retention_job()
     return dg.Definitions(
         assets=UPLOAD_ASSETS,
-        jobs=[upload_job, retention_job],
+        asset_checks=UPLOAD_CHECKS,
+        jobs=[upload_job, retention_job, revert_job],
         schedules=[build_retention_schedule(retention_job)],
         sensors=[
             *build_district_sensors(codes, upload_job, **sensor_kwargs),

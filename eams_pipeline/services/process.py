@@ -24,6 +24,7 @@ import psycopg
 from eams_pipeline.core.encoding import decode_upload
 from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
 from eams_pipeline.core.fingerprints import fingerprint_key
+from eams_pipeline.core.guard import GuardFigures, evaluate, trip_record
 from eams_pipeline.core.outcome import (
     OUTCOMES,
     UploadResult,
@@ -95,6 +96,7 @@ def process_upload(
     *,
     dry_run: bool = False,
     allow_older: bool = False,
+    approve_hold: bool = False,
     error_file_name: Callable[[int | None], str] | None = None,
 ) -> UploadResult:
     """Process one upload of a district (see the module docstring).
@@ -103,6 +105,12 @@ def process_upload(
     before the newest one already applied for the district is not applied (status
     `superseded`, its report computed as a dry run) unless `allow_older` is set.
     `error_file_name(upload_id)` names the error file recorded with the outcome.
+
+    The change guard (core.guard, the district's limits) runs on every accepted file: when
+    a rule trips nothing is applied and the upload is recorded `held` with its counts,
+    errors and the rule's figures. A held upload is settled: running it again returns what
+    was recorded. `approve_hold` re-plans it against the current database and applies it
+    without the guard (services.review.approve records who approved it).
     """
     clock = _Clock()
     received_at = upload.received_at or dt.datetime.now(dt.UTC)
@@ -121,7 +129,10 @@ def process_upload(
                     received_at=received_at,
                     archive_path=upload.archive_path,
                 )
-                if record.is_final:
+                approving = approve_hold and record.approvable
+                if approving and record.was_held_superseded and not allow_older:
+                    approving = False  # a newer upload superseded it: allow_older decides
+                if record.is_final and not approving:
                     return db_uploads.recorded_result(conn, record, upload.district)
 
         # The district's students stream in from the database (a thread: the connection is
@@ -164,9 +175,26 @@ def process_upload(
                     parsed.total_rows,
                     snapshot,
                     fingerprint_key(engine.secret),
+                    full_roster=district.mode == "full_roster",
                 )
             result = _from_plan(upload.district, upload_id, plan)
-            if record is not None and not superseded:
+            if not superseded:
+                figures = GuardFigures(
+                    active_before=int((snapshot.students["status"] == "active").sum()),
+                    students_before=len(snapshot.students),
+                    deactivated=plan.counts["deactivated"] + plan.deactivated_missing,
+                    updated=plan.counts["updated"],
+                    rows=plan.counts["rows"],
+                    last_applied_rows=db_uploads.last_applied_rows(
+                        conn, district.district_id, upload_id
+                    ),
+                )
+                result.guard_figures = figures.as_dict()
+                if not approve_hold:
+                    result.guard_trip = trip_record(evaluate(district.guard or {}, figures))
+                if result.guard_trip is not None:
+                    result.status = UploadStatus.HELD
+            if record is not None and not superseded and result.status != UploadStatus.HELD:
                 with clock.step("hash"):
                     hashes, result.hashed_passwords = _hash(plan, engine.hasher)
                 with clock.step("apply"):
@@ -187,7 +215,14 @@ def process_upload(
                 error_file_name(record.upload_id)
                 if error_file_name and result.has_errors
                 else None,
+                deactivated_missing=result.deactivated_missing,
+                guard_trip=result.guard_trip,
+                guard_figures=result.guard_figures,
             )
+            if result.status != UploadStatus.REJECTED and not superseded:
+                result.superseded_held = db_uploads.supersede_held(
+                    conn, district.district_id, record
+                )
     result.timings = clock.timings
     return result
 
@@ -206,6 +241,7 @@ def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadR
         counts=plan.counts,
         error_codes=plan.error_codes,
         errors=plan.errors,
+        deactivated_missing=plan.deactivated_missing,
     )
 
 

@@ -1,0 +1,95 @@
+"""`eams uploads revert`: put every student an upload changed back as it was before it,
+in one transaction under the district's lock (db.revert does the set-based work).
+
+Refused when a later applied upload changed any of the same students (named in the
+message), unless `cascade`: then those later uploads (and theirs, transitively) are
+reverted first, newest first. Refused outside the retention window
+(EAMS_REVERT_RETENTION_DAYS, default 30 days after it was applied).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from eams_pipeline.core.outcome import APPLIED_STATUSES
+from eams_pipeline.db import revert as db_revert
+from eams_pipeline.db.districts import lock_district
+
+
+class RevertRefused(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Reverted:
+    upload_key: str
+    counts: dict[str, int]
+
+
+def revert_upload(
+    conn: psycopg.Connection,
+    upload_key: str,
+    *,
+    reverted_by: str,
+    cascade: bool = False,
+    retention_days: int = 30,
+) -> list[Reverted]:
+    """Revert the upload (and with `cascade` the later ones in its way); newest first."""
+    with conn.transaction():
+        target = db_revert.applied_upload(conn, upload_key, retention_days)
+        code = conn.execute(
+            "SELECT code FROM districts WHERE district_id = %s", (target.district_id,)
+        ).fetchone()[0]
+        lock_district(conn, code)
+        target = db_revert.applied_upload(conn, upload_key, retention_days)
+        if target.status not in {str(s) for s in APPLIED_STATUSES}:
+            raise RevertRefused(
+                f"upload {upload_key} is {target.status}: only an applied upload (processed or "
+                "partially_processed) can be reverted"
+            )
+        chain = {target.upload_id: target}
+        frontier = [target]
+        while frontier:
+            later = db_revert.later_conflicts(conn, frontier.pop().upload_id)
+            if later and not cascade and len(chain) == 1:
+                names = ", ".join(u.upload_key for u in later)
+                raise RevertRefused(
+                    f"upload {upload_key} cannot be reverted alone: later upload(s) {names} "
+                    "changed some of the same students; revert them first, or pass --cascade "
+                    "to revert them too (newest first)"
+                )
+            for u in later:
+                if u.upload_id not in chain:
+                    chain[u.upload_id] = u
+                    frontier.append(u)
+        ordered = sorted(chain.values(), key=lambda u: (u.applied_at, u.upload_id), reverse=True)
+        for u in ordered:
+            if not u.within_retention:
+                raise RevertRefused(
+                    f"upload {u.upload_key} was applied {u.applied_at:%Y-%m-%d %H:%M}Z, "
+                    f"outside the revert window of {retention_days} days"
+                )
+            if db_revert.missing_images(conn, u.upload_id):
+                raise RevertRefused(
+                    f"upload {u.upload_key} was applied before the history kept before-images "
+                    "(migration 007): it cannot be reverted"
+                )
+        done = []
+        for u in ordered:
+            try:
+                with conn.transaction():
+                    counts = db_revert.restore(conn, u.district_id, u.upload_id, reverted_by)
+            except psycopg.errors.CheckViolation as exc:
+                raise RevertRefused(
+                    f"reverting upload {u.upload_key} needs more licenses than are free on an "
+                    "order (students it deactivated would be active again)"
+                ) from exc
+            except psycopg.errors.UniqueViolation as exc:
+                raise RevertRefused(
+                    f"reverting upload {u.upload_key} would give back a username that another "
+                    "student holds now"
+                ) from exc
+            done.append(Reverted(u.upload_key, counts))
+        return done
