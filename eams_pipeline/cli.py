@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
 import sys
@@ -140,7 +139,7 @@ def uploads() -> None:
 
 
 def _operator(by: str | None) -> str:
-    return by or os.environ.get("USER") or getpass.getuser()
+    return by or config.operator_name()
 
 
 def _json_default(value: object) -> object:

@@ -178,6 +178,13 @@ def settle_seconds() -> int:
     return max(0, env_int("EAMS_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS))
 
 
+def operator_name() -> str:
+    """Who runs an `eams uploads` decision when `--by` is not given: $USER, else the login."""
+    import getpass
+
+    return env_str("USER") or getpass.getuser()
+
+
 def operator_emails() -> list[str]:
     """EAMS_OPERATOR_EMAILS: comma-separated addresses alerted when a run crashes."""
     raw = env_str("EAMS_OPERATOR_EMAILS", "") or ""

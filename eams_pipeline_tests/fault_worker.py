@@ -115,8 +115,8 @@ def _before(owner: Any, name: str, point: str) -> None:
 
 
 def install_pause(point: str | None) -> None:
-    from eams_pipeline.io import archive, sftp, smtp
-    from eams_pipeline.orchestration import assets
+    from eams_pipeline.io import archive, sftp
+    from eams_pipeline.orchestration import assets, resources
 
     if point is None:
         return
@@ -129,9 +129,9 @@ def install_pause(point: str | None) -> None:
     elif point == "published":
         _after(sftp.SftpSession, "put_atomic", point)
     elif point == "email":
-        _before(smtp.SmtpResource, "send", point)
+        _before(resources.SmtpResource, "send", point)
     elif point == "emailed":
-        _after(smtp.SmtpResource, "send", point)
+        _after(resources.SmtpResource, "send", point)
     else:
         raise ValueError(f"unknown pause point {point!r}")
 

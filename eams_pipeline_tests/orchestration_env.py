@@ -219,6 +219,13 @@ OPERATORS = "ops@eams.example.com, oncall@eams.example.com"
 
 
 @pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """A throwaway Dagster instance (in-process runs, sensors evaluated directly)."""
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
 def pipeline(
     conn: psycopg.Connection,
     db_url: str,

@@ -16,12 +16,8 @@ from eams_pipeline.orchestration.alerts import (
 from eams_pipeline.orchestration.resources import SmtpResource
 from eams_pipeline.orchestration.settle import SensorState, Watched
 from eams_pipeline_tests import builders
-from eams_pipeline_tests import test_orchestration_pipeline as shared
 from eams_pipeline_tests.orchestration_env import Pipeline, district
 from eams_pipeline_tests.test_orchestration_pipeline import clean_file, free_port
-
-instance = shared.instance  # the fixtures of the pipeline tests
-pipeline = shared.pipeline
 
 SIX = dt.time(6, 0)
 CHICAGO = "America/Chicago"

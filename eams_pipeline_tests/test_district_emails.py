@@ -10,12 +10,8 @@ import dagster as dg
 from eams_pipeline.core.notifications import COUNT_LABELS, build_upload_email
 from eams_pipeline.core.outcome import OUTCOMES
 from eams_pipeline_tests import builders
-from eams_pipeline_tests import test_orchestration_pipeline as shared
 from eams_pipeline_tests.orchestration_env import Pipeline, district
 from eams_pipeline_tests.test_orchestration_pipeline import clean_file
-
-instance = shared.instance  # the fixtures of the pipeline tests
-pipeline = shared.pipeline
 
 KEY = "D001-20260114T020000123456Z"
 

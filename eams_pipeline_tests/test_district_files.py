@@ -233,7 +233,7 @@ def test_an_unknown_sftp_key_and_the_new_keys(conn) -> None:
         "districts:\n"
         + _yaml(district_doc()).split("\n", 1)[1]
         + "  expected_by: 06:00\n  failure_contacts: [sis@d1.example.org]\n"
-        + "  guard: {}\n  mode: live\n"
+        + "  guard: {}\n  mode: full_roster\n"
     )[0]
     assert spec.expected_by.isoformat() == "06:00:00"  # unquoted: YAML's sexagesimal 360
     assert spec.failure_contacts == ("sis@d1.example.org",)

@@ -22,16 +22,12 @@ from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.orchestration.retention import build_retention_job
 from eams_pipeline_tests import builders
-from eams_pipeline_tests import test_orchestration_pipeline as shared
 from eams_pipeline_tests.orchestration_env import Pipeline
 from eams_pipeline_tests.test_orchestration_pipeline import (
     clean_file,
     file_with_errors,
     materialization,
 )
-
-instance = shared.instance  # the fixtures of the pipeline tests
-pipeline = shared.pipeline
 
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)

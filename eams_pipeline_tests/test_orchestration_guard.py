@@ -12,17 +12,12 @@ from eams_pipeline.core.guard import DEFAULT_THRESHOLDS
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.orchestration.jobs import REVERT_JOB_NAME
 from eams_pipeline_tests import builders
-from eams_pipeline_tests import test_orchestration_pipeline as base
 from eams_pipeline_tests.orchestration_env import Pipeline
 from eams_pipeline_tests.test_orchestration_pipeline import (
     SECRET_PASSWORD,
     assert_no_student_data,
     materialization,
 )
-
-# the pipeline's fixtures (real PostgreSQL, SFTP and SMTP servers), shared
-instance = base.instance
-pipeline = base.pipeline
 
 IDS = [f"STU-{i:05d}" for i in range(10)]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -44,12 +43,6 @@ def file_with_errors() -> bytes:
             builders.row(SID_C, school_code="999", password=SECRET_PASSWORD),  # SCHOOL_NOT_FOUND
         ]
     )
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:

@@ -288,6 +288,7 @@ def upload_outcome(
     )
     with db.connect() as conn:
         record = db_uploads.get_upload(conn, ref.key)
+        conn.rollback()  # end that read: processing commits in a transaction of its own
         if config.approve_hold and record is not None and record.approvable:
             try:
                 result = approve(
