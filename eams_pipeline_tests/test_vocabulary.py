@@ -46,3 +46,14 @@ def test_only_config_reads_the_environment() -> None:
         and path.parent.name != "devtools"  # the demo sets the environment of its children
     )
     assert readers == ["config.py"]
+
+
+def test_all_sql_lives_in_db() -> None:
+    """Statements run only in `eams_pipeline/db/` (the demo creates its databases itself)."""
+    runners = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if re.search(r"\.execute\(|cursor\(\)\.copy\(|COPY ", path.read_text())
+        and path.parent.name not in ("db", "devtools")
+    )
+    assert runners == []

@@ -109,3 +109,10 @@ def lock_district(conn: psycopg.Connection, code: str) -> District:
     if district.enterprise_order_id is None or district.holding_bin_school_id is None:
         raise UnknownDistrict(f"district {code} has no enterprise order or holding bin school")
     return district
+
+
+def district_code(conn: psycopg.Connection, district_id: int) -> str:
+    """The code of the district with this key."""
+    return conn.execute(
+        "SELECT code FROM districts WHERE district_id = %s", (district_id,)
+    ).fetchone()[0]

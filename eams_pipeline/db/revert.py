@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from eams_pipeline.core.outcome import APPLIED_STATUSES
+from eams_pipeline.core.outcome import APPLIED_STATUSES, UploadStatus
 
 _DATA = ("last_name", "first_name", "middle_name", "grade", "username", "email", "class_name")
 _APPLIED = sorted(str(s) for s in APPLIED_STATUSES)
@@ -104,8 +104,8 @@ def restore(
     ).rowcount
     counts = {"restored": restored, "created_deactivated": created}
     conn.execute(
-        """UPDATE uploads SET status = 'reverted', reverted_at = now(), reverted_by = %s,
+        """UPDATE uploads SET status = %s, reverted_at = now(), reverted_by = %s,
                revert_counts = %s WHERE upload_id = %s""",
-        (reverted_by, json.dumps(counts), upload_id),
+        (str(UploadStatus.REVERTED), reverted_by, json.dumps(counts), upload_id),
     )
     return counts

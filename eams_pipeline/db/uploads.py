@@ -144,12 +144,30 @@ def supersede_held(conn: psycopg.Connection, district_id: int, upload: UploadRow
     """Held uploads received before `upload` (accepted: applied or held itself) become
     superseded: they can no longer be approved over newer data without allow_older."""
     rows = conn.execute(
-        """UPDATE uploads SET status = 'superseded'
-           WHERE district_id = %s AND status = 'held' AND upload_id <> %s AND received_at < %s
+        """UPDATE uploads SET status = %s
+           WHERE district_id = %s AND status = %s AND upload_id <> %s AND received_at < %s
            RETURNING upload_key""",
-        (district_id, upload.upload_id, upload.received_at),
+        (
+            str(UploadStatus.SUPERSEDED),
+            district_id,
+            str(UploadStatus.HELD),
+            upload.upload_id,
+            upload.received_at,
+        ),
     ).fetchall()
     return [r[0] for r in rows]
+
+
+def set_status(conn: psycopg.Connection, upload_id: int, status: UploadStatus) -> None:
+    conn.execute("UPDATE uploads SET status = %s WHERE upload_id = %s", (str(status), upload_id))
+
+
+def decision_of(conn: psycopg.Connection, upload_id: int) -> tuple[str | None, str | None]:
+    """(decision, decided_by) of a held upload's review, (None, None) before one."""
+    r = conn.execute(
+        "SELECT decision, decided_by FROM uploads WHERE upload_id = %s", (upload_id,)
+    ).fetchone()
+    return (r[0], r[1]) if r else (None, None)
 
 
 def record_decision(

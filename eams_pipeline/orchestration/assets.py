@@ -372,14 +372,7 @@ def change_guard(
     key = context.run.tags.get("dagster/partition")
     with db.connect() as conn:
         upload = db_uploads.get_upload(conn, key) if key else None
-        decision = (
-            conn.execute(
-                "SELECT decision, decided_by FROM uploads WHERE upload_id = %s",
-                (upload.upload_id,),
-            ).fetchone()
-            if upload
-            else None
-        )
+        decision = db_uploads.decision_of(conn, upload.upload_id) if upload else None
     if upload is None:
         return dg.AssetCheckResult(passed=True, metadata={"upload": str(key), "held": False})
     trip = upload.guard_trip or {}

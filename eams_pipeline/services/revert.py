@@ -15,7 +15,7 @@ import psycopg
 
 from eams_pipeline.core.outcome import APPLIED_STATUSES
 from eams_pipeline.db import revert as db_revert
-from eams_pipeline.db.districts import lock_district
+from eams_pipeline.db.districts import district_code, lock_district
 
 
 class RevertRefused(RuntimeError):
@@ -39,9 +39,7 @@ def revert_upload(
     """Revert the upload (and with `cascade` the later ones in its way); newest first."""
     with conn.transaction():
         target = db_revert.applied_upload(conn, upload_key, retention_days)
-        code = conn.execute(
-            "SELECT code FROM districts WHERE district_id = %s", (target.district_id,)
-        ).fetchone()[0]
+        code = district_code(conn, target.district_id)
         lock_district(conn, code)
         target = db_revert.applied_upload(conn, upload_key, retention_days)
         if target.status not in {str(s) for s in APPLIED_STATUSES}:

@@ -16,7 +16,7 @@ import psycopg
 
 from eams_pipeline.core.outcome import UploadResult, UploadStatus
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.db.districts import lock_district
+from eams_pipeline.db.districts import district_code, lock_district
 from eams_pipeline.services.process import Engine, Upload, process_upload
 
 
@@ -25,9 +25,7 @@ class ReviewRefused(RuntimeError):
 
 
 def district_code_of(conn: psycopg.Connection, record: db_uploads.UploadRow) -> str:
-    return conn.execute(
-        "SELECT code FROM districts WHERE district_id = %s", (record.district_id,)
-    ).fetchone()[0]
+    return district_code(conn, record.district_id)
 
 
 def held_upload(conn: psycopg.Connection, upload_key: str) -> db_uploads.UploadRow:
@@ -98,9 +96,7 @@ def discard(conn: psycopg.Connection, upload_key: str, *, decided_by: str) -> Up
         code = district_code_of(conn, record)
         lock_district(conn, code)
         record = held_upload(conn, upload_key)
-        conn.execute(
-            "UPDATE uploads SET status = 'discarded' WHERE upload_id = %s", (record.upload_id,)
-        )
+        db_uploads.set_status(conn, record.upload_id, UploadStatus.DISCARDED)
         db_uploads.record_decision(conn, record.upload_id, "discarded", decided_by)
         record = db_uploads.get_upload(conn, upload_key)
         assert record is not None
