@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
@@ -77,14 +78,7 @@ class SftpResource(dg.ConfigurableResource):
     retry_wait_seconds: float = 1
 
     def connector(self) -> SftpConnector:
-        return SftpConnector(
-            connect_timeout_seconds=self.connect_timeout_seconds,
-            banner_timeout_seconds=self.banner_timeout_seconds,
-            auth_timeout_seconds=self.auth_timeout_seconds,
-            operation_timeout_seconds=self.operation_timeout_seconds,
-            connect_attempts=self.connect_attempts,
-            retry_wait_seconds=self.retry_wait_seconds,
-        )
+        return SftpConnector(**_fields_of(self, SftpConnector))
 
     @contextmanager
     def session(self, account: SftpAccount) -> Iterator[SftpSession]:
@@ -107,16 +101,7 @@ class SmtpResource(dg.ConfigurableResource):
     ca_file: str | None = None
 
     def settings(self) -> config.SmtpSettings:
-        return config.SmtpSettings(
-            host=self.host,
-            port=self.port,
-            security=self.security,
-            username=self.username,
-            password_env=self.password_env,
-            sender=self.sender,
-            timeout_seconds=self.timeout_seconds,
-            ca_file=self.ca_file,
-        )
+        return config.SmtpSettings(**_fields_of(self, config.SmtpSettings))
 
     def send(self, message: EmailMessage) -> None:
         send_email(self.settings(), message)
@@ -124,17 +109,12 @@ class SmtpResource(dg.ConfigurableResource):
 
 def smtp_resource_from_env() -> SmtpResource:
     """An :class:`SmtpResource` from ``EAMS_SMTP_*`` and ``EAMS_MAIL_FROM``."""
-    s = config.smtp_settings()
-    return SmtpResource(
-        host=s.host,
-        port=s.port,
-        security=s.security,
-        username=s.username,
-        password_env=s.password_env,
-        sender=s.sender,
-        timeout_seconds=s.timeout_seconds,
-        ca_file=s.ca_file,
-    )
+    return SmtpResource(**dataclasses.asdict(config.smtp_settings()))
+
+
+def _fields_of(resource: dg.ConfigurableResource, target: type) -> dict[str, object]:
+    """The resource's values of the dataclass ``target``'s fields (same names)."""
+    return {f.name: getattr(resource, f.name) for f in dataclasses.fields(target)}
 
 
 def default_resources() -> dict[str, object]:
