@@ -92,55 +92,41 @@ def _pct(value: int, base: int) -> float:
     return value * 100.0 / base
 
 
-def _fmt_limit(limit: float) -> str:
-    return f"{limit:g}%"
+def _measures(f: GuardFigures) -> dict[str, tuple[int, int, str]]:
+    """Per rule: the count, its base, and how the message says it."""
+    last = f.last_applied_rows or 0
+    dropped = max(0, last - f.rows)
+    return {
+        "max_deactivated_pct": (
+            f.deactivated,
+            f.active_before,
+            f"deactivates {f.deactivated:,} of {f.active_before:,} active students",
+        ),
+        "max_updated_pct": (
+            f.updated,
+            f.students_before,
+            f"updates {f.updated:,} of {f.students_before:,} students",
+        ),
+        "max_row_drop_pct": (
+            dropped,
+            last,
+            f"has {f.rows:,} data rows, {dropped:,} fewer than the {last:,} of the last "
+            "applied upload",
+        ),
+    }
 
 
 def evaluate(thresholds: dict[str, float | None], f: GuardFigures) -> list[GuardTrip]:
     """Every rule that trips (empty: the upload may be applied)."""
     trips = []
-    limit = thresholds.get("max_deactivated_pct")
-    if limit and f.active_before > 0 and _pct(f.deactivated, f.active_before) > limit:
-        pct = _pct(f.deactivated, f.active_before)
+    for rule, (value, base, said) in _measures(f).items():
+        limit = thresholds.get(rule)
+        if not limit or base <= 0 or _pct(value, base) <= limit:
+            continue
+        pct = _pct(value, base)
+        shown = f"({pct:.1f}% fewer)" if rule == "max_row_drop_pct" else f"({pct:.1f}%)"
         trips.append(
-            GuardTrip(
-                "max_deactivated_pct",
-                f.deactivated,
-                f.active_before,
-                round(pct, 1),
-                limit,
-                f"deactivates {f.deactivated:,} of {f.active_before:,} active students "
-                f"({pct:.1f}%), limit {_fmt_limit(limit)}",
-            )
-        )
-    limit = thresholds.get("max_updated_pct")
-    if limit and f.students_before > 0 and _pct(f.updated, f.students_before) > limit:
-        pct = _pct(f.updated, f.students_before)
-        trips.append(
-            GuardTrip(
-                "max_updated_pct",
-                f.updated,
-                f.students_before,
-                round(pct, 1),
-                limit,
-                f"updates {f.updated:,} of {f.students_before:,} students ({pct:.1f}%), "
-                f"limit {_fmt_limit(limit)}",
-            )
-        )
-    limit = thresholds.get("max_row_drop_pct")
-    last = f.last_applied_rows
-    if limit and last and last > f.rows and _pct(last - f.rows, last) > limit:
-        pct = _pct(last - f.rows, last)
-        trips.append(
-            GuardTrip(
-                "max_row_drop_pct",
-                last - f.rows,
-                last,
-                round(pct, 1),
-                limit,
-                f"has {f.rows:,} data rows, {last - f.rows:,} fewer than the {last:,} of the "
-                f"last applied upload ({pct:.1f}% fewer), limit {_fmt_limit(limit)}",
-            )
+            GuardTrip(rule, value, base, round(pct, 1), limit, f"{said} {shown}, limit {limit:g}%")
         )
     return trips
 
