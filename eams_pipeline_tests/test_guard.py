@@ -357,7 +357,7 @@ def test_held_emails_carry_figures_and_commands_never_student_data() -> None:
         guard_trip=trip,
     )  # fmt: skip
     body = ops.get_content()
-    assert "HELD" in ops["Subject"]
+    assert "HELD" in ops["Subject"] and ops["Subject"].endswith("upload D1-k1")  # the key, not 7
     assert "deactivates 2 of 3 active students (66.7%), limit 10%" in body
     assert "eams uploads approve D1-k1" in body and "eams uploads discard D1-k1" in body
     district = build_upload_email(

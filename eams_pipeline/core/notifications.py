@@ -266,7 +266,7 @@ def build_held_operator_email(
         rules.append(f"  {rule}: {' '.join(str(t.get('message', '')).split())}")
     subject = (
         f"eAMS upload HELD by the change guard: {district_name} ({district_code}), "
-        f"upload {upload_id}"
+        f"upload {upload_key}"
     )
     missing = _count(summary, "deactivated_missing")
     body = [
