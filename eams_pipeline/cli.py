@@ -276,29 +276,22 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     click.echo("\n".join(out))
 
 
-def _email_district(conn: Any, result: Any, error_file: str | None) -> None:
+def _email_district(conn: Any, result: Any, upload_key: str, error_file: str | None) -> None:
     """The district's outcome email after an approval or a discard (best effort: the
     decision stands when the mail relay fails)."""
-    from eams_pipeline.core.notifications import build_upload_email
     from eams_pipeline.db.districts import get_district
     from eams_pipeline.io.smtp import send_email
+    from eams_pipeline.services.notify import district_outcome_email
 
     district = get_district(conn, result.district)
     if district is None or not district.contacts:
         return
     settings = config.smtp_settings()
     try:
-        send_email(
-            settings,
-            build_upload_email(
-                district_code=district.code,
-                district_name=district.name,
-                contacts=list(district.contacts),
-                sender=settings.sender,
-                summary=result.summary(error_file),
-                error_file_path=error_file if result.has_errors else None,
-            ),
+        message, _ = district_outcome_email(
+            district, result, upload_key=upload_key, error_file=error_file, sender=settings.sender
         )
+        send_email(settings, message)
     except (OSError, ValueError) as exc:
         click.echo(f"eams: warning: the district was not emailed: {exc}", err=True)
 
@@ -352,7 +345,7 @@ def uploads_approve(
         )
         error_file = db_uploads.get_upload(conn, upload_key).error_file
         if not no_email:
-            _email_district(conn, result, error_file)
+            _email_district(conn, result, upload_key, error_file)
     click.echo(json.dumps(result.summary(error_file)))
     sys.exit(EXIT_REJECTED if result.status == UploadStatus.REJECTED else EXIT_OK)
 
@@ -392,7 +385,7 @@ def uploads_discard(upload_key: str, by: str | None, no_email: bool) -> None:
     with connect() as conn:
         result = discard(conn, upload_key, decided_by=_operator(by))
         if not no_email:
-            _email_district(conn, result, None)
+            _email_district(conn, result, upload_key, None)
     click.echo(json.dumps(result.summary(None)))
 
 

@@ -34,6 +34,8 @@ SETTLED_STATUSES = FINAL_STATUSES | {
     UploadStatus.DISCARDED,
     UploadStatus.REVERTED,
 }
+# the statuses whose email also goes to the district's failure contacts
+FAILURE_STATUSES = frozenset({UploadStatus.REJECTED, UploadStatus.HELD})
 # the statuses of an upload whose rows were applied to the students
 APPLIED_STATUSES = frozenset({UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED})
 

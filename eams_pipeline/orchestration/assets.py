@@ -25,7 +25,7 @@ from pydantic import Field
 
 from eams_pipeline import config as eams_config
 from eams_pipeline.core.error_file import render_error_file
-from eams_pipeline.core.notifications import build_held_operator_email, build_upload_email
+from eams_pipeline.core.notifications import build_held_operator_email
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
 from eams_pipeline.core.retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
@@ -48,12 +48,12 @@ from eams_pipeline.orchestration.resources import (
 )
 from eams_pipeline.orchestration.retention import known_uploads, remove_raw_upload
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
+from eams_pipeline.services.notify import district_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.review import ReviewRefused, approve
 
 GROUP = "eams_uploads"
 # the outcomes told to the failure contacts as well (master data `failure_contacts`)
-FAILURE_STATUSES = frozenset({UploadStatus.REJECTED, UploadStatus.HELD})
 PREVIEW_ROWS = 20
 
 
@@ -520,18 +520,8 @@ def _email(
         context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
         return {"sent": False, "why": "already sent"}
     district = _load_district(db, ref.district)
-    file_error = result.file_error
-    failed = upload.status in FAILURE_STATUSES
-    recipients = district.failure_recipients if failed else district.contacts
-    message = build_upload_email(
-        district_code=ref.district,
-        district_name=district.name,
-        contacts=list(recipients),
-        sender=smtp.sender,
-        summary=result.summary(upload.error_file),
-        error_file_path=upload.error_file if result.has_errors else None,
-        file_error=f"{file_error.code}: {file_error.message}" if file_error else None,
-        upload_key=ref.key,
+    message, recipients = district_outcome_email(
+        district, result, upload_key=ref.key, error_file=upload.error_file, sender=smtp.sender
     )
     smtp.send(message)
     context.log.info(f"emailed {len(recipients)} contact(s): {message['Subject']}")
