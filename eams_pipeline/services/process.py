@@ -135,6 +135,7 @@ class Prepared:
     read: _Read | None = None
     hashed: int = 0
     hash_seconds: float = 0.0
+    content_sha256: str | None = None  # of the bytes read: the apply reuses `read` only for them
 
 
 def _read(upload: Upload, encoding: str, clock: _Clock) -> _Read:
@@ -176,7 +177,7 @@ def prepare_upload(
     if record is not None and record.is_final and not (approve_hold and record.approvable):
         return Prepared()  # settled: the apply phase returns what was recorded
     read = _read(upload, district.encoding, clock)
-    prepared = Prepared(read=read)
+    prepared = Prepared(read=read, content_sha256=hashlib.sha256(upload.data).hexdigest())
     if read.rows is None:
         return prepared
     with clock.step("hash"):
@@ -279,6 +280,7 @@ def process_upload(
     if prepared is None and not dry_run and conn.info.transaction_status == TransactionStatus.IDLE:
         prepared = prepare_upload(conn, upload, engine, approve_hold=approve_hold, clock=clock)
     prepared = prepared or Prepared()
+    content_sha256 = hashlib.sha256(upload.data).hexdigest()
 
     with conn.transaction() as tx:
         with clock.step("lock"):
@@ -290,7 +292,7 @@ def process_upload(
                     district.district_id,
                     upload.key,
                     file_name=upload.file_name,
-                    content_sha256=hashlib.sha256(upload.data).hexdigest(),
+                    content_sha256=content_sha256,
                     received_at=received_at,
                     archive_path=upload.archive_path,
                 )
@@ -301,7 +303,11 @@ def process_upload(
                     return db_uploads.recorded_result(conn, record, upload.district)
 
         read = prepared.read
-        if read is not None and read.encoding == district.encoding:
+        if (
+            read is not None
+            and read.encoding == district.encoding
+            and prepared.content_sha256 == content_sha256
+        ):
             with clock.step("load"):
                 students = load_district_students(conn, district)
         else:
