@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from eams_pipeline.core.passwords import Argon2Settings
-from eams_pipeline.core.retention import RetentionSettings
+if TYPE_CHECKING:  # imported where used: `eams --help` needs neither argon2 nor pandas
+    from eams_pipeline.core.passwords import Argon2Settings
+    from eams_pipeline.core.retention import RetentionSettings
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
@@ -89,6 +91,8 @@ def secret_key(name: str = "EAMS_SECRET_KEY") -> bytes:
 def argon2_settings() -> Argon2Settings:
     """EAMS_ARGON2_TIME_COST, EAMS_ARGON2_MEMORY_KIB, EAMS_ARGON2_PARALLELISM,
     EAMS_HASH_WORKERS (0 or unset: one per core)."""
+    from eams_pipeline.core.passwords import Argon2Settings
+
     workers = env_int("EAMS_HASH_WORKERS", 0)
     return Argon2Settings(
         time_cost=env_int("EAMS_ARGON2_TIME_COST", Argon2Settings.time_cost),
@@ -224,6 +228,8 @@ def retention_settings() -> RetentionSettings:
     as its run succeeded), ``EAMS_ARCHIVE_RETENTION_DAYS`` (default 400: a school year and
     more of re-runs, reverts and backfills), ``EAMS_ERROR_FILE_RETENTION_DAYS`` (default 90).
     """
+    from eams_pipeline.core.retention import RetentionSettings
+
     settings = RetentionSettings(
         processed_days=env_int("EAMS_PROCESSED_RETENTION_DAYS", DEFAULT_PROCESSED_RETENTION_DAYS),
         archive_days=env_int("EAMS_ARCHIVE_RETENTION_DAYS", DEFAULT_ARCHIVE_RETENTION_DAYS),

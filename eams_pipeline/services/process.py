@@ -217,7 +217,8 @@ def _hash_ahead(
     )
     todo = keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
     total, done = len(todo), 0
-    progress.advanced("hash", 0, total)
+    if total:
+        progress.advanced("hash", 0, total)
     size = max(1, engine.hash_batch_size)
     for start in range(0, total, size):
         batch = todo.iloc[start : start + size]
