@@ -176,23 +176,34 @@ def prepare_upload(
         return Prepared()  # the apply phase reports it
     if record is not None and record.is_final and not (approve_hold and record.approvable):
         return Prepared()  # settled: the apply phase returns what was recorded
-    read = _read(upload, district.encoding, clock)
+    # the stored fingerprints stream in (a thread: the connection is the thread's alone
+    # until .result()) while this thread parses and validates
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-fingerprints") as pool:
+        stored = pool.submit(password_cache.stored_fingerprints, conn, district.district_id)
+        read = _read(upload, district.encoding, clock)
+        stored_fps = stored.result()
     prepared = Prepared(read=read, content_sha256=hashlib.sha256(upload.data).hexdigest())
     if read.rows is None:
         return prepared
     with clock.step("hash"):
         start = time.perf_counter()
-        prepared.hashed = _hash_ahead(conn, district, read, engine, clock.progress)
+        prepared.hashed = _hash_ahead(conn, district, read, stored_fps, engine, clock.progress)
         prepared.hash_seconds = time.perf_counter() - start
     return prepared
 
 
 def _hash_ahead(
-    conn: psycopg.Connection, district: District, read: _Read, engine: Engine, progress: Progress
+    conn: psycopg.Connection,
+    district: District,
+    read: _Read,
+    stored: pd.DataFrame,
+    engine: Engine,
+    progress: Progress,
 ) -> int:
     """Hash into the cache every password the apply is likely to need: on rows without a
     column-rule error, whose Student ID is on one row only, and whose fingerprint is neither
-    the stored student's nor cached. Each batch commits. Returns how many were hashed."""
+    the stored student's (`stored`: student_id, password_fingerprint) nor cached. Each
+    batch commits. Returns how many were hashed."""
     assert read.rows is not None and read.column_errors is not None
     rows = read.rows
     candidate = (
@@ -207,6 +218,17 @@ def _hash_ahead(
     if rows.empty:
         return 0
     fps = password_fingerprint(rows["student_id"], rows["password"], fingerprint_key(engine.secret))
+    # locally first: on a nightly file nearly every password is the stored one
+    at = pd.Index(stored["student_id"]).get_indexer(rows["student_id"])  # -1: a new student
+    known = stored["password_fingerprint"].notna().to_numpy()
+    stored_fp = stored["password_fingerprint"].to_numpy(dtype="int64", na_value=0)
+    hit = np.flatnonzero(at >= 0)
+    hit = hit[known[at[hit]]]
+    same = np.zeros(len(rows), dtype=bool)
+    same[hit] = stored_fp[at[hit]] == fps[hit]
+    rows, fps = rows[~same], fps[~same]
+    if rows.empty:
+        return 0
     keys = pd.DataFrame(
         {
             "k": np.arange(len(rows), dtype="int64"),
