@@ -233,7 +233,7 @@ def test_process_verbose_shows_progress_on_stderr_and_only_the_json_on_stdout(
     upload.write_bytes(csv_bytes([row("N3")]))
     quiet = eams("process", "--district", "D1", str(upload), cwd=tmp_path, url=district)
     assert quiet.returncode == 0 and quiet.stderr == ""
-    assert json.loads(quiet.stdout)["added"] == 1
+    assert json.loads(quiet.stdout)["rows"] == 1
 
 
 def test_help_does_not_import_the_data_libraries(tmp_path: Path) -> None:
