@@ -162,6 +162,7 @@ def prepare_upload(
     approve_hold: bool = False,
     progress: Progress | None = None,
     clock: _Clock | None = None,
+    content_sha256: str | None = None,
 ) -> Prepared:
     """Phase 1 (module docstring): read and validate the file, and hash the passwords the
     apply will need into the durable cache, batch by committed batch, without the
@@ -182,7 +183,8 @@ def prepare_upload(
         stored = pool.submit(password_cache.stored_fingerprints, conn, district.district_id)
         read = _read(upload, district.encoding, clock)
         stored_fps = stored.result()
-    prepared = Prepared(read=read, content_sha256=hashlib.sha256(upload.data).hexdigest())
+    digest = content_sha256 or hashlib.sha256(upload.data).hexdigest()
+    prepared = Prepared(read=read, content_sha256=digest)
     if read.rows is None:
         return prepared
     with clock.step("hash"):
@@ -300,10 +302,17 @@ def process_upload(
             key=db_uploads.make_upload_key(upload.district, received_at),
             received_at=received_at,
         )
-    if prepared is None and not dry_run and conn.info.transaction_status == TransactionStatus.IDLE:
-        prepared = prepare_upload(conn, upload, engine, approve_hold=approve_hold, clock=clock)
-    prepared = prepared or Prepared()
     content_sha256 = hashlib.sha256(upload.data).hexdigest()
+    if prepared is None and not dry_run and conn.info.transaction_status == TransactionStatus.IDLE:
+        prepared = prepare_upload(
+            conn,
+            upload,
+            engine,
+            approve_hold=approve_hold,
+            clock=clock,
+            content_sha256=content_sha256,
+        )
+    prepared = prepared or Prepared()
 
     with conn.transaction() as tx:
         with clock.step("lock"):
