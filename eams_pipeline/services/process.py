@@ -112,7 +112,7 @@ class _Clock:
         finally:
             seconds = time.perf_counter() - start
             self.timings[name] = self.timings.get(name, 0.0) + seconds
-            self.progress.finished(name, seconds)
+        self.progress.finished(name, seconds)  # not when the step failed
 
 
 @dataclass

@@ -24,7 +24,7 @@ class Progress:
         """`done` of `total` units of a long step are finished (durably, for hashing)."""
 
     def finished(self, step: str, seconds: float) -> None:
-        """A step ended after `seconds` (also when it failed)."""
+        """A step ended after `seconds` (not called when it failed)."""
 
 
 def rate_and_eta(done: int, total: int, elapsed: float) -> tuple[float, float | None]:
