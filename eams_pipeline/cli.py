@@ -478,6 +478,7 @@ def uploads_approve(
             raise click.ClickException(
                 f"upload {upload_key} has no archive copy: give its file with --file"
             )
+        conn.rollback()  # end that read: the approval hashes first, in commits of its own
         progress = _progress(verbose=verbose, quiet=quiet)
         try:
             result = approve(

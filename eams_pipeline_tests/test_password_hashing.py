@@ -279,3 +279,39 @@ def test_progress_reports_every_step_and_each_hashing_batch(idle: psycopg.Connec
         assert step in finished
     assert set(result.timings) >= set(finished)
     assert result.hash_rate_per_s > 0
+
+
+def _eams(*args: str, url: str, cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eams_pipeline.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "EAMS_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_eams_uploads_approve_reuses_the_hashes_of_the_held_night(
+    conn: psycopg.Connection, db_url: str, tmp_path
+) -> None:
+    load(conn, district_doc(existing=[existing_student(f"E{i}") for i in range(8)], guard=None))
+    conn.commit()
+    upload = tmp_path / "students.csv"
+    upload.write_bytes(csv_bytes([row(f"E{i}", password=f"new-password-{i}") for i in range(8)]))
+    held = _eams("process", "--district", "D1", "--verbose", str(upload), url=db_url, cwd=tmp_path)
+    assert held.returncode == 3, held.stderr
+    assert any(line.startswith("eams: hash: 8/8 (100%)") for line in held.stderr.splitlines())
+    [(key,)] = conn.execute("SELECT upload_key FROM uploads").fetchall()
+    conn.commit()
+    approved = _eams(
+        "uploads", "approve", key, "--file", str(upload), "--by", "test", "--no-email",
+        "--verbose", url=db_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+    assert "eams: hash: " not in approved.stderr  # nothing left to hash
+    assert "eams: apply done in " in approved.stderr
+    stored = _stored(conn)
+    assert all(Argon2().verify(stored[f"E{i}"], f"new-password-{i}") for i in range(8))
+    assert _cache(conn) == {}
