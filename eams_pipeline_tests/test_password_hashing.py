@@ -315,3 +315,29 @@ def test_eams_uploads_approve_reuses_the_hashes_of_the_held_night(
     stored = _stored(conn)
     assert all(Argon2().verify(stored[f"E{i}"], f"new-password-{i}") for i in range(8))
     assert _cache(conn) == {}
+
+
+def test_the_district_is_not_locked_while_passwords_are_hashed(
+    idle: psycopg.Connection, db_url: str
+) -> None:
+    seen: list[bool] = []
+
+    class Probing(PasswordHasher):
+        """Before each batch: can another session lock the district right now?"""
+
+        def __init__(self) -> None:
+            super().__init__(config.argon2_settings())
+
+        def hash_many(self, passwords: Sequence[str]) -> list[str]:
+            with psycopg.connect(db_url) as other:
+                other.execute("SET lock_timeout = '2s'")
+                try:
+                    other.execute("SELECT 1 FROM districts WHERE code = 'D1' FOR UPDATE")
+                    seen.append(True)
+                except psycopg.errors.LockNotAvailable:
+                    seen.append(False)
+            return super().hash_many(passwords)
+
+    result = process_upload(idle, Upload("D1", csv_bytes(_rows(12))), _engine(Probing(), 5))
+    assert result.status == UploadStatus.PROCESSED
+    assert seen == [True, True, True]  # three batches, none under the district's lock
