@@ -1,4 +1,9 @@
-"""The `eams` command line (SPEC §8). Same code paths as the Dagster job."""
+"""The `eams` command line (SPEC §8). Same code paths as the Dagster job.
+
+Start-up: each command imports what it needs when it runs (`eams --help` loads neither
+pandas, pandera, pyarrow, psycopg nor argon2; `eams process` loads what processing needs
+and no more), so the command's wall time stays close to the work it does.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,37 @@ import datetime as dt
 import json
 import os
 import sys
-from dataclasses import replace
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from defusedcsv import csv as safe_csv
 
 from eams_pipeline import config
-from eams_pipeline.core.error_file import render_error_file
-from eams_pipeline.core.master_data import MasterDataError, parse_master_data
-from eams_pipeline.core.outcome import UploadStatus
-from eams_pipeline.core.passwords import PasswordHasher
-from eams_pipeline.db import export as db_export
-from eams_pipeline.db import migrations
-from eams_pipeline.db.connection import connect, create_database_if_missing
-from eams_pipeline.db.setup import load_master_data
-from eams_pipeline.io.files import NotARegularFile, read_upload_file
-from eams_pipeline.services.process import Engine, Upload, file_too_large, process_upload
+from eams_pipeline.services.progress import LineProgress, Progress, describe_advance
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from eams_pipeline.services.process import Engine
 
 EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_HELD = 0, 1, 2, 3
+
+
+def connect() -> psycopg.Connection:  # psycopg is imported by the commands that use it
+    from eams_pipeline.db.connection import connect as _connect
+
+    return _connect()
+
+
+def _exit_code(status: object) -> int:
+    from eams_pipeline.core.outcome import UploadStatus
+
+    if status == UploadStatus.REJECTED:
+        return EXIT_REJECTED
+    if status == UploadStatus.HELD:
+        return EXIT_HELD
+    return EXIT_OK
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,6 +61,9 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Create the database if needed and apply the missing migrations of sql/ (idempotent)."""
+    from eams_pipeline.db import migrations
+    from eams_pipeline.db.connection import create_database_if_missing
+
     created = create_database_if_missing()
     with connect() as conn:
         applied = migrations.upgrade(conn)
@@ -64,6 +83,9 @@ def setup_load(file: Path) -> None:
     Loading the same file twice changes nothing; a changed file updates what changed.
     Students under existing_students are created when absent, never overwritten.
     """
+    from eams_pipeline.core.master_data import MasterDataError, parse_master_data
+    from eams_pipeline.db.setup import load_master_data
+
     try:
         districts = parse_master_data(file.read_text(encoding="utf-8"))
     except MasterDataError as exc:
@@ -82,13 +104,35 @@ def setup_load(file: Path) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the error file (default: ./students_errors_<upload id>.csv).",
 )
-def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path | None) -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Show progress on stderr even when it is not a terminal (plain lines).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr, even on a terminal.")
+def process_cmd(
+    district_code: str,
+    file: Path,
+    dry_run: bool,
+    errors_out: Path | None,
+    verbose: bool,
+    quiet: bool,
+) -> None:
     """Process FILE as an upload of a district; print a JSON summary.
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
     `eams uploads approve|discard`), 1 on an operational failure.
+
+    Progress (each step with its duration; hashing passwords: done/total, rate, ETA) goes
+    to stderr when it is a terminal, or with --verbose; standard output is only the JSON.
     """
+    from dataclasses import replace
+
+    from eams_pipeline.core.error_file import render_error_file
+    from eams_pipeline.io.files import NotARegularFile, read_upload_file
+    from eams_pipeline.services.process import Upload, file_too_large, process_upload
 
     def error_path(upload_id: int | None) -> str:
         if errors_out is not None:
@@ -105,9 +149,25 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
     upload = Upload(district=district_code, data=local.data, file_name=file.name)
     if local.too_large:
         upload = replace(upload, rejection=file_too_large(local.size, limit))
-    with connect() as conn:
-        result = process_upload(
-            conn, upload, _engine(), dry_run=dry_run, error_file_name=error_path
+    progress = _progress(verbose=verbose, quiet=quiet)
+    try:
+        with connect() as conn:
+            result = process_upload(
+                conn,
+                upload,
+                _engine(),
+                dry_run=dry_run,
+                error_file_name=error_path,
+                progress=progress,
+            )
+    finally:
+        _close(progress)
+    if type(progress) is not Progress:  # progress is shown: end with the total
+        click.echo(
+            f"eams: processed in {sum(result.timings.values()):.2f} s "
+            f"({result.hashed_passwords:,} passwords hashed, "
+            f"{result.cached_hashes:,} taken from the hash cache)",
+            err=True,
         )
     error_file = None
     if result.has_errors:
@@ -124,13 +184,81 @@ def process_cmd(district_code: str, file: Path, dry_run: bool, errors_out: Path 
             )
             error_file = None
     click.echo(json.dumps(result.summary(error_file)))
-    sys.exit(
-        EXIT_REJECTED
-        if result.status == UploadStatus.REJECTED
-        else EXIT_HELD
-        if result.status == UploadStatus.HELD
-        else EXIT_OK
-    )
+    sys.exit(_exit_code(result.status))
+
+
+def _progress(*, verbose: bool, quiet: bool) -> Progress:
+    """Where the steps' progress goes: a live bar on a terminal, plain lines with
+    --verbose when stderr is not one, nothing otherwise (or with --quiet)."""
+    if quiet:
+        return Progress()
+    if sys.stderr.isatty():
+        return _TerminalProgress()
+    if verbose:
+        return LineProgress(lambda line: click.echo(f"eams: {line}", err=True))
+    return Progress()
+
+
+def _close(progress: Progress) -> None:
+    if isinstance(progress, _TerminalProgress):
+        progress.close()
+
+
+class _TerminalProgress(Progress):
+    """rich on stderr: a line per finished step with its duration, and a live bar while
+    passwords are hashed (done/total, rate, ETA). rich is imported only on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._console = Console(stderr=True)
+        self._bar: Any = None
+        self._task: Any = None
+        self._began: float | None = None
+
+    def advanced(self, step: str, done: int, total: int) -> None:
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(f"{step}: passwords", total=total, rate="")
+            self._began = time.monotonic()
+        elapsed = time.monotonic() - (self._began or time.monotonic())
+        rate = f"{done / elapsed:,.1f}/s" if elapsed > 0 and done else ""
+        self._bar.update(self._task, completed=done, total=total, rate=rate)
+        if done >= total:
+            self._stop()
+            self._console.print(describe_advance(step, done, total, elapsed), highlight=False)
+
+    def finished(self, step: str, seconds: float) -> None:
+        self._stop()
+        self._console.print(f"{step} done in {seconds:.2f} s", highlight=False)
+
+    def _stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def close(self) -> None:
+        self._stop()
 
 
 @cli.group()
@@ -311,11 +439,20 @@ def _email_district(conn: Any, result: Any, upload_key: str, error_file: str | N
     help="Approve although a newer upload of the district superseded it.",
 )
 @click.option("--no-email", is_flag=True, help="Do not email the district the outcome.")
+@click.option("--verbose", "-v", is_flag=True, help="Progress on stderr even when not a terminal.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def uploads_approve(
-    upload_key: str, file: Path | None, by: str | None, allow_older: bool, no_email: bool
+    upload_key: str,
+    file: Path | None,
+    by: str | None,
+    allow_older: bool,
+    no_email: bool,
+    verbose: bool,
+    quiet: bool,
 ) -> None:
     """Apply a held upload as it would have been applied, re-planned against the current
-    database. Prints the JSON summary (exit codes as `eams process`)."""
+    database. Prints the JSON summary (exit codes as `eams process`). Progress on stderr
+    as `eams process` (on a terminal, or with --verbose)."""
     from eams_pipeline.db import uploads as db_uploads
     from eams_pipeline.services.review import approve
 
@@ -334,20 +471,26 @@ def uploads_approve(
             raise click.ClickException(
                 f"upload {upload_key} has no archive copy: give its file with --file"
             )
-        result = approve(
-            conn,
-            upload_key,
-            data,
-            _engine(),
-            decided_by=_operator(by),
-            allow_older=allow_older,
-            error_file_name=lambda _id: record.error_file or f"students_errors_{_id}.csv",
-        )
+        conn.rollback()  # end that read: the approval hashes first, in commits of its own
+        progress = _progress(verbose=verbose, quiet=quiet)
+        try:
+            result = approve(
+                conn,
+                upload_key,
+                data,
+                _engine(),
+                decided_by=_operator(by),
+                allow_older=allow_older,
+                error_file_name=lambda _id: record.error_file or f"students_errors_{_id}.csv",
+                progress=progress,
+            )
+        finally:
+            _close(progress)
         error_file = db_uploads.get_upload(conn, upload_key).error_file
         if not no_email:
             _email_district(conn, result, upload_key, error_file)
     click.echo(json.dumps(result.summary(error_file)))
-    sys.exit(EXIT_REJECTED if result.status == UploadStatus.REJECTED else EXIT_OK)
+    sys.exit(EXIT_REJECTED if _exit_code(result.status) == EXIT_REJECTED else EXIT_OK)
 
 
 def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
@@ -456,6 +599,8 @@ def export() -> None:
 @click.option("--district", "district_code", required=True)
 def export_students(district_code: str) -> None:
     """Students: template columns minus Password and Status, then Status and Order."""
+    from eams_pipeline.db import export as db_export
+
     with connect() as conn:
         _require_district(conn, district_code)
         _write_csv(db_export.STUDENT_EXPORT_HEADER, db_export.export_students(conn, district_code))
@@ -465,6 +610,8 @@ def export_students(district_code: str) -> None:
 @click.option("--district", "district_code", required=True)
 def export_licenses(district_code: str) -> None:
     """Orders: Order,Kind,School Code,Licenses,Used,Available."""
+    from eams_pipeline.db import export as db_export
+
     with connect() as conn:
         _require_district(conn, district_code)
         _write_csv(db_export.LICENSE_EXPORT_HEADER, db_export.export_licenses(conn, district_code))
@@ -506,15 +653,27 @@ def demo_cmd(
 
 
 def _engine() -> Engine:
-    return Engine(secret=config.secret_key(), hasher=PasswordHasher(config.argon2_settings()))
+    from eams_pipeline.core.passwords import PasswordHasher
+    from eams_pipeline.services.process import Engine
+
+    return Engine(
+        secret=config.secret_key(),
+        hasher=PasswordHasher(config.argon2_settings()),
+        hash_batch_size=config.hash_batch_size(),
+        hash_cache_days=config.hash_cache_days(),
+    )
 
 
 def _require_district(conn: object, district_code: str) -> None:
+    from eams_pipeline.db import export as db_export
+
     if not db_export.district_exists(conn, district_code):  # type: ignore[arg-type]
         raise click.ClickException(f"unknown district {district_code!r}")
 
 
 def _write_csv(header: tuple[str, ...], rows: list[tuple]) -> None:
+    from defusedcsv import csv as safe_csv
+
     writer = safe_csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(("" if v is None else v for v in row) for row in rows)

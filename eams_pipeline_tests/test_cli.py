@@ -208,3 +208,43 @@ def test_help_explains_each_command(tmp_path: Path) -> None:
     for command in ("db", "setup", "process", "export"):
         assert command in out
     assert "--dry-run" in eams("process", "--help", cwd=tmp_path, url="").stdout
+
+
+def test_process_verbose_shows_progress_on_stderr_and_only_the_json_on_stdout(
+    district: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EAMS_HASH_BATCH_SIZE", "1")
+    upload = tmp_path / "students.csv"
+    upload.write_bytes(csv_bytes([row("N1"), row("N2", password="other-secret")]))
+    done = eams("process", "--district", "D1", "--verbose", str(upload), cwd=tmp_path, url=district)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1  # exactly one JSON object on standard output
+    assert json.loads(done.stdout)["added"] == 2
+    lines = done.stderr.splitlines()
+    assert all(line.startswith("eams: ") for line in lines), lines
+    assert "eams: hash: 0/2 (0%), 0.0/s" in lines
+    assert any(line.startswith("eams: hash: 2/2 (100%), ") for line in lines), lines
+    for step in ("read", "validate", "hash", "lock", "snapshot", "plan", "apply", "record"):
+        assert any(line.startswith(f"eams: {step} done in ") for line in lines), (step, lines)
+    assert lines[-1].startswith("eams: processed in ")
+    assert "other-secret" not in done.stderr and "secret-pw" not in done.stderr
+
+    # not a terminal and no --verbose: nothing on stderr
+    upload.write_bytes(csv_bytes([row("N3")]))
+    quiet = eams("process", "--district", "D1", str(upload), cwd=tmp_path, url=district)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["rows"] == 1
+
+
+def test_help_does_not_import_the_data_libraries(tmp_path: Path) -> None:
+    # start-up: `eams --help` (and every command until it runs) imports no pandas, pandera,
+    # pyarrow, psycopg, argon2 nor dagster
+    probe = (
+        "import sys; from eams_pipeline import cli; "
+        "heavy = {'pandas', 'pandera', 'pyarrow', 'psycopg', 'argon2', 'dagster', 'rich'}; "
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -213,6 +213,22 @@ def test_clean_upload_end_to_end(pipeline: Pipeline, instance: dg.DagsterInstanc
     assert_no_student_data(body + str(mail["Subject"]))
 
 
+def test_upload_outcome_logs_its_steps_and_records_their_seconds(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    _, result = pipeline.sensor_run(instance, "D001", clean_file())
+    assert result.success
+    meta = materialization(result, "upload_outcome")
+    for step in ("read", "validate", "hash", "lock", "snapshot", "plan", "apply", "record"):
+        assert meta[f"seconds_{step}"] >= 0, step
+    assert meta["hashed_passwords"] == 2 and meta["cached_hashes"] == 2
+    assert meta["hash_rate_per_s"] > 0
+    logs = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("hash: 2/2 (100%), ") for m in logs), logs
+    assert any(m.startswith("apply done in ") for m in logs), logs
+    assert_no_student_data("\n".join(logs))
+
+
 def test_upload_with_row_errors_publishes_the_error_file_and_reports_it(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:

@@ -60,7 +60,11 @@ class UploadResult:
     file_error: FileRejected | None = None
     already_applied: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    # argon2id hashes computed by this call (before the apply and inline); hashes the apply
+    # took from the durable cache (computed before the lock, by this call or a crashed one)
     hashed_passwords: int = 0
+    cached_hashes: int = 0
+    hash_rate_per_s: float = 0.0
     # full-roster mode: active students absent from the file, deactivated (not in `rows`)
     deactivated_missing: int = 0
     # the change guard: the rule(s) that tripped with their figures (core.guard.trip_record)

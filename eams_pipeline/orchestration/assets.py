@@ -50,11 +50,14 @@ from eams_pipeline.orchestration.retention import known_uploads, remove_raw_uplo
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
 from eams_pipeline.services.notify import district_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
+from eams_pipeline.services.progress import LineProgress
 from eams_pipeline.services.review import ReviewRefused, approve
 
 GROUP = "eams_uploads"
 # the outcomes told to the failure contacts as well (master data `failure_contacts`)
 PREVIEW_ROWS = 20
+# the run's log gets a hashing progress line at most this often (and every step's end)
+PROGRESS_LOG_SECONDS = 5.0
 
 
 class ApplyConfig(dg.Config):
@@ -286,6 +289,8 @@ def upload_outcome(
         received_at=ref.received_at,
         archive_path=archive_path,
     )
+    # each step's end and the hashing's done/total, rate and ETA in the run's log
+    progress = LineProgress(context.log.info, interval=PROGRESS_LOG_SECONDS)
     with db.connect() as conn:
         record = db_uploads.get_upload(conn, ref.key)
         conn.rollback()  # end that read: processing commits in a transaction of its own
@@ -299,6 +304,7 @@ def upload_outcome(
                     decided_by=config.approved_by or f"dagster run {context.run.run_id}",
                     allow_older=config.allow_older,
                     error_file_name=lambda upload_id: _error_path(root, upload_id),
+                    progress=progress,
                 )
             except ReviewRefused as exc:
                 raise dg.Failure(str(exc), allow_retries=False) from exc
@@ -310,6 +316,7 @@ def upload_outcome(
                 engine.get(),
                 allow_older=config.allow_older,
                 error_file_name=lambda upload_id: _error_path(root, upload_id),
+                progress=progress,
             )
     if result.status == UploadStatus.HELD:
         context.log.warning(
@@ -340,10 +347,19 @@ def upload_outcome(
             **{k: dg.MetadataValue.int(int(result.counts[k])) for k in COUNT_KEYS},
             "deactivated_missing": dg.MetadataValue.int(result.deactivated_missing),
             "hashed_passwords": dg.MetadataValue.int(result.hashed_passwords),
+            "cached_hashes": dg.MetadataValue.int(result.cached_hashes),
+            "hash_rate_per_s": dg.MetadataValue.float(round(result.hash_rate_per_s, 2)),
             "seconds": dg.MetadataValue.float(round(float(sum(result.timings.values())), 3)),
+            **_step_seconds(result.timings),
             **_guard_metadata(result.guard_trip, result.guard_figures),
         }
     )
+
+
+def _step_seconds(timings: dict[str, float]) -> dict[str, object]:
+    """`seconds_<step>` for every step process_upload timed (read, validate, hash, lock,
+    load, snapshot, plan, hash_inline, apply, record)."""
+    return {f"seconds_{k}": dg.MetadataValue.float(round(float(v), 3)) for k, v in timings.items()}
 
 
 def _guard_metadata(trip: dict | None, figures: dict | None) -> dict[str, object]:

@@ -64,6 +64,8 @@ class EngineResource(dg.ConfigurableResource):
         return Engine(
             secret=config.secret_key(self.secret_key_env),
             hasher=PasswordHasher(config.argon2_settings()),
+            hash_batch_size=config.hash_batch_size(),
+            hash_cache_days=config.hash_cache_days(),
         )
 
 

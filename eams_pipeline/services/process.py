@@ -1,11 +1,22 @@
 """One upload, start to finish: the code path shared by `eams process` and the Dagster job.
 
-    lock the district -> parse (file-level checks) and validate (column rules) while the
-    district's students load -> snapshot -> plan -> hash new passwords -> apply -> record
+Two phases (README "Password hashing"):
 
-Everything that writes happens in one transaction: a failure anywhere leaves the
-database as it was. Processing an upload that was already applied changes nothing and
-returns what was recorded the first time.
+1. before the district's lock, in short transactions of their own: parse (file-level
+   checks) and validate (column rules); find the rows whose password is neither the stored
+   student's (keyed fingerprint) nor already in the durable `password_hash_cache`; hash
+   them with argon2id in batches of `Engine.hash_batch_size` on the worker threads and
+   COMMIT each batch into the cache. A crash here loses at most the batch being hashed: a
+   retry or re-run of the file finds the finished batches and hashes only the rest.
+2. one transaction under the district's lock: snapshot -> plan -> guard -> take the
+   password_changed rows' hashes from the cache (one set-based join; hash inline only
+   those missing, i.e. changed in between) -> apply -> remove the used cache rows ->
+   record. A failure anywhere here leaves the students as they were.
+
+Phase 1 runs only when the connection is idle (the caller has no transaction open, so that
+each batch can commit) and not for a dry run; otherwise every hash is computed inline, as
+before. Processing an upload that was already applied changes nothing and returns what
+was recorded the first time.
 """
 
 from __future__ import annotations
@@ -16,14 +27,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from eams_pipeline.core.encoding import decode_upload
 from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
-from eams_pipeline.core.fingerprints import fingerprint_key
+from eams_pipeline.core.fingerprints import fingerprint_key, password_fingerprint
 from eams_pipeline.core.guard import GuardFigures, evaluate, trip_record
 from eams_pipeline.core.outcome import (
     OUTCOMES,
@@ -33,12 +46,14 @@ from eams_pipeline.core.outcome import (
 )
 from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.core.plan import Plan, make_plan
-from eams_pipeline.core.reading import FileRejected, count_data_records, read_upload
+from eams_pipeline.core.reading import FileRejected, ParsedFile, count_data_records, read_upload
 from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
+from eams_pipeline.db import password_cache
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.db.districts import lock_district
+from eams_pipeline.db.districts import District, get_district, lock_district
 from eams_pipeline.db.snapshot import load_district_students, load_snapshot
+from eams_pipeline.services.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -67,26 +82,186 @@ def file_too_large(size: int, limit: int) -> FileRejected:
     )
 
 
+DEFAULT_HASH_BATCH_SIZE = 500
+DEFAULT_HASH_CACHE_DAYS = 7
+
+
 @dataclass(frozen=True)
 class Engine:
     """What processing needs besides the database: the server secret that keys the password
-    fingerprints, and the password hasher."""
+    fingerprints, the password hasher, how many hashes commit together before the apply
+    (a crash loses at most one batch) and how long unused cached hashes are kept."""
 
     secret: bytes
     hasher: PasswordHasher
+    hash_batch_size: int = DEFAULT_HASH_BATCH_SIZE
+    hash_cache_days: int = DEFAULT_HASH_CACHE_DAYS
 
 
 @dataclass
 class _Clock:
+    progress: Progress = field(default_factory=Progress)
     timings: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
+        self.progress.started(name)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.progress.finished(name, seconds)  # not when the step failed
+
+
+@dataclass
+class _Read:
+    """The file read and validated (phase 1, before the lock), for the district's encoding."""
+
+    encoding: str
+    text: bytes
+    parsed: ParsedFile | None = None
+    rejection: FileRejected | None = None
+    rows: pd.DataFrame | None = None
+    column_errors: pd.DataFrame | None = None
+
+
+@dataclass
+class Prepared:
+    """What phase 1 leaves for the apply: the file read and validated, and how many
+    passwords it hashed into the cache (and in how many seconds)."""
+
+    read: _Read | None = None
+    hashed: int = 0
+    hash_seconds: float = 0.0
+    content_sha256: str | None = None  # of the bytes read: the apply reuses `read` only for them
+
+
+def _read(upload: Upload, encoding: str, clock: _Clock) -> _Read:
+    out = _Read(encoding=encoding, text=upload.data, rejection=upload.rejection)
+    with clock.step("read"):
+        try:
+            if out.rejection is None:
+                out.text = decode_upload(upload.data, encoding)
+                out.parsed = read_upload(out.text)
+        except FileRejected as exc:
+            out.rejection = exc
+    if out.parsed is not None:
+        with clock.step("validate"):
+            out.rows = normalise(out.parsed.rows)
+            out.column_errors = validate_rows(out.parsed.rows)
+    return out
+
+
+def prepare_upload(
+    conn: psycopg.Connection,
+    upload: Upload,
+    engine: Engine,
+    *,
+    approve_hold: bool = False,
+    progress: Progress | None = None,
+    clock: _Clock | None = None,
+    content_sha256: str | None = None,
+) -> Prepared:
+    """Phase 1 (module docstring): read and validate the file, and hash the passwords the
+    apply will need into the durable cache, batch by committed batch, without the
+    district's lock. Needs an idle connection. Does nothing for an upload already settled."""
+    clock = clock or _Clock(progress or Progress())
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise RuntimeError("prepare_upload commits each batch: the connection must be idle")
+    with conn.transaction():
+        district = get_district(conn, upload.district)
+        record = db_uploads.get_upload(conn, upload.key) if upload.key else None
+    if district is None or upload.rejection is not None:
+        return Prepared()  # the apply phase reports it
+    if record is not None and record.is_final and not (approve_hold and record.approvable):
+        return Prepared()  # settled: the apply phase returns what was recorded
+    # the stored fingerprints stream in (a thread: the connection is the thread's alone
+    # until .result()) while this thread parses and validates
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-fingerprints") as pool:
+        stored = pool.submit(password_cache.stored_fingerprints, conn, district.district_id)
+        read = _read(upload, district.encoding, clock)
+        stored_fps = stored.result()
+    digest = content_sha256 or hashlib.sha256(upload.data).hexdigest()
+    prepared = Prepared(read=read, content_sha256=digest)
+    if read.rows is None:
+        return prepared
+    with clock.step("hash"):
+        start = time.perf_counter()
+        prepared.hashed = _hash_ahead(conn, district, read, stored_fps, engine, clock.progress)
+        prepared.hash_seconds = time.perf_counter() - start
+    return prepared
+
+
+def _hash_ahead(
+    conn: psycopg.Connection,
+    district: District,
+    read: _Read,
+    stored: pd.DataFrame,
+    engine: Engine,
+    progress: Progress,
+) -> int:
+    """Hash into the cache every password the apply is likely to need: on rows without a
+    column-rule error, whose Student ID is on one row only, and whose fingerprint is neither
+    the stored student's (`stored`: student_id, password_fingerprint) nor cached. Each
+    batch commits. Returns how many were hashed."""
+    assert read.rows is not None and read.column_errors is not None
+    rows = read.rows
+    candidate = (
+        rows["password"].notna()
+        & rows["student_id"].notna()
+        & ~rows["student_id"].duplicated(keep=False)
+        & ~rows.index.isin(read.column_errors["row"].to_numpy())
+    )
+    rows = rows[candidate]
+    with conn.transaction():
+        password_cache.expire(conn, engine.hash_cache_days)
+    if rows.empty:
+        return 0
+    fps = password_fingerprint(rows["student_id"], rows["password"], fingerprint_key(engine.secret))
+    # locally first: on a nightly file nearly every password is the stored one
+    at = pd.Index(stored["student_id"]).get_indexer(rows["student_id"])  # -1: a new student
+    known = stored["password_fingerprint"].notna().to_numpy()
+    stored_fp = stored["password_fingerprint"].to_numpy(dtype="int64", na_value=0)
+    hit = np.flatnonzero(at >= 0)
+    hit = hit[known[at[hit]]]
+    same = np.zeros(len(rows), dtype=bool)
+    same[hit] = stored_fp[at[hit]] == fps[hit]
+    rows, fps = rows[~same], fps[~same]
+    if rows.empty:
+        return 0
+    keys = pd.DataFrame(
+        {
+            "k": np.arange(len(rows), dtype="int64"),
+            "student_id": rows["student_id"].to_numpy(),
+            "password_fp": fps,
+            "password": rows["password"].to_numpy(),
+        }
+    )
+    todo = keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
+    total, done = len(todo), 0
+    if total:
+        progress.advanced("hash", 0, total)
+    size = max(1, engine.hash_batch_size)
+    for start in range(0, total, size):
+        batch = todo.iloc[start : start + size]
+        hashes = engine.hasher.hash_many(batch["password"].tolist())
+        with conn.transaction():
+            password_cache.store(
+                conn,
+                district.district_id,
+                pd.DataFrame(
+                    {
+                        "student_id": batch["student_id"].to_numpy(),
+                        "password_fp": batch["password_fp"].to_numpy(),
+                        "password_hash": hashes,
+                    }
+                ),
+            )
+        done += len(batch)
+        progress.advanced("hash", done, total)
+    return done
 
 
 def process_upload(
@@ -98,6 +273,8 @@ def process_upload(
     allow_older: bool = False,
     approve_hold: bool = False,
     error_file_name: Callable[[int | None], str] | None = None,
+    progress: Progress | None = None,
+    prepared: Prepared | None = None,
 ) -> UploadResult:
     """Process one upload of a district (see the module docstring).
 
@@ -111,9 +288,31 @@ def process_upload(
     errors and the rule's figures. A held upload is settled: running it again returns what
     was recorded. `approve_hold` re-plans it against the current database and applies it
     without the guard (services.review.approve records who approved it).
+
+    `progress` is told each step's start and end and the hashing's done/total; `prepared`
+    is phase 1 already done by the caller (services.review.approve does it before its
+    transaction), else it runs here when the connection is idle and this is no dry run.
     """
-    clock = _Clock()
+    clock = _Clock(progress or Progress())
     received_at = upload.received_at or dt.datetime.now(dt.UTC)
+    if upload.key is None and not dry_run:
+        # one key for both phases (phase 1 looks up whether the upload is settled)
+        upload = replace(
+            upload,
+            key=db_uploads.make_upload_key(upload.district, received_at),
+            received_at=received_at,
+        )
+    content_sha256 = hashlib.sha256(upload.data).hexdigest()
+    if prepared is None and not dry_run and conn.info.transaction_status == TransactionStatus.IDLE:
+        prepared = prepare_upload(
+            conn,
+            upload,
+            engine,
+            approve_hold=approve_hold,
+            clock=clock,
+            content_sha256=content_sha256,
+        )
+    prepared = prepared or Prepared()
 
     with conn.transaction() as tx:
         with clock.step("lock"):
@@ -123,9 +322,9 @@ def process_upload(
                 record = db_uploads.ensure_upload(
                     conn,
                     district.district_id,
-                    upload.key or db_uploads.make_upload_key(upload.district, received_at),
+                    upload.key,
                     file_name=upload.file_name,
-                    content_sha256=hashlib.sha256(upload.data).hexdigest(),
+                    content_sha256=content_sha256,
                     received_at=received_at,
                     archive_path=upload.archive_path,
                 )
@@ -135,23 +334,23 @@ def process_upload(
                 if record.is_final and not approving:
                     return db_uploads.recorded_result(conn, record, upload.district)
 
-        # The district's students stream in from the database (a thread: the connection is
-        # the thread's alone until .result()) while this thread parses and validates.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
-            stored_students = pool.submit(load_district_students, conn, district)
-            parsed, rejection, text = None, upload.rejection, upload.data
-            with clock.step("read"):
-                try:
-                    if rejection is None:
-                        text = decode_upload(upload.data, district.encoding)
-                        parsed = read_upload(text)
-                except FileRejected as exc:
-                    rejection = exc
-            if parsed is not None:
-                with clock.step("validate"):
-                    rows = normalise(parsed.rows)
-                    column_errors = validate_rows(parsed.rows)
-            students = stored_students.result()
+        read = prepared.read
+        if (
+            read is not None
+            and read.encoding == district.encoding
+            and prepared.content_sha256 == content_sha256
+        ):
+            with clock.step("load"):
+                students = load_district_students(conn, district)
+        else:
+            # The district's students stream in from the database (a thread: the connection
+            # is the thread's alone until .result()) while this thread parses and validates.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
+                stored_students = pool.submit(load_district_students, conn, district)
+                read = _read(upload, district.encoding, clock)
+                students = stored_students.result()
+        parsed, rejection, text = read.parsed, read.rejection, read.text
+        rows, column_errors = read.rows, read.column_errors
 
         superseded = (
             record is not None
@@ -195,10 +394,14 @@ def process_upload(
                 if result.guard_trip is not None:
                     result.status = UploadStatus.HELD
             if record is not None and not superseded and result.status != UploadStatus.HELD:
-                with clock.step("hash"):
-                    hashes, result.hashed_passwords = _hash(plan, engine.hasher)
+                with clock.step("hash_inline"):
+                    hashes, inline, result.cached_hashes = _hashes(
+                        conn, district.district_id, plan, engine.hasher
+                    )
+                    result.hashed_passwords = prepared.hashed + inline
                 with clock.step("apply"):
                     db_apply.apply_plan(conn, district.district_id, record.upload_id, plan, hashes)
+                    password_cache.forget(conn, district.district_id)
 
         if record is None:
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
@@ -224,13 +427,34 @@ def process_upload(
                     conn, district.district_id, record
                 )
     result.timings = clock.timings
+    if prepared.hashed and prepared.hash_seconds > 0:
+        result.hash_rate_per_s = prepared.hashed / prepared.hash_seconds
     return result
 
 
-def _hash(plan: Plan, hasher: PasswordHasher) -> tuple[pd.Series, int]:
+def _hashes(
+    conn: psycopg.Connection, district_id: int, plan: Plan, hasher: PasswordHasher
+) -> tuple[pd.Series, int, int]:
+    """The argon2id hash of every password_changed row: from the cache (one join), the
+    missing ones (changed since phase 1, or no phase 1) hashed here. Returns the hashes
+    (indexed as plan.changes), how many were hashed here and how many came from the cache.
+    The keys stay staged for password_cache.forget after the apply."""
     changed = plan.changes[plan.changes["password_changed"]]
-    hashes = hasher.hash_many(changed["password"].tolist())
-    return pd.Series(hashes, index=changed.index, dtype="str"), len(hashes)
+    keys = pd.DataFrame(
+        {
+            "k": np.arange(len(changed), dtype="int64"),
+            "student_id": changed["student_id"].to_numpy(),
+            "password_fp": changed["password_fp"].astype("int64").to_numpy(),
+        }
+    )
+    hashes = np.full(len(changed), None, dtype=object)
+    found = password_cache.take(conn, district_id, keys)
+    hashes[found["k"].to_numpy()] = found["password_hash"].to_numpy()
+    missing = np.flatnonzero(pd.isna(hashes))
+    if len(missing):
+        passwords = changed["password"].to_numpy()[missing].tolist()
+        hashes[missing] = hasher.hash_many(passwords)
+    return pd.Series(hashes, index=changed.index, dtype="str"), len(missing), len(found)
 
 
 def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadResult:

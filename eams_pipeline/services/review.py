@@ -13,11 +13,13 @@ import hashlib
 from collections.abc import Callable
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from eams_pipeline.core.outcome import UploadResult, UploadStatus
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import district_code, lock_district
-from eams_pipeline.services.process import Engine, Upload, process_upload
+from eams_pipeline.services.process import Engine, Prepared, Upload, prepare_upload, process_upload
+from eams_pipeline.services.progress import Progress
 
 
 class ReviewRefused(RuntimeError):
@@ -49,11 +51,28 @@ def approve(
     decided_by: str,
     allow_older: bool = False,
     error_file_name: Callable[[int | None], str] | None = None,
+    progress: Progress | None = None,
 ) -> UploadResult:
     """Apply a held upload as it would have been applied, re-planned against the current
     database under the district's lock, without the change guard; record the approval in
     the same transaction. `data` is the upload's bytes (its archive copy or the file given
-    to `eams process`): they must be the bytes recorded (sha256)."""
+    to `eams process`): they must be the bytes recorded (sha256).
+
+    The passwords are hashed first, before the district's lock (process.prepare_upload:
+    those hashed the night the upload was held are still in the cache and not hashed
+    again), when the connection is idle."""
+    prepared: Prepared | None = None
+    if conn.info.transaction_status == TransactionStatus.IDLE:
+        with conn.transaction():
+            record = held_upload(conn, upload_key)
+            code = district_code_of(conn, record)
+        prepared = prepare_upload(
+            conn,
+            Upload(district=code, data=data, key=upload_key),
+            engine,
+            approve_hold=True,
+            progress=progress,
+        )
     with conn.transaction():
         record = held_upload(conn, upload_key)
         code = district_code_of(conn, record)
@@ -83,6 +102,8 @@ def approve(
             allow_older=allow_older,
             approve_hold=True,
             error_file_name=error_file_name,
+            progress=progress,
+            prepared=prepared,
         )
         if result.status in (UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED):
             db_uploads.record_decision(conn, record.upload_id, "approved", decided_by)

@@ -1,0 +1,121 @@
+"""The durable cache of argon2id hashes computed before an upload's apply transaction.
+
+Hashing a night's new passwords takes minutes; it runs before the district is locked, in
+batches that each commit into `password_hash_cache` (sql/009). The apply transaction then
+takes the hashes with one set-based join, and removes the rows it used. A row is keyed by
+(district, Student ID, keyed password fingerprint): it serves only that student with that
+password. Only hashes are stored, never a password.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import psycopg
+import pyarrow as pa
+
+from eams_pipeline.db.snapshot import copy_in, copy_out
+
+_KEYS = """CREATE TEMP TABLE IF NOT EXISTS password_keys (
+    k bigint NOT NULL, student_id text NOT NULL, password_fp bigint NOT NULL
+) ON COMMIT DELETE ROWS"""
+
+
+def _stage_keys(conn: psycopg.Connection, keys: pd.DataFrame) -> None:
+    """`keys` (k, student_id, password_fp) into the temporary table password_keys."""
+    conn.execute(_KEYS)
+    conn.execute("TRUNCATE password_keys")
+    if not keys.empty:
+        copy_in(conn, "password_keys", keys[["k", "student_id", "password_fp"]])
+        conn.execute("ANALYZE password_keys")
+
+
+def stored_fingerprints(conn: psycopg.Connection, district_id: int) -> pd.DataFrame:
+    """Every student of the district's (student_id, password_fingerprint), one COPY in a
+    transaction of its own (no lock: phase 1 only narrows down what to hash)."""
+    with conn.transaction():
+        return copy_out(
+            conn,
+            "SELECT student_id, password_fingerprint FROM students WHERE district_id = %s",
+            (district_id,),
+            {"student_id": pa.string(), "password_fingerprint": pa.int64()},
+        )
+
+
+def to_hash(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.Series:
+    """The `k` of the keys (k, student_id, password_fp) whose password is neither the
+    stored student's (same fingerprint) nor already hashed in the cache, in `k` order."""
+    if keys.empty:
+        return pd.Series([], dtype="int64")
+    with conn.transaction():
+        _stage_keys(conn, keys)
+        found = copy_out(
+            conn,
+            """SELECT p.k FROM password_keys p
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM students s WHERE s.district_id = %s
+                      AND s.student_id = p.student_id AND s.password_fingerprint = p.password_fp)
+                 AND NOT EXISTS (
+                   SELECT 1 FROM password_hash_cache c WHERE c.district_id = %s
+                      AND c.student_id = p.student_id AND c.password_fingerprint = p.password_fp)
+               ORDER BY p.k""",
+            (district_id, district_id),
+            {"k": pa.int64()},
+        )
+    return found["k"].astype("int64")
+
+
+def store(conn: psycopg.Connection, district_id: int, batch: pd.DataFrame) -> None:
+    """One batch of (student_id, password_fp, password_hash), in the caller's transaction.
+    A row already there (a concurrent run of the same file) is kept."""
+    conn.execute(
+        """INSERT INTO password_hash_cache
+               (district_id, student_id, password_fingerprint, password_hash)
+           SELECT %s, b.student_id, b.fp, b.h
+           FROM unnest(%s::text[], %s::bigint[], %s::text[]) AS b(student_id, fp, h)
+           ON CONFLICT DO NOTHING""",
+        (
+            district_id,
+            batch["student_id"].tolist(),
+            [int(v) for v in batch["password_fp"]],
+            batch["password_hash"].tolist(),
+        ),
+    )
+
+
+def take(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.DataFrame:
+    """The cached hashes of the keys (k, student_id, password_fp): a frame (k, password_hash)
+    of those found. Leaves the keys in password_keys for `forget` (same transaction)."""
+    _stage_keys(conn, keys)
+    if keys.empty:
+        return pd.DataFrame({"k": pd.Series(dtype="int64"), "password_hash": pd.Series(dtype=str)})
+    found = copy_out(
+        conn,
+        """SELECT p.k, c.password_hash FROM password_keys p
+           JOIN password_hash_cache c ON c.district_id = %s AND c.student_id = p.student_id
+                                     AND c.password_fingerprint = p.password_fp""",
+        (district_id,),
+        {"k": pa.int64(), "password_hash": pa.string()},
+    )
+    found["k"] = found["k"].astype("int64")
+    return found
+
+
+def forget(conn: psycopg.Connection, district_id: int) -> int:
+    """Remove the cache rows of the keys last given to `take` (now stored in students)."""
+    cur = conn.execute(
+        """DELETE FROM password_hash_cache c USING password_keys p
+           WHERE c.district_id = %s AND c.student_id = p.student_id
+             AND c.password_fingerprint = p.password_fp""",
+        (district_id,),
+    )
+    return cur.rowcount
+
+
+def expire(conn: psycopg.Connection, days: int) -> int:
+    """Remove the cache rows older than `days` (hashes of rows never applied: failed rows,
+    held or discarded files, crashed runs never re-run)."""
+    cur = conn.execute(
+        "DELETE FROM password_hash_cache WHERE created_at < now() - make_interval(days => %s)",
+        (days,),
+    )
+    return cur.rowcount

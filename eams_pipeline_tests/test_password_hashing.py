@@ -1,0 +1,343 @@
+"""Passwords hashed before the apply transaction (issue 11): durable batches, a crash in the
+middle of hashing followed by a re-run, hashes changed in between, held files, progress."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import psycopg
+import pytest
+from argon2 import PasswordHasher as Argon2
+
+from eams_pipeline import config
+from eams_pipeline.core.outcome import UploadStatus
+from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.services.process import Engine, Upload, prepare_upload, process_upload
+from eams_pipeline.services.progress import Progress
+from eams_pipeline.services.review import approve
+from eams_pipeline_tests import hash_crash_worker
+from eams_pipeline_tests.builders import (
+    assert_license_invariant,
+    csv_bytes,
+    district_doc,
+    existing_student,
+    load,
+    row,
+)
+
+
+class CountingHasher(PasswordHasher):
+    """The configured hasher, counting every password it hashes."""
+
+    def __init__(self) -> None:
+        super().__init__(config.argon2_settings())
+        self.hashed: list[str] = []
+
+    def hash_many(self, passwords: Sequence[str]) -> list[str]:
+        self.hashed += list(passwords)
+        return super().hash_many(passwords)
+
+
+def _engine(hasher: PasswordHasher, batch: int = 5) -> Engine:
+    return Engine(secret=config.secret_key(), hasher=hasher, hash_batch_size=batch)
+
+
+def _rows(n: int, prefix: str = "N", password: str = "pw-{}-secret") -> list[dict[str, str]]:
+    return [row(f"{prefix}{i:03d}", password=password.format(i)) for i in range(n)]
+
+
+def _cache(conn: psycopg.Connection) -> dict[str, str]:
+    rows = conn.execute("SELECT student_id, password_hash FROM password_hash_cache").fetchall()
+    conn.commit()
+    return dict(rows)
+
+
+def _stored(conn: psycopg.Connection) -> dict[str, str]:
+    rows = conn.execute("SELECT student_id, password_hash FROM students").fetchall()
+    conn.commit()
+    return dict(rows)
+
+
+@pytest.fixture
+def idle(conn: psycopg.Connection) -> psycopg.Connection:
+    """The test's connection with a district loaded and no transaction open (what the CLI
+    and the Dagster job give process_upload)."""
+    load(conn, district_doc(licenses=100))
+    conn.commit()
+    return conn
+
+
+def _limit_memory() -> None:
+    cap = 3 * 1024**3
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+def test_a_crash_mid_hashing_then_a_rerun_reuses_the_finished_hashes_and_applies_once(
+    idle: psycopg.Connection, db_url: str, tmp_path
+) -> None:
+    total, batch, finished_batches = 40, 5, 3
+    rows = _rows(total)
+    upload_file = tmp_path / "students.csv"
+    upload_file.write_bytes(csv_bytes(rows))
+    key = "D1-20260114T020000000000Z"
+
+    # a real process, killed with SIGKILL in the middle of its 4th batch
+    env = {
+        **os.environ,
+        hash_crash_worker.ENV: json.dumps(
+            {
+                "db_url": db_url,
+                "file": str(upload_file),
+                "district": "D1",
+                "key": key,
+                "batch_size": batch,
+                "kill_after_batches": finished_batches,
+            }
+        ),
+    }
+    child = subprocess.run(
+        [sys.executable, "-m", "eams_pipeline_tests.hash_crash_worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_memory,
+    )
+    assert child.returncode == -9, child.stdout + child.stderr
+
+    # the finished batches are durable; nothing else happened
+    before = _cache(idle)
+    assert len(before) == finished_batches * batch
+    assert _stored(idle) == {}
+    assert idle.execute("SELECT count(*) FROM uploads").fetchone()[0] == 0
+    idle.commit()
+
+    # the re-run (same upload key: the Dagster retry) hashes only the rest
+    hasher = CountingHasher()
+    result = process_upload(
+        idle, Upload("D1", upload_file.read_bytes(), key=key), _engine(hasher, batch)
+    )
+    assert result.status == UploadStatus.PROCESSED
+    assert result.counts["added"] == total
+    assert len(hasher.hashed) == total - finished_batches * batch
+    assert result.hashed_passwords == total - finished_batches * batch
+    assert result.cached_hashes == total  # the apply took every hash from the cache
+    done_before = {r["student_id"]: r["password"] for r in rows if r["student_id"] in before}
+    assert not set(hasher.hashed) & set(done_before.values())
+
+    stored = _stored(idle)
+    assert len(stored) == total
+    for sid, h in before.items():
+        assert stored[sid] == h  # the hash computed before the crash is the one applied
+    argon2 = Argon2()
+    for r in rows:
+        assert argon2.verify(stored[r["student_id"]], r["password"])
+    assert _cache(idle) == {}  # used, so removed
+
+    # applied exactly once: one upload, one history row per student, licenses consistent
+    again = process_upload(idle, Upload("D1", upload_file.read_bytes(), key=key), _engine(hasher))
+    assert again.already_applied
+    assert len(hasher.hashed) == total - finished_batches * batch
+    counts = idle.execute(
+        "SELECT (SELECT count(*) FROM uploads), (SELECT count(*) FROM student_history), "
+        "(SELECT status FROM uploads)"
+    ).fetchone()
+    assert counts == (1, total, "processed")
+    assert_license_invariant(idle)
+    idle.commit()
+
+
+def test_a_hash_missing_from_the_cache_is_hashed_inside_the_apply(
+    idle: psycopg.Connection,
+) -> None:
+    rows = _rows(6)
+    upload = Upload("D1", csv_bytes(rows), key="D1-k0")
+    prepared = prepare_upload(idle, upload, _engine(_plain_hasher()))
+    assert prepared.hashed == 6
+    # one cached hash went away in between (aged out, or another run's apply used it)
+    idle.execute("DELETE FROM password_hash_cache WHERE student_id = %s", (rows[4]["student_id"],))
+    idle.commit()
+    hasher = CountingHasher()
+    result = process_upload(idle, upload, _engine(hasher), prepared=prepared)
+    assert result.status == UploadStatus.PROCESSED
+    assert hasher.hashed == [rows[4]["password"]]
+    assert (result.cached_hashes, result.hashed_passwords) == (5, 7)
+    stored = _stored(idle)
+    assert all(Argon2().verify(stored[r["student_id"]], r["password"]) for r in rows)
+
+
+def test_a_password_changed_after_hashing_is_hashed_inline(idle: psycopg.Connection) -> None:
+    first = _rows(6)
+    prepared = prepare_upload(
+        idle, Upload("D1", csv_bytes(first), key="D1-k1"), _engine(_plain_hasher())
+    )
+    assert prepared.hashed == 6
+    second = [dict(r) for r in first]
+    second[2]["password"] = "changed-in-between"
+    hasher = CountingHasher()
+    # the apply of other bytes than phase 1 read (the file is read again): the changed
+    # password's fingerprint is not in the cache, it is hashed inside the apply
+    result = process_upload(
+        idle, Upload("D1", csv_bytes(second), key="D1-k1"), _engine(hasher), prepared=prepared
+    )
+    assert result.status == UploadStatus.PROCESSED
+    assert hasher.hashed == ["changed-in-between"]
+    assert result.cached_hashes == 5
+    stored = _stored(idle)
+    assert Argon2().verify(stored[second[2]["student_id"]], "changed-in-between")
+    # the stale cached hash of the old password was not used and is not kept by the apply's
+    # cleanup; it ages out (EAMS_HASH_CACHE_DAYS)
+    assert set(_cache(idle)) == {second[2]["student_id"]}
+
+
+def _plain_hasher() -> PasswordHasher:
+    return PasswordHasher(config.argon2_settings())
+
+
+def test_a_cached_hash_serves_only_its_student_and_password(idle: psycopg.Connection) -> None:
+    # the same password for two students: two fingerprints (Student ID is in the key), two
+    # hashes; an unchanged password is not hashed again; the cache holds no clear text
+    rows = [row("A1", password="same-password"), row("A2", password="same-password")]
+    prepare_upload(idle, Upload("D1", csv_bytes(rows), key="D1-k2"), _engine(_plain_hasher()))
+    cached = idle.execute(
+        "SELECT student_id, password_fingerprint, password_hash FROM password_hash_cache"
+    ).fetchall()
+    idle.commit()
+    assert len(cached) == 2 and cached[0][1] != cached[1][1]
+    assert "same-password" not in str(cached)
+    hasher = CountingHasher()
+    result = process_upload(idle, Upload("D1", csv_bytes(rows), key="D1-k2"), _engine(hasher))
+    assert result.counts["added"] == 2 and hasher.hashed == []
+    again = process_upload(idle, Upload("D1", csv_bytes(rows), key="D1-k3"), _engine(hasher))
+    assert again.counts["unchanged"] == 2 and again.hashed_passwords == 0
+    assert _cache(idle) == {}
+
+
+def test_rows_with_errors_are_not_hashed_ahead(idle: psycopg.Connection) -> None:
+    rows = [
+        row("OK1"),
+        row("BAD1", grade="99"),  # a column rule broken
+        row("DUP", password="one-password"),
+        row("DUP", password="two-password", username="other"),  # duplicate Student ID
+    ]
+    hasher = CountingHasher()
+    result = process_upload(idle, Upload("D1", csv_bytes(rows)), _engine(hasher))
+    assert result.counts["added"] == 1
+    assert hasher.hashed == ["secret-pw"]
+
+
+def test_a_held_upload_keeps_its_hashes_for_the_approval(conn: psycopg.Connection) -> None:
+    existing = [existing_student(f"E{i}") for i in range(8)]
+    load(conn, district_doc(existing=existing, guard=None))
+    conn.commit()
+    rows = [row(f"E{i}", password=f"new-password-{i}") for i in range(8)]
+    data = csv_bytes(rows)
+    hasher = CountingHasher()
+    held = process_upload(conn, Upload("D1", data, key="D1-held"), _engine(hasher))
+    assert held.status == UploadStatus.HELD
+    assert len(hasher.hashed) == 8 and held.hashed_passwords == 0  # none applied
+    assert len(_cache(conn)) == 8
+    approved = approve(conn, "D1-held", data, _engine(hasher), decided_by="test")
+    assert approved.status == UploadStatus.PROCESSED
+    assert len(hasher.hashed) == 8  # the approval hashed nothing again
+    assert approved.cached_hashes == 8
+    stored = _stored(conn)
+    assert all(Argon2().verify(stored[f"E{i}"], f"new-password-{i}") for i in range(8))
+    assert _cache(conn) == {}
+
+
+class Recorder(Progress):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def started(self, step: str) -> None:
+        self.events.append(("started", step))
+
+    def advanced(self, step: str, done: int, total: int) -> None:
+        self.events.append(("advanced", step, done, total))
+
+    def finished(self, step: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.events.append(("finished", step))
+
+
+def test_progress_reports_every_step_and_each_hashing_batch(idle: psycopg.Connection) -> None:
+    recorder = Recorder()
+    result = process_upload(
+        idle, Upload("D1", csv_bytes(_rows(12))), _engine(_plain_hasher(), 5), progress=recorder
+    )
+    assert result.status == UploadStatus.PROCESSED
+    advanced = [e[2:] for e in recorder.events if e[0] == "advanced"]
+    assert advanced == [(0, 12), (5, 12), (10, 12), (12, 12)]
+    finished = [e[1] for e in recorder.events if e[0] == "finished"]
+    for step in ("read", "validate", "hash", "lock", "snapshot", "plan", "apply", "record"):
+        assert step in finished
+    assert set(result.timings) >= set(finished)
+    assert result.hash_rate_per_s > 0
+
+
+def _eams(*args: str, url: str, cwd) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eams_pipeline.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "EAMS_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_eams_uploads_approve_reuses_the_hashes_of_the_held_night(
+    conn: psycopg.Connection, db_url: str, tmp_path
+) -> None:
+    load(conn, district_doc(existing=[existing_student(f"E{i}") for i in range(8)], guard=None))
+    conn.commit()
+    upload = tmp_path / "students.csv"
+    upload.write_bytes(csv_bytes([row(f"E{i}", password=f"new-password-{i}") for i in range(8)]))
+    held = _eams("process", "--district", "D1", "--verbose", str(upload), url=db_url, cwd=tmp_path)
+    assert held.returncode == 3, held.stderr
+    assert any(line.startswith("eams: hash: 8/8 (100%)") for line in held.stderr.splitlines())
+    [(key,)] = conn.execute("SELECT upload_key FROM uploads").fetchall()
+    conn.commit()
+    approved = _eams(
+        "uploads", "approve", key, "--file", str(upload), "--by", "test", "--no-email",
+        "--verbose", url=db_url, cwd=tmp_path,
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+    assert "eams: hash: " not in approved.stderr  # nothing left to hash
+    assert "eams: apply done in " in approved.stderr
+    stored = _stored(conn)
+    assert all(Argon2().verify(stored[f"E{i}"], f"new-password-{i}") for i in range(8))
+    assert _cache(conn) == {}
+
+
+def test_the_district_is_not_locked_while_passwords_are_hashed(
+    idle: psycopg.Connection, db_url: str
+) -> None:
+    seen: list[bool] = []
+
+    class Probing(PasswordHasher):
+        """Before each batch: can another session lock the district right now?"""
+
+        def __init__(self) -> None:
+            super().__init__(config.argon2_settings())
+
+        def hash_many(self, passwords: Sequence[str]) -> list[str]:
+            with psycopg.connect(db_url) as other:
+                other.execute("SET lock_timeout = '2s'")
+                try:
+                    other.execute("SELECT 1 FROM districts WHERE code = 'D1' FOR UPDATE")
+                    seen.append(True)
+                except psycopg.errors.LockNotAvailable:
+                    seen.append(False)
+            return super().hash_many(passwords)
+
+    result = process_upload(idle, Upload("D1", csv_bytes(_rows(12))), _engine(Probing(), 5))
+    assert result.status == UploadStatus.PROCESSED
+    assert seen == [True, True, True]  # three batches, none under the district's lock
