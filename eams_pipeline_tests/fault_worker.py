@@ -167,7 +167,7 @@ class Worker:
         self._log.seek(0)
         return self._log.read().decode("utf-8", "replace")[-chars:]
 
-    def wait_for_line(self, prefix: str, timeout: float = 60) -> str:
+    def wait_for_line(self, prefix: str, timeout: float = 180) -> str:
         """The first line of the child's stdout starting with ``prefix``."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout

@@ -332,7 +332,7 @@ def test_run_worker_killed_after_the_relay_accepted_the_email_emails_again(
     assert second.get_content() == first.get_content()
 
 
-def _wait(condition, what: str, timeout: float = 30):
+def _wait(condition, what: str, timeout: float = 120):
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:
