@@ -18,8 +18,9 @@ The file's shape (scaled from SHAPES["nightly-1m"]):
 
 from __future__ import annotations
 
+import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -62,7 +63,39 @@ class Shape:
 SHAPES = {
     "nightly-1m": Shape(900_000, 100_000, 3_000, 2_000, 2_000),
     "nightly-100k": Shape(90_000, 10_000, 300, 200, 200),
+    # a large district's first night (or a new school year): every row a new student
+    "onboarding-1m": Shape(0, 1_000_000, 0, 0, 2_000),
+    "onboarding-100k": Shape(0, 100_000, 0, 0, 200),
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How the data looks, so that the figures do not depend on one data set's shape.
+
+    quoting: "all" (pyarrow: every string value quoted, the default data set) or
+    "minimal" (Python's csv module: quotes only a value that needs them).
+    names: "default" (4,000 last names of 2-4 syllables, 1,500 first names, 400 classes)
+    or "wide" (40,000 last names of 2-6 syllables, 6,000 first names, 3,000 classes).
+    """
+
+    seed: int = SEED
+    quoting: str = "all"
+    schools: int = N_SCHOOLS
+    names: str = "default"
+
+    def tag(self) -> str:
+        """'' for the default data set, else a short suffix naming what differs."""
+        parts = []
+        if self.seed != SEED:
+            parts.append(f"s{self.seed}")
+        if self.quoting != "all":
+            parts.append(f"q{self.quoting[:3]}")
+        if self.schools != N_SCHOOLS:
+            parts.append(f"sch{self.schools}")
+        if self.names != "default":
+            parts.append(f"n{self.names}")
+        return "_".join(parts)
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,7 @@ class District:
     enterprise_size: int
     regular_size: int
     invalid_rows: int
+    variant: Variant = field(default_factory=Variant)
 
 
 def _name_pool(rng: np.random.Generator, size: int, min_syl: int, max_syl: int) -> np.ndarray:
@@ -185,18 +219,21 @@ def _frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
 
 
-def build_district(shape: Shape, seed: int = SEED) -> District:
-    rng = np.random.default_rng(seed)
+def build_district(shape: Shape, variant: Variant | None = None) -> District:
+    variant = variant or Variant()
+    rng = np.random.default_rng(variant.seed)
+    wide = variant.names == "wide"
     pools = {
-        "last": _name_pool(rng, 4000, 2, 4),
-        "first": _name_pool(rng, 1500, 2, 3),
+        "last": _name_pool(rng, 40_000 if wide else 4000, 2, 6 if wide else 4),
+        "first": _name_pool(rng, 6000 if wide else 1500, 2, 3),
     }
-    teachers = _name_pool(rng, 400, 2, 3)
+    teachers = _name_pool(rng, 3000 if wide else 400, 2, 3)
     pools["class"] = np.array(
         [f"{t}, Room {r}" if r % 4 == 0 else f"{t} {r}" for r, t in enumerate(teachers)],
         dtype=object,
     )
-    schools = np.array([f"SCH{i:03d}" for i in range(1, N_SCHOOLS + 1)], dtype=object)
+    n_schools = variant.schools
+    schools = np.array([f"SCH{i:03d}" for i in range(1, n_schools + 1)], dtype=object)
 
     # --- the district as stored -----------------------------------------------------
     ne = shape.existing
@@ -235,20 +272,22 @@ def build_district(shape: Shape, seed: int = SEED) -> District:
     picked_last = pools["last"][rng.integers(0, len(pools["last"]), len(pick))]
     old["last_name"][pick] = picked_last + "-" + old["first_name"][pick]
     pick = changed[kind == 1]  # promoted one grade (12 -> K is still a change)
-    grade_no = np.array([0 if g == "K" else int(g) for g in old["grade"][pick]])
+    grade_no = np.array([0 if g == "K" else int(g) for g in old["grade"][pick]], np.int64)
     old["grade"][pick] = GRADES[(grade_no + 1) % len(GRADES)]
     pick = changed[kind == 2]  # moved to another school
-    current = np.array([int(c[3:]) - 1 for c in old["school_code"][pick]])
-    moved = (current + rng.integers(1, N_SCHOOLS, len(pick))) % N_SCHOOLS
+    current = np.array([int(c[3:]) - 1 for c in old["school_code"][pick]], np.int64)
+    moved = (current + rng.integers(1, n_schools, len(pick))) % n_schools
     old["school_code"][pick] = schools[moved]
     pick = changed[kind == 3]  # another class
-    old["class_name"][pick] = "New " + pools["class"][rng.integers(0, 400, len(pick))]
+    old["class_name"][pick] = (
+        "New " + pools["class"][rng.integers(0, len(pools["class"]), len(pick))]
+    )
 
     new_pw = rng.choice(ne, ne // 200, replace=False)
     old["password"][new_pw] = _passwords(rng, len(new_pw))
     old["password"][rng.choice(ne, ne // 20, replace=False)] = None
-    variant = rng.choice(ne, ne // 50, replace=False)
-    v_grade, v_space = variant[: len(variant) // 2], variant[len(variant) // 2 :]
+    spelled = rng.choice(ne, ne // 50, replace=False)
+    v_grade, v_space = spelled[: len(spelled) // 2], spelled[len(spelled) // 2 :]
     old["grade"][v_grade] = [
         "k" if g == "K" else (f"0{g}" if len(g) == 1 else g) for g in old["grade"][v_grade]
     ]
@@ -263,7 +302,7 @@ def build_district(shape: Shape, seed: int = SEED) -> District:
     rows = {c: np.concatenate([old[c], new[c]]) for c in COLUMNS}
     is_new = np.r_[np.zeros(ne, bool), np.ones(shape.new, bool)][perm]
     wrong_count, n_invalid = _spoil(rng, rows, perm, is_new, other_cols["username"])
-    data = _to_csv(rows, perm, wrong_count)
+    data = _to_csv(rows, perm, wrong_count, variant.quoting)
 
     acquisitions = int((new["status"] == "A").sum()) + shape.activations
     acquisitions += int((active[regular] & (status[regular] != "D")).sum())
@@ -276,6 +315,7 @@ def build_district(shape: Shape, seed: int = SEED) -> District:
         enterprise_size=used + acquisitions + 1_000,
         regular_size=len(regular) + 100,
         invalid_rows=n_invalid,
+        variant=variant,
     )
 
 
@@ -338,15 +378,27 @@ def _spoil(
     return wrong_count, sum(len(v) for v in spoiled.values())
 
 
-def _to_csv(rows: dict[str, np.ndarray], perm: np.ndarray, wrong_count: np.ndarray) -> bytes:
-    table = pa.table({c: pa.array(rows[c], pa.string(), from_pandas=True) for c in COLUMNS})
-    sink = io.BytesIO()
-    pacsv.write_csv(
-        table.take(perm),
-        sink,
-        pacsv.WriteOptions(include_header=False, quoting_style="needed"),
-    )
-    body = sink.getvalue()
+def _to_csv(
+    rows: dict[str, np.ndarray],
+    perm: np.ndarray,
+    wrong_count: np.ndarray,
+    quoting: str = "all",
+) -> bytes:
+    if quoting == "minimal":  # as Python's csv module writes it (absent values empty)
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        columns = [rows[c][perm] for c in COLUMNS]
+        writer.writerows(zip(*columns, strict=True))
+        body = text.getvalue().encode("utf-8")
+    else:
+        table = pa.table({c: pa.array(rows[c], pa.string(), from_pandas=True) for c in COLUMNS})
+        sink = io.BytesIO()
+        pacsv.write_csv(
+            table.take(perm),
+            sink,
+            pacsv.WriteOptions(include_header=False, quoting_style="needed"),
+        )
+        body = sink.getvalue()
     # give some records one field too many or too few (no value holds a line break)
     ends = np.flatnonzero(np.frombuffer(body, np.uint8) == ord("\n"))
     starts = np.r_[0, ends[:-1] + 1]
@@ -359,9 +411,65 @@ def _to_csv(rows: dict[str, np.ndarray], perm: np.ndarray, wrong_count: np.ndarr
     return b"".join(pieces)
 
 
+# --- an aged district: built by the engine's own uploads ------------------------------
+
+
+def _stored_rows(district: District) -> dict[str, np.ndarray]:
+    """The stored students as file columns: status A for active, D for deactivated."""
+    st = district.students
+    rows = {c: st[c].to_numpy(dtype=object, copy=True) for c in COLUMNS if c != "status"}
+    rows["status"] = np.where(st["state"].to_numpy() == "active", "A", "D").astype(object)
+    return rows
+
+
+def onboarding_file(district: District) -> bytes:
+    """The district's first night: every stored student as a new row (A, or X for a
+    deactivated one), in a random order, with its password."""
+    rows = _stored_rows(district)
+    rows["status"] = np.where(rows["status"] == "A", "A", "X").astype(object)
+    rng = np.random.default_rng(district.variant.seed + 1)
+    perm = rng.permutation(len(district.students))
+    return _to_csv(rows, perm, np.array([], dtype=np.int64), district.variant.quoting)
+
+
+def aging_files(district: District, nights: int) -> list[bytes]:
+    """`nights` nightly files that change the onboarded district as a SIS would (5% new
+    class, 2% promoted, 1% new last name, 0.2% new password, ~0.5% status flips), then
+    one file that brings every student back to its stored state: afterwards the database
+    holds exactly the stored students (the night's benchmark file is planned against
+    them), with a history table and dead tuples left by the engine's own writes."""
+    rng = np.random.default_rng(district.variant.seed + 2)
+    n = len(district.students)
+    files = []
+    for night in range(nights):
+        rows = _stored_rows(district)
+        pick = rng.choice(n, n // 20, replace=False)
+        rows["class_name"][pick] = (
+            f"Night {night + 1} " + district.students["last_name"].to_numpy(dtype=object)[pick]
+        )
+        pick = rng.choice(n, n // 50, replace=False)
+        grade_no = np.array([0 if g == "K" else int(g) for g in rows["grade"][pick]])
+        rows["grade"][pick] = GRADES[(grade_no + 1) % len(GRADES)]
+        pick = rng.choice(n, n // 100, replace=False)
+        rows["last_name"][pick] = rows["last_name"][pick] + "-" + rows["first_name"][pick]
+        pick = rng.choice(n, n // 500, replace=False)
+        rows["password"][pick] = _passwords(rng, len(pick))
+        flip = rng.choice(n, n // 200, replace=False)
+        rows["status"][flip] = np.where(rows["status"][flip] == "A", "D", "A")
+        files.append(
+            _to_csv(rows, rng.permutation(n), np.array([], np.int64), district.variant.quoting)
+        )
+    rows = _stored_rows(district)
+    files.append(
+        _to_csv(rows, rng.permutation(n), np.array([], np.int64), district.variant.quoting)
+    )
+    return files
+
+
 def master_data(district: District) -> str:
     schools = [{"code": f"{DISTRICT}-HB", "name": "Enterprise Holding Bin School"}]
-    schools += [{"code": f"SCH{i:03d}", "name": f"School {i}"} for i in range(1, N_SCHOOLS + 1)]
+    n_schools = district.variant.schools
+    schools += [{"code": f"SCH{i:03d}", "name": f"School {i}"} for i in range(1, n_schools + 1)]
     schools.append({"code": CLOSED_SCHOOL, "name": "Closed School", "active": False})
     doc = {
         "districts": [
@@ -398,14 +506,24 @@ def master_data(district: District) -> str:
     return yaml.safe_dump(doc)
 
 
-def load_district(conn: psycopg.Connection, district: District) -> None:
-    """Master data, then every existing student by COPY, then the license counters."""
+def load_district(
+    conn: psycopg.Connection, district: District, *, bench_students: bool = True
+) -> None:
+    """Master data, then every existing student by COPY, then the license counters.
+    Without `bench_students` only the other district's students are loaded (the
+    benchmark district is then empty, to be filled by the engine's own uploads: its
+    Enterprise order is sized for every stored student and every new one)."""
+    if not bench_students:
+        district = replace(
+            district,
+            enterprise_size=len(district.students) + district.shape.new + 1_000,
+        )
     load_master_data(conn, parse_master_data(master_data(district)))
+    loads = [(OTHER_DISTRICT, district.other_students, None)]
+    if bench_students:
+        loads.insert(0, (DISTRICT, district.students, district.students["password_fp"]))
     with conn.transaction():
-        for code, frame, password_fp in (
-            (DISTRICT, district.students, district.students["password_fp"]),
-            (OTHER_DISTRICT, district.other_students, None),
-        ):
+        for code, frame, password_fp in loads:
             did = conn.execute("SELECT district_id FROM districts WHERE code = %s", (code,))
             district_id = did.fetchone()[0]
             schools = dict(

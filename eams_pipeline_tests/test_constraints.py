@@ -74,6 +74,51 @@ def test_a_student_cannot_sit_on_another_districts_order(district) -> None:
     )
 
 
+def test_a_student_cannot_sit_in_another_districts_school(district) -> None:
+    _violates(
+        district,
+        psycopg.errors.ForeignKeyViolation,
+        """INSERT INTO students (district_id, student_id, school_id, last_name, first_name,
+               grade, username, status, order_id, data_hash)
+           SELECT d.district_id, 'E9', s.school_id, 'L', 'F', '5', 'fresh-e9', 'deactivated',
+                  d.enterprise_order_id, 0
+           FROM districts d, schools s JOIN districts d2 ON d2.district_id = s.district_id
+           WHERE d.code = 'D1' AND d2.code = 'D2' AND s.code = '101'""",
+    )
+
+
+def test_a_school_named_by_a_student_cannot_be_deleted(district) -> None:
+    _violates(
+        district,
+        psycopg.errors.ForeignKeyViolation,
+        """DELETE FROM schools WHERE school_id =
+               (SELECT school_id FROM students WHERE student_id = 'E1' LIMIT 1)""",
+    )
+
+
+def test_history_keys_are_checked_and_cascade(district) -> None:
+    did = district.execute("SELECT district_id FROM districts WHERE code = 'D1'").fetchone()[0]
+    pk = district.execute(
+        "SELECT student_pk FROM students WHERE student_id = 'E1' AND district_id = %s", (did,)
+    ).fetchone()[0]
+    upload_id = district.execute(
+        """INSERT INTO uploads (district_id, upload_key, file_name, received_at)
+           VALUES (%s, 'K1', 'students.csv', now()) RETURNING upload_id""",
+        (did,),
+    ).fetchone()[0]
+    history = """INSERT INTO student_history (upload_id, student_pk, line_number, change,
+                     status_after, order_after, school_after, data_changed)
+                 SELECT %s, %s, 2, 'updated', 'active', order_id, school_id, true
+                 FROM students WHERE student_pk = %s"""
+    _violates(district, psycopg.errors.ForeignKeyViolation, history, (upload_id + 99, pk, pk))
+    _violates(district, psycopg.errors.ForeignKeyViolation, history, (upload_id, pk + 99, pk))
+    district.execute(history, (upload_id, pk, pk))
+    count = "SELECT count(*) FROM student_history WHERE student_pk = %s"
+    assert district.execute(count, (pk,)).fetchone()[0] == 1
+    district.execute("DELETE FROM uploads WHERE upload_id = %s", (upload_id,))  # cascades
+    assert district.execute(count, (pk,)).fetchone()[0] == 0
+
+
 @pytest.mark.parametrize(
     ("column", "value"),
     [
