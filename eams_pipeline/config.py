@@ -18,7 +18,8 @@ from eams_pipeline.core.retention import RetentionSettings
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # the largest district's 1M rows: ~100 MB
-DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+# nightly files, 2,000 sensors on two cores: see README "A fleet of districts"
+DEFAULT_SENSOR_INTERVAL_SECONDS = 180
 DEFAULT_REVERT_RETENTION_DAYS = 30
 DEFAULT_SETTLE_SECONDS = 60
 DEFAULT_DISTRICT_CACHE_SECONDS = 60

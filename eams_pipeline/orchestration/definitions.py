@@ -35,6 +35,8 @@ def build_definitions(
 ) -> dg.Definitions:
     codes = district_codes_from_database() if district_codes is None else list(district_codes)
     retention_job = build_retention_job()
+    resources = resources if resources is not None else default_resources()
+    sensor_kwargs.setdefault("resources", resources)
     return dg.Definitions(
         assets=UPLOAD_ASSETS,
         asset_checks=UPLOAD_CHECKS,
@@ -44,5 +46,5 @@ def build_definitions(
             *build_district_sensors(codes, upload_job, **sensor_kwargs),
             build_operator_alert_sensor([upload_job]),
         ],
-        resources=resources if resources is not None else default_resources(),
+        resources=resources,
     )
