@@ -190,3 +190,17 @@ def test_the_district_directory_reads_every_district_once_per_ttl() -> None:
     assert directory.get("D1") is None
     assert directory.get("D9") is not None
     assert loader.calls == 2 == directory.loads
+
+
+def test_a_run_worker_builds_no_district_sensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eams_pipeline.orchestration import definitions
+
+    assert not definitions.is_run_worker()  # the test process is not a run worker
+    monkeypatch.setattr("sys.argv", ["dagster", "api", "execute_run", "{}"])
+    assert definitions.is_run_worker()
+    monkeypatch.setattr(
+        definitions, "district_codes_from_database", lambda: pytest.fail("no query in a run")
+    )
+    defs = definitions.build_definitions()
+    assert {s.name for s in defs.sensors or []} == {"eams_operator_alerts"}
+    assert defs.resolve_job_def("upload_job") is not None
