@@ -20,9 +20,13 @@ if TYPE_CHECKING:  # imported where used: `eams --help` needs neither argon2 nor
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # the largest district's 1M rows: ~100 MB
-DEFAULT_SENSOR_INTERVAL_SECONDS = 30
+# nightly files, 2,000 sensors on two cores: see README "A fleet of districts"
+DEFAULT_SENSOR_INTERVAL_SECONDS = 180
 DEFAULT_REVERT_RETENTION_DAYS = 30
 DEFAULT_SETTLE_SECONDS = 60
+DEFAULT_DISTRICT_CACHE_SECONDS = 60
+# longer than the sensor interval, so a district sensor's next tick reuses the connection
+DEFAULT_SFTP_IDLE_SECONDS = 600
 SMTP_SECURITY_MODES = ("none", "starttls", "ssl")
 SMTP_DEFAULT_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
 SMTP_DEFAULT_PASSWORD_ENV = "EAMS_SMTP_PASSWORD"
@@ -195,6 +199,18 @@ def smtp_settings() -> SmtpSettings:
 def sensor_interval_seconds() -> int:
     """EAMS_SENSOR_INTERVAL_SECONDS: the minimum time between two ticks of a district sensor."""
     return max(1, env_int("EAMS_SENSOR_INTERVAL_SECONDS", DEFAULT_SENSOR_INTERVAL_SECONDS))
+
+
+def district_cache_seconds() -> int:
+    """EAMS_DISTRICT_CACHE_SECONDS: how old the district settings a sensor reads may be (all
+    districts are read in one query that often; 0: each sensor reads its row every tick)."""
+    return max(0, env_int("EAMS_DISTRICT_CACHE_SECONDS", DEFAULT_DISTRICT_CACHE_SECONDS))
+
+
+def sftp_idle_seconds() -> int:
+    """EAMS_SFTP_IDLE_SECONDS: how long an SFTP connection stays open unused in a process for
+    the next tick or step to reuse (0: close it after every use)."""
+    return max(0, env_int("EAMS_SFTP_IDLE_SECONDS", DEFAULT_SFTP_IDLE_SECONDS))
 
 
 def settle_seconds() -> int:

@@ -26,6 +26,8 @@ import posixpath
 import secrets
 import socket
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -295,18 +297,22 @@ class SftpConnector:
     @contextmanager
     def session(self, settings: SftpAccount) -> Iterator[SftpSession]:
         """Connect, verify the pinned host key, authenticate and open SFTP."""
+        transport, client = self.connect(settings)
+        try:
+            yield SftpSession(settings, client)
+        finally:
+            client.close()
+            transport.close()
+
+    def connect(self, settings: SftpAccount) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
+        """A new connection (transient failures retried), host key verified, SFTP open."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(SftpTransientError),
             stop=tenacity.stop_after_attempt(max(1, self.connect_attempts)),
             wait=tenacity.wait_fixed(self.retry_wait_seconds),
             reraise=True,
         )
-        transport, client = retrying(self._connect, settings)
-        try:
-            yield SftpSession(settings, client)
-        finally:
-            client.close()
-            transport.close()
+        return retrying(self._connect, settings)
 
     def _connect(self, settings: SftpAccount) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
         where = settings.where
@@ -425,3 +431,166 @@ def _authenticate(
         raise SftpTransientError(f"{where}: connection lost during authentication: {exc}") from exc
     if not transport.is_authenticated():
         raise SftpAuthError(f"{where}: {method} authentication failed")
+
+
+def pool_key(settings: SftpAccount) -> tuple:
+    """What a pooled connection is for: the server, the user, the pinned key and the
+    credential's source (the root is per session). A changed key or credential in master
+    data never reuses a connection made with the old one."""
+    return (
+        settings.host,
+        settings.port,
+        settings.username,
+        settings.host_key,
+        settings.password_env,
+        settings.private_key_file,
+    )
+
+
+# How often an idle pooled connection's transport thread wakes up (paramiko: 0.1 s). Reads
+# return as soon as data arrives; only noticing a local close() waits for it.
+_POOLED_SOCKET_POLL_SECONDS = 5.0
+
+
+@dataclass
+class _Idle:
+    transport: paramiko.Transport
+    client: paramiko.SFTPClient
+    since: float  # monotonic time it was given back
+
+
+class SftpPool:
+    """SSH/SFTP connections kept open between uses, per :func:`pool_key`, thread-safe.
+
+    A session takes an idle connection of its key if one is open and has been idle less
+    than ``idle_timeout_seconds``, else connects (pinned host key checked as always). When
+    the session ends normally the connection goes back to the pool (at most
+    ``max_idle_per_key`` of them per key); a session that raised closes its connection, so
+    the next one reconnects. Connections idle longer than the timeout are closed when the
+    pool is next used (:meth:`prune`). ``clock`` is injectable (monotonic seconds).
+    """
+
+    def __init__(
+        self,
+        connector: SftpConnector,
+        *,
+        idle_timeout_seconds: float = 300,
+        max_idle_per_key: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.connector = connector
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.max_idle_per_key = max_idle_per_key
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._idle: dict[tuple, list[_Idle]] = {}
+        self.connects = 0  # new connections made (for tests and the fleet benchmark)
+        self.reuses = 0
+
+    @contextmanager
+    def session(self, settings: SftpAccount) -> Iterator[SftpSession]:
+        key = pool_key(settings)
+        conn = self._take(key)
+        if conn is None:
+            transport, client = self.connector.connect(settings)
+            # paramiko's transport thread wakes every 0.1 s to see whether it was closed;
+            # hundreds of idle pooled connections would keep a core busy doing that
+            with contextlib.suppress(OSError):
+                transport.sock.settimeout(_POOLED_SOCKET_POLL_SECONDS)
+            with self._lock:
+                self.connects += 1
+        else:
+            transport, client = conn.transport, conn.client
+        try:
+            yield SftpSession(settings, client)
+        except BaseException:
+            _close(transport, client)
+            raise
+        self._give_back(key, transport, client)
+
+    def _take(self, key: tuple) -> _Idle | None:
+        stale: list[_Idle] = []
+        found = None
+        with self._lock:
+            stale = self._expire_locked()
+            idle = self._idle.get(key, [])
+            while idle:
+                conn = idle.pop()
+                if conn.transport.is_active() and not conn.client.sock.closed:
+                    found = conn
+                    self.reuses += 1
+                    break
+                stale.append(conn)
+            if not idle:
+                self._idle.pop(key, None)
+        for conn in stale:
+            _close(conn.transport, conn.client)
+        return found
+
+    def _give_back(
+        self, key: tuple, transport: paramiko.Transport, client: paramiko.SFTPClient
+    ) -> None:
+        if self.idle_timeout_seconds <= 0 or not transport.is_active():
+            _close(transport, client)
+            return
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle_per_key:
+                idle.append(_Idle(transport, client, self._clock()))
+                return
+        _close(transport, client)
+
+    def _expire_locked(self) -> list[_Idle]:
+        now = self._clock()
+        expired: list[_Idle] = []
+        for key in list(self._idle):
+            keep = []
+            for conn in self._idle[key]:
+                (expired if now - conn.since >= self.idle_timeout_seconds else keep).append(conn)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        return expired
+
+    def prune(self) -> int:
+        """Close the connections idle longer than the timeout; returns how many."""
+        with self._lock:
+            expired = self._expire_locked()
+        for conn in expired:
+            _close(conn.transport, conn.client)
+        return len(expired)
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._idle.values())
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        with self._lock:
+            idle = [c for conns in self._idle.values() for c in conns]
+            self._idle.clear()
+        for conn in idle:
+            _close(conn.transport, conn.client)
+
+
+def _close(transport: paramiko.Transport, client: paramiko.SFTPClient) -> None:
+    with contextlib.suppress(Exception):
+        client.close()
+    with contextlib.suppress(Exception):
+        transport.close()
+
+
+_POOLS: dict[tuple[SftpConnector, float], SftpPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def shared_pool(connector: SftpConnector, idle_timeout_seconds: float) -> SftpPool:
+    """The process's pool for these connection settings (one per code-server or run process:
+    every sensor tick and step of the process shares it)."""
+    key = (connector, idle_timeout_seconds)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = SftpPool(connector, idle_timeout_seconds=idle_timeout_seconds)
+        return pool

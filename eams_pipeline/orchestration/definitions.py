@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import sys
 from collections.abc import Sequence
 
 import dagster as dg
@@ -27,14 +29,30 @@ def district_codes_from_database() -> list[str]:
         return districts_for_this_location(d.code for d in list_districts(conn))
 
 
+def is_run_worker() -> bool:
+    """Is this process a run worker? The code server starts every run in a child process
+    (multiprocessing, spawned) that loads the code location again; the Docker and Kubernetes
+    launchers start ``dagster api execute_run``."""
+    return multiprocessing.parent_process() is not None or "execute_run" in sys.argv
+
+
 def build_definitions(
     district_codes: Sequence[str] | None = None,
     *,
     resources: dict[str, object] | None = None,
     **sensor_kwargs: object,
 ) -> dg.Definitions:
-    codes = district_codes_from_database() if district_codes is None else list(district_codes)
+    if district_codes is not None:
+        codes = list(district_codes)
+    elif is_run_worker():
+        # A run needs its job, not the district sensors: no districts query and no 2,000
+        # sensor definitions in every run worker (~0.5 s of CPU per run with 2,000 districts).
+        codes = []
+    else:
+        codes = district_codes_from_database()
     retention_job = build_retention_job()
+    resources = resources if resources is not None else default_resources()
+    sensor_kwargs.setdefault("resources", resources)
     return dg.Definitions(
         assets=UPLOAD_ASSETS,
         asset_checks=UPLOAD_CHECKS,
@@ -44,5 +62,5 @@ def build_definitions(
             *build_district_sensors(codes, upload_job, **sensor_kwargs),
             build_operator_alert_sensor([upload_job]),
         ],
-        resources=resources if resources is not None else default_resources(),
+        resources=resources,
     )

@@ -23,7 +23,7 @@ from eams_pipeline import config
 from eams_pipeline.core.master_data import SftpAccount
 from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.io.archive import Archive
-from eams_pipeline.io.sftp import SftpConnector, SftpSession
+from eams_pipeline.io.sftp import SftpConnector, SftpSession, shared_pool
 from eams_pipeline.io.smtp import send_email
 from eams_pipeline.services.process import Engine
 
@@ -70,7 +70,13 @@ class EngineResource(dg.ConfigurableResource):
 
 
 class SftpResource(dg.ConfigurableResource):
-    """Opens SFTP sessions on a district's account (see :class:`SftpConnector`)."""
+    """Opens SFTP sessions on a district's account (see :class:`SftpConnector`).
+
+    Connections are reused within the process (:class:`eams_pipeline.io.sftp.SftpPool`): a
+    district sensor's next tick, or the next step of a run, takes the connection the last
+    one left open if it was idle less than ``idle_timeout_seconds``
+    (EAMS_SFTP_IDLE_SECONDS when unset; 0 closes every connection after use).
+    """
 
     connect_timeout_seconds: float = 10
     banner_timeout_seconds: float = 10
@@ -78,14 +84,22 @@ class SftpResource(dg.ConfigurableResource):
     operation_timeout_seconds: float = 30
     connect_attempts: int = 2  # attempts on transient connection errors
     retry_wait_seconds: float = 1
+    idle_timeout_seconds: float | None = None
 
     def connector(self) -> SftpConnector:
         return SftpConnector(**_fields_of(self, SftpConnector))
 
     @contextmanager
     def session(self, account: SftpAccount) -> Iterator[SftpSession]:
-        """Connect, verify the pinned host key, authenticate and open SFTP."""
-        with self.connector().session(account) as session:
+        """A pooled connection (or a new one: pinned host key verified, authenticated)."""
+        idle = self.idle_timeout_seconds
+        if idle is None:
+            idle = config.sftp_idle_seconds()
+        if idle <= 0:
+            with self.connector().session(account) as session:
+                yield session
+            return
+        with shared_pool(self.connector(), idle).session(account) as session:
             yield session
 
 
