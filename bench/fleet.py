@@ -307,6 +307,8 @@ class Processes:
         return proc
 
     def stop(self, name: str) -> None:
+        from eams_pipeline.devtools.demo import group_alive
+
         proc = self.started.pop(name, None)
         if proc is None:
             return
@@ -314,10 +316,10 @@ class Processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(proc.pid):
+            while time.monotonic() < deadline and group_alive(proc.pid):
                 time.sleep(0.2)
                 proc.poll()
-            if not _group_alive(proc.pid):
+            if not group_alive(proc.pid):
                 break
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
@@ -331,16 +333,6 @@ class Processes:
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def wait_for(what: str, check, timeout: float, interval: float = 1.0) -> Any:

@@ -518,16 +518,17 @@ def stop_process_group(process: subprocess.Popen) -> None:
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _group_alive(pgid):
+        while time.monotonic() < deadline and group_alive(pgid):
             time.sleep(0.2)
-        if not _group_alive(pgid):
+        if not group_alive(pgid):
             break
     if process.poll() is None:
         process.kill()
         process.wait()
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Is any process of the group still there?"""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
