@@ -59,6 +59,16 @@ def test_raw_files_go_once_finished_archived_and_old_enough() -> None:
     assert processed_to_remove(files, by_key, NOW, 3) == [f"students_{uploads[1].key}.csv"]
 
 
+def test_a_rejected_file_never_archived_still_leaves_processed() -> None:
+    # FILE_TOO_LARGE: claimed into processed/ but never downloaded, so never archived; its
+    # outcome is final and nothing re-reads it, so its clear passwords must not stay
+    too_large = _upload(6, "rejected", 0, archived=False)
+    applied = _upload(7, "processed", 0, archived=False)  # re-runs would need it: keep
+    by_key = {u.key: u for u in (too_large, applied)}
+    files = [StoredFile(f"students_{u.key}.csv", NOW) for u in (too_large, applied)]
+    assert processed_to_remove(files, by_key, NOW, 0) == [f"students_{too_large.key}.csv"]
+
+
 def test_error_files_and_archive_copies_go_after_their_retention() -> None:
     uploads = [_upload(1, "partially_processed", 500), _upload(2, "held", 500)]
     uploads += [_upload(3, "rejected", 10)]

@@ -289,7 +289,8 @@ def test_an_upload_above_the_limit_is_rejected_without_being_downloaded(
     assert "FILE_TOO_LARGE" in published.read_text()
     [mail] = pipeline.smtp.wait_for(1)
     assert "FAILED" in mail["Subject"] and "FILE_TOO_LARGE" in mail.get_content()
-    assert len(pipeline.files("D001", "processed")) == 1  # kept, out of incoming/
+    # out of incoming/, and off SFTP once rejected: its clear passwords do not stay
+    assert pipeline.files("D001", "processed") == []
     assert pipeline.files("D001", "incoming") == []
     assert not list(pipeline.archive_dir.rglob("*.fernet"))
     assert builders.students(pipeline.conn, "D001") == {}

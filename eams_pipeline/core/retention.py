@@ -61,11 +61,13 @@ def finished(upload: KnownUpload | None) -> bool:
 
 
 def raw_removable(upload: KnownUpload | None, now: dt.datetime, days: int) -> bool:
-    """May the raw file in processed/ go? Finished, archived, and older than ``days``."""
+    """May the raw file in processed/ go? Finished, in the archive (or rejected: nothing
+    reads a rejected file again, and one too large to download is never archived), and
+    older than ``days``."""
     return (
         finished(upload)
         and upload is not None
-        and upload.archived
+        and (upload.archived or upload.status == UploadStatus.REJECTED)
         and now - upload.received_at >= dt.timedelta(days=days)
     )
 

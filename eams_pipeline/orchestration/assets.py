@@ -147,6 +147,20 @@ def upload_file(
         source = "archive (re-run: SFTP not read)"
         context.log.info(f"upload {ref.key} is already archived; SFTP is not read")
     else:
+        with db.connect() as conn:
+            recorded = db_uploads.get_upload(conn, ref.key)
+        if recorded is not None and recorded.is_final:
+            # settled without an archive copy (FILE_TOO_LARGE: never downloaded), its raw
+            # file possibly removed since: nothing is read again, upload_outcome reports it
+            context.log.info(f"upload {ref.key} is already {recorded.status}; not read again")
+            return dg.MaterializeResult(
+                metadata={
+                    "district": ref.district,
+                    "received_at": ref.received_at.isoformat(),
+                    "source": f"recorded outcome ({recorded.status}); not archived",
+                    "processed_path": processed_rel,
+                }
+            )
         district = _load_district(db, ref.district)
         with _session(sftp, district) as session:
             session.ensure_dirs()
