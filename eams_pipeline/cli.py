@@ -292,6 +292,7 @@ def _when(value: dt.datetime | None) -> str:
 def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -> None:
     """The district's uploads, newest first: key, received, status, counts, error codes,
     the guard rule that held it, its revert."""
+    from eams_pipeline.core.outcome import COUNT_KEYS
     from eams_pipeline.db.history import list_uploads
 
     with connect() as conn:
@@ -331,18 +332,7 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
                 r["upload_key"],
                 _when(r["received_at"]),
                 r["status"],
-                *(
-                    "" if r[k] is None else str(r[k])
-                    for k in (
-                        "rows",
-                        "added",
-                        "activated",
-                        "deactivated",
-                        "updated",
-                        "unchanged",
-                        "errors",
-                    )
-                ),
+                *("" if r[k] is None else str(r[k]) for k in COUNT_KEYS),
                 codes,
                 "; ".join(notes),
             )
@@ -357,6 +347,7 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
 @click.option("--json", "as_json", is_flag=True)
 def uploads_show(upload_key: str, as_json: bool) -> None:
     """One upload: its summary, the guard's figures, the first error lines."""
+    from eams_pipeline.core.outcome import COUNT_KEYS
     from eams_pipeline.db.history import show_upload
 
     with connect() as conn:
@@ -371,10 +362,7 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
         f"  received {_when(row['received_at'])}, applied {_when(row['applied_at']) or '-'}",
         f"  status   {row['status']}",
         "  counts   "
-        + ", ".join(
-            f"{k} {row[k]}"
-            for k in ("rows", "added", "activated", "deactivated", "updated", "unchanged", "errors")
-        ),
+        + ", ".join(f"{k} {row[k]}" for k in COUNT_KEYS),
     ]
     if row["deactivated_missing"]:
         out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
@@ -490,7 +478,7 @@ def uploads_approve(
         if not no_email:
             _email_district(conn, result, upload_key, error_file)
     click.echo(json.dumps(result.summary(error_file)))
-    sys.exit(EXIT_REJECTED if _exit_code(result.status) == EXIT_REJECTED else EXIT_OK)
+    sys.exit(_exit_code(result.status))  # an approval is never held again
 
 
 def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
