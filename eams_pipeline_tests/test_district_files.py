@@ -78,13 +78,17 @@ def test_latin_1_and_the_utf8_bom_are_accepted(conn) -> None:
 
 
 @pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
-def test_utf16_with_a_bom_is_accepted(conn, codec: str) -> None:
+def test_utf16_with_a_bom_is_rejected_with_how_to_save_it(conn, codec: str) -> None:
+    # SPEC §2: anything that is not UTF-8 text rejects the file
     load(conn, district_doc())
     bom = codecs.BOM_UTF16_LE if codec.endswith("le") else codecs.BOM_UTF16_BE
     data = bom + csv_bytes(_muñoz_rows()).decode("utf-8").encode(codec)
     result = run(conn, data)
-    assert result.status == "processed", result.errors
-    assert students(conn)["S1"]["last_name"] == "Muñoz"
+    assert result.status == "rejected"
+    assert result.error_codes == {"FILE_ENCODING": 1}
+    assert result.file_error is not None and result.file_error.line == 1
+    assert "UTF-16" in result.file_error.message and "CSV UTF-8" in result.file_error.message
+    assert students(conn) == {}
 
 
 def test_undecodable_bytes_name_the_line_and_the_bytes() -> None:
@@ -92,9 +96,6 @@ def test_undecodable_bytes_name_the_line_and_the_bytes() -> None:
     with pytest.raises(FileRejected) as bad_1252:
         decode_upload(header + b"\r\n101,S1,A\x81b,x\r\n", "windows-1252")
     assert bad_1252.value.line == 2 and "0x81" in bad_1252.value.message
-    with pytest.raises(FileRejected) as bad_16:
-        decode_upload(codecs.BOM_UTF16_LE + "ab\ncd".encode("utf-16-le") + b"\x00\xdc", "utf-8")
-    assert bad_16.value.line == 2 and "UTF-16" in bad_16.value.message
     assert decode_upload(b"plain ascii", "latin-1") == b"plain ascii"
 
 

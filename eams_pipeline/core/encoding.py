@@ -2,8 +2,10 @@
 :func:`eams_pipeline.core.reading.read_upload` reads. Pure, applied before reading.
 
 - A UTF-8 byte-order mark: the file is UTF-8, whatever the district's setting.
-- A UTF-16 byte-order mark (Excel's "Unicode text", some SIS exports): the file is decoded
-  as UTF-16 (the mark says so unambiguously) and read like any other file.
+- A UTF-16 byte-order mark (Excel's "Unicode text", some SIS exports): rejected with
+  FILE_ENCODING on line 1 and a message that says how to save the file instead (SPEC §2:
+  anything that is not UTF-8 text rejects the file; the district settings only open
+  Windows-1252 and Latin-1, the single-byte encodings real exports use).
 - Otherwise the district's ``encoding`` (master data: ``utf-8`` by default,
   ``windows-1252``, ``latin-1``). A district set to windows-1252 or latin-1 whose file is
   valid UTF-8 (with non-ASCII characters) gets it read as UTF-8: such bytes are practically
@@ -37,7 +39,12 @@ def decode_upload(data: bytes, encoding: str = "utf-8") -> bytes:
     if data.startswith(UTF8_BOM):
         return data  # read_upload skips the mark and checks the UTF-8
     if data.startswith(UTF16_BOMS):
-        return _from_utf16(data)
+        raise FileRejected(
+            ErrorCode.FILE_ENCODING,
+            1,
+            "The file is UTF-16 text (it starts with a UTF-16 byte-order mark, as Excel's "
+            '"Unicode Text" does), not UTF-8. Export the file as "CSV UTF-8".',
+        )
     if data.isascii():
         return data
     if encoding == "utf-8":
@@ -83,23 +90,6 @@ def _check_utf8(data: bytes) -> None:
             'be decoded. The file was probably saved as Windows-1252 (Excel\'s "CSV", many '
             'SIS exports). Export it as "CSV UTF-8", or ask eAMS support to set '
             "`encoding: windows-1252` for your district.",
-        ) from None
-
-
-def _from_utf16(data: bytes) -> bytes:
-    codec = "utf-16-le" if data.startswith(codecs.BOM_UTF16_LE) else "utf-16-be"
-    body = data[2:]
-    try:
-        return body.decode(codec).encode("utf-8")
-    except UnicodeDecodeError as exc:
-        text = body[: exc.start - exc.start % 2].decode(codec, errors="replace")
-        line = text.count("\n") + 1
-        raise FileRejected(
-            ErrorCode.FILE_ENCODING,
-            line,
-            f"The file starts with a UTF-16 byte-order mark but is not valid UTF-16 text: "
-            f"bytes {_hex(body[exc.start : exc.end])} on line {line} cannot be decoded. "
-            'Export the file as "CSV UTF-8".',
         ) from None
 
 
