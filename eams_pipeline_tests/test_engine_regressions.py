@@ -75,3 +75,40 @@ def test_a_value_holding_the_fingerprint_separator_cannot_mask_a_change() -> Non
     assert password_fingerprint(ids, pw, "0123456789abcdef")[0] != password_fingerprint(
         pd.Series(["S1\x1fp"], dtype="str"), pd.Series(["w"], dtype="str"), "0123456789abcdef"
     )[0]
+
+
+def test_fingerprints_keep_the_values_stored_databases_hold() -> None:
+    """`students.data_hash` and `password_fingerprint` are stored: a faster implementation
+    must give the same numbers, or every student of every district would look changed on
+    the next night. The values below were computed by the first implementation (str
+    objects through pandas' SipHash)."""
+    import pandas as pd
+
+    from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
+
+    rows = pd.DataFrame(
+        {
+            "school_code": ["S1", "S2", None],
+            "student_id": ["A1", "B-2", "C.3"],
+            "last_name": ["O'Brien", "Zoë", "a\x1fb"],
+            "first_name": ["Ann", "José", None],
+            "middle_name": [None, "Q", "x"],
+            "grade": ["K", "12", "3"],
+            "username": ["ann1", "jose@x", "c3c"],
+            "email": [None, "j@x.org", None],
+            "class_name": ["Room 1", "Ωmega", None],
+        },
+        dtype="str",
+    )
+    assert data_fingerprint(rows).tolist() == [
+        6216746680883809959,
+        4158584096130699320,
+        -8656353996762284155,
+    ]
+    ids = pd.Series(["A1", "B-2", "C.3"], dtype="str")
+    passwords = pd.Series(["secret1", "pässwörd", None], dtype="str")
+    assert password_fingerprint(ids, passwords, "0123456789abcdef").tolist() == [
+        -3863376096286794478,
+        7152781117316691848,
+        2331247913305120228,
+    ]

@@ -19,21 +19,34 @@ import pyarrow.compute as pc
 from eams_pipeline.core.template import DATA_COLUMNS
 
 _SEPARATOR = "\x1f"  # ASCII unit separator
+_SEPARATOR_BYTE = 0x1F
 _DATA_KEY = "eams-data-v1-key"  # 16 bytes; public on purpose: the data is stored in clear
 
 
 def _join(columns: list[pd.Series]) -> np.ndarray:
     """Each row's values joined by the separator, unambiguously: should a value hold the
-    separator itself (it never does in practice), every value is escaped first."""
+    separator itself (it never does in practice), every value is escaped first. Returned
+    as UTF-8 bytes objects: pandas hashes a str by encoding it to UTF-8 first, so the hashes
+    are the same, and bytes are made and hashed ~5x faster (no decoding, no encoding)."""
     arrays = [pa.array(c, type=pa.string(), from_pandas=True) for c in columns]
-    joined = _join_arrays(arrays)
-    if len(joined) and pc.max(pc.count_substring(joined, _SEPARATOR)).as_py() > len(arrays) - 1:
-        escaped = [
+    if any(_holds_separator(a) for a in arrays):
+        arrays = [
             pc.replace_substring(pc.replace_substring(a, "\\", "\\\\"), _SEPARATOR, "\\u")
             for a in arrays
         ]
-        joined = _join_arrays(escaped)
+    joined = _join_arrays(arrays).cast(pa.binary())
     return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _holds_separator(values: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether a value holds the separator byte: a scan of the values' data buffers (a
+    sliced chunk's buffer may hold bytes of other values too: that only escapes for nothing)."""
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    for chunk in chunks:
+        data = chunk.buffers()[2]
+        if data is not None and np.any(np.frombuffer(data, dtype=np.uint8) == _SEPARATOR_BYTE):
+            return True
+    return False
 
 
 def _join_arrays(arrays: list[pa.Array]) -> pa.Array:
