@@ -114,3 +114,12 @@ def test_a_row_with_any_other_error_does_not_return_a_license() -> None:
     plan = plan_of(rows, snapshot(students, bin_available=0))
     assert plan.error_codes == {"INVALID_GRADE": 1, "NO_LICENSE_AVAILABLE": 1}
     assert plan.counts["errors"] == 2 and plan.license_deltas.empty
+
+
+def test_repeated_values_flags_every_copy_and_never_a_missing_value() -> None:
+    from eams_pipeline.core.plan import repeated_values
+
+    values = pd.Series(["a", None, "b", "a", None, "c", "b"], dtype="str")
+    assert repeated_values(values).tolist() == [True, False, True, True, False, False, True]
+    assert repeated_values(pd.Series([None, None], dtype="str")).tolist() == [False, False]
+    assert repeated_values(pd.Series([], dtype="str")).tolist() == []

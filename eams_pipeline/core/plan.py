@@ -89,23 +89,29 @@ def make_plan(
     fingerprint_key: str,
     *,
     full_roster: bool = False,
+    positions: np.ndarray | None = None,
+    password_fps: np.ndarray | None = None,
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
     `row_errors` the errors found so far (malformed rows and column rules). With
-    `full_roster` the district's active students absent from the file are deactivated too."""
+    `full_roster` the district's active students absent from the file are deactivated too.
+    `positions` (student_positions of these rows in snapshot.students) and `password_fps`
+    (password_fingerprint of these rows) are computed here unless the caller has them."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
     # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
     valid_id = _passes_column_rules(df, row_errors, "student_id")
     valid_username = _passes_column_rules(df, row_errors, "username")
     valid_status = _passes_column_rules(df, row_errors, "status")
-    df["username_lower"] = df["username"].str.lower()
+    df["username_lower"] = pd.Series(
+        pc.utf8_lower(_arrow(df["username"])), index=df.index, dtype="str"
+    )
 
     for key, column, code in (
         ("student_id", "student_id", ErrorCode.DUPLICATE_STUDENT_ID),
         ("username_lower", "username", ErrorCode.DUPLICATE_USERNAME),
     ):
-        repeated = df[key].notna() & df[key].duplicated(keep=False)
+        repeated = pd.Series(repeated_values(df[key]), index=df.index)
         text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
         errors.append(_flag(df, repeated, code, column, text, column))
 
@@ -142,7 +148,7 @@ def make_plan(
             )
         )
 
-    df = _attach_student(df, snapshot)
+    df = _attach_student(df, snapshot, positions)
     df = _attach_transition(df, valid_id & valid_status)
     has_transition_error = df["transition_error"].notna()
     for code, text in (
@@ -199,7 +205,7 @@ def make_plan(
     )
     applied = ok & df["license_granted"]
 
-    df = _changes(df, applied, snapshot.enterprise_order_id, fingerprint_key)
+    df = _changes(df, applied, snapshot.enterprise_order_id, fingerprint_key, password_fps)
     all_errors = concat_errors(errors)
     df.loc[df.index.isin(all_errors["row"].unique()), "outcome"] = "errors"
     plan = _finish(df, all_errors, total_rows)
@@ -228,14 +234,58 @@ def with_missing(plan: Plan, snapshot: DistrictSnapshot, row_errors: pd.DataFram
     )
     if missing.empty:
         return replace(plan, missing=missing)
-    returned = (
-        missing.groupby("order_id", as_index=False).size().rename(columns={"size": "delta"})
-    )
+    returned = missing.groupby("order_id", as_index=False).size().rename(columns={"size": "delta"})
     returned["delta"] = -returned["delta"]
     deltas = pd.concat([plan.license_deltas, returned.astype("int64")], ignore_index=True)
     deltas = deltas.groupby("order_id", as_index=False)["delta"].sum()
     deltas = deltas[deltas["delta"] != 0].astype("int64").reset_index(drop=True)
     return replace(plan, missing=missing, license_deltas=deltas)
+
+
+_BEFORE = (ABSENT, ACTIVE, DEACTIVATED)  # status_before codes 0, 1, 2
+_ORDER_KINDS = (NONE, ENTERPRISE, REGULAR)  # order_kind codes 0, 1, 2
+_FLAGS = ("A", "D", "X", "I")
+
+
+def _transition_positions() -> np.ndarray:
+    """TRANSITIONS' row for [status_before code, order_kind code, flag code], -1: none."""
+    at = np.full((len(_BEFORE), len(_ORDER_KINDS), len(_FLAGS)), -1, dtype=np.int64)
+    for i, (before, order, flag) in enumerate(
+        TRANSITIONS[["before", "order", "flag"]].itertuples(index=False)
+    ):
+        at[_BEFORE.index(before), _ORDER_KINDS.index(order), _FLAGS.index(flag)] = i
+    return at
+
+
+_TRANSITION_AT = _transition_positions()
+
+
+def _arrow(column: pd.Series) -> pa.Array:
+    """A text column as one Arrow string array (no copy for Arrow-backed strings)."""
+    values = pa.array(column, type=pa.string(), from_pandas=True)
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _positions(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """Each value's position in `value_set` (a hash lookup), -1 when absent or null."""
+    return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy().astype("int64")
+
+
+def student_positions(student_ids: pd.Series, students: pd.DataFrame) -> np.ndarray:
+    """Each row's stored student: its position in `students` (Student IDs are unique
+    there), -1 for none. Computed once per upload and shared (hashing, username locks,
+    plan): the one lookup of 1M rows in 1M students costs ~0.3 s."""
+    return _positions(_arrow(student_ids), _arrow(students["student_id"]))
+
+
+def repeated_values(values: pd.Series) -> np.ndarray:
+    """True where a (non-null) value appears on more than one row."""
+    encoded = pc.dictionary_encode(_arrow(values))
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    present = ~np.asarray(encoded.indices.is_null(), dtype=bool)
+    codes = np.where(present, codes, 0).astype("int64")
+    counts = np.bincount(codes[present], minlength=max(1, len(encoded.dictionary)))
+    return present & (counts[codes] > 1)
 
 
 def _passes_column_rules(df: pd.DataFrame, row_errors: pd.DataFrame, column: str) -> pd.Series:
@@ -253,16 +303,17 @@ def _flag(
     value_column: str | None,
 ) -> pd.DataFrame:
     """An error for every row under `mask`; `{v}` in `text` is that row's value_column."""
-    hit = df[mask.fillna(False).astype(bool)]
+    hit = np.flatnonzero(mask.fillna(False).to_numpy(dtype=bool))
     if value_column is None:
         messages = np.full(len(hit), text, dtype=object)
     else:
         head, _, tail = text.partition("{v}")
-        messages = (head + hit[value_column].fillna("").astype("str") + tail).to_numpy()
+        values = df[value_column].iloc[hit].fillna("").astype("str")
+        messages = (head + values + tail).to_numpy()
     return error_frame(
-        hit.index.to_numpy(),
-        hit["line"].to_numpy(),
-        hit["student_id"].fillna("").to_numpy(),
+        df.index.to_numpy()[hit],
+        df["line"].to_numpy()[hit],
+        df["student_id"].iloc[hit].fillna("").to_numpy(),
         DISPLAY_NAME[column] if column else "",
         code.value,
         messages,
@@ -275,58 +326,75 @@ def _attach_school(
     """The row's school: an active school of the district, never the bin; a closed school
     only for a D row (its students must still be deactivated and their licenses returned)."""
     schools = schools[~schools["holding_bin"]]
+    codes = _arrow(df["school_code"])
 
-    def lookup(rows: pd.DataFrame) -> pd.Series:
-        mapping = pd.Series(rows["school_id"].to_numpy(), index=rows["code"].to_numpy())
-        return df["school_code"].map(mapping).astype("Int64")
+    def lookup(rows: pd.DataFrame) -> np.ndarray:  # the school_id, -1: none
+        at = _positions(codes, _arrow(rows["code"]))
+        ids = np.append(rows["school_id"].to_numpy(dtype="int64"), -1)
+        return ids[at]  # at == -1 takes the appended -1
 
     open_school = lookup(schools[schools["active"]])
     closed_school = lookup(schools[~schools["active"]])
     deactivating = (valid_status & (df["status"] == "D")).to_numpy()
-    df["school_id"] = open_school.where(open_school.notna() | ~deactivating, closed_school)
+    school = np.where((open_school >= 0) | ~deactivating, open_school, closed_school)
+    df["school_id"] = pd.arrays.IntegerArray(np.maximum(school, 0), school < 0)
     return df
 
 
-def _attach_student(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.DataFrame:
+def _attach_student(
+    df: pd.DataFrame, snapshot: DistrictSnapshot, positions: np.ndarray | None
+) -> pd.DataFrame:
     students = snapshot.students
-    # each row's student in the snapshot by one hash lookup (-1: absent); Student IDs are
-    # unique in the snapshot, and a pandas string index would be built and probed slower
-    at = pc.index_in(
-        pa.array(df["student_id"], pa.string(), from_pandas=True),
-        value_set=pa.array(students["student_id"], pa.string(), from_pandas=True),
-    )
-    pos = pc.fill_null(at, -1).to_numpy()
+    # each row's student in the snapshot by one hash lookup (-1: absent)
+    pos = student_positions(df["student_id"], students) if positions is None else positions
+    known = pos >= 0
+    at = np.where(known, pos, 0)
 
-    def found(column: str, dtype: str) -> pd.Series:
-        values = pd.array(students[column], dtype=dtype).take(pos, allow_fill=True)
-        return pd.Series(values, index=df.index)
+    def found(column: str) -> pd.arrays.IntegerArray:
+        stored = students[column]
+        if len(stored) == 0:
+            return pd.arrays.IntegerArray(np.zeros(len(pos), "int64"), np.ones(len(pos), bool))
+        values = stored.to_numpy(dtype="int64", na_value=0)[at]
+        return pd.arrays.IntegerArray(values, ~known | stored.isna().to_numpy()[at])
 
-    df["student_pk"] = found("student_pk", "Int64")
-    df["status_before"] = found("status", "str").fillna(ABSENT).astype("str")
-    df["order_before"] = found("order_id", "Int64")
-    df["school_before"] = found("school_id", "Int64")
-    df["data_hash_before"] = found("data_hash", "Int64")
-    df["password_fp_before"] = found("password_fingerprint", "Int64")
-    on_enterprise = df["order_before"] == snapshot.enterprise_order_id
-    df["order_kind"] = np.where(
-        df["student_pk"].isna(), NONE, np.where(on_enterprise.fillna(False), ENTERPRISE, REGULAR)
+    df["student_pk"] = found("student_pk")
+    df["order_before"] = found("order_id")
+    df["school_before"] = found("school_id")
+    df["data_hash_before"] = found("data_hash")
+    df["password_fp_before"] = found("password_fingerprint")
+    active = (students["status"] == ACTIVE).to_numpy(dtype=bool)
+    before = np.where(known, np.where(active[at] if len(active) else False, 1, 2), 0)
+    df["status_before"] = pd.Categorical.from_codes(before, categories=_BEFORE)
+    on_enterprise = df["order_before"].to_numpy(dtype="int64", na_value=-1) == (
+        snapshot.enterprise_order_id
     )
+    kind = np.where(known, np.where(on_enterprise, 1, 2), 0)
+    df["order_kind"] = pd.Categorical.from_codes(kind, categories=_ORDER_KINDS)
     return df
 
 
 def _attach_transition(df: pd.DataFrame, decidable: pd.Series) -> pd.DataFrame:
-    keyed = df[["status_before", "order_kind", "status"]].rename(
-        columns={"status_before": "before", "order_kind": "order", "status": "flag"}
-    )
-    keyed.loc[~decidable.to_numpy(), "flag"] = None  # no transition without a valid key
-    matched = keyed.merge(TRANSITIONS, how="left", on=["before", "order", "flag"])
-    matched.index = df.index
-    df["case"] = matched["case"].fillna(0).astype("int64")
-    df["transition_error"] = matched["error"]
-    df["status_after"] = matched["after"]
-    df["order_after_kind"] = matched["order_after"]
-    df["ent_delta"] = matched["ent"].fillna(0).astype("int64")
-    df["prev_delta"] = matched["prev"].fillna(0).astype("int64")
+    """The row of TRANSITIONS for (status before, order kind, flag); none without a valid
+    key or status (case 0)."""
+    flag = _positions(_arrow(df["status"]), pa.array(_FLAGS))
+    flag = np.where(decidable.to_numpy(dtype=bool), flag, -1)
+    before = df["status_before"].cat.codes.to_numpy()
+    kind = df["order_kind"].cat.codes.to_numpy()
+    at = np.where(flag >= 0, _TRANSITION_AT[before, kind, np.maximum(flag, 0)], -1)
+    has = at >= 0
+    t = np.maximum(at, 0)
+
+    def coded(column: str) -> pd.Categorical:
+        categories = TRANSITIONS[column].dropna().unique()
+        codes = pd.Categorical(TRANSITIONS[column], categories=categories).codes
+        return pd.Categorical.from_codes(np.where(has, codes[t], -1), categories=categories)
+
+    df["case"] = np.where(has, TRANSITIONS["case"].to_numpy()[t], 0)
+    df["transition_error"] = coded("error")
+    df["status_after"] = coded("after")
+    df["order_after_kind"] = coded("order_after")
+    df["ent_delta"] = np.where(has, TRANSITIONS["ent"].to_numpy()[t], 0)
+    df["prev_delta"] = np.where(has, TRANSITIONS["prev"].to_numpy()[t], 0)
     return df
 
 
@@ -334,14 +402,14 @@ def _username_taken(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.Series:
     holders = snapshot.taken_usernames
     if holders.empty:
         return pd.Series(False, index=df.index)
-    own = holders["district_id"] == snapshot.district_id
-    holders = holders.assign(owner=np.where(own, holders["student_id"], None))
-    holder = holders.drop_duplicates("username_lower").set_index("username_lower")
-    found = holder.reindex(df["username_lower"])
-    found.index = df.index
-    held = found["district_id"].notna()
-    held_by_self = held & (found["owner"] == df["student_id"]).fillna(False)
-    return held & ~held_by_self
+    holders = holders.drop_duplicates("username_lower")
+    own = (holders["district_id"] == snapshot.district_id).to_numpy(dtype=bool)
+    at = _positions(_arrow(df["username_lower"]), _arrow(holders["username_lower"]))
+    held = at >= 0
+    owner = pa.array(np.where(own, holders["student_id"].to_numpy(dtype=object), None), pa.string())
+    found_owner = pc.take(owner, pa.array(np.where(held, at, 0)))
+    held_by_self = pc.fill_null(pc.equal(found_owner, _arrow(df["student_id"])), False)
+    return pd.Series(held & ~held_by_self.to_numpy(zero_copy_only=False), index=df.index)
 
 
 def _licenses(df: pd.DataFrame, ok: pd.Series, bin_available: int) -> pd.DataFrame:
@@ -355,10 +423,18 @@ def _licenses(df: pd.DataFrame, ok: pd.Series, bin_available: int) -> pd.DataFra
 
 
 def _changes(
-    df: pd.DataFrame, applied: pd.Series, enterprise_order_id: int, fingerprint_key: str
+    df: pd.DataFrame,
+    applied: pd.Series,
+    enterprise_order_id: int,
+    fingerprint_key: str,
+    password_fps: np.ndarray | None,
 ) -> pd.DataFrame:
     df["data_hash"] = data_fingerprint(df)
-    fingerprints = password_fingerprint(df["student_id"], df["password"], fingerprint_key)
+    fingerprints = (
+        password_fingerprint(df["student_id"], df["password"], fingerprint_key)
+        if password_fps is None
+        else password_fps
+    )
     df["password_fp"] = pd.Series(fingerprints, index=df.index, dtype="Int64").where(
         df["password"].notna(), pd.NA
     )
@@ -374,21 +450,26 @@ def _changes(
     before, after = df["status_before"], df["status_after"]
     outcome = np.select(
         [
-            before == ABSENT,
-            (before == DEACTIVATED) & (after == ACTIVE),
-            (before == ACTIVE) & (after == DEACTIVATED),
-            df["data_changed"] | df["password_changed"] | order_changed,
+            (before == ABSENT).to_numpy(),
+            ((before == DEACTIVATED) & (after == ACTIVE)).to_numpy(),
+            ((before == ACTIVE) & (after == DEACTIVATED)).to_numpy(),
+            (df["data_changed"] | df["password_changed"] | order_changed).to_numpy(dtype=bool),
         ],
-        list(CHANGES),
-        default="unchanged",
+        [OUTCOMES.index(c) for c in CHANGES],
+        default=OUTCOMES.index("unchanged"),
     )
-    df["outcome"] = np.where(applied, outcome, "errors")
+    outcome = np.where(applied.to_numpy(dtype=bool), outcome, OUTCOMES.index("errors"))
+    df["outcome"] = pd.Categorical.from_codes(outcome, categories=OUTCOMES)
     df["applied"] = applied
     return df
 
 
 def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
     changes = df[df["outcome"].isin(CHANGES)]
+    # the decision columns are categorical over all rows (cheap to build); the changes
+    # leave the plan as plain text
+    coded = [c for c in changes.columns if isinstance(changes[c].dtype, pd.CategoricalDtype)]
+    changes = changes.astype({c: "str" for c in coded})
     # only the four columns the license deltas need: not a copy of every column of df
     applied = df.loc[
         df["applied"] & (df["outcome"] != "errors"),
