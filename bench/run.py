@@ -611,11 +611,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         c = res["steps"]
         log(
             f"  {label} run {i + 1}: {res['without_hashing_s']:.2f} s without hashing, raw COPY "
-            f"{copy_s:.2f} s, x{res['ratio']} (read {c.get('read', 0):.2f}, validate "
-            f"{c.get('validate', 0):.2f}, snapshot {c.get('snapshot', 0):.2f}, plan "
-            f"{c.get('plan', 0):.2f}, hash {c.get('hash', 0):.2f}, apply {c.get('apply', 0):.2f},"
-            f" record {c.get('record', 0):.2f}, commit {c.get('commit', 0):.2f}), "
-            f"RSS {res['peak_rss_mib']:.0f} MiB, load {load:.2f}"
+            f"{copy_s:.2f} s, x{res['ratio']} ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in c.items() if v >= 0.005)
+            + f"), RSS {res['peak_rss_mib']:.0f} MiB, load {load:.2f}"
         )
         return res
 
@@ -708,9 +706,13 @@ def print_table(report: dict[str, Any]) -> None:
     steps = (
         "read",
         "validate",
+        "match",
+        "hash_select",
+        "load",
         "snapshot",
         "plan",
         "hash",
+        "hash_inline",
         "apply",
         "record",
         "commit",

@@ -3,6 +3,7 @@ middle of hashing followed by a re-run, hashes changed in between, held files, p
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import resource
@@ -341,3 +342,64 @@ def test_the_district_is_not_locked_while_passwords_are_hashed(
     result = process_upload(idle, Upload("D1", csv_bytes(_rows(12))), _engine(Probing(), 5))
     assert result.status == UploadStatus.PROCESSED
     assert seen == [True, True, True]  # three batches, none under the district's lock
+
+
+def _version(conn: psycopg.Connection) -> int:
+    from eams_pipeline.db.snapshot import students_version
+
+    (district_id,) = conn.execute("SELECT district_id FROM districts").fetchone()
+    version = students_version(conn, district_id)
+    conn.commit()
+    return version
+
+
+def test_every_write_to_a_districts_students_changes_its_version(idle: psycopg.Connection) -> None:
+    seen = [_version(idle)]
+    upload = Upload("D1", csv_bytes(_rows(3)), key="D1-v1")
+    process_upload(idle, upload, _engine(_plain_hasher()))
+    seen.append(_version(idle))
+    for statement in (
+        "UPDATE students SET class_name = 'Room 9'",
+        "UPDATE students SET class_name = 'Room 9' WHERE false",  # writes nothing
+        "DELETE FROM student_history",
+        "DELETE FROM students WHERE student_id = 'N000'",
+        "TRUNCATE students CASCADE",
+    ):
+        idle.execute(statement)
+        idle.commit()
+        seen.append(_version(idle))
+    # every statement that wrote a student moved it; the history and an empty UPDATE did not
+    assert [b > a for a, b in itertools.pairwise(seen)] == [
+        True,
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_students_changed_between_the_phases_are_read_again_under_the_lock(
+    idle: psycopg.Connection,
+) -> None:
+    """Phase 1 reads the students without the lock; the apply reuses them only when their
+    version is unchanged. A write in between (here: an operator deactivating a student)
+    must be planned against, or the A row below would be `unchanged` and the student
+    would stay deactivated with its license in the bin."""
+    rows = _rows(3)
+    process_upload(idle, Upload("D1", csv_bytes(rows), key="D1-s1"), _engine(_plain_hasher()))
+    again = Upload("D1", csv_bytes(rows), key="D1-s2")
+    prepared = prepare_upload(idle, again, _engine(_plain_hasher()))
+    assert prepared.students is not None and len(prepared.students) == 3
+    idle.execute("UPDATE students SET status = 'deactivated' WHERE student_id = 'N001'")
+    idle.execute("UPDATE orders SET used = used - 1 WHERE number = 'ENT-D1'")
+    idle.commit()
+    result = process_upload(idle, again, _engine(_plain_hasher()), prepared=prepared)
+    assert (result.counts["activated"], result.counts["unchanged"]) == (1, 2)
+    assert_license_invariant(idle)
+    idle.commit()
+    # and with nothing written in between, the students read before the lock are used
+    third = Upload("D1", csv_bytes(rows), key="D1-s3")
+    prepared = prepare_upload(idle, third, _engine(_plain_hasher()))
+    result = process_upload(idle, third, _engine(_plain_hasher()), prepared=prepared)
+    assert result.counts["unchanged"] == 3 and "load" not in result.timings

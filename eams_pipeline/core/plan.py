@@ -43,6 +43,8 @@ class DistrictSnapshot:
               data_hash, password_fingerprint (nullable)            - this district's students
     taken_usernames: username_lower, district_id, student_id        - who holds a file username
     grades: the district's participating grades (normalised: K, 1..12); None: every grade
+    positions: for each row of the upload the snapshot was read for, its student's position
+               in `students` (student_positions; -1: none); None: the plan looks them up
     """
 
     district_id: int
@@ -52,6 +54,7 @@ class DistrictSnapshot:
     students: pd.DataFrame
     taken_usernames: pd.DataFrame
     grades: frozenset[str] | None = None
+    positions: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -89,14 +92,12 @@ def make_plan(
     fingerprint_key: str,
     *,
     full_roster: bool = False,
-    positions: np.ndarray | None = None,
     password_fps: np.ndarray | None = None,
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
     `row_errors` the errors found so far (malformed rows and column rules). With
     `full_roster` the district's active students absent from the file are deactivated too.
-    `positions` (student_positions of these rows in snapshot.students) and `password_fps`
-    (password_fingerprint of these rows) are computed here unless the caller has them."""
+    `password_fps` (password_fingerprint of these rows) is computed unless the caller has it."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
     # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
@@ -148,7 +149,7 @@ def make_plan(
             )
         )
 
-    df = _attach_student(df, snapshot, positions)
+    df = _attach_student(df, snapshot)
     df = _attach_transition(df, valid_id & valid_status)
     has_transition_error = df["transition_error"].notna()
     for code, text in (
@@ -341,12 +342,12 @@ def _attach_school(
     return df
 
 
-def _attach_student(
-    df: pd.DataFrame, snapshot: DistrictSnapshot, positions: np.ndarray | None
-) -> pd.DataFrame:
+def _attach_student(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.DataFrame:
     students = snapshot.students
     # each row's student in the snapshot by one hash lookup (-1: absent)
-    pos = student_positions(df["student_id"], students) if positions is None else positions
+    pos = snapshot.positions
+    if pos is None:
+        pos = student_positions(df["student_id"], students)
     known = pos >= 0
     at = np.where(known, pos, 0)
 

@@ -29,18 +29,6 @@ def _stage_keys(conn: psycopg.Connection, keys: pd.DataFrame) -> None:
         conn.execute("ANALYZE password_keys")
 
 
-def stored_fingerprints(conn: psycopg.Connection, district_id: int) -> pd.DataFrame:
-    """Every student of the district's (student_id, password_fingerprint), one COPY in a
-    transaction of its own (no lock: phase 1 only narrows down what to hash)."""
-    with conn.transaction():
-        return copy_out(
-            conn,
-            "SELECT student_id, password_fingerprint FROM students WHERE district_id = %s",
-            (district_id,),
-            {"student_id": pa.string(), "password_fingerprint": pa.int64()},
-        )
-
-
 def to_hash(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.Series:
     """The `k` of the keys (k, student_id, password_fp) whose password is neither the
     stored student's (same fingerprint) nor already hashed in the cache, in `k` order."""

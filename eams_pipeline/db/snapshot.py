@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.core.plan import DistrictSnapshot
+from eams_pipeline.core.plan import DistrictSnapshot, student_positions
 from eams_pipeline.db.districts import District
 
 
@@ -89,13 +90,35 @@ def load_district_students(conn: psycopg.Connection, district: District) -> pd.D
     )
 
 
+def students_version(conn: psycopg.Connection, district_id: int) -> int:
+    """The version of the district's students: it changes with every write to them
+    (statement triggers of sql/012), in the writing transaction."""
+    return conn.execute(
+        "SELECT students_version FROM districts WHERE district_id = %s", (district_id,)
+    ).fetchone()[0]
+
+
+def load_students_versioned(
+    conn: psycopg.Connection, district: District
+) -> tuple[int, pd.DataFrame]:
+    """The district's students (load_district_students) and their version, read in one
+    REPEATABLE READ transaction of their own (one snapshot, no lock): before the lock, an
+    upload reads them with this; under the lock the same version means they still hold."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        version = students_version(conn, district.district_id)
+        return version, load_district_students(conn, district)
+
+
 def load_snapshot(
     conn: psycopg.Connection,
     district: District,
     rows: pd.DataFrame,
     students: pd.DataFrame | None = None,
+    positions: np.ndarray | None = None,
 ) -> DistrictSnapshot:
-    """The district's state for a plan of `rows` (`students` when already loaded)."""
+    """The district's state for a plan of `rows` (`students` when already loaded;
+    `positions`: core.plan.student_positions of the rows in them, when computed)."""
     d = district.district_id
     bin_available = conn.execute(
         "SELECT size - used FROM orders WHERE order_id = %s", (district.enterprise_order_id,)
@@ -114,7 +137,10 @@ def load_snapshot(
     )
     if students is None:
         students = load_district_students(conn, district)
-    claimed = _not_own_username(rows, students)
+        positions = None
+    if positions is None:
+        positions = student_positions(rows["student_id"], students)
+    claimed = _not_own_username(rows, students, positions)
     lock_usernames(conn, claimed["username"])
     return DistrictSnapshot(
         district_id=d,
@@ -124,6 +150,7 @@ def load_snapshot(
         students=students,
         taken_usernames=_usernames_held_by_others(conn, d, claimed),
         grades=frozenset(district.grades) if district.grades is not None else None,
+        positions=positions,
     )
 
 
@@ -159,7 +186,9 @@ def lock_usernames(conn: psycopg.Connection, usernames: pd.Series) -> None:
     )
 
 
-def _not_own_username(rows: pd.DataFrame, students: pd.DataFrame) -> pd.DataFrame:
+def _not_own_username(
+    rows: pd.DataFrame, students: pd.DataFrame, positions: np.ndarray
+) -> pd.DataFrame:
     """The rows whose username is not already their own student's. Usernames are unique
     across MY Access, so no one else can hold a row's own username: on a nightly file that
     leaves only the new and renamed students to look up in the database."""
@@ -167,7 +196,7 @@ def _not_own_username(rows: pd.DataFrame, students: pd.DataFrame) -> pd.DataFram
     def arrow(column: pd.Series) -> pa.Array:
         return pa.array(column, type=pa.string(), from_pandas=True)
 
-    at = pc.index_in(arrow(rows["student_id"]), value_set=arrow(students["student_id"]))
+    at = pa.array(positions, mask=positions < 0)
     stored = pc.take(arrow(students["username_lower"]), at)
     own = pc.fill_null(pc.equal(stored, pc.utf8_lower(arrow(rows["username"]))), False)
     return rows[~own.to_numpy(zero_copy_only=False)]

@@ -45,14 +45,19 @@ from eams_pipeline.core.outcome import (
     status_of,
 )
 from eams_pipeline.core.passwords import PasswordHasher
-from eams_pipeline.core.plan import Plan, make_plan
+from eams_pipeline.core.plan import Plan, make_plan, repeated_values, student_positions
 from eams_pipeline.core.reading import FileRejected, ParsedFile, count_data_records, read_upload
 from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
 from eams_pipeline.db import password_cache
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, get_district, lock_district
-from eams_pipeline.db.snapshot import load_district_students, load_snapshot
+from eams_pipeline.db.snapshot import (
+    load_district_students,
+    load_snapshot,
+    load_students_versioned,
+    students_version,
+)
 from eams_pipeline.services.progress import Progress
 
 
@@ -129,13 +134,19 @@ class _Read:
 
 @dataclass
 class Prepared:
-    """What phase 1 leaves for the apply: the file read and validated, and how many
-    passwords it hashed into the cache (and in how many seconds)."""
+    """What phase 1 leaves for the apply: the file read and validated, the district's
+    students as read before the lock (with their version: the apply reuses them only when
+    it finds the same version under the lock), each row's position among them and its
+    password fingerprint, and how many passwords it hashed into the cache (in how long)."""
 
     read: _Read | None = None
     hashed: int = 0
     hash_seconds: float = 0.0
     content_sha256: str | None = None  # of the bytes read: the apply reuses `read` only for them
+    students: pd.DataFrame | None = None
+    students_version: int | None = None
+    positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
+    password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
 
 
 def _read(upload: Upload, encoding: str, clock: _Clock) -> _Read:
@@ -177,69 +188,80 @@ def prepare_upload(
         return Prepared()  # the apply phase reports it
     if record is not None and record.is_final and not (approve_hold and record.approvable):
         return Prepared()  # settled: the apply phase returns what was recorded
-    # the stored fingerprints stream in (a thread: the connection is the thread's alone
+    # the district's students stream in (a thread: the connection is the thread's alone
     # until .result()) while this thread parses and validates
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-fingerprints") as pool:
-        stored = pool.submit(password_cache.stored_fingerprints, conn, district.district_id)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-students") as pool:
+        stored = pool.submit(load_students_versioned, conn, district)
         read = _read(upload, district.encoding, clock)
-        stored_fps = stored.result()
+        version, students = stored.result()
     digest = content_sha256 or hashlib.sha256(upload.data).hexdigest()
     prepared = Prepared(read=read, content_sha256=digest)
     if read.rows is None:
         return prepared
-    with clock.step("hash"):
+    with clock.step("match"):
+        prepared.students, prepared.students_version = students, version
+        prepared.positions = student_positions(read.rows["student_id"], students)
+        prepared.password_fps = password_fingerprint(
+            read.rows["student_id"], read.rows["password"], fingerprint_key(engine.secret)
+        )
+    with clock.step("hash_select"):
+        todo = _to_hash_ahead(conn, district, read, prepared, engine)
+    with clock.step("hash"):  # only the hashing and the commits of its batches
         start = time.perf_counter()
-        prepared.hashed = _hash_ahead(conn, district, read, stored_fps, engine, clock.progress)
+        prepared.hashed = _hash_batches(conn, district, todo, engine, clock.progress)
         prepared.hash_seconds = time.perf_counter() - start
     return prepared
 
 
-def _hash_ahead(
+def _to_hash_ahead(
     conn: psycopg.Connection,
     district: District,
     read: _Read,
-    stored: pd.DataFrame,
+    prepared: Prepared,
+    engine: Engine,
+) -> pd.DataFrame:
+    """The passwords the apply is likely to need hashed (student_id, password_fp,
+    password): on rows without a column-rule error, whose Student ID is on one row only,
+    and whose fingerprint is neither the stored student's (prepared.students at
+    prepared.positions) nor cached. Expires old cached hashes first."""
+    assert read.rows is not None and read.column_errors is not None
+    assert prepared.students is not None and prepared.positions is not None
+    assert prepared.password_fps is not None
+    rows, fps, at = read.rows, prepared.password_fps, prepared.positions
+    stored = prepared.students["password_fingerprint"]
+    # locally first: on a nightly file nearly every password is the stored one
+    known = np.append(stored.notna().to_numpy(dtype=bool), False)  # at == -1: the False
+    stored_fp = np.append(stored.to_numpy(dtype="int64", na_value=0), 0)
+    same = known[at] & (stored_fp[at] == fps)
+    candidate = (
+        rows["password"].notna().to_numpy(dtype=bool)
+        & rows["student_id"].notna().to_numpy(dtype=bool)
+        & ~repeated_values(rows["student_id"])
+        & ~rows.index.isin(read.column_errors["row"].to_numpy())
+        & ~same
+    )
+    with conn.transaction():
+        password_cache.expire(conn, engine.hash_cache_days)
+    picked = np.flatnonzero(candidate)
+    keys = pd.DataFrame(
+        {
+            "k": np.arange(len(picked), dtype="int64"),
+            "student_id": rows["student_id"].iloc[picked].to_numpy(),
+            "password_fp": fps[picked],
+            "password": rows["password"].iloc[picked].to_numpy(),
+        }
+    )
+    return keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
+
+
+def _hash_batches(
+    conn: psycopg.Connection,
+    district: District,
+    todo: pd.DataFrame,
     engine: Engine,
     progress: Progress,
 ) -> int:
-    """Hash into the cache every password the apply is likely to need: on rows without a
-    column-rule error, whose Student ID is on one row only, and whose fingerprint is neither
-    the stored student's (`stored`: student_id, password_fingerprint) nor cached. Each
-    batch commits. Returns how many were hashed."""
-    assert read.rows is not None and read.column_errors is not None
-    rows = read.rows
-    candidate = (
-        rows["password"].notna()
-        & rows["student_id"].notna()
-        & ~rows["student_id"].duplicated(keep=False)
-        & ~rows.index.isin(read.column_errors["row"].to_numpy())
-    )
-    rows = rows[candidate]
-    with conn.transaction():
-        password_cache.expire(conn, engine.hash_cache_days)
-    if rows.empty:
-        return 0
-    fps = password_fingerprint(rows["student_id"], rows["password"], fingerprint_key(engine.secret))
-    # locally first: on a nightly file nearly every password is the stored one
-    at = pd.Index(stored["student_id"]).get_indexer(rows["student_id"])  # -1: a new student
-    known = stored["password_fingerprint"].notna().to_numpy()
-    stored_fp = stored["password_fingerprint"].to_numpy(dtype="int64", na_value=0)
-    hit = np.flatnonzero(at >= 0)
-    hit = hit[known[at[hit]]]
-    same = np.zeros(len(rows), dtype=bool)
-    same[hit] = stored_fp[at[hit]] == fps[hit]
-    rows, fps = rows[~same], fps[~same]
-    if rows.empty:
-        return 0
-    keys = pd.DataFrame(
-        {
-            "k": np.arange(len(rows), dtype="int64"),
-            "student_id": rows["student_id"].to_numpy(),
-            "password_fp": fps,
-            "password": rows["password"].to_numpy(),
-        }
-    )
-    todo = keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
+    """Hash `todo`'s passwords into the cache; each batch commits. Returns how many."""
     total, done = len(todo), 0
     if total:
         progress.advanced("hash", 0, total)
@@ -335,13 +357,21 @@ def process_upload(
                     return db_uploads.recorded_result(conn, record, upload.district)
 
         read = prepared.read
+        positions, password_fps = None, None
         if (
             read is not None
             and read.encoding == district.encoding
             and prepared.content_sha256 == content_sha256
         ):
-            with clock.step("load"):
-                students = load_district_students(conn, district)
+            password_fps = prepared.password_fps
+            if prepared.students is not None and prepared.students_version == students_version(
+                conn, district.district_id
+            ):
+                # nothing was written to the district's students since phase 1 read them
+                students, positions = prepared.students, prepared.positions
+            else:
+                with clock.step("load"):
+                    students = load_district_students(conn, district)
         else:
             # The district's students stream in from the database (a thread: the connection
             # is the thread's alone until .result()) while this thread parses and validates.
@@ -366,7 +396,7 @@ def process_upload(
             )
         else:
             with clock.step("snapshot"):
-                snapshot = load_snapshot(conn, district, rows, students)
+                snapshot = load_snapshot(conn, district, rows, students, positions)
             with clock.step("plan"):
                 plan = make_plan(
                     rows,
@@ -375,6 +405,7 @@ def process_upload(
                     snapshot,
                     fingerprint_key(engine.secret),
                     full_roster=district.mode == "full_roster",
+                    password_fps=password_fps,
                 )
             result = _from_plan(upload.district, upload_id, plan)
             if not superseded:
