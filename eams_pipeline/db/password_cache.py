@@ -30,23 +30,28 @@ def _stage_keys(conn: psycopg.Connection, keys: pd.DataFrame) -> None:
 
 
 def to_hash(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.Series:
-    """The `k` of the keys (k, student_id, password_fp) whose password is neither the
-    stored student's (same fingerprint) nor already hashed in the cache, in `k` order."""
+    """The `k` of the keys (k, student_id, password_fp) whose password is not already
+    hashed in the cache, in `k` order (the caller has left out the passwords the stored
+    students already have). The usual night finds the district's cache empty (the last
+    apply used and removed it) and sends nothing."""
     if keys.empty:
         return pd.Series([], dtype="int64")
     with conn.transaction():
+        cached = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM password_hash_cache WHERE district_id = %s)",
+            (district_id,),
+        ).fetchone()[0]
+        if not cached:
+            return keys["k"].astype("int64").reset_index(drop=True)
         _stage_keys(conn, keys)
         found = copy_out(
             conn,
             """SELECT p.k FROM password_keys p
                WHERE NOT EXISTS (
-                   SELECT 1 FROM students s WHERE s.district_id = %s
-                      AND s.student_id = p.student_id AND s.password_fingerprint = p.password_fp)
-                 AND NOT EXISTS (
                    SELECT 1 FROM password_hash_cache c WHERE c.district_id = %s
                       AND c.student_id = p.student_id AND c.password_fingerprint = p.password_fp)
                ORDER BY p.k""",
-            (district_id, district_id),
+            (district_id,),
             {"k": pa.int64()},
         )
     return found["k"].astype("int64")
