@@ -165,8 +165,8 @@ def process_cmd(
     if type(progress) is not Progress:  # progress is shown: end with the total
         click.echo(
             f"eams: processed in {sum(result.timings.values()):.2f} s "
-            f"({result.hashed_passwords:,} passwords hashed, "
-            f"{result.cached_hashes:,} taken from the hash cache)",
+            f"({result.hashed_passwords:,} passwords hashed by this run, "
+            f"{result.cached_hashes:,} hashes ready before the lock)",
             err=True,
         )
     error_file = None

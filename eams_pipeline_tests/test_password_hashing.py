@@ -158,8 +158,10 @@ def test_a_hash_missing_from_the_cache_is_hashed_inside_the_apply(
 ) -> None:
     rows = _rows(6)
     upload = Upload("D1", csv_bytes(rows), key="D1-k0")
+    assert prepare_upload(idle, upload, _engine(_plain_hasher())).hashed == 6
+    # the run stopped after phase 1; its re-run finds every hash in the cache
     prepared = prepare_upload(idle, upload, _engine(_plain_hasher()))
-    assert prepared.hashed == 6
+    assert prepared.hashed == 0
     # one cached hash went away in between (aged out, or another run's apply used it)
     idle.execute("DELETE FROM password_hash_cache WHERE student_id = %s", (rows[4]["student_id"],))
     idle.commit()
@@ -167,9 +169,28 @@ def test_a_hash_missing_from_the_cache_is_hashed_inside_the_apply(
     result = process_upload(idle, upload, _engine(hasher), prepared=prepared)
     assert result.status == UploadStatus.PROCESSED
     assert hasher.hashed == [rows[4]["password"]]
-    assert (result.cached_hashes, result.hashed_passwords) == (5, 7)
+    assert (result.cached_hashes, result.hashed_passwords) == (5, 1)
     stored = _stored(idle)
     assert all(Argon2().verify(stored[r["student_id"]], r["password"]) for r in rows)
+    assert _cache(idle) == {}  # the apply removed what it used
+
+
+def test_the_apply_uses_the_hashes_its_own_phase_1_computed(idle: psycopg.Connection) -> None:
+    """In one run the apply takes phase 1's hashes from memory: even a cache row gone in
+    between costs nothing, and nothing is hashed twice."""
+    rows = _rows(6)
+    upload = Upload("D1", csv_bytes(rows), key="D1-k9")
+    prepared = prepare_upload(idle, upload, _engine(_plain_hasher()))
+    assert prepared.hashed == 6
+    idle.execute("DELETE FROM password_hash_cache WHERE student_id = %s", (rows[4]["student_id"],))
+    idle.commit()
+    hasher = CountingHasher()
+    result = process_upload(idle, upload, _engine(hasher), prepared=prepared)
+    assert hasher.hashed == []
+    assert (result.cached_hashes, result.hashed_passwords) == (6, 6)
+    stored = _stored(idle)
+    assert all(Argon2().verify(stored[r["student_id"]], r["password"]) for r in rows)
+    assert _cache(idle) == {}
 
 
 def test_a_password_changed_after_hashing_is_hashed_inline(idle: psycopg.Connection) -> None:

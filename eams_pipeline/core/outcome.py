@@ -61,7 +61,8 @@ class UploadResult:
     already_applied: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     # argon2id hashes computed by this call (before the apply and inline); hashes the apply
-    # took from the durable cache (computed before the lock, by this call or a crashed one)
+    # used that were computed before the lock (by this call, or by an earlier run that
+    # stopped, from the durable cache)
     hashed_passwords: int = 0
     cached_hashes: int = 0
     hash_rate_per_s: float = 0.0

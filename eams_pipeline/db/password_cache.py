@@ -77,7 +77,7 @@ def store(conn: psycopg.Connection, district_id: int, batch: pd.DataFrame) -> No
 
 def take(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.DataFrame:
     """The cached hashes of the keys (k, student_id, password_fp): a frame (k, password_hash)
-    of those found. Leaves the keys in password_keys for `forget` (same transaction)."""
+    of those found."""
     _stage_keys(conn, keys)
     if keys.empty:
         return pd.DataFrame({"k": pd.Series(dtype="int64"), "password_hash": pd.Series(dtype=str)})
@@ -94,12 +94,15 @@ def take(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.D
 
 
 def forget(conn: psycopg.Connection, district_id: int) -> int:
-    """Remove the cache rows of the keys last given to `take` (now stored in students)."""
+    """Remove the district's cached hashes of the passwords its students now have (after
+    an apply: what it used). Such a hash is never needed again: a file that sends that
+    password again matches the stored fingerprint and hashes nothing. Hashes of other
+    passwords (a held file's, a failed row's) stay until they expire."""
     cur = conn.execute(
-        """DELETE FROM password_hash_cache c USING password_keys p
-           WHERE c.district_id = %s AND c.student_id = p.student_id
-             AND c.password_fingerprint = p.password_fp""",
-        (district_id,),
+        """DELETE FROM password_hash_cache c USING students s
+           WHERE c.district_id = %s AND s.district_id = %s AND s.student_id = c.student_id
+             AND s.password_fingerprint = c.password_fingerprint""",
+        (district_id, district_id),
     )
     return cur.rowcount
 

@@ -147,6 +147,8 @@ class Prepared:
     students_version: int | None = None
     positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
+    # the hashes phase 1 computed (and committed to the cache), by row of read.rows
+    hashes: pd.Series | None = None
 
 
 def _read(upload: Upload, encoding: str, clock: _Clock) -> _Read:
@@ -208,7 +210,8 @@ def prepare_upload(
         todo = _to_hash_ahead(conn, district, read, prepared, engine)
     with clock.step("hash"):  # only the hashing and the commits of its batches
         start = time.perf_counter()
-        prepared.hashed = _hash_batches(conn, district, todo, engine, clock.progress)
+        prepared.hashes = _hash_batches(conn, district, todo, engine, clock.progress)
+        prepared.hashed = len(prepared.hashes)
         prepared.hash_seconds = time.perf_counter() - start
     return prepared
 
@@ -249,7 +252,8 @@ def _to_hash_ahead(
             "student_id": rows["student_id"].iloc[picked].to_numpy(),
             "password_fp": fps[picked],
             "password": rows["password"].iloc[picked].to_numpy(),
-        }
+        },
+        index=rows.index[picked],
     )
     return keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
 
@@ -260,9 +264,11 @@ def _hash_batches(
     todo: pd.DataFrame,
     engine: Engine,
     progress: Progress,
-) -> int:
-    """Hash `todo`'s passwords into the cache; each batch commits. Returns how many."""
+) -> pd.Series:
+    """Hash `todo`'s passwords into the cache; each batch commits. Returns the hashes,
+    indexed as `todo` (by row)."""
     total, done = len(todo), 0
+    finished: list[str] = []
     if total:
         progress.advanced("hash", 0, total)
     size = max(1, engine.hash_batch_size)
@@ -281,9 +287,10 @@ def _hash_batches(
                     }
                 ),
             )
+        finished += hashes
         done += len(batch)
         progress.advanced("hash", done, total)
-    return done
+    return pd.Series(finished, index=todo.index, dtype="str")
 
 
 def process_upload(
@@ -357,13 +364,13 @@ def process_upload(
                     return db_uploads.recorded_result(conn, record, upload.district)
 
         read = prepared.read
-        positions, password_fps = None, None
+        positions, password_fps, ahead = None, None, None
         if (
             read is not None
             and read.encoding == district.encoding
             and prepared.content_sha256 == content_sha256
         ):
-            password_fps = prepared.password_fps
+            password_fps, ahead = prepared.password_fps, prepared.hashes
             if prepared.students is not None and prepared.students_version == students_version(
                 conn, district.district_id
             ):
@@ -427,7 +434,7 @@ def process_upload(
             if record is not None and not superseded and result.status != UploadStatus.HELD:
                 with clock.step("hash_inline"):
                     hashes, inline, result.cached_hashes = _hashes(
-                        conn, district.district_id, plan, engine.hasher
+                        conn, district.district_id, plan, engine.hasher, ahead
                     )
                     result.hashed_passwords = prepared.hashed + inline
                 with clock.step("apply"):
@@ -464,28 +471,39 @@ def process_upload(
 
 
 def _hashes(
-    conn: psycopg.Connection, district_id: int, plan: Plan, hasher: PasswordHasher
+    conn: psycopg.Connection,
+    district_id: int,
+    plan: Plan,
+    hasher: PasswordHasher,
+    ahead: pd.Series | None,
 ) -> tuple[pd.Series, int, int]:
-    """The argon2id hash of every password_changed row: from the cache (one join), the
-    missing ones (changed since phase 1, or no phase 1) hashed here. Returns the hashes
-    (indexed as plan.changes), how many were hashed here and how many came from the cache.
-    The keys stay staged for password_cache.forget after the apply."""
+    """The argon2id hash of every password_changed row: those phase 1 of this run hashed
+    (`ahead`, by row of the same read) from memory, the others from the cache (one join:
+    hashed by an earlier run that stopped), the rest (changed since phase 1, or no phase 1)
+    hashed here. Returns the hashes (indexed as plan.changes), how many were hashed here
+    and how many were hashed ahead (this run's phase 1 or an earlier one)."""
     changed = plan.changes[plan.changes["password_changed"]]
-    keys = pd.DataFrame(
-        {
-            "k": np.arange(len(changed), dtype="int64"),
-            "student_id": changed["student_id"].to_numpy(),
-            "password_fp": changed["password_fp"].astype("int64").to_numpy(),
-        }
-    )
     hashes = np.full(len(changed), None, dtype=object)
-    found = password_cache.take(conn, district_id, keys)
-    hashes[found["k"].to_numpy()] = found["password_hash"].to_numpy()
+    if ahead is not None and len(ahead):
+        at = ahead.index.get_indexer(changed.index)
+        hashes[at >= 0] = ahead.to_numpy(dtype=object)[at[at >= 0]]
+    rest = np.flatnonzero(pd.isna(hashes))
+    if len(rest):
+        keys = pd.DataFrame(
+            {
+                "k": rest.astype("int64"),
+                "student_id": changed["student_id"].to_numpy()[rest],
+                "password_fp": changed["password_fp"].astype("int64").to_numpy()[rest],
+            }
+        )
+        found = password_cache.take(conn, district_id, keys)
+        hashes[found["k"].to_numpy()] = found["password_hash"].to_numpy()
     missing = np.flatnonzero(pd.isna(hashes))
     if len(missing):
         passwords = changed["password"].to_numpy()[missing].tolist()
         hashes[missing] = hasher.hash_many(passwords)
-    return pd.Series(hashes, index=changed.index, dtype="str"), len(missing), len(found)
+    ahead_used = len(changed) - len(missing)
+    return pd.Series(hashes, index=changed.index, dtype="str"), len(missing), ahead_used
 
 
 def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadResult:
