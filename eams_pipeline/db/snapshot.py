@@ -54,19 +54,22 @@ def _pandas_type(t: pa.DataType) -> str:
     return "str"
 
 
+COPY_IN_ROWS = 65_536  # rows converted and sent at a time: the CSV of 1M staged rows is ~0.5 GB
+
+
 def copy_in(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> None:
-    """COPY a frame into a table (columns by name), as CSV written by pyarrow."""
+    """COPY a frame into a table (columns by name), as CSV written by pyarrow, slice by
+    slice: memory holds one slice's Arrow table and CSV text, never the whole frame's."""
     if frame.empty:
         return
-    sink = io.BytesIO()
-    pacsv.write_csv(
-        pa.Table.from_pandas(frame, preserve_index=False),
-        sink,
-        write_options=pacsv.WriteOptions(include_header=False, quoting_style="needed"),
-    )
     columns = ", ".join(frame.columns)
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
     with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as cp:
-        cp.write(sink.getvalue())
+        for start in range(0, len(frame), COPY_IN_ROWS):
+            part = frame.iloc[start : start + COPY_IN_ROWS]
+            sink = io.BytesIO()
+            pacsv.write_csv(pa.Table.from_pandas(part, preserve_index=False), sink, options)
+            cp.write(sink.getvalue())
 
 
 def load_district_students(conn: psycopg.Connection, district: District) -> pd.DataFrame:
