@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
 from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
 from eams_pipeline.core.outcome import CHANGES, OUTCOMES
-from eams_pipeline.core.template import DISPLAY_NAME
+from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
 from eams_pipeline.core.transitions import (
     ABSENT,
     ACTIVE,
@@ -60,7 +60,8 @@ class DistrictSnapshot:
 @dataclass(frozen=True)
 class Plan:
     """rows: one row per well-formed data row, indexed by `row`, with its decision.
-    changes: the rows that write a student (added, activated, deactivated, updated).
+    changes: the rows that write a student (added, activated, deactivated, updated), with
+             CHANGE_COLUMNS only (what the apply and the hashing read).
     license_deltas: order_id, delta - what each order's `used` counter moves by.
     missing: full-roster mode: student_pk, order_id - the active students absent from the
              file, deactivated as if a D row had been sent for each (not rows of the file:
@@ -465,8 +466,28 @@ def _changes(
     return df
 
 
+# what a change carries to the apply (db.apply) and the hashing (services.process)
+CHANGE_COLUMNS = (
+    *(c for c in COLUMNS if c != "status"),
+    "line",
+    "student_pk",
+    "school_id",
+    "school_before",
+    "status_before",
+    "status_after",
+    "order_before",
+    "order_after",
+    "data_hash",
+    "data_changed",
+    "password_fp",
+    "password_changed",
+    "outcome",
+)
+
+
 def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
-    changes = df[df["outcome"].isin(CHANGES)]
+    # only the columns the apply needs: not a copy of every column of df
+    changes = df.loc[df["outcome"].isin(CHANGES).to_numpy(), list(CHANGE_COLUMNS)]
     # the decision columns are categorical over all rows (cheap to build); the changes
     # leave the plan as plain text
     coded = [c for c in changes.columns if isinstance(changes[c].dtype, pd.CategoricalDtype)]

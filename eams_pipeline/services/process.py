@@ -482,12 +482,15 @@ def _hashes(
     hashed by an earlier run that stopped), the rest (changed since phase 1, or no phase 1)
     hashed here. Returns the hashes (indexed as plan.changes), how many were hashed here
     and how many were hashed ahead (this run's phase 1 or an earlier one)."""
-    changed = plan.changes[plan.changes["password_changed"]]
-    hashes = np.full(len(changed), None, dtype=object)
+    changed = plan.changes.loc[
+        plan.changes["password_changed"], ["student_id", "password_fp", "password"]
+    ]
+    # Arrow-backed text all along: 1M hashes never become 1M Python strings
     if ahead is not None and len(ahead):
-        at = ahead.index.get_indexer(changed.index)
-        hashes[at >= 0] = ahead.to_numpy(dtype=object)[at[at >= 0]]
-    rest = np.flatnonzero(pd.isna(hashes))
+        hashes = ahead.reindex(changed.index)
+    else:
+        hashes = pd.Series(pd.NA, index=changed.index, dtype="str")
+    rest = np.flatnonzero(hashes.isna().to_numpy())
     if len(rest):
         keys = pd.DataFrame(
             {
@@ -497,13 +500,13 @@ def _hashes(
             }
         )
         found = password_cache.take(conn, district_id, keys)
-        hashes[found["k"].to_numpy()] = found["password_hash"].to_numpy()
-    missing = np.flatnonzero(pd.isna(hashes))
+        if len(found):
+            hashes.iloc[found["k"].to_numpy()] = found["password_hash"].to_numpy()
+    missing = np.flatnonzero(hashes.isna().to_numpy())
     if len(missing):
         passwords = changed["password"].to_numpy()[missing].tolist()
-        hashes[missing] = hasher.hash_many(passwords)
-    ahead_used = len(changed) - len(missing)
-    return pd.Series(hashes, index=changed.index, dtype="str"), len(missing), ahead_used
+        hashes.iloc[missing] = hasher.hash_many(passwords)
+    return hashes, len(missing), len(changed) - len(missing)
 
 
 def _from_plan(district_code: str, upload_id: int | None, plan: Plan) -> UploadResult:
