@@ -147,7 +147,8 @@ class Prepared:
     students_version: int | None = None
     positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
-    # the hashes phase 1 computed (and committed to the cache), by row of read.rows
+    # the hashes phase 1 computed (and committed to the cache), by row of read.rows;
+    # the apply takes them (and drops them here)
     hashes: pd.Series | None = None
 
 
@@ -437,6 +438,7 @@ def process_upload(
                         conn, district.district_id, plan, engine.hasher, ahead
                     )
                     result.hashed_passwords = prepared.hashed + inline
+                    ahead = prepared.hashes = None  # in `hashes` now: not twice in memory
                 with clock.step("apply"):
                     db_apply.apply_plan(conn, district.district_id, record.upload_id, plan, hashes)
                     password_cache.forget(conn, district.district_id)
