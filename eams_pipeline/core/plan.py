@@ -280,6 +280,14 @@ def student_positions(student_ids: pd.Series, students: pd.DataFrame) -> np.ndar
     return _positions(_arrow(student_ids), _arrow(students["student_id"]))
 
 
+def _as_text(coded: pd.Series) -> pd.Series:
+    """A categorical column as plain text (by one Arrow take; `astype` is ~6x slower)."""
+    codes = coded.cat.codes.to_numpy()
+    categories = pa.array(coded.cat.categories.to_numpy(dtype=object), pa.string())
+    text = pc.take(categories, pa.array(codes, mask=codes < 0))
+    return pd.Series(pd.array(text, dtype="str"), index=coded.index)
+
+
 def repeated_values(values: pd.Series) -> np.ndarray:
     """True where a (non-null) value appears on more than one row."""
     encoded = pc.dictionary_encode(_arrow(values))
@@ -490,8 +498,9 @@ def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
     changes = df.loc[df["outcome"].isin(CHANGES).to_numpy(), list(CHANGE_COLUMNS)]
     # the decision columns are categorical over all rows (cheap to build); the changes
     # leave the plan as plain text
-    coded = [c for c in changes.columns if isinstance(changes[c].dtype, pd.CategoricalDtype)]
-    changes = changes.astype({c: "str" for c in coded})
+    for c in changes.columns:
+        if isinstance(changes[c].dtype, pd.CategoricalDtype):
+            changes[c] = _as_text(changes[c])
     # only the four columns the license deltas need: not a copy of every column of df
     applied = df.loc[
         df["applied"] & (df["outcome"] != "errors"),
