@@ -94,11 +94,13 @@ def make_plan(
     *,
     full_roster: bool = False,
     password_fps: np.ndarray | None = None,
+    data_hashes: np.ndarray | None = None,
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
     `row_errors` the errors found so far (malformed rows and column rules). With
     `full_roster` the district's active students absent from the file are deactivated too.
-    `password_fps` (password_fingerprint of these rows) is computed unless the caller has it."""
+    `password_fps` (password_fingerprint of these rows) and `data_hashes` (their
+    data_fingerprint) are computed unless the caller has them."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
     # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
@@ -207,7 +209,9 @@ def make_plan(
     )
     applied = ok & df["license_granted"]
 
-    df = _changes(df, applied, snapshot.enterprise_order_id, fingerprint_key, password_fps)
+    df = _changes(
+        df, applied, snapshot.enterprise_order_id, fingerprint_key, password_fps, data_hashes
+    )
     all_errors = concat_errors(errors)
     df.loc[df.index.isin(all_errors["row"].unique()), "outcome"] = "errors"
     plan = _finish(df, all_errors, total_rows)
@@ -438,8 +442,9 @@ def _changes(
     enterprise_order_id: int,
     fingerprint_key: str,
     password_fps: np.ndarray | None,
+    data_hashes: np.ndarray | None,
 ) -> pd.DataFrame:
-    df["data_hash"] = data_fingerprint(df)
+    df["data_hash"] = data_fingerprint(df) if data_hashes is None else data_hashes
     fingerprints = (
         password_fingerprint(df["student_id"], df["password"], fingerprint_key)
         if password_fps is None

@@ -36,7 +36,11 @@ from psycopg.pq import TransactionStatus
 
 from eams_pipeline.core.encoding import decode_upload
 from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
-from eams_pipeline.core.fingerprints import fingerprint_key, password_fingerprint
+from eams_pipeline.core.fingerprints import (
+    data_fingerprint,
+    fingerprint_key,
+    password_fingerprint,
+)
 from eams_pipeline.core.guard import GuardFigures, evaluate, trip_record
 from eams_pipeline.core.outcome import (
     OUTCOMES,
@@ -403,18 +407,23 @@ def process_upload(
                 upload.district, text, upload_id, rejection, read=upload.rejection is None
             )
         else:
-            with clock.step("snapshot"):
-                snapshot = load_snapshot(conn, district, rows, students, positions)
-            with clock.step("plan"):
-                plan = make_plan(
-                    rows,
-                    concat_errors([parsed.malformed, column_errors]),
-                    parsed.total_rows,
-                    snapshot,
-                    fingerprint_key(engine.secret),
-                    full_roster=district.mode == "full_roster",
-                    password_fps=password_fps,
-                )
+            # the rows' data fingerprints (CPU, a thread) while the snapshot's queries wait
+            # on the database (they release the GIL)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-hashes") as pool:
+                data_hashes = pool.submit(data_fingerprint, rows)
+                with clock.step("snapshot"):
+                    snapshot = load_snapshot(conn, district, rows, students, positions)
+                with clock.step("plan"):
+                    plan = make_plan(
+                        rows,
+                        concat_errors([parsed.malformed, column_errors]),
+                        parsed.total_rows,
+                        snapshot,
+                        fingerprint_key(engine.secret),
+                        full_roster=district.mode == "full_roster",
+                        password_fps=password_fps,
+                        data_hashes=data_hashes.result(),
+                    )
             result = _from_plan(upload.district, upload_id, plan)
             if not superseded:
                 figures = GuardFigures(
