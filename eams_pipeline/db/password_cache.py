@@ -32,17 +32,10 @@ def _stage_keys(conn: psycopg.Connection, keys: pd.DataFrame) -> None:
 def to_hash(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.Series:
     """The `k` of the keys (k, student_id, password_fp) whose password is not already
     hashed in the cache, in `k` order (the caller has left out the passwords the stored
-    students already have). The usual night finds the district's cache empty (the last
-    apply used and removed it) and sends nothing."""
+    students already have, and asks only when `has_cached`)."""
     if keys.empty:
         return pd.Series([], dtype="int64")
     with conn.transaction():
-        cached = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM password_hash_cache WHERE district_id = %s)",
-            (district_id,),
-        ).fetchone()[0]
-        if not cached:
-            return keys["k"].astype("int64").reset_index(drop=True)
         _stage_keys(conn, keys)
         found = copy_out(
             conn,
@@ -73,6 +66,15 @@ def store(conn: psycopg.Connection, district_id: int, batch: pd.DataFrame) -> No
             batch["password_hash"].tolist(),
         ),
     )
+
+
+def has_cached(conn: psycopg.Connection, district_id: int) -> bool:
+    """Whether the district has any cached hash (the usual night: none, the last apply
+    used and removed them)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM password_hash_cache WHERE district_id = %s)",
+        (district_id,),
+    ).fetchone()[0]
 
 
 def take(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.DataFrame:

@@ -151,6 +151,7 @@ class Prepared:
     students_version: int | None = None
     positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
+    cached_hashes: bool = False  # the district had hashes in the cache (a stopped run's)
     # the hashes phase 1 computed (and committed to the cache), by row of read.rows;
     # the apply takes them (and drops them here)
     hashes: pd.Series | None = None
@@ -198,15 +199,16 @@ def prepare_upload(
     # the district's students stream in (a thread: the connection is the thread's alone
     # until .result()) while this thread parses and validates
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-students") as pool:
-        stored = pool.submit(load_students_versioned, conn, district)
+        stored = pool.submit(_read_district_ahead, conn, district, engine)
         read = _read(upload, district.encoding, clock)
-        version, students = stored.result()
+        version, students, cached = stored.result()
     digest = content_sha256 or hashlib.sha256(upload.data).hexdigest()
     prepared = Prepared(read=read, content_sha256=digest)
     if read.rows is None:
         return prepared
     with clock.step("match"):
         prepared.students, prepared.students_version = students, version
+        prepared.cached_hashes = cached
         prepared.positions = student_positions(read.rows["student_id"], students)
         prepared.password_fps = password_fingerprint(
             read.rows["student_id"], read.rows["password"], fingerprint_key(engine.secret)
@@ -219,6 +221,21 @@ def prepare_upload(
         prepared.hashed = len(prepared.hashes)
         prepared.hash_seconds = time.perf_counter() - start
     return prepared
+
+
+def _read_district_ahead(
+    conn: psycopg.Connection, district: District, engine: Engine
+) -> tuple[int, pd.DataFrame, bool]:
+    """Phase 1's database work, on a thread while the file is parsed: expire old cached
+    hashes, read the students with their version, and whether the district has cached
+    hashes at all (on a cache index full of rows the last apply deleted, and autovacuum
+    has not cleaned yet, that probe alone can take a second)."""
+    with conn.transaction():
+        password_cache.expire(conn, engine.hash_cache_days)
+    version, students = load_students_versioned(conn, district)
+    with conn.transaction():
+        cached = password_cache.has_cached(conn, district.district_id)
+    return version, students, cached
 
 
 def _to_hash_ahead(
@@ -248,8 +265,6 @@ def _to_hash_ahead(
         & ~rows.index.isin(read.column_errors["row"].to_numpy())
         & ~same
     )
-    with conn.transaction():
-        password_cache.expire(conn, engine.hash_cache_days)
     picked = np.flatnonzero(candidate)
     keys = pd.DataFrame(
         {
@@ -260,6 +275,8 @@ def _to_hash_ahead(
         },
         index=rows.index[picked],
     )
+    if not prepared.cached_hashes:  # nothing cached for the district: hash every one
+        return keys
     return keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
 
 
