@@ -123,3 +123,15 @@ def test_repeated_values_flags_every_copy_and_never_a_missing_value() -> None:
     assert repeated_values(values).tolist() == [True, False, True, True, False, False, True]
     assert repeated_values(pd.Series([None, None], dtype="str")).tolist() == [False, False]
     assert repeated_values(pd.Series([], dtype="str")).tolist() == []
+
+
+def test_repeated_student_ids_from_positions_match_repeated_values() -> None:
+    import numpy as np
+
+    from eams_pipeline.core.plan import repeated_student_ids, repeated_values
+
+    ids = pd.Series(["S1", "N1", "S2", "S1", "N1", None, "N2", "S3"], dtype="str")
+    positions = np.array([0, -1, 1, 0, -1, -1, -1, 2])  # S1, S2, S3 stored at 0, 1, 2
+    expected = [True, True, False, True, True, False, False, False]
+    assert repeated_values(ids).tolist() == expected
+    assert repeated_student_ids(ids, positions).tolist() == expected

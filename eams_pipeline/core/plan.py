@@ -111,11 +111,18 @@ def make_plan(
         pc.utf8_lower(_arrow(df["username"])), index=df.index, dtype="str"
     )
 
-    for key, column, code in (
-        ("student_id", "student_id", ErrorCode.DUPLICATE_STUDENT_ID),
-        ("username_lower", "username", ErrorCode.DUPLICATE_USERNAME),
+    positions = snapshot.positions
+    if positions is None:
+        positions = student_positions(df["student_id"], snapshot.students)
+    for repeated, column, code in (
+        (
+            repeated_student_ids(df["student_id"], positions),
+            "student_id",
+            ErrorCode.DUPLICATE_STUDENT_ID,
+        ),
+        (repeated_values(df["username_lower"]), "username", ErrorCode.DUPLICATE_USERNAME),
     ):
-        repeated = pd.Series(repeated_values(df[key]), index=df.index)
+        repeated = pd.Series(repeated, index=df.index)
         text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
         errors.append(_flag(df, repeated, code, column, text, column))
 
@@ -152,7 +159,7 @@ def make_plan(
             )
         )
 
-    df = _attach_student(df, snapshot)
+    df = _attach_student(df, snapshot, positions)
     df = _attach_transition(df, valid_id & valid_status)
     has_transition_error = df["transition_error"].notna()
     for code, text in (
@@ -292,6 +299,18 @@ def _as_text(coded: pd.Series) -> pd.Series:
     return pd.Series(pd.array(text, dtype="str"), index=coded.index)
 
 
+def repeated_student_ids(student_ids: pd.Series, positions: np.ndarray) -> np.ndarray:
+    """repeated_values of the Student IDs, from their positions among the stored students
+    (two rows of one stored student share a position: a count of integers); only the IDs
+    of students not stored yet are hashed."""
+    stored = positions >= 0
+    counts = np.bincount(positions[stored], minlength=1)
+    out = np.zeros(len(positions), dtype=bool)
+    out[stored] = counts[positions[stored]] > 1
+    out[~stored] = repeated_values(student_ids[~stored])
+    return out
+
+
 def repeated_values(values: pd.Series) -> np.ndarray:
     """True where a (non-null) value appears on more than one row."""
     encoded = pc.dictionary_encode(_arrow(values))
@@ -355,12 +374,9 @@ def _attach_school(
     return df
 
 
-def _attach_student(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.DataFrame:
+def _attach_student(df: pd.DataFrame, snapshot: DistrictSnapshot, pos: np.ndarray) -> pd.DataFrame:
+    """Each row's stored student (`pos`: its position in the snapshot, -1: absent)."""
     students = snapshot.students
-    # each row's student in the snapshot by one hash lookup (-1: absent)
-    pos = snapshot.positions
-    if pos is None:
-        pos = student_positions(df["student_id"], students)
     known = pos >= 0
     at = np.where(known, pos, 0)
 

@@ -49,7 +49,12 @@ from eams_pipeline.core.outcome import (
     status_of,
 )
 from eams_pipeline.core.passwords import PasswordHasher
-from eams_pipeline.core.plan import Plan, make_plan, repeated_values, student_positions
+from eams_pipeline.core.plan import (
+    Plan,
+    make_plan,
+    repeated_student_ids,
+    student_positions,
+)
 from eams_pipeline.core.reading import FileRejected, ParsedFile, count_data_records, read_upload
 from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
@@ -261,7 +266,7 @@ def _to_hash_ahead(
     candidate = (
         rows["password"].notna().to_numpy(dtype=bool)
         & rows["student_id"].notna().to_numpy(dtype=bool)
-        & ~repeated_values(rows["student_id"])
+        & ~repeated_student_ids(rows["student_id"], at)
         & ~rows.index.isin(read.column_errors["row"].to_numpy())
         & ~same
     )
