@@ -33,7 +33,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,65 +171,146 @@ class _Records:
 
 def _scan_if_unambiguous(data: bytes) -> _Records | None:
     """Record boundaries by quote parity (no Python loop), or None when a quote or a CR is
-    placed so that parity and the csv module could disagree (see the module docstring)."""
+    placed so that parity and the csv module could disagree (see the module docstring).
+
+    The parity runs on bit masks (one bit per byte of the file, 64 to a word, as simdjson
+    does): whether a byte is inside quotes is the running XOR of the quote bits before and
+    at it, and every check is a few word-wide operations on arrays an eighth of the file's
+    size, with no array of offsets as long as the file's quotes or commas."""
     buf = np.frombuffer(data, dtype=np.uint8)
     n = len(buf)
-    # only quotes, commas, CRs and LFs matter: the quote parity (inside quotes or not) is a
-    # running count over those bytes alone; uint8 wraps at 256, which keeps the parity
-    interesting = (buf == _QUOTE) | (buf == _COMMA) | (buf == _LF)
-    if b"\r" in data:
-        interesting |= buf == _CR
-    at = np.flatnonzero(interesting)
-    byte = buf[at]
-    is_quote = byte == _QUOTE
-    count = np.cumsum(is_quote, dtype=np.uint8)
-    if len(count) and count[-1] & 1:
-        return None  # a quote is never closed
-    outside = (count & 1) == 0  # for a quote: it closes; for another byte: not quoted
-
-    def byte_at(offsets: np.ndarray) -> np.ndarray:  # 0 outside the file
-        return np.where((offsets >= 0) & (offsets < n), buf[np.clip(offsets, 0, n - 1)], 0)
-
-    quotes = at[is_quote]
-    opening = quotes[~outside[is_quote]]
-    before = byte_at(opening - 1)
-    if not np.all((opening == 0) | (before == _COMMA) | (before == _LF) | (before == _QUOTE)):
-        return None
-    closing = quotes[outside[is_quote]]
-    after = byte_at(closing + 1)
-    closes_ok = (
-        (closing + 1 == n)
-        | (after == _COMMA)
-        | (after == _LF)
-        | (after == _QUOTE)
-        | ((after == _CR) & (byte_at(closing + 2) == _LF))
+    with_cr = b"\r" in data
+    marks, newlines = _byte_masks(
+        buf, (_QUOTE, _COMMA, _LF, _CR) if with_cr else (_QUOTE, _COMMA, _LF)
     )
-    if not np.all(closes_ok):
+    quote, comma, lf = marks[_QUOTE], marks[_COMMA], marks[_LF]
+    cr = marks.get(_CR)
+    if int(np.bitwise_count(quote).sum()) & 1:
+        return None  # a quote is never closed
+    # a quote's bit: it opens; another byte's bit: it is quoted
+    inside = _running_parity(quote)
+    # an opening quote at a field start (the file's start, after a comma or an LF) or
+    # right after a closing quote (a doubled "")
+    field_start = _shifted_up(comma | lf | quote)
+    field_start[0] |= np.uint64(1)
+    if np.any(quote & inside & ~field_start):
         return None
-    if not np.all(byte_at(at[(byte == _CR) & outside] + 1) == _LF):
+    del field_start
+    # a closing quote before a comma, an LF, a CRLF, a quote (doubled) or the end
+    crlf = cr & _shifted_down(lf) if cr is not None else None
+    field_end = _shifted_down(comma | lf | quote if crlf is None else comma | lf | quote | crlf)
+    if n:  # the last byte is followed by the end
+        field_end[(n - 1) >> 6] |= np.uint64(1) << np.uint64((n - 1) & 63)
+    if np.any(quote & ~inside & ~field_end):
+        return None
+    del field_end
+    if cr is not None and np.any(cr & ~inside & ~crlf):
         return None  # a CR outside quotes that does not end a line
-    is_lf = byte == _LF
-    newlines = at[is_lf]
-    terminators = at[is_lf & outside]
+    quoted_newlines = bool(np.any(lf & inside)) or (cr is not None and bool(np.any(cr & inside)))
+    terminators = newlines[~_bit_at(inside, newlines)] if quoted_newlines else newlines
     starts = np.concatenate(([0], terminators + 1))
     ends = np.concatenate((terminators, [n]))
     if starts[-1] >= n:  # the file ends with a newline: no record after it
         starts, ends = starts[:-1], ends[:-1]
     # strip the CR of a CRLF ending
-    has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)
-    ends = ends - has_cr
-    commas = at[(byte == _COMMA) & outside]
-    # commas of record i: those between its start and its end (both arrays are sorted)
-    fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
+    if cr is not None:
+        has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)
+        ends = ends - has_cr
+    # fields: the commas outside quotes between a record's start and its end, plus one
+    count_before = _counter(comma & ~inside)
+    fields = count_before(ends) - count_before(starts) + 1
+    if quoted_newlines:
+        lines = np.searchsorted(newlines, starts) + 1
+        end_lines = np.searchsorted(newlines, ends) + 1
+    else:  # every LF ends a record: record i starts and ends on line i + 1
+        lines = np.arange(1, len(starts) + 1)
+        end_lines = lines
     return _Records(
         starts=starts,
         ends=ends,
-        lines=np.searchsorted(newlines, starts) + 1,
-        end_lines=np.searchsorted(newlines, ends) + 1,
+        lines=lines,
+        end_lines=end_lines,
         fields=fields,
         blank=ends == starts,
-        quoted_newlines=bool(np.any(~outside & ~is_quote & (byte != _COMMA))),
+        quoted_newlines=quoted_newlines,
     )
+
+
+# bytes classified per step by _byte_masks (a multiple of 64: a step fills whole words)
+_MASK_STEP = 1 << 22
+_WORD = np.dtype("<u8")
+_ALL_ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+
+def _byte_masks(
+    buf: np.ndarray, values: tuple[int, ...]
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """For each byte value, a bit mask of where it occurs in buf: bit k of word w (uint64)
+    is byte 64w + k; the words run one past the file's end (zero bits), so that a position
+    equal to the file's length has a word. Also the offsets of the LFs. Step by step, so
+    no temporary is as large as the file."""
+    n = len(buf)
+    size = (n // 64 + 1) * 8
+    masks = {value: np.zeros(size, np.uint8) for value in values}
+    newlines = []
+    for offset in range(0, n, _MASK_STEP):
+        step = buf[offset : offset + _MASK_STEP]
+        at = offset // 8
+        for value, mask in masks.items():
+            hits = step == value
+            packed = np.packbits(hits, bitorder="little")
+            mask[at : at + len(packed)] = packed
+            if value == _LF:
+                newlines.append(np.flatnonzero(hits) + offset)
+    return (
+        {value: mask.view(_WORD) for value, mask in masks.items()},
+        np.concatenate(newlines) if newlines else np.empty(0, np.int64),
+    )
+
+
+def _running_parity(bits: np.ndarray) -> np.ndarray:
+    """Bit p of the result: the parity of the set bits at positions <= p."""
+    parity = bits.copy()
+    for shift in (1, 2, 4, 8, 16, 32):  # XOR prefix within each word
+        parity ^= parity << np.uint64(shift)
+    # and the parity of every earlier word
+    odd_before = np.zeros(len(bits), dtype=bool)
+    odd_before[1:] = (np.cumsum(np.bitwise_count(bits[:-1]), dtype=np.int64) & 1).astype(bool)
+    parity[odd_before] ^= _ALL_ONES
+    return parity
+
+
+def _shifted_up(bits: np.ndarray) -> np.ndarray:
+    """Bit p of the result is bit p - 1 of bits (the byte before)."""
+    out = bits << np.uint64(1)
+    out[1:] |= bits[:-1] >> np.uint64(63)
+    return out
+
+
+def _shifted_down(bits: np.ndarray) -> np.ndarray:
+    """Bit p of the result is bit p + 1 of bits (the byte after)."""
+    out = bits >> np.uint64(1)
+    out[:-1] |= bits[1:] << np.uint64(63)
+    return out
+
+
+def _bit_at(bits: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return ((bits[positions >> 6] >> (positions & 63).astype(np.uint64)) & np.uint64(1)).astype(
+        bool
+    )
+
+
+def _counter(bits: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function: how many bits are set at positions < each of the given positions."""
+    words_before = np.zeros(len(bits) + 1, dtype=np.int64)
+    np.cumsum(np.bitwise_count(bits), out=words_before[1:])
+
+    def count_before(positions: np.ndarray) -> np.ndarray:
+        word = positions >> 6
+        below = (np.uint64(1) << (positions & 63).astype(np.uint64)) - np.uint64(1)
+        return words_before[word] + np.bitwise_count(bits[word] & below)
+
+    return count_before
 
 
 def _allow_fields_of(size: int) -> None:
