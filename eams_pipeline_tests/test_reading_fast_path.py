@@ -1,0 +1,131 @@
+"""The reader's fast path (issue 11): the bit-mask quote-parity scan against a plain
+reference, and the rest of read_upload against the csv module on larger, step-crossing
+inputs.
+
+`_reference_scan` is the scan as it was before the bit masks: offsets of every quote,
+comma, CR and LF and a running count of quotes; slow but easy to read. The bit-mask scan
+must give the same answer (None, or the same records) on every input, whichever way the
+64-byte words and the classification steps cut the file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import eams_pipeline.core.reading as reading
+from eams_pipeline.core.reading import read_upload
+from eams_pipeline.core.template import HEADER
+
+_QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")
+HEADER_LINE = ",".join(HEADER)
+
+
+def _reference_scan(data: bytes) -> dict | None:
+    buf = np.frombuffer(data, dtype=np.uint8)
+    n = len(buf)
+    interesting = (buf == _QUOTE) | (buf == _COMMA) | (buf == _LF) | (buf == _CR)
+    at = np.flatnonzero(interesting)
+    byte = buf[at]
+    is_quote = byte == _QUOTE
+    count = np.cumsum(is_quote, dtype=np.int64)
+    if len(count) and count[-1] & 1:
+        return None
+    outside = (count & 1) == 0
+
+    def byte_at(offsets: np.ndarray) -> np.ndarray:
+        return np.where((offsets >= 0) & (offsets < n), buf[np.clip(offsets, 0, n - 1)], 0)
+
+    quotes = at[is_quote]
+    opening = quotes[~outside[is_quote]]
+    before = byte_at(opening - 1)
+    if not np.all((opening == 0) | np.isin(before, [_COMMA, _LF, _QUOTE])):
+        return None
+    closing = quotes[outside[is_quote]]
+    after = byte_at(closing + 1)
+    crlf = (after == _CR) & (byte_at(closing + 2) == _LF)
+    if not np.all((closing + 1 == n) | np.isin(after, [_COMMA, _LF, _QUOTE]) | crlf):
+        return None
+    if not np.all(byte_at(at[(byte == _CR) & outside] + 1) == _LF):
+        return None
+    newlines = at[byte == _LF]
+    terminators = at[(byte == _LF) & outside]
+    starts = np.concatenate(([0], terminators + 1))
+    ends = np.concatenate((terminators, [n]))
+    if starts[-1] >= n:
+        starts, ends = starts[:-1], ends[:-1]
+    ends = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR))
+    commas = at[(byte == _COMMA) & outside]
+    return {
+        "starts": starts.tolist(),
+        "ends": ends.tolist(),
+        "lines": (np.searchsorted(newlines, starts) + 1).tolist(),
+        "end_lines": (np.searchsorted(newlines, ends) + 1).tolist(),
+        "fields": (np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1).tolist(),
+        "blank": (ends == starts).tolist(),
+        "quoted_newlines": bool(np.any(~outside & ~is_quote & (byte != _COMMA))),
+    }
+
+
+def _scan(data: bytes) -> dict | None:
+    records = reading._scan_if_unambiguous(data)
+    if records is None:
+        return None
+    return {
+        name: value.tolist() if isinstance(value, np.ndarray) else value
+        for name, value in vars(records).items()
+    }
+
+
+_PIECES = st.sampled_from(['"', '""', ",", '","', "\r", "\n", "\r\n", "a", "bc", " ", "é"])
+_FILES = st.lists(
+    st.one_of(_PIECES, st.integers(1, 80).map(lambda k: "x" * k)), min_size=1, max_size=90
+).map(lambda pieces: "".join(pieces).encode("utf-8"))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_FILES, step=st.sampled_from([64, 128, 1 << 22]))
+def test_the_bit_mask_scan_agrees_with_the_reference(data: bytes, step: int) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reading, "_MASK_STEP", step)
+        assert _scan(data) == _reference_scan(data)
+
+
+@pytest.mark.parametrize("size", [63, 64, 65, 127, 128, 129, 191, 192, 193])
+@pytest.mark.parametrize("quoted", ["\n", ",", '"', "\r\n"])
+def test_a_quoted_field_across_every_word_boundary(size: int, quoted: str) -> None:
+    # a quoted value holding a separator and ending exactly around a 64-byte word edge
+    for shift in range(0, 70, 3):
+        value = "y" * shift + quoted.replace('"', '""') + "z" * size
+        data = f'a,"{value}",b\n"c",d\r\n'.encode()
+        assert _scan(data) == _reference_scan(data), (size, quoted, shift)
+
+
+def _good(i: int) -> str:
+    return f'"S{i}","ID{i:05d}","Doe, Jr.","Ann",,"5","user{i}","secret{i}",,"R ""{i}""","A"'
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+@pytest.mark.parametrize("step", [64, 4096])
+def test_fast_path_equals_the_csv_module_across_steps(line_end: str, step: int) -> None:
+    rows = [HEADER_LINE]
+    for i in range(400):
+        if i % 37 == 5:
+            rows.append(f'"S{i}","ID{i}","a\nb"')  # malformed, with a quoted line break
+        elif i % 53 == 7:
+            rows.append("")  # blank line
+        else:
+            rows.append(_good(i))
+    data = line_end.join(rows).encode("utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reading, "_MASK_STEP", step)
+        fast = read_upload(data)
+    slow = read_upload(data, force_fallback=True)
+    assert fast.total_rows == slow.total_rows
+    assert fast.rows.astype(object).where(fast.rows.notna(), None).values.tolist() == (
+        slow.rows.astype(object).where(slow.rows.notna(), None).values.tolist()
+    )
+    assert fast.malformed.values.tolist() == slow.malformed.values.tolist()
+    assert len(fast.malformed) > 0
