@@ -129,3 +129,18 @@ def test_fast_path_equals_the_csv_module_across_steps(line_end: str, step: int) 
     )
     assert fast.malformed.values.tolist() == slow.malformed.values.tolist()
     assert len(fast.malformed) > 0
+
+
+def test_the_ascii_trim_trims_what_utf8_trim_whitespace_trims() -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pa.array([f"{chr(c)}a{chr(c)}" for c in range(128)] + [chr(c) for c in range(128)])
+    fast = pc.ascii_trim(values, characters=reading._ASCII_WHITESPACE)
+    assert fast.to_pylist() == pc.utf8_trim_whitespace(values).to_pylist()
+
+
+@pytest.mark.parametrize("data", [b"", b" ", b"\r\n\t\x0b\x0c ", b"\x1c", b" a ", b"\xa0"])
+def test_a_blank_file_is_what_bytes_strip_leaves_empty(data: bytes) -> None:
+    blank = not data or data.isspace()
+    assert blank == (not data.strip())
