@@ -144,3 +144,140 @@ def test_the_ascii_trim_trims_what_utf8_trim_whitespace_trims() -> None:
 def test_a_blank_file_is_what_bytes_strip_leaves_empty(data: bytes) -> None:
     blank = not data or data.isspace()
     assert blank == (not data.strip())
+
+
+# --- validation: the arrow checks against the plain pandas `.str` checks ---------------------
+
+
+def _reference_schema():  # the checks as they were: pandas .str methods, pandera's ignore_na
+    import pandera.pandas as pa
+
+    from eams_pipeline.core import validation as v
+
+    def too_long(column: str) -> pa.Check:
+        limit = v.MAX_LENGTH[column]
+        return pa.Check(lambda s: s.str.len() <= limit, name="FIELD_TOO_LONG")
+
+    def matches(pattern: str, code: str) -> pa.Check:
+        return pa.Check(lambda s: s.str.fullmatch(pattern), name=code)
+
+    def clean(column: str) -> pa.Check:
+        return pa.Check(
+            lambda s: ~s.str.contains(v.CONTROL_CHARACTERS, regex=True), name="INVALID_CHARACTERS"
+        )
+
+    rules = {
+        "school_code": [too_long("school_code"), clean("school_code")],
+        "student_id": [too_long("student_id"), matches(v.STUDENT_ID_PATTERN, "INVALID_STUDENT_ID")],
+        "last_name": [too_long("last_name"), clean("last_name")],
+        "first_name": [too_long("first_name"), clean("first_name")],
+        "middle_name": [too_long("middle_name"), clean("middle_name")],
+        "grade": [matches(v.GRADE_PATTERN, "INVALID_GRADE")],
+        "username": [too_long("username"), matches(v.USERNAME_PATTERN, "INVALID_USERNAME")],
+        "password": [
+            too_long("password"),
+            pa.Check(lambda s: s.str.len() >= 6, name="INVALID_PASSWORD"),
+        ],
+        "email": [too_long("email"), matches(v.EMAIL_PATTERN, "INVALID_EMAIL")],
+        "class_name": [too_long("class_name"), clean("class_name")],
+        "status": [matches(v.STATUS_PATTERN, "INVALID_STATUS")],
+    }
+    return pa.DataFrameSchema(
+        {
+            c: pa.Column(nullable=c not in v.REQUIRED, checks=rules[c], required=True)
+            for c in v.COLUMNS
+        },
+        strict=False,
+        name="students.csv",
+    )
+
+
+def _reference_errors(rows):
+    from pandera.errors import SchemaErrors
+
+    from eams_pipeline.core import validation as v
+
+    try:
+        _reference_schema().validate(rows, lazy=True)
+    except SchemaErrors as exc:
+        return v._to_errors(exc.failure_cases, rows)
+    return v.empty_errors()
+
+
+def _reference_normalise(rows):
+    out = rows.copy()
+    out["grade"] = out["grade"].str.upper().str.replace(r"^0(?=[1-9]$)", "", regex=True)
+    out["status"] = out["status"].str.upper().replace({"IGNORE": "I"})
+    return out
+
+
+_CHARS = st.sampled_from(
+    [
+        *"aZ09._-@+ ",
+        *["\t", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "é", "\u202e", "\u061c"],
+        *["\u2066", "\u200b", "\u00a0", "\U0001f600", "\n"],
+    ]
+)
+_VALUES = st.one_of(
+    st.none(),
+    st.sampled_from(["K", "k", "07", "7", "0", "13", "12", "A", "ignore", "IGNORE", "x", "Q"]),
+    st.sampled_from(["S123", "ab", "abc", "a.b", "abc@def", "Ab1", "é1"]),
+    st.sampled_from(["a@b.co", "x.y@sub.example.org", "bad@", "a@b.c1"]),
+    st.text(_CHARS, min_size=1, max_size=8),
+    st.tuples(st.integers(1, 70), st.sampled_from(["a", "é", "\u202e"])).map(lambda t: t[1] * t[0]),
+)
+
+
+def _frame(values: list[list]) -> object:
+    import pandas as pd
+
+    from eams_pipeline.core.template import COLUMNS
+
+    rows = pd.DataFrame(
+        {c: pd.Series([r[i] for r in values], dtype="str") for i, c in enumerate(COLUMNS)}
+    )
+    rows.insert(0, "line", [i + 2 for i in range(len(values))])
+    rows.insert(0, "row", list(range(len(values))))
+    return rows
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.lists(st.lists(_VALUES, min_size=11, max_size=11), min_size=1, max_size=12),
+    few=st.sampled_from([0.0, 0.05, 1.0]),
+)
+def test_validation_equals_the_plain_pandas_checks(values: list[list], few: float) -> None:
+    import pandas as pd
+
+    from eams_pipeline.core import validation as v
+
+    rows = _frame(values)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(v, "_FEW_DISTINCT", few)
+        got = v.validate_rows(rows)
+        normalised = v.normalise(rows)
+    pd.testing.assert_frame_equal(got, _reference_errors(rows), check_exact=True)
+    pd.testing.assert_frame_equal(normalised, _reference_normalise(rows), check_exact=True)
+
+
+def test_the_sure_shortcuts_only_pass_what_the_patterns_match() -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from eams_pipeline.core import validation as v
+
+    chars = [chr(c) for c in range(0x3000)] + ["\U0001f600"]
+    values = pa.chunked_array([pa.array(chars + [c * 3 for c in chars] + ["", "ab", "abc"])])
+    for pattern, surely in (
+        (v.STUDENT_ID_PATTERN, v._alphanumeric(1)),
+        (v.USERNAME_PATTERN, v._alphanumeric(3)),
+    ):
+        sure = pc.fill_null(surely(values), False).to_pylist()
+        match = pc.match_substring_regex(values, pattern).to_pylist()
+        assert all(m for s, m in zip(sure, match, strict=True) if s), pattern
+        assert any(sure)
+    # printable ASCII never holds a control or text-direction character
+    printable = pc.fill_null(pc.ascii_is_printable(values), False).to_pylist()
+    control = pc.match_substring_regex(values, v.CONTROL_CHARACTERS).to_pylist()
+    assert not any(p and c for p, c in zip(printable, control, strict=True))
+    assert any(printable) and any(control)

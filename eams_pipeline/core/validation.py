@@ -3,12 +3,25 @@
 A check's name is the error code it raises; a missing required value is
 REQUIRED_FIELD_MISSING and no other rule runs on that cell. Rules that need the
 database (school codes, existing students, usernames taken, licenses) belong to the plan.
+
+The checks run on the arrow strings behind the columns (pyarrow compute, the kernels the
+pandas `.str` methods call), each on the whole column at once: a missing value passes
+every check but the schema's not-nullable one, as pandera's `ignore_na` would have it, but
+without a copy of the column without its missing values per check. A check whose rule is
+a regular expression runs it on the column's distinct values when they are few (grade,
+status), and the control-character rule only on the values that are not printable ASCII
+(which it can never match).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
 from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame, visible
@@ -61,37 +74,125 @@ MESSAGES: dict[str, str] = {
 SECRET_COLUMNS = frozenset({"password"})
 
 
+def _text(s: pd.Series) -> pyarrow.ChunkedArray:
+    """The arrow strings behind a text column (no copy for the reader's columns)."""
+    if not hasattr(s.array, "__arrow_array__"):
+        s = s.astype("str")
+    values = s.array.__arrow_array__()
+    return values if isinstance(values, pyarrow.ChunkedArray) else pyarrow.chunked_array([values])
+
+
+def _vectorised(code: ErrorCode, passes: Callable[[pyarrow.ChunkedArray], object]) -> pa.Check:
+    """A check of `code` by `passes`: the column's arrow strings to a boolean per value
+    (an arrow or numpy array; a missing value may come out as anything: it passes)."""
+
+    def check(s: pd.Series) -> pd.Series:
+        values = _text(s)
+        result = passes(values)
+        if isinstance(result, pyarrow.ChunkedArray | pyarrow.Array):
+            result = pc.fill_null(result, True).to_numpy(zero_copy_only=False)
+        if values.null_count:
+            result = result | pc.is_null(values).to_numpy(zero_copy_only=False)
+        return pd.Series(np.asarray(result, dtype=bool), index=s.index, copy=False)
+
+    return pa.Check(check, name=code.value, ignore_na=False)
+
+
 def _too_long(column: str) -> pa.Check:
     limit = MAX_LENGTH[column]
-    return pa.Check(lambda s: s.str.len() <= limit, name=ErrorCode.FIELD_TOO_LONG.value)
+
+    def passes(values: pyarrow.ChunkedArray) -> object:
+        # a value of at most `limit` bytes has at most `limit` characters
+        if (pc.max(pc.binary_length(values)).as_py() or 0) <= limit:
+            return np.ones(len(values), dtype=bool)
+        return pc.less_equal(pc.utf8_length(values), limit)
+
+    return _vectorised(ErrorCode.FIELD_TOO_LONG, passes)
 
 
-def _matches(pattern: str, code: ErrorCode) -> pa.Check:
-    return pa.Check(lambda s: s.str.fullmatch(pattern), name=code.value)
+# a column with at most this share of distinct values has its pattern run on those
+_FEW_DISTINCT = 0.05
+
+
+def _matches(
+    pattern: str, code: ErrorCode, *, surely: Callable[[pyarrow.ChunkedArray], object] | None = None
+) -> pa.Check:
+    """`.str.fullmatch(pattern)`. `surely`, when given, is a cheap test that only says true
+    of values the pattern matches (a test checks it); the pattern runs on the others."""
+    # the pattern as `.str.fullmatch` runs it (every pattern here is anchored both ends)
+    assert pattern.startswith("^") and pattern.endswith("$"), pattern
+
+    def passes(values: pyarrow.ChunkedArray) -> object:
+        if surely is None:
+            return _regex_by_distinct(values, pattern)
+        ok = np.array(pc.fill_null(surely(values), True), dtype=bool)
+        if not ok.all():
+            at = np.flatnonzero(~ok)
+            ok[at] = pc.fill_null(
+                pc.match_substring_regex(values.take(at), pattern), False
+            ).to_numpy(zero_copy_only=False)
+        return ok
+
+    return _vectorised(code, passes)
+
+
+def _alphanumeric(min_length: int) -> Callable[[pyarrow.ChunkedArray], object]:
+    """Values of at least min_length ASCII letters and digits (and nothing else)."""
+
+    def test(values: pyarrow.ChunkedArray) -> object:
+        alnum = pc.ascii_is_alnum(values)
+        if min_length <= 1:  # ascii_is_alnum is false of the empty string
+            return alnum
+        return pc.and_(alnum, pc.greater_equal(pc.binary_length(values), min_length))
+
+    return test
+
+
+def _regex_by_distinct(values: pyarrow.ChunkedArray, pattern: str) -> object:
+    """match_substring_regex(values, pattern), run once per distinct value when the column
+    has few of them (grade, status), else on every value."""
+    sample = values.slice(0, 1000)
+    if len(sample) and len(pc.unique(sample)) > _FEW_DISTINCT * len(sample):
+        return pc.match_substring_regex(values, pattern)
+    encoded = pc.dictionary_encode(values).combine_chunks()
+    if len(encoded.dictionary) > _FEW_DISTINCT * max(len(values), 1) + 100:
+        return pc.match_substring_regex(values, pattern)
+    per_distinct = pc.match_substring_regex(encoded.dictionary, pattern)
+    return pc.take(per_distinct, encoded.indices)
 
 
 def _no_control_characters() -> pa.Check:
-    return pa.Check(
-        lambda s: ~s.str.contains(CONTROL_CHARACTERS, regex=True),
-        name=ErrorCode.INVALID_CHARACTERS.value,
-    )
+    def passes(values: pyarrow.ChunkedArray) -> object:
+        # printable ASCII (U+0020..U+007E) holds none of CONTROL_CHARACTERS
+        suspect = pc.invert(pc.fill_null(pc.ascii_is_printable(values), True))
+        ok = np.ones(len(values), dtype=bool)
+        if pc.any(suspect).as_py():
+            at = np.flatnonzero(suspect.to_numpy(zero_copy_only=False))
+            found = pc.match_substring_regex(values.take(at), CONTROL_CHARACTERS)
+            ok[at] = ~pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+        return ok
+
+    return _vectorised(ErrorCode.INVALID_CHARACTERS, passes)
 
 
 def _min_length(length: int, code: ErrorCode) -> pa.Check:
-    return pa.Check(lambda s: s.str.len() >= length, name=code.value)
+    return _vectorised(code, lambda values: pc.greater_equal(pc.utf8_length(values), length))
 
 
 _RULES: dict[str, list[pa.Check]] = {
     "school_code": [_too_long("school_code"), _no_control_characters()],
     "student_id": [
         _too_long("student_id"),
-        _matches(STUDENT_ID_PATTERN, ErrorCode.INVALID_STUDENT_ID),
+        _matches(STUDENT_ID_PATTERN, ErrorCode.INVALID_STUDENT_ID, surely=_alphanumeric(1)),
     ],
     "last_name": [_too_long("last_name"), _no_control_characters()],
     "first_name": [_too_long("first_name"), _no_control_characters()],
     "middle_name": [_too_long("middle_name"), _no_control_characters()],
     "grade": [_matches(GRADE_PATTERN, ErrorCode.INVALID_GRADE)],
-    "username": [_too_long("username"), _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME)],
+    "username": [
+        _too_long("username"),
+        _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME, surely=_alphanumeric(3)),
+    ],
     "password": [_too_long("password"), _min_length(6, ErrorCode.INVALID_PASSWORD)],
     "email": [_too_long("email"), _matches(EMAIL_PATTERN, ErrorCode.INVALID_EMAIL)],
     "class_name": [_too_long("class_name"), _no_control_characters()],
@@ -162,6 +263,19 @@ def normalise(rows: pd.DataFrame) -> pd.DataFrame:
     """Stored forms: Grade `K` or `1`..`12` without a leading zero, Status upper-case
     (`IGNORE` read as `I`)."""
     out = rows.copy()
-    out["grade"] = out["grade"].str.upper().str.replace(r"^0(?=[1-9]$)", "", regex=True)
+    out["grade"] = _per_distinct(
+        out["grade"], lambda s: s.str.upper().str.replace(r"^0(?=[1-9]$)", "", regex=True)
+    )
     out["status"] = out["status"].str.upper().replace({"IGNORE": "I"})
     return out
+
+
+def _per_distinct(s: pd.Series, each: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """each(s) for a function of each value on its own, computed once per distinct value
+    when they are few (the grade regex has a look-ahead, which pyarrow's RE2 does not
+    run: pandas runs it in Python, value by value)."""
+    codes, distinct = pd.factorize(s)
+    if len(distinct) > _FEW_DISTINCT * len(s) + 100:
+        return each(s)
+    mapped = each(pd.Series(distinct, dtype=s.dtype))
+    return pd.Series(mapped.array.take(codes, allow_fill=True), index=s.index, name=s.name)
