@@ -15,7 +15,7 @@ status), and the control-character rule only on the values that are not printabl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -98,14 +98,77 @@ def _vectorised(code: ErrorCode, passes: Callable[[pyarrow.ChunkedArray], object
     return pa.Check(check, name=code.value, ignore_na=False)
 
 
+def _spans(values: pyarrow.ChunkedArray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(offsets, bytes) of each chunk, as numpy views of its arrow buffers: value i of the
+    chunk is bytes[offsets[i] : offsets[i + 1]] (a missing value's span is meaningless)."""
+    if not pyarrow.types.is_large_string(values.type):
+        values = values.cast(pyarrow.large_string())
+    for chunk in values.chunks:
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()
+        start = chunk.offset
+        offsets = np.frombuffer(offsets, dtype=np.int64)[start : start + len(chunk) + 1]
+        data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+        yield offsets, data
+
+
+def _values_with_bytes(
+    values: pyarrow.ChunkedArray, outside: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """The (sorted) positions of the values holding a byte for which `outside` is true;
+    one vectorised pass over the column's bytes."""
+    found, base = [], 0
+    for offsets, data in _spans(values):
+        if len(offsets) > 1:
+            first = int(offsets[0])
+            hits = np.flatnonzero(outside(data[first : int(offsets[-1])])) + first
+            if len(hits):
+                found.append(np.unique(np.searchsorted(offsets, hits, side="right") - 1) + base)
+        base += len(offsets) - 1
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+def _byte_lengths(values: pyarrow.ChunkedArray) -> np.ndarray:
+    return np.concatenate(
+        [np.diff(offsets) for offsets, _ in _spans(values)] or [np.empty(0, np.int64)]
+    )
+
+
+def _not_ascii(data: np.ndarray) -> np.ndarray:
+    return data >= 0x80
+
+
+def _not_printable_ascii(data: np.ndarray) -> np.ndarray:
+    return (data < 0x20) | (data > 0x7E)
+
+
+def _not_alphanumeric(data: np.ndarray) -> np.ndarray:
+    return ~_ALPHANUMERIC[data]
+
+
+_ALPHANUMERIC = np.zeros(256, dtype=bool)
+for _first, _last in ("09", "AZ", "az"):
+    _ALPHANUMERIC[ord(_first) : ord(_last) + 1] = True
+
+
+def _char_lengths(values: pyarrow.ChunkedArray) -> np.ndarray:
+    """`.str.len()`: the bytes of an ASCII value, utf8_length of the others."""
+    lengths = _byte_lengths(values)
+    wide = _values_with_bytes(values, _not_ascii)
+    if len(wide):
+        lengths[wide] = pc.fill_null(pc.utf8_length(values.take(wide)), 0).to_numpy()
+    return lengths
+
+
 def _too_long(column: str) -> pa.Check:
     limit = MAX_LENGTH[column]
 
     def passes(values: pyarrow.ChunkedArray) -> object:
         # a value of at most `limit` bytes has at most `limit` characters
-        if (pc.max(pc.binary_length(values)).as_py() or 0) <= limit:
+        if len(values) == 0 or _byte_lengths(values).max() <= limit:
             return np.ones(len(values), dtype=bool)
-        return pc.less_equal(pc.utf8_length(values), limit)
+        return _char_lengths(values) <= limit
 
     return _vectorised(ErrorCode.FIELD_TOO_LONG, passes)
 
@@ -114,38 +177,37 @@ def _too_long(column: str) -> pa.Check:
 _FEW_DISTINCT = 0.05
 
 
-def _matches(
-    pattern: str, code: ErrorCode, *, surely: Callable[[pyarrow.ChunkedArray], object] | None = None
-) -> pa.Check:
-    """`.str.fullmatch(pattern)`. `surely`, when given, is a cheap test that only says true
-    of values the pattern matches (a test checks it); the pattern runs on the others."""
+def _matches(pattern: str, code: ErrorCode, *, alphanumeric_from: int | None = None) -> pa.Check:
+    """`.str.fullmatch(pattern)`. With `alphanumeric_from`, the pattern is one character
+    class holding A-Z a-z 0-9, repeated at least that many times: a value of that many
+    ASCII letters and digits and nothing else matches without running it (a test checks
+    the patterns it is given for)."""
     # the pattern as `.str.fullmatch` runs it (every pattern here is anchored both ends)
     assert pattern.startswith("^") and pattern.endswith("$"), pattern
 
     def passes(values: pyarrow.ChunkedArray) -> object:
-        if surely is None:
+        if alphanumeric_from is None:
             return _regex_by_distinct(values, pattern)
-        ok = np.array(pc.fill_null(surely(values), True), dtype=bool)
-        if not ok.all():
-            at = np.flatnonzero(~ok)
-            ok[at] = pc.fill_null(
-                pc.match_substring_regex(values.take(at), pattern), False
-            ).to_numpy(zero_copy_only=False)
+        ok = np.ones(len(values), dtype=bool)
+        at = _not_surely_alphanumeric(values, alphanumeric_from)
+        ok[at] = _regex_at(values, pattern, at)
         return ok
 
     return _vectorised(code, passes)
 
 
-def _alphanumeric(min_length: int) -> Callable[[pyarrow.ChunkedArray], object]:
-    """Values of at least min_length ASCII letters and digits (and nothing else)."""
+def _not_surely_alphanumeric(values: pyarrow.ChunkedArray, min_length: int) -> np.ndarray:
+    """Positions of the values that are not min_length or more ASCII letters and digits."""
+    short = np.flatnonzero(_byte_lengths(values) < max(min_length, 1))
+    return np.union1d(short, _values_with_bytes(values, _not_alphanumeric))
 
-    def test(values: pyarrow.ChunkedArray) -> object:
-        alnum = pc.ascii_is_alnum(values)
-        if min_length <= 1:  # ascii_is_alnum is false of the empty string
-            return alnum
-        return pc.and_(alnum, pc.greater_equal(pc.binary_length(values), min_length))
 
-    return test
+def _regex_at(values: pyarrow.ChunkedArray, pattern: str, at: np.ndarray) -> np.ndarray:
+    """match_substring_regex of the values at positions `at` (a missing value: False)."""
+    if len(at) == 0:
+        return np.zeros(0, dtype=bool)
+    found = pc.match_substring_regex(values.take(at), pattern)
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
 
 
 def _regex_by_distinct(values: pyarrow.ChunkedArray, pattern: str) -> object:
@@ -164,26 +226,23 @@ def _regex_by_distinct(values: pyarrow.ChunkedArray, pattern: str) -> object:
 def _no_control_characters() -> pa.Check:
     def passes(values: pyarrow.ChunkedArray) -> object:
         # printable ASCII (U+0020..U+007E) holds none of CONTROL_CHARACTERS
-        suspect = pc.invert(pc.fill_null(pc.ascii_is_printable(values), True))
         ok = np.ones(len(values), dtype=bool)
-        if pc.any(suspect).as_py():
-            at = np.flatnonzero(suspect.to_numpy(zero_copy_only=False))
-            found = pc.match_substring_regex(values.take(at), CONTROL_CHARACTERS)
-            ok[at] = ~pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+        at = _values_with_bytes(values, _not_printable_ascii)
+        ok[at] = ~_regex_at(values, CONTROL_CHARACTERS, at)
         return ok
 
     return _vectorised(ErrorCode.INVALID_CHARACTERS, passes)
 
 
 def _min_length(length: int, code: ErrorCode) -> pa.Check:
-    return _vectorised(code, lambda values: pc.greater_equal(pc.utf8_length(values), length))
+    return _vectorised(code, lambda values: _char_lengths(values) >= length)
 
 
 _RULES: dict[str, list[pa.Check]] = {
     "school_code": [_too_long("school_code"), _no_control_characters()],
     "student_id": [
         _too_long("student_id"),
-        _matches(STUDENT_ID_PATTERN, ErrorCode.INVALID_STUDENT_ID, surely=_alphanumeric(1)),
+        _matches(STUDENT_ID_PATTERN, ErrorCode.INVALID_STUDENT_ID, alphanumeric_from=1),
     ],
     "last_name": [_too_long("last_name"), _no_control_characters()],
     "first_name": [_too_long("first_name"), _no_control_characters()],
@@ -191,7 +250,7 @@ _RULES: dict[str, list[pa.Check]] = {
     "grade": [_matches(GRADE_PATTERN, ErrorCode.INVALID_GRADE)],
     "username": [
         _too_long("username"),
-        _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME, surely=_alphanumeric(3)),
+        _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME, alphanumeric_from=3),
     ],
     "password": [_too_long("password"), _min_length(6, ErrorCode.INVALID_PASSWORD)],
     "email": [_too_long("email"), _matches(EMAIL_PATTERN, ErrorCode.INVALID_EMAIL)],
@@ -244,11 +303,14 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     message = message.where(
         ~shown, message + " Found: " + value.map(lambda v: visible(str(v), 100))
     )
-    located = rows.loc[index]
+    # the line and student ID of each failure's row (not a copy of every column's rows)
+    at = rows.index.get_indexer(index)
+    if (at < 0).any():
+        raise KeyError(index[at < 0].tolist())
     errors = error_frame(
         index,
-        located["line"].to_numpy(),
-        located["student_id"].fillna("").to_numpy(),
+        rows["line"].to_numpy()[at],
+        rows["student_id"].take(at).fillna("").to_numpy(),
         display.to_numpy(),
         code.to_numpy(),
         message.to_numpy(),
