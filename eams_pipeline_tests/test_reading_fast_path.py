@@ -104,7 +104,11 @@ def test_a_quoted_field_across_every_word_boundary(size: int, quoted: str) -> No
 
 
 def _good(i: int) -> str:
-    return f'"S{i}","ID{i:05d}","Doe, Jr.","Ann",,"5","user{i}","secret{i}",,"R ""{i}""","A"'
+    # every so often a name with whitespace (as utf8_trim_whitespace sees it) at its edges
+    pad = ["", " ", "\t", "\x0b", "\x0c", "\x1c", "\x1f", "\r\n"][i % 8] if i % 3 else ""
+    return (
+        f'"S{i}","ID{i:05d}","Doe, Jr.","{pad}Ann{pad}",,"5","user{i}","secret{i}",,"R ""{i}""","A"'
+    )
 
 
 @pytest.mark.parametrize("line_end", ["\n", "\r\n"])
@@ -129,6 +133,8 @@ def test_fast_path_equals_the_csv_module_across_steps(line_end: str, step: int) 
     )
     assert fast.malformed.values.tolist() == slow.malformed.values.tolist()
     assert len(fast.malformed) > 0
+    assert set(fast.rows["first_name"]) == {"Ann"}  # trimmed, whichever chunk it is in
+    assert fast.rows["middle_name"].isna().all()
 
 
 def test_the_ascii_trim_trims_what_utf8_trim_whitespace_trims() -> None:

@@ -391,16 +391,52 @@ def _to_frame(table: pa.Table, ascii_only: bool) -> pd.DataFrame:
     zero-width characters (U+200B, U+FEFF...), which would look empty to the district."""
     columns = {}
     for name in COLUMNS:
-        if ascii_only:  # the same characters as utf8_trim_whitespace's, a faster kernel
-            trimmed = pc.ascii_trim(table.column(name), characters=_ASCII_WHITESPACE)
+        column = table.column(name)
+        if ascii_only:
+            # the same characters as utf8_trim_whitespace's, a faster kernel, and only run
+            # on a column where a value starts or ends with one of them
+            trimmed = column
+            if _has_edge_byte(column, _ASCII_WHITESPACE_BYTE):
+                trimmed = pc.ascii_trim(column, characters=_ASCII_WHITESPACE)
         else:
-            trimmed = pc.utf8_trim_whitespace(table.column(name))
+            trimmed = pc.utf8_trim_whitespace(column)
         empty = pc.equal(pc.binary_length(trimmed), 0)
         if not ascii_only:
             bare = pc.utf8_trim(trimmed, characters=_SPACES_AND_ZERO_WIDTH)
             empty = pc.or_(empty, pc.equal(bare, ""))
-        columns[name] = pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
+        if pc.any(empty).as_py() or trimmed.null_count:
+            trimmed = pc.if_else(empty, pa.scalar(None, trimmed.type), trimmed)
+        columns[name] = trimmed
     return pa.table(columns).to_pandas()
+
+
+_ASCII_WHITESPACE_BYTE = np.zeros(256, dtype=bool)
+_ASCII_WHITESPACE_BYTE[[ord(c) for c in _ASCII_WHITESPACE]] = True
+
+
+def _has_edge_byte(column: pa.ChunkedArray, table: np.ndarray) -> bool:
+    """Whether a value of the (string) column starts or ends with a byte `table` marks;
+    numpy on the arrow buffers, a missing value included."""
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.type != pa.string():
+            return True  # not the reader's layout: let the kernel decide
+        _, offsets, data = chunk.buffers()
+        offsets = np.frombuffer(offsets, dtype=np.int32)[
+            chunk.offset : chunk.offset + len(chunk) + 1
+        ]
+        if data is None or offsets[-1] == offsets[0]:
+            continue
+        data = np.frombuffer(data, dtype=np.uint8)
+        # the first and the last byte of every value (of a neighbour for an empty one,
+        # which can only say true wrongly: the kernel then trims nothing)
+        last = len(data) - 1
+        first_bytes = data[np.minimum(offsets[:-1], last)]
+        last_bytes = data[np.maximum(offsets[1:] - 1, 0)]
+        if table[first_bytes].any() or table[last_bytes].any():
+            return True
+    return False
 
 
 def _malformed_errors(
