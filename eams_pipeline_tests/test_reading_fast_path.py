@@ -292,3 +292,71 @@ def test_the_shortcuts_only_pass_what_the_patterns_match() -> None:
     sliced = pa.chunked_array([values.combine_chunks().slice(3, 4000)])
     expected = pc.utf8_length(sliced).to_numpy(zero_copy_only=False)
     assert v._char_lengths(sliced).tolist() == expected.tolist()
+
+
+def _reference_to_frame(table):  # as it was: every column trimmed and checked
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from eams_pipeline.core.template import COLUMNS
+
+    columns = {}
+    for name in COLUMNS:
+        trimmed = pc.utf8_trim_whitespace(table.column(name))
+        empty = pc.equal(trimmed, "")
+        bare = pc.utf8_trim(trimmed, characters=reading._SPACES_AND_ZERO_WIDTH)
+        empty = pc.or_(empty, pc.equal(bare, ""))
+        columns[name] = pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
+    return pa.table(columns).to_pandas()
+
+
+_EDGES = ["", " ", "\t", "\x0b", "\x1c", "\x1f", "\u00a0", "\u200b", "\ufeff", "\u3000", "\u2028"]
+_EDGES += ["\u00ad", "\u180e", "\u2060", "é", "\u202e", "x"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cells=st.lists(
+        st.tuples(
+            st.sampled_from(_EDGES), st.sampled_from(["", "a", "é", "a b"]), st.sampled_from(_EDGES)
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    split=st.integers(0, 40),
+    column=st.integers(0, 10),
+)
+def test_to_frame_equals_trimming_every_column(cells: list, split: int, column: int) -> None:
+    import pandas as pd
+    import pyarrow as pa
+
+    from eams_pipeline.core.template import COLUMNS
+
+    values = ["".join(cell) for cell in cells]
+    plain = ["v"] * len(values)
+    split = min(split, len(values))
+
+    def chunked(vs: list[str]) -> pa.ChunkedArray:  # two chunks, the second one sliced
+        tail = pa.array(["pad", *vs[split:]], pa.string()).slice(1)
+        return pa.chunked_array([pa.array(vs[:split], pa.string()), tail])
+
+    table = pa.table({c: chunked(values if i == column else plain) for i, c in enumerate(COLUMNS)})
+    expected = _reference_to_frame(table)
+    ascii_only = all(v.isascii() for v in values)
+    pd.testing.assert_frame_equal(reading._to_frame(table, ascii_only=ascii_only), expected)
+    if ascii_only:
+        pd.testing.assert_frame_equal(reading._to_frame(table, ascii_only=False), expected)
+
+
+@pytest.mark.parametrize("edge", _EDGES)
+def test_to_frame_trims_each_character_alone(edge: str) -> None:
+    import pandas as pd
+    import pyarrow as pa
+
+    from eams_pipeline.core.template import COLUMNS
+
+    for value in (f"a{edge}", f"{edge}a", edge, f"{edge}{edge}"):
+        column = pa.chunked_array([pa.array(["v", value, "w"], pa.string())])
+        table = pa.table({c: column for c in COLUMNS})
+        got = reading._to_frame(table, ascii_only=value.isascii())
+        pd.testing.assert_frame_equal(got, _reference_to_frame(table))

@@ -388,20 +388,20 @@ def _parse_with_arrow(
 
 def _to_frame(table: pa.Table, ascii_only: bool) -> pd.DataFrame:
     """Trim every value; an empty value is absent (NA), and so is a value made only of
-    zero-width characters (U+200B, U+FEFF...), which would look empty to the district."""
+    zero-width characters (U+200B, U+FEFF...), which would look empty to the district.
+
+    A column where no value starts or ends with ASCII whitespace or a non-ASCII character
+    (the usual column) has nothing to trim and no such value: it is kept as it is."""
     columns = {}
     for name in COLUMNS:
-        column = table.column(name)
-        if ascii_only:
-            # the same characters as utf8_trim_whitespace's, a faster kernel, and only run
-            # on a column where a value starts or ends with one of them
-            trimmed = column
-            if _has_edge_byte(column, _ASCII_WHITESPACE_BYTE):
-                trimmed = pc.ascii_trim(column, characters=_ASCII_WHITESPACE)
-        else:
-            trimmed = pc.utf8_trim_whitespace(column)
+        trimmed = table.column(name)
+        if _has_edge_byte(trimmed, _MAY_TRIM):
+            if ascii_only:  # the same characters as utf8_trim_whitespace's, a faster kernel
+                trimmed = pc.ascii_trim(trimmed, characters=_ASCII_WHITESPACE)
+            else:
+                trimmed = pc.utf8_trim_whitespace(trimmed)
         empty = pc.equal(pc.binary_length(trimmed), 0)
-        if not ascii_only:
+        if not ascii_only and _has_edge_byte(trimmed, _MAY_TRIM):
             bare = pc.utf8_trim(trimmed, characters=_SPACES_AND_ZERO_WIDTH)
             empty = pc.or_(empty, pc.equal(bare, ""))
         if pc.any(empty).as_py() or trimmed.null_count:
@@ -410,8 +410,11 @@ def _to_frame(table: pa.Table, ascii_only: bool) -> pd.DataFrame:
     return pa.table(columns).to_pandas()
 
 
-_ASCII_WHITESPACE_BYTE = np.zeros(256, dtype=bool)
-_ASCII_WHITESPACE_BYTE[[ord(c) for c in _ASCII_WHITESPACE]] = True
+# a first or last byte of a value that may be trimmed: ASCII whitespace or a byte of a
+# non-ASCII character (a lead byte first, a continuation byte last)
+_MAY_TRIM = np.zeros(256, dtype=bool)
+_MAY_TRIM[[ord(c) for c in _ASCII_WHITESPACE]] = True
+_MAY_TRIM[0x80:] = True
 
 
 def _has_edge_byte(column: pa.ChunkedArray, table: np.ndarray) -> bool:
