@@ -360,3 +360,13 @@ def test_to_frame_trims_each_character_alone(edge: str) -> None:
         table = pa.table({c: column for c in COLUMNS})
         got = reading._to_frame(table, ascii_only=value.isascii())
         pd.testing.assert_frame_equal(got, _reference_to_frame(table))
+
+
+def test_the_byte_classes_are_the_characters_they_name() -> None:
+    from eams_pipeline.core import validation as v
+
+    every = np.arange(256, dtype=np.uint8)
+    named = [chr(b).isascii() and chr(b).isalnum() for b in range(256)]
+    assert (~v._not_alphanumeric(every)).tolist() == named
+    assert (~v._not_printable_ascii(every)).tolist() == [0x20 <= b <= 0x7E for b in range(256)]
+    assert v._not_ascii(every).tolist() == [b >= 0x80 for b in range(256)]

@@ -144,12 +144,11 @@ def _not_printable_ascii(data: np.ndarray) -> np.ndarray:
 
 
 def _not_alphanumeric(data: np.ndarray) -> np.ndarray:
-    return ~_ALPHANUMERIC[data]
-
-
-_ALPHANUMERIC = np.zeros(256, dtype=bool)
-for _first, _last in ("09", "AZ", "az"):
-    _ALPHANUMERIC[ord(_first) : ord(_last) + 1] = True
+    """Not 0-9, A-Z or a-z (uint8 arithmetic wraps: one range test each; `| 0x20` lowers
+    A-Z and maps nothing else into a-z)."""
+    digit = (data - np.uint8(0x30)) < 10
+    letter = ((data | np.uint8(0x20)) - np.uint8(0x61)) < 26
+    return ~(digit | letter)
 
 
 def _char_lengths(values: pyarrow.ChunkedArray) -> np.ndarray:
