@@ -374,6 +374,10 @@ def _parse_with_arrow(
                 invalid_row_handler=lambda _row: "skip",
             ),
             convert_options=pacsv.ConvertOptions(
+                # read_upload checked the whole file as UTF-8 (_check_text), and a value is
+                # cut from it at ASCII bytes only (delimiters, quotes, line ends): each
+                # value is UTF-8 and pyarrow need not check it again
+                check_utf8=False,
                 column_types={c: pa.string() for c in COLUMNS},
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
