@@ -33,7 +33,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +60,8 @@ _SPACES_AND_ZERO_WIDTH = (
     + " \t\r\n\x0b\x0c\x85\u00a0\u1680\u2028\u2029\u202f\u205f\u3000"
     + "".join(chr(c) for c in range(0x2000, 0x200B))  # en quad .. hair space
 )
+# what pyarrow's utf8_trim_whitespace trims among ASCII characters (a test checks it)
+_ASCII_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f "
 _BARE_CR = re.compile(r"\r(?!\n)")
 
 
@@ -86,8 +88,9 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     """Parse an upload. Raises FileRejected for FILE_ENCODING, FILE_EMPTY, HEADER_MISMATCH."""
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM) :]
-    _check_text(data)
-    if not data.strip():
+    ascii_only = data.isascii()
+    _check_text(data, ascii_only)
+    if not data or data.isspace():  # nothing but ASCII whitespace (bytes.strip's)
         raise FileRejected(ErrorCode.FILE_EMPTY, 1, "The file is empty.")
     data = _line_ends(data)
     _check_header_size(data, data.find(b"\n"))
@@ -101,13 +104,14 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     if len(data_ids) == 0:
         raise FileRejected(ErrorCode.FILE_EMPTY, 2, "The file has a header but no data rows.")
     good = records.fields[data_ids] == EXPECTED_FIELD_COUNT
-    body = data[records.starts[1] :]
+    # the body without a copy of it
+    body = pa.py_buffer(data)[int(records.starts[1]) :]
 
     table = _parse_with_arrow(body, int(good.sum()), records.quoted_newlines)
     if table is None:
         return _read_with_csv_module(data.decode("utf-8"))
 
-    rows = _to_frame(table, ascii_only=body.isascii())
+    rows = _to_frame(table, ascii_only=ascii_only)
     rows.insert(0, "line", records.lines[data_ids[good]])
     rows.insert(0, "row", np.flatnonzero(good))
     bad_ids = data_ids[~good]
@@ -123,9 +127,10 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     )
 
 
-def _check_text(data: bytes) -> None:
+def _check_text(data: bytes, ascii_only: bool) -> None:
     try:
-        data.decode("utf-8")
+        if not ascii_only:  # ASCII is UTF-8
+            data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise FileRejected(
@@ -171,65 +176,146 @@ class _Records:
 
 def _scan_if_unambiguous(data: bytes) -> _Records | None:
     """Record boundaries by quote parity (no Python loop), or None when a quote or a CR is
-    placed so that parity and the csv module could disagree (see the module docstring)."""
+    placed so that parity and the csv module could disagree (see the module docstring).
+
+    The parity runs on bit masks (one bit per byte of the file, 64 to a word, as simdjson
+    does): whether a byte is inside quotes is the running XOR of the quote bits before and
+    at it, and every check is a few word-wide operations on arrays an eighth of the file's
+    size, with no array of offsets as long as the file's quotes or commas."""
     buf = np.frombuffer(data, dtype=np.uint8)
     n = len(buf)
-    # only quotes, commas, CRs and LFs matter: the quote parity (inside quotes or not) is a
-    # running count over those bytes alone; uint8 wraps at 256, which keeps the parity
-    interesting = (buf == _QUOTE) | (buf == _COMMA) | (buf == _LF)
-    if b"\r" in data:
-        interesting |= buf == _CR
-    at = np.flatnonzero(interesting)
-    byte = buf[at]
-    is_quote = byte == _QUOTE
-    count = np.cumsum(is_quote, dtype=np.uint8)
-    if len(count) and count[-1] & 1:
-        return None  # a quote is never closed
-    outside = (count & 1) == 0  # for a quote: it closes; for another byte: not quoted
-
-    def byte_at(offsets: np.ndarray) -> np.ndarray:  # 0 outside the file
-        return np.where((offsets >= 0) & (offsets < n), buf[np.clip(offsets, 0, n - 1)], 0)
-
-    quotes = at[is_quote]
-    opening = quotes[~outside[is_quote]]
-    before = byte_at(opening - 1)
-    if not np.all((opening == 0) | (before == _COMMA) | (before == _LF) | (before == _QUOTE)):
-        return None
-    closing = quotes[outside[is_quote]]
-    after = byte_at(closing + 1)
-    closes_ok = (
-        (closing + 1 == n)
-        | (after == _COMMA)
-        | (after == _LF)
-        | (after == _QUOTE)
-        | ((after == _CR) & (byte_at(closing + 2) == _LF))
+    with_cr = b"\r" in data
+    marks, newlines = _byte_masks(
+        buf, (_QUOTE, _COMMA, _LF, _CR) if with_cr else (_QUOTE, _COMMA, _LF)
     )
-    if not np.all(closes_ok):
+    quote, comma, lf = marks[_QUOTE], marks[_COMMA], marks[_LF]
+    cr = marks.get(_CR)
+    if int(np.bitwise_count(quote).sum()) & 1:
+        return None  # a quote is never closed
+    # a quote's bit: it opens; another byte's bit: it is quoted
+    inside = _running_parity(quote)
+    # an opening quote at a field start (the file's start, after a comma or an LF) or
+    # right after a closing quote (a doubled "")
+    field_start = _shifted_up(comma | lf | quote)
+    field_start[0] |= np.uint64(1)
+    if np.any(quote & inside & ~field_start):
         return None
-    if not np.all(byte_at(at[(byte == _CR) & outside] + 1) == _LF):
+    del field_start
+    # a closing quote before a comma, an LF, a CRLF, a quote (doubled) or the end
+    crlf = cr & _shifted_down(lf) if cr is not None else None
+    field_end = _shifted_down(comma | lf | quote if crlf is None else comma | lf | quote | crlf)
+    if n:  # the last byte is followed by the end
+        field_end[(n - 1) >> 6] |= np.uint64(1) << np.uint64((n - 1) & 63)
+    if np.any(quote & ~inside & ~field_end):
+        return None
+    del field_end
+    if cr is not None and np.any(cr & ~inside & ~crlf):
         return None  # a CR outside quotes that does not end a line
-    is_lf = byte == _LF
-    newlines = at[is_lf]
-    terminators = at[is_lf & outside]
+    quoted_newlines = bool(np.any(lf & inside)) or (cr is not None and bool(np.any(cr & inside)))
+    terminators = newlines[~_bit_at(inside, newlines)] if quoted_newlines else newlines
     starts = np.concatenate(([0], terminators + 1))
     ends = np.concatenate((terminators, [n]))
     if starts[-1] >= n:  # the file ends with a newline: no record after it
         starts, ends = starts[:-1], ends[:-1]
     # strip the CR of a CRLF ending
-    has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)
-    ends = ends - has_cr
-    commas = at[(byte == _COMMA) & outside]
-    # commas of record i: those between its start and its end (both arrays are sorted)
-    fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
+    if cr is not None:
+        has_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == _CR)
+        ends = ends - has_cr
+    # fields: the commas outside quotes between a record's start and its end, plus one
+    count_before = _counter(comma & ~inside)
+    fields = count_before(ends) - count_before(starts) + 1
+    if quoted_newlines:
+        lines = np.searchsorted(newlines, starts) + 1
+        end_lines = np.searchsorted(newlines, ends) + 1
+    else:  # every LF ends a record: record i starts and ends on line i + 1
+        lines = np.arange(1, len(starts) + 1)
+        end_lines = lines
     return _Records(
         starts=starts,
         ends=ends,
-        lines=np.searchsorted(newlines, starts) + 1,
-        end_lines=np.searchsorted(newlines, ends) + 1,
+        lines=lines,
+        end_lines=end_lines,
         fields=fields,
         blank=ends == starts,
-        quoted_newlines=bool(np.any(~outside & ~is_quote & (byte != _COMMA))),
+        quoted_newlines=quoted_newlines,
     )
+
+
+# bytes classified per step by _byte_masks (a multiple of 64: a step fills whole words)
+_MASK_STEP = 1 << 22
+_WORD = np.dtype("<u8")
+_ALL_ONES = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+
+
+def _byte_masks(
+    buf: np.ndarray, values: tuple[int, ...]
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """For each byte value, a bit mask of where it occurs in buf: bit k of word w (uint64)
+    is byte 64w + k; the words run one past the file's end (zero bits), so that a position
+    equal to the file's length has a word. Also the offsets of the LFs. Step by step, so
+    no temporary is as large as the file."""
+    n = len(buf)
+    size = (n // 64 + 1) * 8
+    masks = {value: np.zeros(size, np.uint8) for value in values}
+    newlines = []
+    for offset in range(0, n, _MASK_STEP):
+        step = buf[offset : offset + _MASK_STEP]
+        at = offset // 8
+        for value, mask in masks.items():
+            hits = step == value
+            packed = np.packbits(hits, bitorder="little")
+            mask[at : at + len(packed)] = packed
+            if value == _LF:
+                newlines.append(np.flatnonzero(hits) + offset)
+    return (
+        {value: mask.view(_WORD) for value, mask in masks.items()},
+        np.concatenate(newlines) if newlines else np.empty(0, np.int64),
+    )
+
+
+def _running_parity(bits: np.ndarray) -> np.ndarray:
+    """Bit p of the result: the parity of the set bits at positions <= p."""
+    parity = bits.copy()
+    for shift in (1, 2, 4, 8, 16, 32):  # XOR prefix within each word
+        parity ^= parity << np.uint64(shift)
+    # and the parity of every earlier word
+    odd_before = np.zeros(len(bits), dtype=bool)
+    odd_before[1:] = (np.cumsum(np.bitwise_count(bits[:-1]), dtype=np.int64) & 1).astype(bool)
+    parity[odd_before] ^= _ALL_ONES
+    return parity
+
+
+def _shifted_up(bits: np.ndarray) -> np.ndarray:
+    """Bit p of the result is bit p - 1 of bits (the byte before)."""
+    out = bits << np.uint64(1)
+    out[1:] |= bits[:-1] >> np.uint64(63)
+    return out
+
+
+def _shifted_down(bits: np.ndarray) -> np.ndarray:
+    """Bit p of the result is bit p + 1 of bits (the byte after)."""
+    out = bits >> np.uint64(1)
+    out[:-1] |= bits[1:] << np.uint64(63)
+    return out
+
+
+def _bit_at(bits: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    return ((bits[positions >> 6] >> (positions & 63).astype(np.uint64)) & np.uint64(1)).astype(
+        bool
+    )
+
+
+def _counter(bits: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A function: how many bits are set at positions < each of the given positions."""
+    words_before = np.zeros(len(bits) + 1, dtype=np.int64)
+    np.cumsum(np.bitwise_count(bits), out=words_before[1:])
+
+    def count_before(positions: np.ndarray) -> np.ndarray:
+        word = positions >> 6
+        below = (np.uint64(1) << (positions & 63).astype(np.uint64)) - np.uint64(1)
+        return words_before[word] + np.bitwise_count(bits[word] & below)
+
+    return count_before
 
 
 def _allow_fields_of(size: int) -> None:
@@ -273,12 +359,14 @@ def _check_header(found: list[str]) -> None:
         )
 
 
-def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) -> pa.Table | None:
+def _parse_with_arrow(
+    body: bytes | pa.Buffer, expected_rows: int, quoted_newlines: bool
+) -> pa.Table | None:
     """pyarrow's parser; it splits the file in parallel blocks when no quoted field holds
     a line break (the usual case), which it can only do when told so."""
     try:
         table = pacsv.read_csv(
-            io.BytesIO(body),
+            pa.BufferReader(body),
             read_options=pacsv.ReadOptions(column_names=list(COLUMNS), block_size=1 << 24),
             parse_options=pacsv.ParseOptions(
                 newlines_in_values=quoted_newlines,
@@ -286,6 +374,10 @@ def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) ->
                 invalid_row_handler=lambda _row: "skip",
             ),
             convert_options=pacsv.ConvertOptions(
+                # read_upload checked the whole file as UTF-8 (_check_text), and a value is
+                # cut from it at ASCII bytes only (delimiters, quotes, line ends): each
+                # value is UTF-8 and pyarrow need not check it again
+                check_utf8=False,
                 column_types={c: pa.string() for c in COLUMNS},
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
@@ -300,16 +392,58 @@ def _parse_with_arrow(body: bytes, expected_rows: int, quoted_newlines: bool) ->
 
 def _to_frame(table: pa.Table, ascii_only: bool) -> pd.DataFrame:
     """Trim every value; an empty value is absent (NA), and so is a value made only of
-    zero-width characters (U+200B, U+FEFF...), which would look empty to the district."""
+    zero-width characters (U+200B, U+FEFF...), which would look empty to the district.
+
+    A column where no value starts or ends with ASCII whitespace or a non-ASCII character
+    (the usual column) has nothing to trim and no such value: it is kept as it is."""
     columns = {}
     for name in COLUMNS:
-        trimmed = pc.utf8_trim_whitespace(table.column(name))
-        empty = pc.equal(trimmed, "")
-        if not ascii_only:
+        trimmed = table.column(name)
+        if _has_edge_byte(trimmed, _MAY_TRIM):
+            if ascii_only:  # the same characters as utf8_trim_whitespace's, a faster kernel
+                trimmed = pc.ascii_trim(trimmed, characters=_ASCII_WHITESPACE)
+            else:
+                trimmed = pc.utf8_trim_whitespace(trimmed)
+        empty = pc.equal(pc.binary_length(trimmed), 0)
+        if not ascii_only and _has_edge_byte(trimmed, _MAY_TRIM):
             bare = pc.utf8_trim(trimmed, characters=_SPACES_AND_ZERO_WIDTH)
             empty = pc.or_(empty, pc.equal(bare, ""))
-        columns[name] = pc.if_else(empty, pa.scalar(None, pa.string()), trimmed)
+        if pc.any(empty).as_py() or trimmed.null_count:
+            trimmed = pc.if_else(empty, pa.scalar(None, trimmed.type), trimmed)
+        columns[name] = trimmed
     return pa.table(columns).to_pandas()
+
+
+# a first or last byte of a value that may be trimmed: ASCII whitespace or a byte of a
+# non-ASCII character (a lead byte first, a continuation byte last)
+_MAY_TRIM = np.zeros(256, dtype=bool)
+_MAY_TRIM[[ord(c) for c in _ASCII_WHITESPACE]] = True
+_MAY_TRIM[0x80:] = True
+
+
+def _has_edge_byte(column: pa.ChunkedArray, table: np.ndarray) -> bool:
+    """Whether a value of the (string) column starts or ends with a byte `table` marks;
+    numpy on the arrow buffers, a missing value included."""
+    for chunk in column.chunks:
+        if len(chunk) == 0:
+            continue
+        if chunk.type != pa.string():
+            return True  # not the reader's layout: let the kernel decide
+        _, offsets, data = chunk.buffers()
+        offsets = np.frombuffer(offsets, dtype=np.int32)[
+            chunk.offset : chunk.offset + len(chunk) + 1
+        ]
+        if data is None or offsets[-1] == offsets[0]:
+            continue
+        data = np.frombuffer(data, dtype=np.uint8)
+        # the first and the last byte of every value (of a neighbour for an empty one,
+        # which can only say true wrongly: the kernel then trims nothing)
+        last = len(data) - 1
+        first_bytes = data[np.minimum(offsets[:-1], last)]
+        last_bytes = data[np.maximum(offsets[1:] - 1, 0)]
+        if table[first_bytes].any() or table[last_bytes].any():
+            return True
+    return False
 
 
 def _malformed_errors(
@@ -417,7 +551,7 @@ def count_data_records(data: bytes) -> int:
     are not valid UTF-8 (an undecodable byte counts as an ordinary character)."""
     if data.startswith(UTF8_BOM):
         data = data[len(UTF8_BOM) :]
-    if not data.strip():
+    if not data or data.isspace():
         return 0
     data = _line_ends(data)
     records = _scan_if_unambiguous(data)

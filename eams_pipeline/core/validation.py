@@ -3,12 +3,25 @@
 A check's name is the error code it raises; a missing required value is
 REQUIRED_FIELD_MISSING and no other rule runs on that cell. Rules that need the
 database (school codes, existing students, usernames taken, licenses) belong to the plan.
+
+The checks run on the arrow strings behind the columns (pyarrow compute, the kernels the
+pandas `.str` methods call), each on the whole column at once: a missing value passes
+every check but the schema's not-nullable one, as pandera's `ignore_na` would have it, but
+without a copy of the column without its missing values per check. A check whose rule is
+a regular expression runs it on the column's distinct values when they are few (grade,
+status), and the control-character rule only on the values that are not printable ASCII
+(which it can never match).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
+import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
 from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame, visible
@@ -61,37 +74,183 @@ MESSAGES: dict[str, str] = {
 SECRET_COLUMNS = frozenset({"password"})
 
 
-def _too_long(column: str) -> pa.Check:
-    limit = MAX_LENGTH[column]
-    return pa.Check(lambda s: s.str.len() <= limit, name=ErrorCode.FIELD_TOO_LONG.value)
+def _text(s: pd.Series) -> pyarrow.ChunkedArray:
+    """The arrow strings behind a text column (no copy for the reader's columns)."""
+    if not hasattr(s.array, "__arrow_array__"):
+        s = s.astype("str")
+    values = s.array.__arrow_array__()
+    return values if isinstance(values, pyarrow.ChunkedArray) else pyarrow.chunked_array([values])
 
 
-def _matches(pattern: str, code: ErrorCode) -> pa.Check:
-    return pa.Check(lambda s: s.str.fullmatch(pattern), name=code.value)
+def _vectorised(code: ErrorCode, passes: Callable[[pyarrow.ChunkedArray], object]) -> pa.Check:
+    """A check of `code` by `passes`: the column's arrow strings to a boolean per value
+    (an arrow or numpy array; a missing value may come out as anything: it passes)."""
+
+    def check(s: pd.Series) -> pd.Series:
+        values = _text(s)
+        result = passes(values)
+        if isinstance(result, pyarrow.ChunkedArray | pyarrow.Array):
+            result = pc.fill_null(result, True).to_numpy(zero_copy_only=False)
+        if values.null_count:
+            result = result | pc.is_null(values).to_numpy(zero_copy_only=False)
+        return pd.Series(np.asarray(result, dtype=bool), index=s.index, copy=False)
+
+    return pa.Check(check, name=code.value, ignore_na=False)
 
 
-def _no_control_characters() -> pa.Check:
-    return pa.Check(
-        lambda s: ~s.str.contains(CONTROL_CHARACTERS, regex=True),
-        name=ErrorCode.INVALID_CHARACTERS.value,
+def _spans(values: pyarrow.ChunkedArray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(offsets, bytes) of each chunk, as numpy views of its arrow buffers: value i of the
+    chunk is bytes[offsets[i] : offsets[i + 1]] (a missing value's span is meaningless)."""
+    if not pyarrow.types.is_large_string(values.type):
+        values = values.cast(pyarrow.large_string())
+    for chunk in values.chunks:
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()
+        start = chunk.offset
+        offsets = np.frombuffer(offsets, dtype=np.int64)[start : start + len(chunk) + 1]
+        data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, np.uint8)
+        yield offsets, data
+
+
+def _values_with_bytes(
+    values: pyarrow.ChunkedArray, outside: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """The (sorted) positions of the values holding a byte for which `outside` is true;
+    one vectorised pass over the column's bytes."""
+    found, base = [], 0
+    for offsets, data in _spans(values):
+        if len(offsets) > 1:
+            first = int(offsets[0])
+            hits = np.flatnonzero(outside(data[first : int(offsets[-1])])) + first
+            if len(hits):
+                found.append(np.unique(np.searchsorted(offsets, hits, side="right") - 1) + base)
+        base += len(offsets) - 1
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+def _byte_lengths(values: pyarrow.ChunkedArray) -> np.ndarray:
+    return np.concatenate(
+        [np.diff(offsets) for offsets, _ in _spans(values)] or [np.empty(0, np.int64)]
     )
 
 
+def _not_ascii(data: np.ndarray) -> np.ndarray:
+    return data >= 0x80
+
+
+def _not_printable_ascii(data: np.ndarray) -> np.ndarray:
+    return (data < 0x20) | (data > 0x7E)
+
+
+def _not_alphanumeric(data: np.ndarray) -> np.ndarray:
+    """Not 0-9, A-Z or a-z (uint8 arithmetic wraps: one range test each; `| 0x20` lowers
+    A-Z and maps nothing else into a-z)."""
+    digit = (data - np.uint8(0x30)) < 10
+    letter = ((data | np.uint8(0x20)) - np.uint8(0x61)) < 26
+    return ~(digit | letter)
+
+
+def _char_lengths(values: pyarrow.ChunkedArray) -> np.ndarray:
+    """`.str.len()`: the bytes of an ASCII value, utf8_length of the others."""
+    lengths = _byte_lengths(values)
+    wide = _values_with_bytes(values, _not_ascii)
+    if len(wide):
+        lengths[wide] = pc.fill_null(pc.utf8_length(values.take(wide)), 0).to_numpy()
+    return lengths
+
+
+def _too_long(column: str) -> pa.Check:
+    limit = MAX_LENGTH[column]
+
+    def passes(values: pyarrow.ChunkedArray) -> object:
+        # a value of at most `limit` bytes has at most `limit` characters
+        if len(values) == 0 or _byte_lengths(values).max() <= limit:
+            return np.ones(len(values), dtype=bool)
+        return _char_lengths(values) <= limit
+
+    return _vectorised(ErrorCode.FIELD_TOO_LONG, passes)
+
+
+# a column with at most this share of distinct values has its pattern run on those
+_FEW_DISTINCT = 0.05
+
+
+def _matches(pattern: str, code: ErrorCode, *, alphanumeric_from: int | None = None) -> pa.Check:
+    """`.str.fullmatch(pattern)`. With `alphanumeric_from`, the pattern is one character
+    class holding A-Z a-z 0-9, repeated at least that many times: a value of that many
+    ASCII letters and digits and nothing else matches without running it (a test checks
+    the patterns it is given for)."""
+    # the pattern as `.str.fullmatch` runs it (every pattern here is anchored both ends)
+    assert pattern.startswith("^") and pattern.endswith("$"), pattern
+
+    def passes(values: pyarrow.ChunkedArray) -> object:
+        if alphanumeric_from is None:
+            return _regex_by_distinct(values, pattern)
+        ok = np.ones(len(values), dtype=bool)
+        at = _not_surely_alphanumeric(values, alphanumeric_from)
+        ok[at] = _regex_at(values, pattern, at)
+        return ok
+
+    return _vectorised(code, passes)
+
+
+def _not_surely_alphanumeric(values: pyarrow.ChunkedArray, min_length: int) -> np.ndarray:
+    """Positions of the values that are not min_length or more ASCII letters and digits."""
+    short = np.flatnonzero(_byte_lengths(values) < max(min_length, 1))
+    return np.union1d(short, _values_with_bytes(values, _not_alphanumeric))
+
+
+def _regex_at(values: pyarrow.ChunkedArray, pattern: str, at: np.ndarray) -> np.ndarray:
+    """match_substring_regex of the values at positions `at` (a missing value: False)."""
+    if len(at) == 0:
+        return np.zeros(0, dtype=bool)
+    found = pc.match_substring_regex(values.take(at), pattern)
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+
+def _regex_by_distinct(values: pyarrow.ChunkedArray, pattern: str) -> object:
+    """match_substring_regex(values, pattern), run once per distinct value when the column
+    has few of them (grade, status), else on every value."""
+    sample = values.slice(0, 1000)
+    if len(sample) and len(pc.unique(sample)) > _FEW_DISTINCT * len(sample):
+        return pc.match_substring_regex(values, pattern)
+    encoded = pc.dictionary_encode(values).combine_chunks()
+    if len(encoded.dictionary) > _FEW_DISTINCT * max(len(values), 1) + 100:
+        return pc.match_substring_regex(values, pattern)
+    per_distinct = pc.match_substring_regex(encoded.dictionary, pattern)
+    return pc.take(per_distinct, encoded.indices)
+
+
+def _no_control_characters() -> pa.Check:
+    def passes(values: pyarrow.ChunkedArray) -> object:
+        # printable ASCII (U+0020..U+007E) holds none of CONTROL_CHARACTERS
+        ok = np.ones(len(values), dtype=bool)
+        at = _values_with_bytes(values, _not_printable_ascii)
+        ok[at] = ~_regex_at(values, CONTROL_CHARACTERS, at)
+        return ok
+
+    return _vectorised(ErrorCode.INVALID_CHARACTERS, passes)
+
+
 def _min_length(length: int, code: ErrorCode) -> pa.Check:
-    return pa.Check(lambda s: s.str.len() >= length, name=code.value)
+    return _vectorised(code, lambda values: _char_lengths(values) >= length)
 
 
 _RULES: dict[str, list[pa.Check]] = {
     "school_code": [_too_long("school_code"), _no_control_characters()],
     "student_id": [
         _too_long("student_id"),
-        _matches(STUDENT_ID_PATTERN, ErrorCode.INVALID_STUDENT_ID),
+        _matches(STUDENT_ID_PATTERN, ErrorCode.INVALID_STUDENT_ID, alphanumeric_from=1),
     ],
     "last_name": [_too_long("last_name"), _no_control_characters()],
     "first_name": [_too_long("first_name"), _no_control_characters()],
     "middle_name": [_too_long("middle_name"), _no_control_characters()],
     "grade": [_matches(GRADE_PATTERN, ErrorCode.INVALID_GRADE)],
-    "username": [_too_long("username"), _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME)],
+    "username": [
+        _too_long("username"),
+        _matches(USERNAME_PATTERN, ErrorCode.INVALID_USERNAME, alphanumeric_from=3),
+    ],
     "password": [_too_long("password"), _min_length(6, ErrorCode.INVALID_PASSWORD)],
     "email": [_too_long("email"), _matches(EMAIL_PATTERN, ErrorCode.INVALID_EMAIL)],
     "class_name": [_too_long("class_name"), _no_control_characters()],
@@ -143,11 +302,14 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     message = message.where(
         ~shown, message + " Found: " + value.map(lambda v: visible(str(v), 100))
     )
-    located = rows.loc[index]
+    # the line and student ID of each failure's row (not a copy of every column's rows)
+    at = rows.index.get_indexer(index)
+    if (at < 0).any():
+        raise KeyError(index[at < 0].tolist())
     errors = error_frame(
         index,
-        located["line"].to_numpy(),
-        located["student_id"].fillna("").to_numpy(),
+        rows["line"].to_numpy()[at],
+        rows["student_id"].take(at).fillna("").to_numpy(),
         display.to_numpy(),
         code.to_numpy(),
         message.to_numpy(),
@@ -162,6 +324,19 @@ def normalise(rows: pd.DataFrame) -> pd.DataFrame:
     """Stored forms: Grade `K` or `1`..`12` without a leading zero, Status upper-case
     (`IGNORE` read as `I`)."""
     out = rows.copy()
-    out["grade"] = out["grade"].str.upper().str.replace(r"^0(?=[1-9]$)", "", regex=True)
+    out["grade"] = _per_distinct(
+        out["grade"], lambda s: s.str.upper().str.replace(r"^0(?=[1-9]$)", "", regex=True)
+    )
     out["status"] = out["status"].str.upper().replace({"IGNORE": "I"})
     return out
+
+
+def _per_distinct(s: pd.Series, each: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """each(s) for a function of each value on its own, computed once per distinct value
+    when they are few (the grade regex has a look-ahead, which pyarrow's RE2 does not
+    run: pandas runs it in Python, value by value)."""
+    codes, distinct = pd.factorize(s)
+    if len(distinct) > _FEW_DISTINCT * len(s) + 100:
+        return each(s)
+    mapped = each(pd.Series(distinct, dtype=s.dtype))
+    return pd.Series(mapped.array.take(codes, allow_fill=True), index=s.index, name=s.name)
