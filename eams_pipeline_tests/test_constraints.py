@@ -87,6 +87,18 @@ def test_a_student_cannot_sit_in_another_districts_school(district) -> None:
     )
 
 
+def test_the_key_checks_name_what_is_missing_school_first(district) -> None:
+    move = """UPDATE students SET {} WHERE student_id = 'E1'"""
+    order = "order_id = (SELECT order_id FROM orders WHERE number = 'ENT-D2')"
+    school = """school_id = (SELECT s.school_id FROM schools s JOIN districts d USING
+                 (district_id) WHERE d.code = 'D2' AND s.code = '101')"""
+    missing = psycopg.errors.ForeignKeyViolation
+    with pytest.raises(missing, match="is not an order of the"), district.transaction():
+        district.execute(move.format(order))
+    with pytest.raises(missing, match="is not a school of the"), district.transaction():
+        district.execute(move.format(f"{order}, {school}"))
+
+
 def test_a_school_named_by_a_student_cannot_be_deleted(district) -> None:
     _violates(
         district,

@@ -214,13 +214,13 @@ def update_changed_students(
     }
     for name, value in _PLAN_SETTINGS.items():
         conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-    try:
-        written = conn.execute(
-            _UPDATE_AND_RECORD, {"district": district_id, "upload": upload_id}
-        ).rowcount
-    finally:
-        for name, value in before.items():
-            conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    written = conn.execute(
+        _UPDATE_AND_RECORD, {"district": district_id, "upload": upload_id}
+    ).rowcount
+    # put back only after success: a failed statement aborts the transaction (which takes
+    # the settings with it), and a statement sent now would hide its error
+    for name, value in before.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     if written != staged:  # the plan was made under the district's lock: cannot happen
         raise RuntimeError(f"updated {written} students, the plan changes {staged}")
 
