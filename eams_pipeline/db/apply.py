@@ -113,10 +113,11 @@ def insert_new_students(conn: psycopg.Connection, district_id: int, keyed: pd.Da
     new = keyed[keyed["new_student"]]
     if new.empty:
         return
-    # in the order of the username index (lower(username), "C" collation for ASCII): the
-    # one whose keys fall all over the index; it is then read and written one leaf after
-    # the other instead of at random (the student_pk and student_id of new students are
-    # the largest yet: their index entries go to the right end whatever the order)
+    # in the order of the username index (lower(username); Python's code-point order is
+    # the index's under the C and C.UTF-8 collations, and close to it under others): new
+    # usernames fall all over that index, which is then read and written one leaf after the
+    # other instead of at random. New student_pk are the largest yet: their pk entries go
+    # to the right end in any order.
     new = new.iloc[new["username"].str.lower().to_numpy().argsort(kind="stable")]
     copy_in(
         conn,
