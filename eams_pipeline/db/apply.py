@@ -11,6 +11,7 @@ the transaction; any exception rolls all of it back.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import pandas as pd
 import psycopg
@@ -40,19 +41,32 @@ _HISTORY_COLUMNS = (
 # Each step below is a named function so a test can make one of them fail on purpose.
 
 
-def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Series) -> pd.DataFrame:
-    """The plan's changes keyed: new students get their keys from the students sequence.
-    Only the students that exist already are staged (for the UPDATE, which needs their
-    before-images from the database); the new ones are written straight from here."""
-    c = plan.changes
+class Keyed(NamedTuple):
+    new: pd.DataFrame  # the new students' changes, with their keys
+    staged: int  # the changes of stored students, in stage_updates
+
+
+# what the apply reads of plan.changes (not a copy of all its columns)
+_CHANGE_COLUMNS = [
+    "student_pk", "line", "outcome", "student_id", "school_id", *_DATA, "password_fp",
+    "password_changed", "data_hash", "data_changed", "status_after", "order_after",
+    "status_before", "order_before", "school_before",
+]  # fmt: skip
+
+
+def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Series) -> Keyed:
+    """Key the new students (from the students sequence); stage the changes of the stored
+    students (for the UPDATE, which reads their before-images in the database). The new
+    students are written straight from the frame returned."""
+    c = plan.changes[_CHANGE_COLUMNS]
     if c.empty:
-        return c.assign(student_pk=pd.Series(dtype="Int64"), new_student=pd.Series(dtype=bool))
+        return Keyed(c, 0)
     new = c["student_pk"].isna()
     keyed = c.assign(
         student_pk=_with_new_keys(conn, c["student_pk"], new, c["line"]),
-        new_student=new,
         password_hash=password_hashes.reindex(c.index),
         password_fp=c["password_fp"].where(c["password_changed"], pd.NA),
+        status_before=c["status_before"].where(c["status_before"] != "absent", None),
     )
     old = keyed[~new].sort_values("student_pk")  # the UPDATE probes students in key order
     conn.execute(_CREATE_STAGE)
@@ -73,16 +87,14 @@ def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Seri
                     "data_hash": old["data_hash"],
                     "line_number": old["line"],
                     "change": old["outcome"],
-                    "status_before": old["status_before"].where(
-                        old["status_before"] != "absent", None
-                    ),
+                    "status_before": old["status_before"],
                     "order_before": old["order_before"],
                     "school_before": old["school_before"],
                     "data_changed": old["data_changed"],
                 }
             ),
         )
-    return keyed
+    return Keyed(keyed[new], len(old))
 
 
 def _with_new_keys(
@@ -106,11 +118,11 @@ def _with_new_keys(
     return keyed
 
 
-def insert_new_students(conn: psycopg.Connection, district_id: int, keyed: pd.DataFrame) -> None:
+def insert_new_students(conn: psycopg.Connection, district_id: int, keyed: Keyed) -> None:
     """COPY the new students straight into students (COPY writes an identity column's given
     values, as INSERT ... OVERRIDING SYSTEM VALUE; it inserts in batches, one WAL record
     per page instead of per row)."""
-    new = keyed[keyed["new_student"]]
+    new = keyed.new
     if new.empty:
         return
     # in the order of the username index (lower(username); Python's code-point order is
@@ -141,10 +153,10 @@ def insert_new_students(conn: psycopg.Connection, district_id: int, keyed: pd.Da
     )
 
 
-def record_history(conn: psycopg.Connection, upload_id: int, keyed: pd.DataFrame) -> None:
+def record_history(conn: psycopg.Connection, upload_id: int, keyed: Keyed) -> None:
     """The history of the new students (no before-image), COPied from the plan; the
     changed students' history is written by the UPDATE that changes them."""
-    new = keyed[keyed["new_student"]].sort_values("student_pk")
+    new = keyed.new.sort_values("student_pk")  # probed in key order by the key check
     if new.empty:
         return
     copy_in(
@@ -156,7 +168,7 @@ def record_history(conn: psycopg.Connection, upload_id: int, keyed: pd.DataFrame
                 "student_pk": new["student_pk"],
                 "line_number": new["line"],
                 "change": new["outcome"],
-                "status_before": new["status_before"].where(new["status_before"] != "absent", None),
+                "status_before": new["status_before"],
                 "status_after": new["status_after"],
                 "order_before": new["order_before"],
                 "order_after": new["order_after"],
@@ -335,6 +347,6 @@ def apply_plan(
     keyed = stage_changes(conn, plan, password_hashes)
     insert_new_students(conn, district_id, keyed)
     record_history(conn, upload_id, keyed)
-    update_changed_students(conn, district_id, upload_id, int((~keyed["new_student"]).sum()))
+    update_changed_students(conn, district_id, upload_id, keyed.staged)
     deactivate_missing(conn, district_id, upload_id, plan.missing)
     move_licenses(conn, district_id, plan.license_deltas)
