@@ -87,6 +87,18 @@ def test_a_student_cannot_sit_in_another_districts_school(district) -> None:
     )
 
 
+def test_the_key_checks_name_what_is_missing_school_first(district) -> None:
+    move = """UPDATE students SET {} WHERE student_id = 'E1'"""
+    order = "order_id = (SELECT order_id FROM orders WHERE number = 'ENT-D2')"
+    school = """school_id = (SELECT s.school_id FROM schools s JOIN districts d USING
+                 (district_id) WHERE d.code = 'D2' AND s.code = '101')"""
+    missing = psycopg.errors.ForeignKeyViolation
+    with pytest.raises(missing, match="is not an order of the"), district.transaction():
+        district.execute(move.format(order))
+    with pytest.raises(missing, match="is not a school of the"), district.transaction():
+        district.execute(move.format(f"{order}, {school}"))
+
+
 def test_a_school_named_by_a_student_cannot_be_deleted(district) -> None:
     _violates(
         district,
@@ -125,7 +137,14 @@ def test_history_keys_are_checked_and_cascade(district) -> None:
         ("grade", "13"),
         ("status", "gone"),
         ("student_id", "has space"),
+        ("student_id", ""),
+        ("student_id", "S" * 33),
+        ("student_id", "S1\n"),
+        ("student_id", "S\u00e91"),
         ("username", "ab"),
+        ("username", "u" * 65),
+        ("username", "user name"),
+        ("username", "user\n"),
         ("password_hash", "plaintext-password"),
     ],
 )
@@ -136,6 +155,25 @@ def test_column_rules_hold_in_the_database(district, column: str, value: str) ->
         f"UPDATE students SET {column} = %s WHERE student_id = 'E1'",
         (value,),
     )
+
+
+_ACCEPTED = [
+    ("student_id", "S" * 32),
+    ("student_id", "a.b_c-D9"),
+    ("username", "u" * 64),
+    ("username", "a@b"),
+    ("username", "A.b_c-9@x"),
+]
+
+
+@pytest.mark.parametrize(("column", "value"), _ACCEPTED)
+def test_column_rules_accept_the_longest_and_every_allowed_character(
+    district, column: str, value: str
+) -> None:
+    with district.transaction():
+        district.execute(f"UPDATE students SET {column} = %s WHERE student_id = 'E1'", (value,))
+    found = district.execute(f"SELECT count(*) FROM students WHERE {column} = %s", (value,))
+    assert found.fetchone()[0] == 1
 
 
 def test_upload_counts_must_add_up(district) -> None:

@@ -159,3 +159,19 @@ def test_dry_run_changes_nothing_and_reports_the_same_figures(district) -> None:
     assert dry.upload_id is None
     real = run(district, _mixed_file())
     assert dry.counts == real.counts and dry.error_codes == real.error_codes
+
+
+def test_a_database_error_while_updating_students_comes_out_as_itself(district) -> None:
+    """The UPDATE runs with planner settings of its own: a failing UPDATE must raise its
+    own error (what callers and operators see), not one from putting the settings back
+    in the aborted transaction."""
+    with district.transaction():
+        district.execute("ALTER TABLE students ADD CONSTRAINT no_boom CHECK (last_name <> 'Boom')")
+    before = dump(district)
+    try:
+        with pytest.raises(psycopg.errors.CheckViolation, match="no_boom"):
+            run(district, [row("E1", "A", last_name="Boom")], key="D1-boom")
+        assert dump(district) == before
+    finally:
+        with district.transaction():
+            district.execute("ALTER TABLE students DROP CONSTRAINT no_boom")

@@ -1,16 +1,17 @@
 """Writing a plan to the database: set-based SQL inside the upload's transaction.
 
-Only the rows that change anything are sent: COPY into a temporary staging table, then
-one INSERT for new students, one INSERT of the history (with the before-images read from
-the students about to change), one UPDATE for changed ones, in full-roster mode one
-INSERT of history and one UPDATE for the absent students, one UPDATE of the order
-counters, one COPY of the errors. The caller owns the
-transaction; any exception rolls all of it back.
+Only the rows that change anything are sent: one COPY of the new students straight into
+students and one of their history; one COPY of the changed students into a temporary
+staging table and one statement that UPDATEs them and INSERTs their history with the
+before-images it read; in full-roster mode one INSERT of history and one UPDATE for the
+absent students; one UPDATE of the order counters; one COPY of the errors. The caller owns
+the transaction; any exception rolls all of it back.
 """
 
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import pandas as pd
 import psycopg
@@ -20,9 +21,8 @@ from eams_pipeline.core.plan import Plan
 from eams_pipeline.db.snapshot import copy_in
 
 _CREATE_STAGE = """
-CREATE TEMP TABLE IF NOT EXISTS stage_students (
-    student_pk bigint NOT NULL, new_student boolean NOT NULL,
-    student_id text NOT NULL, school_id bigint NOT NULL,
+CREATE TEMP TABLE IF NOT EXISTS stage_updates (
+    student_pk bigint NOT NULL, school_id bigint NOT NULL,
     last_name text, first_name text, middle_name text, grade text, username text,
     password_hash text, password_fp bigint, email text, class_name text, status text,
     order_id bigint, data_hash bigint, line_number integer, change text,
@@ -30,57 +30,79 @@ CREATE TEMP TABLE IF NOT EXISTS stage_students (
 ) ON COMMIT DELETE ROWS
 """
 
+_DATA = ("last_name", "first_name", "middle_name", "grade", "username", "email", "class_name")
+_HISTORY_COLUMNS = (
+    "upload_id, student_pk, line_number, change, status_before, status_after, order_before, "
+    "order_after, school_before, school_after, data_changed, "
+    + ", ".join(f"{c}_before, {c}_after" for c in _DATA)
+    + ", data_hash_before, password_hash_before, password_fingerprint_before, password_changed"
+)
+
 # Each step below is a named function so a test can make one of them fail on purpose.
 
 
-def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Series) -> None:
-    conn.execute(_CREATE_STAGE)
-    conn.execute("TRUNCATE stage_students")
-    c = plan.changes
+class Keyed(NamedTuple):
+    new: pd.DataFrame  # the new students' changes, with their keys
+    staged: int  # the changes of stored students, in stage_updates
+
+
+# what the apply reads of plan.changes (not a copy of all its columns)
+_CHANGE_COLUMNS = [
+    "student_pk", "line", "outcome", "student_id", "school_id", *_DATA, "password_fp",
+    "password_changed", "data_hash", "data_changed", "status_after", "order_after",
+    "status_before", "order_before", "school_before",
+]  # fmt: skip
+
+
+def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Series) -> Keyed:
+    """Key the new students (from the students sequence); stage the changes of the stored
+    students (for the UPDATE, which reads their before-images in the database). The new
+    students are written straight from the frame returned."""
+    c = plan.changes[_CHANGE_COLUMNS]
     if c.empty:
-        return
+        return Keyed(c, 0)
     new = c["student_pk"].isna()
-    stage = pd.DataFrame(
-        {
-            "student_pk": _with_new_keys(conn, c["student_pk"], new, c["line"]),
-            "new_student": new,
-            "student_id": c["student_id"],
-            "school_id": c["school_id"],
-            "last_name": c["last_name"],
-            "first_name": c["first_name"],
-            "middle_name": c["middle_name"],
-            "grade": c["grade"],
-            "username": c["username"],
-            "password_hash": password_hashes.reindex(c.index),
-            "password_fp": c["password_fp"].where(c["password_changed"], pd.NA),
-            "email": c["email"],
-            "class_name": c["class_name"],
-            "status": c["status_after"],
-            "order_id": c["order_after"],
-            "data_hash": c["data_hash"],
-            "line_number": c["line"],
-            "change": c["outcome"],
-            "status_before": c["status_before"].where(c["status_before"] != "absent", None),
-            "order_before": c["order_before"],
-            "school_before": c["school_before"],
-            "data_changed": c["data_changed"],
-        }
+    keyed = c.assign(
+        student_pk=_with_new_keys(conn, c["student_pk"], new, c["line"]),
+        password_hash=password_hashes.reindex(c.index),
+        password_fp=c["password_fp"].where(c["password_changed"], pd.NA),
+        status_before=c["status_before"].where(c["status_before"] != "absent", None),
     )
-    copy_in(conn, "stage_students", stage)
-    # a temporary table has no statistics until analysed: without them the planner
-    # guesses a few hundred rows and picks merge joins over the whole students index.
-    # Only the columns the statements filter and join on: the row count and their null
-    # fractions are what the planner needs; the other 19 columns (argon2 strings among
-    # them) made ANALYZE 0.3-0.4 s instead of ~0.1 s on 200k staged rows
-    conn.execute("ANALYZE stage_students (student_pk, new_student)")
+    old = keyed[~new].sort_values("student_pk")  # the UPDATE probes students in key order
+    conn.execute(_CREATE_STAGE)
+    conn.execute("TRUNCATE stage_updates")
+    if not old.empty:
+        copy_in(
+            conn,
+            "stage_updates",
+            pd.DataFrame(
+                {
+                    "student_pk": old["student_pk"],
+                    "school_id": old["school_id"],
+                    **{col: old[col] for col in _DATA},
+                    "password_hash": old["password_hash"],
+                    "password_fp": old["password_fp"],
+                    "status": old["status_after"],
+                    "order_id": old["order_after"],
+                    "data_hash": old["data_hash"],
+                    "line_number": old["line"],
+                    "change": old["outcome"],
+                    "status_before": old["status_before"],
+                    "order_before": old["order_before"],
+                    "school_before": old["school_before"],
+                    "data_changed": old["data_changed"],
+                }
+            ),
+        )
+    return Keyed(keyed[new], len(old))
 
 
 def _with_new_keys(
     conn: psycopg.Connection, student_pk: pd.Series, new: pd.Series, line: pd.Series
 ) -> pd.Series:
     """The stored students' keys, and a key from the students sequence for each new one,
-    ascending in file order. Knowing the keys up front lets the history be written from
-    the staging table alone, instead of joining it back to students by Student ID."""
+    ascending in file order. Knowing the keys up front lets the new students and their
+    history be written straight from the plan, without reading them back."""
     n = int(new.sum())
     if n == 0:
         return student_pk
@@ -96,34 +118,124 @@ def _with_new_keys(
     return keyed
 
 
-def insert_new_students(conn: psycopg.Connection, district_id: int) -> None:
-    conn.execute(
-        """INSERT INTO students (student_pk, district_id, student_id, school_id, last_name,
-               first_name, middle_name, grade, username, password_hash, password_fingerprint,
-               email, class_name, status, order_id, data_hash)
-           OVERRIDING SYSTEM VALUE
-           SELECT student_pk, %s, student_id, school_id, last_name, first_name, middle_name,
-               grade, username, password_hash, password_fp, email, class_name, status,
-               order_id, data_hash
-           FROM stage_students WHERE new_student ORDER BY student_pk""",
-        (district_id,),
+def insert_new_students(conn: psycopg.Connection, district_id: int, keyed: Keyed) -> None:
+    """COPY the new students straight into students (COPY writes an identity column's given
+    values, as INSERT ... OVERRIDING SYSTEM VALUE; it inserts in batches, one WAL record
+    per page instead of per row)."""
+    new = keyed.new
+    if new.empty:
+        return
+    # in the order of the username index (lower(username); Python's code-point order is
+    # the index's under the C and C.UTF-8 collations, and close to it under others): new
+    # usernames fall all over that index, which is then read and written one leaf after the
+    # other instead of at random. New student_pk are the largest yet: their pk entries go
+    # to the right end in any order.
+    new = new.iloc[new["username"].str.lower().to_numpy().argsort(kind="stable")]
+    copy_in(
+        conn,
+        "students",
+        pd.DataFrame(
+            {
+                "student_pk": new["student_pk"],
+                "district_id": district_id,
+                "student_id": new["student_id"],
+                "school_id": new["school_id"],
+                **{col: new[col] for col in _DATA[:5]},
+                "password_hash": new["password_hash"],
+                "password_fingerprint": new["password_fp"],
+                "email": new["email"],
+                "class_name": new["class_name"],
+                "status": new["status_after"],
+                "order_id": new["order_after"],
+                "data_hash": new["data_hash"],
+            }
+        ),
     )
 
 
-def update_changed_students(conn: psycopg.Connection, district_id: int) -> None:
-    conn.execute(
-        """UPDATE students s SET
-               school_id = st.school_id, last_name = st.last_name, first_name = st.first_name,
-               middle_name = st.middle_name, grade = st.grade, username = st.username,
-               password_hash = coalesce(st.password_hash, s.password_hash),
-               password_fingerprint = coalesce(st.password_fp, s.password_fingerprint),
-               email = st.email, class_name = st.class_name, status = st.status,
-               order_id = st.order_id, data_hash = st.data_hash, updated_at = now()
-           FROM stage_students st
-           WHERE NOT st.new_student AND s.student_pk = st.student_pk
-             AND s.district_id = %s""",
-        (district_id,),
+def record_history(conn: psycopg.Connection, upload_id: int, keyed: Keyed) -> None:
+    """The history of the new students (no before-image), COPied from the plan; the
+    changed students' history is written by the UPDATE that changes them."""
+    new = keyed.new.sort_values("student_pk")  # probed in key order by the key check
+    if new.empty:
+        return
+    copy_in(
+        conn,
+        "student_history",
+        pd.DataFrame(
+            {
+                "upload_id": upload_id,
+                "student_pk": new["student_pk"],
+                "line_number": new["line"],
+                "change": new["outcome"],
+                "status_before": new["status_before"],
+                "status_after": new["status_after"],
+                "order_before": new["order_before"],
+                "order_after": new["order_after"],
+                "school_before": new["school_before"],
+                "school_after": new["school_id"],
+                "data_changed": new["data_changed"],
+                **{f"{col}_after": new[col] for col in _DATA},
+                "password_changed": new["password_fp"].notna(),
+            }
+        ),
     )
+
+
+# The UPDATE joins the staged rows to the students they change (`o`, one index probe each,
+# in key order) and changes each by its row id (`s.ctid = o.ctid`: the page just read).
+# `o` is the row as it was: RETURNING o.* is the before-image, which the outer INSERT
+# writes to the history in the same pass (PostgreSQL 15 has no RETURNING OLD).
+_UPDATE_AND_RECORD = f"""
+WITH upd AS (
+    UPDATE students s SET
+        school_id = st.school_id, last_name = st.last_name, first_name = st.first_name,
+        middle_name = st.middle_name, grade = st.grade, username = st.username,
+        password_hash = coalesce(st.password_hash, o.password_hash),
+        password_fingerprint = coalesce(st.password_fp, o.password_fingerprint),
+        email = st.email, class_name = st.class_name, status = st.status,
+        order_id = st.order_id, data_hash = st.data_hash, updated_at = now()
+    FROM stage_updates st JOIN students o ON o.student_pk = st.student_pk
+    WHERE o.district_id = %(district)s AND s.ctid = o.ctid
+    RETURNING st.student_pk, st.line_number, st.change, st.status_before, st.status,
+        st.order_before, st.order_id, st.school_before, st.school_id, st.data_changed,
+        {", ".join(f"o.{c} AS {c}_before, st.{c}" for c in _DATA)},
+        o.data_hash AS data_hash_before, o.password_hash AS password_hash_before,
+        o.password_fingerprint AS password_fingerprint_before,
+        st.password_fp IS NOT NULL AS password_changed
+)
+INSERT INTO student_history ({_HISTORY_COLUMNS})
+SELECT %(upload)s, * FROM upd
+"""
+
+# The join above is a nested loop (stage -> index probe -> row id) whatever the estimates:
+# a hash join would read all of students (1M rows) to change 100k of them, twice (for `o`
+# and for `s`). JIT would only compile for the inflated nested-loop cost estimate.
+_PLAN_SETTINGS = {"enable_hashjoin": "off", "enable_mergejoin": "off", "jit": "off"}
+
+
+def update_changed_students(
+    conn: psycopg.Connection, district_id: int, upload_id: int, staged: int
+) -> None:
+    """UPDATE the changed students and record their history with the before-images, in one
+    statement."""
+    if staged == 0:
+        return
+    before = {
+        name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+        for name in _PLAN_SETTINGS
+    }
+    for name, value in _PLAN_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    written = conn.execute(
+        _UPDATE_AND_RECORD, {"district": district_id, "upload": upload_id}
+    ).rowcount
+    # put back only after success: a failed statement aborts the transaction (which takes
+    # the settings with it), and a statement sent now would hide its error
+    for name, value in before.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    if written != staged:  # the plan was made under the district's lock: cannot happen
+        raise RuntimeError(f"updated {written} students, the plan changes {staged}")
 
 
 def move_licenses(conn: psycopg.Connection, district_id: int, deltas: pd.DataFrame) -> None:
@@ -134,35 +246,6 @@ def move_licenses(conn: psycopg.Connection, district_id: int, deltas: pd.DataFra
            FROM unnest(%s::bigint[], %s::integer[]) AS d(order_id, delta)
            WHERE o.order_id = d.order_id AND o.district_id = %s""",
         (deltas["order_id"].tolist(), deltas["delta"].tolist(), district_id),
-    )
-
-
-_DATA = ("last_name", "first_name", "middle_name", "grade", "username", "email", "class_name")
-_HISTORY_COLUMNS = (
-    "upload_id, student_pk, line_number, change, status_before, status_after, order_before, "
-    "order_after, school_before, school_after, data_changed, "
-    + ", ".join(f"{c}_before, {c}_after" for c in _DATA)
-    + ", data_hash_before, password_hash_before, password_fingerprint_before, password_changed"
-)
-
-
-def record_history(conn: psycopg.Connection, district_id: int, upload_id: int) -> None:
-    """One history row per changed student, with the before-image of its data, password
-    hash and fingerprint (what a revert restores) and the after-image of its data. Runs
-    after the new students are inserted (the key to students) and before the changed ones
-    are updated (the before-image is read from them)."""
-    data = ", ".join(f"s.{c}, st.{c}" for c in _DATA)
-    conn.execute(
-        f"""INSERT INTO student_history ({_HISTORY_COLUMNS})
-           SELECT %s, st.student_pk, st.line_number, st.change, st.status_before, st.status,
-               st.order_before, st.order_id, st.school_before, st.school_id, st.data_changed,
-               {data}, s.data_hash, s.password_hash, s.password_fingerprint,
-               st.password_fp IS NOT NULL
-           FROM stage_students st
-           LEFT JOIN students s ON s.student_pk = st.student_pk AND NOT st.new_student
-                                AND s.district_id = %s
-           ORDER BY st.student_pk""",  # index and FK-lookup locality
-        (upload_id, district_id),
     )
 
 
@@ -261,9 +344,9 @@ def apply_plan(
     """Write the plan's changes, licenses and history (inside the caller's transaction)."""
     # sorts and hashes over a night's changes (~200k rows) fit in memory, not temp files
     conn.execute("SET LOCAL work_mem = '64MB'")
-    stage_changes(conn, plan, password_hashes)
-    insert_new_students(conn, district_id)
-    record_history(conn, district_id, upload_id)  # reads the before-images: before UPDATE
-    update_changed_students(conn, district_id)
+    keyed = stage_changes(conn, plan, password_hashes)
+    insert_new_students(conn, district_id, keyed)
+    record_history(conn, upload_id, keyed)
+    update_changed_students(conn, district_id, upload_id, keyed.staged)
     deactivate_missing(conn, district_id, upload_id, plan.missing)
     move_licenses(conn, district_id, plan.license_deltas)
