@@ -156,6 +156,7 @@ class Prepared:
     students_version: int | None = None
     positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
+    data_hashes: np.ndarray | None = None  # data_fingerprint of read.rows
     cached_hashes: bool = False  # the district had hashes in the cache (a stopped run's)
     # the hashes phase 1 computed (and committed to the cache), by row of read.rows;
     # the apply takes them (and drops them here)
@@ -202,22 +203,26 @@ def prepare_upload(
     if record is not None and record.is_final and not (approve_hold and record.approvable):
         return Prepared()  # settled: the apply phase returns what was recorded
     # the district's students stream in (a thread: the connection is the thread's alone
-    # until .result()) while this thread parses and validates
+    # until .result()) while this thread parses, validates and fingerprints the rows
+    digest = content_sha256 or hashlib.sha256(upload.data).hexdigest()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-students") as pool:
         stored = pool.submit(_read_district_ahead, conn, district, engine)
         read = _read(upload, district.encoding, clock)
-        version, students, cached = stored.result()
-    digest = content_sha256 or hashlib.sha256(upload.data).hexdigest()
-    prepared = Prepared(read=read, content_sha256=digest)
+        prepared = Prepared(read=read, content_sha256=digest)
+        if read.rows is not None:
+            with clock.step("fingerprints"):
+                prepared.password_fps = password_fingerprint(
+                    read.rows["student_id"], read.rows["password"], fingerprint_key(engine.secret)
+                )
+                prepared.data_hashes = data_fingerprint(read.rows)
+        with clock.step("students"):  # what is left to wait of the students' read
+            version, students, cached = stored.result()
     if read.rows is None:
         return prepared
     with clock.step("match"):
         prepared.students, prepared.students_version = students, version
         prepared.cached_hashes = cached
         prepared.positions = student_positions(read.rows["student_id"], students)
-        prepared.password_fps = password_fingerprint(
-            read.rows["student_id"], read.rows["password"], fingerprint_key(engine.secret)
-        )
     with clock.step("hash_select"):
         todo = _to_hash_ahead(conn, district, read, prepared, engine)
     with clock.step("hash"):  # only the hashing and the commits of its batches
@@ -391,13 +396,14 @@ def process_upload(
                     return db_uploads.recorded_result(conn, record, upload.district)
 
         read = prepared.read
-        positions, password_fps, ahead = None, None, None
+        positions, password_fps, data_hashes, ahead = None, None, None, None
         if (
             read is not None
             and read.encoding == district.encoding
             and prepared.content_sha256 == content_sha256
         ):
-            password_fps, ahead = prepared.password_fps, prepared.hashes
+            password_fps, data_hashes = prepared.password_fps, prepared.data_hashes
+            ahead = prepared.hashes
             if prepared.students is not None and prepared.students_version == students_version(
                 conn, district.district_id
             ):
@@ -429,10 +435,10 @@ def process_upload(
                 upload.district, text, upload_id, rejection, read=upload.rejection is None
             )
         else:
-            # the rows' data fingerprints (CPU, a thread) while the snapshot's queries wait
-            # on the database (they release the GIL)
+            # the rows' data fingerprints, unless phase 1 made them, on a thread while the
+            # snapshot's queries wait on the database (they release the GIL)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-hashes") as pool:
-                data_hashes = pool.submit(data_fingerprint, rows)
+                hashing = None if data_hashes is not None else pool.submit(data_fingerprint, rows)
                 with clock.step("snapshot"):
                     snapshot = load_snapshot(conn, district, rows, students, positions)
                 with clock.step("plan"):
@@ -444,7 +450,7 @@ def process_upload(
                         fingerprint_key(engine.secret),
                         full_roster=district.mode == "full_roster",
                         password_fps=password_fps,
-                        data_hashes=data_hashes.result(),
+                        data_hashes=data_hashes if hashing is None else hashing.result(),
                     )
             result = _from_plan(upload.district, upload_id, plan)
             if not superseded:
