@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from eams_pipeline.core.outcome import FINAL_STATUSES, UploadStatus
 from eams_pipeline.core.plan import Plan
@@ -42,7 +45,8 @@ _HISTORY_COLUMNS = (
 
 
 class Keyed(NamedTuple):
-    new: pd.DataFrame  # the new students' changes, with their keys
+    changes: pd.DataFrame  # every change, the new students' with their keys
+    new: np.ndarray  # the positions of the new students' changes in `changes`
     staged: int  # the changes of stored students, in stage_updates
 
 
@@ -60,7 +64,7 @@ def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Seri
     students are written straight from the frame returned."""
     c = plan.changes[_CHANGE_COLUMNS]
     if c.empty:
-        return Keyed(c, 0)
+        return Keyed(c, np.zeros(0, dtype="int64"), 0)
     new = c["student_pk"].isna()
     keyed = c.assign(
         student_pk=_with_new_keys(conn, c["student_pk"], new, c["line"]),
@@ -94,7 +98,8 @@ def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Seri
                 }
             ),
         )
-    return Keyed(keyed[new], len(old))
+    # positions, not a copy of the new students' rows (1M on an onboarding night)
+    return Keyed(keyed, np.flatnonzero(new.to_numpy()), len(old))
 
 
 def _with_new_keys(
@@ -122,15 +127,16 @@ def insert_new_students(conn: psycopg.Connection, district_id: int, keyed: Keyed
     """COPY the new students straight into students (COPY writes an identity column's given
     values, as INSERT ... OVERRIDING SYSTEM VALUE; it inserts in batches, one WAL record
     per page instead of per row)."""
-    new = keyed.new
-    if new.empty:
+    new = keyed.changes
+    if len(keyed.new) == 0:
         return
     # in the order of the username index (lower(username); Python's code-point order is
     # the index's under the C and C.UTF-8 collations, and close to it under others): new
     # usernames fall all over that index, which is then read and written one leaf after the
     # other instead of at random. New student_pk are the largest yet: their pk entries go
     # to the right end in any order.
-    new = new.iloc[new["username"].str.lower().to_numpy().argsort(kind="stable")]
+    usernames = pa.array(new["username"].iloc[keyed.new], pa.string(), from_pandas=True)
+    by_username = keyed.new[pc.sort_indices(pc.utf8_lower(usernames)).to_numpy()]
     copy_in(
         conn,
         "students",
@@ -150,15 +156,18 @@ def insert_new_students(conn: psycopg.Connection, district_id: int, keyed: Keyed
                 "data_hash": new["data_hash"],
             }
         ),
+        order=by_username,
     )
 
 
 def record_history(conn: psycopg.Connection, upload_id: int, keyed: Keyed) -> None:
     """The history of the new students (no before-image), COPied from the plan; the
     changed students' history is written by the UPDATE that changes them."""
-    new = keyed.new.sort_values("student_pk")  # probed in key order by the key check
-    if new.empty:
+    new = keyed.changes
+    if len(keyed.new) == 0:
         return
+    keys = new["student_pk"].iloc[keyed.new].to_numpy()
+    by_key = keyed.new[keys.argsort(kind="stable")]  # the key check's order
     copy_in(
         conn,
         "student_history",
@@ -179,6 +188,7 @@ def record_history(conn: psycopg.Connection, upload_id: int, keyed: Keyed) -> No
                 "password_changed": new["password_fp"].notna(),
             }
         ),
+        order=by_key,
     )
 
 

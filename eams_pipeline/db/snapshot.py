@@ -57,16 +57,23 @@ def _pandas_type(t: pa.DataType) -> str:
 COPY_IN_ROWS = 65_536  # rows converted and sent at a time: the CSV of 1M staged rows is ~0.5 GB
 
 
-def copy_in(conn: psycopg.Connection, table: str, frame: pd.DataFrame) -> None:
+def copy_in(
+    conn: psycopg.Connection, table: str, frame: pd.DataFrame, order: np.ndarray | None = None
+) -> None:
     """COPY a frame into a table (columns by name), as CSV written by pyarrow, slice by
-    slice: memory holds one slice's Arrow table and CSV text, never the whole frame's."""
+    slice: memory holds one slice's Arrow table and CSV text, never the whole frame's.
+    `order` (positions in `frame`) sends those rows, in that order, without a sorted or
+    filtered copy of the frame."""
     if frame.empty:
         return
     columns = ", ".join(frame.columns)
     options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
     with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as cp:
-        for start in range(0, len(frame), COPY_IN_ROWS):
-            part = frame.iloc[start : start + COPY_IN_ROWS]
+        for start in range(0, len(frame) if order is None else len(order), COPY_IN_ROWS):
+            if order is None:
+                part = frame.iloc[start : start + COPY_IN_ROWS]
+            else:
+                part = frame.iloc[order[start : start + COPY_IN_ROWS]]
             sink = io.BytesIO()
             pacsv.write_csv(pa.Table.from_pandas(part, preserve_index=False), sink, options)
             cp.write(sink.getvalue())
