@@ -3,15 +3,21 @@
 Two phases (README "Password hashing"):
 
 1. before the district's lock, in short transactions of their own: parse (file-level
-   checks) and validate (column rules); find the rows whose password is neither the stored
-   student's (keyed fingerprint) nor already in the durable `password_hash_cache`; hash
-   them with argon2id in batches of `Engine.hash_batch_size` on the worker threads and
-   COMMIT each batch into the cache. A crash here loses at most the batch being hashed: a
-   retry or re-run of the file finds the finished batches and hashes only the rest.
-2. one transaction under the district's lock: snapshot -> plan -> guard -> take the
-   password_changed rows' hashes from the cache (one set-based join; hash inline only
-   those missing, i.e. changed in between) -> apply -> remove the used cache rows ->
-   record. A failure anywhere here leaves the students as they were.
+   checks), validate (column rules) and fingerprint the rows while the district's students
+   and their `students_version` are read on a thread (one REPEATABLE READ snapshot); match
+   every row to its stored student once; find the rows whose password is neither the
+   stored student's (keyed fingerprint) nor already in the durable `password_hash_cache`;
+   hash them with argon2id in batches of `Engine.hash_batch_size` on the worker threads
+   and COMMIT each batch into the cache (and keep it in memory). A crash here loses at most
+   the batch being hashed: a retry or re-run of the file finds the finished batches and
+   hashes only the rest.
+2. one transaction under the district's lock: snapshot -> plan -> guard -> the
+   password_changed rows' hashes (phase 1's from memory, a stopped earlier run's from the
+   cache by one set-based join; hash inline only those missing, i.e. changed in between)
+   -> apply -> remove the used cache rows -> record. When `students_version` is still the
+   one phase 1 read, phase 1's students, matches and fingerprints are used as they are;
+   otherwise the students are read again. A failure anywhere here leaves the students as
+   they were.
 
 Phase 1 runs only when the connection is idle (the caller has no transaction open, so that
 each batch can commit) and not for a dry run; otherwise every hash is computed inline, as
@@ -258,7 +264,7 @@ def _to_hash_ahead(
     """The passwords the apply is likely to need hashed (student_id, password_fp,
     password): on rows without a column-rule error, whose Student ID is on one row only,
     and whose fingerprint is neither the stored student's (prepared.students at
-    prepared.positions) nor cached. Expires old cached hashes first."""
+    prepared.positions) nor cached (the cache is asked only when the district has any)."""
     assert read.rows is not None and read.column_errors is not None
     assert prepared.students is not None and prepared.positions is not None
     assert prepared.password_fps is not None
