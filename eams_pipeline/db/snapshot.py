@@ -91,37 +91,66 @@ _STUDENT_TYPES = {
 }
 
 
+_STUDENTS_QUERY = r"""
+SELECT count(*),
+       convert_to(string_agg(student_id, E'\n'), 'UTF8'),
+       convert_to(string_agg(lower(username), E'\n'), 'UTF8'),
+       string_agg(int8send(student_pk), ''::bytea),
+       string_agg(int8send(order_id), ''::bytea),
+       string_agg(int8send(school_id), ''::bytea),
+       string_agg(int8send(data_hash), ''::bytea),
+       string_agg(int8send(coalesce(password_fingerprint, 0)), ''::bytea),
+       string_agg(set_byte('\x00'::bytea, 0, (status = 'active')::int
+                                             + 2 * (password_fingerprint IS NULL)::int),
+                  ''::bytea)
+FROM students WHERE district_id = %s"""
+
+
 def load_district_students(conn: psycopg.Connection, district: District) -> pd.DataFrame:
-    """What the plan needs of every student of the district, in one value.
+    """What the plan needs of every student of the district, in one row of columns.
 
     Not a COPY: COPY TO sends one protocol message per row, and reading 900k of them is
     ~1 s of Python holding the GIL, which competes with the file's parsing that runs at
-    the same time. The server joins the rows into one CSV text instead (sent as one bytea)
-    and pyarrow parses it without the GIL. That text needs no quoting: every column is a
-    number or constrained by a CHECK to characters without commas, quotes or line breaks
-    (student_id, username, status: sql/002); an absent number is an empty field."""
-    (blob,) = (
-        conn.cursor(binary=True)
-        .execute(
-            """SELECT convert_to(string_agg(concat_ws(',', student_id, student_pk, status,
-                          order_id, school_id, coalesce(data_hash::text, ''),
-                          coalesce(password_fingerprint::text, ''), lower(username)),
-                      E'\\n'), 'UTF8')
-               FROM students WHERE district_id = %s""",
-            (district.district_id,),
-        )
-        .fetchone()
+    the same time. The server aggregates each column into one value instead (one pass, the
+    same row order in every aggregate): the numbers as 8-byte big-endian binaries
+    (`int8send`, read by numpy without parsing text: 0.65 s of server time for 900k
+    students against 1.05 s for the same as CSV text), the Student IDs and usernames as
+    line-separated text (a CHECK keeps line breaks out of both: sql/002, sql/011), and one
+    byte of flags per student (active; no password fingerprint)."""
+    count, ids, usernames, *numbers, flags = (
+        conn.cursor(binary=True).execute(_STUDENTS_QUERY, (district.district_id,)).fetchone()
     )
-    if blob is None:  # no students
+    if count == 0:
         return pd.DataFrame(
             {name: pd.Series(dtype=_pandas_type(t)) for name, t in _STUDENT_TYPES.items()}
         )
-    table = pacsv.read_csv(
-        io.BytesIO(blob),
-        read_options=pacsv.ReadOptions(column_names=list(_STUDENT_TYPES)),
-        convert_options=pacsv.ConvertOptions(column_types=_STUDENT_TYPES),
+    pk, order, school, data_hash, fingerprint = (
+        np.frombuffer(n, dtype=">i8").astype(np.int64) for n in numbers
     )
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    flag = np.frombuffer(flags, dtype=np.uint8)
+    status = pc.take(pa.array(["deactivated", "active"]), pa.array(flag & 1))
+
+    def lines(blob: bytes) -> pd.arrays.ArrowStringArray:
+        text = pc.split_pattern(pa.array([blob], pa.binary()), "\n").flatten()
+        return pd.array(text.cast(pa.string()), dtype="str")
+
+    def integers(values: np.ndarray, missing: np.ndarray | None = None) -> pd.arrays.IntegerArray:
+        return pd.arrays.IntegerArray(
+            values, np.zeros(count, dtype=bool) if missing is None else missing
+        )
+
+    return pd.DataFrame(
+        {
+            "student_id": lines(ids),
+            "student_pk": integers(pk),
+            "status": pd.array(status, dtype="str"),
+            "order_id": integers(order),
+            "school_id": integers(school),
+            "data_hash": integers(data_hash),
+            "password_fingerprint": integers(fingerprint, (flag & 2) > 0),
+            "username_lower": lines(usernames),
+        }
+    )
 
 
 def students_version(conn: psycopg.Connection, district_id: int) -> int:
