@@ -95,16 +95,21 @@ def take(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.D
     return found
 
 
-def forget(conn: psycopg.Connection, district_id: int) -> int:
-    """Remove the district's cached hashes of the passwords its students now have (after
-    an apply: what it used). Such a hash is never needed again: a file that sends that
-    password again matches the stored fingerprint and hashes nothing. Hashes of other
-    passwords (a held file's, a failed row's) stay until they expire."""
+def forget(
+    conn: psycopg.Connection, district_id: int, student_ids: list[str], fingerprints: list[int]
+) -> int:
+    """Remove the cache rows of the hashes an apply used: (Student ID, fingerprint) pairs of
+    the passwords it stored (one primary-key probe each; a join with the students read all
+    of the district's). Hashes of other passwords (a held file's, a failed row's) stay
+    until they expire."""
+    if not student_ids:
+        return 0
     cur = conn.execute(
-        """DELETE FROM password_hash_cache c USING students s
-           WHERE c.district_id = %s AND s.district_id = %s AND s.student_id = c.student_id
-             AND s.password_fingerprint = c.password_fingerprint""",
-        (district_id, district_id),
+        """DELETE FROM password_hash_cache c
+           USING unnest(%s::text[], %s::bigint[]) AS used(student_id, password_fingerprint)
+           WHERE c.district_id = %s AND c.student_id = used.student_id
+             AND c.password_fingerprint = used.password_fingerprint""",
+        (student_ids, fingerprints, district_id),
     )
     return cur.rowcount
 

@@ -484,7 +484,15 @@ def process_upload(
                     ahead = prepared.hashes = None  # in `hashes` now: not twice in memory
                 with clock.step("apply"):
                     db_apply.apply_plan(conn, district.district_id, record.upload_id, plan, hashes)
-                    password_cache.forget(conn, district.district_id)
+                    used = plan.changes.loc[
+                        plan.changes["password_changed"], ["student_id", "password_fp"]
+                    ]
+                    password_cache.forget(
+                        conn,
+                        district.district_id,
+                        used["student_id"].tolist(),
+                        used["password_fp"].astype("int64").tolist(),
+                    )
 
         if record is None:
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
