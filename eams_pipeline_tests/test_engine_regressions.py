@@ -112,3 +112,46 @@ def test_fingerprints_keep_the_values_stored_databases_hold() -> None:
         7152781117316691848,
         2331247913305120228,
     ]
+
+
+def test_the_districts_students_are_read_back_exactly(conn) -> None:
+    """load_district_students sends numbers as binaries and flags in a byte: every value,
+    a missing fingerprint and the status must come back as SQL has them, in one row
+    order across the columns."""
+    import pandas as pd
+
+    from eams_pipeline.db.districts import get_district
+    from eams_pipeline.db.snapshot import load_district_students
+    from eams_pipeline_tests.builders import district_doc, existing_student, load
+
+    load(
+        conn,
+        district_doc(
+            existing=[
+                existing_student("S1"),
+                existing_student("S-2.x", status="deactivated", username="Mixed.Case@2"),
+                existing_student("S3"),
+            ]
+        ),
+        district_doc(code="D2", existing=[existing_student("OTHER", order="ENT-D2")]),
+    )
+    conn.execute(
+        "UPDATE students SET password_fingerprint = -9223372036854775807 "
+        "WHERE student_id = 'S3'"
+    )
+    district = get_district(conn, "D1")
+    got = load_district_students(conn, district).sort_values("student_pk")
+    expected = conn.execute(
+        "SELECT student_id, student_pk, status, order_id, school_id, data_hash, "
+        "password_fingerprint, lower(username) FROM students WHERE district_id = %s "
+        "ORDER BY student_pk",
+        (district.district_id,),
+    ).fetchall()
+    assert len(got) == 3
+    assert got["password_fingerprint"].isna().tolist() == [True, True, False]
+    rows = [
+        tuple(None if pd.isna(v) else (int(v) if not isinstance(v, str) else v) for v in r)
+        for r in got.itertuples(index=False)
+    ]
+    assert rows == expected
+    assert got["status"].tolist().count("deactivated") == 1
