@@ -50,19 +50,11 @@ class Keyed(NamedTuple):
     staged: int  # the changes of stored students, in stage_updates
 
 
-# what the apply reads of plan.changes (not a copy of all its columns)
-_CHANGE_COLUMNS = [
-    "student_pk", "line", "outcome", "student_id", "school_id", *_DATA, "password_fp",
-    "password_changed", "data_hash", "data_changed", "status_after", "order_after",
-    "status_before", "order_before", "school_before",
-]  # fmt: skip
-
-
 def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Series) -> Keyed:
     """Key the new students (from the students sequence); stage the changes of the stored
     students (for the UPDATE, which reads their before-images in the database). The new
     students are written straight from the frame returned."""
-    c = plan.changes[_CHANGE_COLUMNS]
+    c = plan.changes  # core.plan.CHANGE_COLUMNS: what the apply and the hashing read
     if c.empty:
         return Keyed(c, np.zeros(0, dtype="int64"), 0)
     new = c["student_pk"].isna()

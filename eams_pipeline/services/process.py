@@ -163,7 +163,7 @@ class Prepared:
     positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
     data_hashes: np.ndarray | None = None  # data_fingerprint of read.rows
-    cached_hashes: bool = False  # the district had hashes in the cache (a stopped run's)
+    cache_in_use: bool = False  # the district had hashes in the cache (a stopped run's)
     # the hashes phase 1 computed (and committed to the cache), by row of read.rows;
     # the apply takes them (and drops them here)
     hashes: pd.Series | None = None
@@ -227,7 +227,7 @@ def prepare_upload(
         return prepared
     with clock.step("match"):
         prepared.students, prepared.students_version = students, version
-        prepared.cached_hashes = cached
+        prepared.cache_in_use = cached
         prepared.positions = student_positions(read.rows["student_id"], students)
     with clock.step("hash_select"):
         todo = _to_hash_ahead(conn, district, read, prepared, engine)
@@ -291,7 +291,7 @@ def _to_hash_ahead(
         },
         index=rows.index[picked],
     )
-    if not prepared.cached_hashes:  # nothing cached for the district: hash every one
+    if not prepared.cache_in_use:  # nothing cached for the district: hash every one
         return keys
     return keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
 
