@@ -177,11 +177,12 @@ def load_snapshot(
     conn: psycopg.Connection,
     district: District,
     rows: pd.DataFrame,
-    students: pd.DataFrame | None = None,
+    students: pd.DataFrame,
     positions: np.ndarray | None = None,
 ) -> DistrictSnapshot:
-    """The district's state for a plan of `rows` (`students` when already loaded;
-    `positions`: core.plan.student_positions of the rows in them, when computed)."""
+    """The district's state for a plan of `rows`, given its `students` (read by
+    load_district_students; `positions`: core.plan.student_positions of the rows in them,
+    when already computed)."""
     d = district.district_id
     bin_available = conn.execute(
         "SELECT size - used FROM orders WHERE order_id = %s", (district.enterprise_order_id,)
@@ -198,9 +199,6 @@ def load_snapshot(
             "holding_bin": pa.bool_(),
         },
     )
-    if students is None:
-        students = load_district_students(conn, district)
-        positions = None
     if positions is None:
         positions = student_positions(rows["student_id"], students)
     claimed = _not_own_username(rows, students, positions)
