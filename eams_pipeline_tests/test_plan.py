@@ -39,9 +39,12 @@ def snapshot(students: list[dict], bin_available: int = 10) -> DistrictSnapshot:
             "school_id",
             "data_hash",
             "password_fingerprint",
+            "username_lower",
         ],
     ).astype({"student_pk": "Int64", "order_id": "Int64", "school_id": "Int64"})
-    frame = frame.astype({"data_hash": "Int64", "password_fingerprint": "Int64"})
+    frame = frame.astype(
+        {"data_hash": "Int64", "password_fingerprint": "Int64", "username_lower": "str"}
+    )
     return DistrictSnapshot(
         district_id=1,
         enterprise_order_id=ENT,
@@ -135,3 +138,83 @@ def test_repeated_student_ids_from_positions_match_repeated_values() -> None:
     expected = [True, True, False, True, True, False, False, False]
     assert repeated_values(ids).tolist() == expected
     assert repeated_student_ids(ids, positions).tolist() == expected
+
+
+def test_repeated_usernames_by_positions_match_repeated_values() -> None:
+    """Own usernames keyed by their student's position, the others by the stored student
+    who holds them or among themselves: the same rows as hashing every username. Covers a
+    new student claiming a stored student's username (in another case), two rows of one
+    student, a username held by no one on two rows, a missing username, and a stored
+    student renamed to a username another row also claims."""
+    import numpy as np
+    import pyarrow as pa
+
+    from eams_pipeline.core.plan import (
+        lower_usernames,
+        own_usernames,
+        repeated_usernames,
+        repeated_values,
+        student_positions,
+    )
+
+    students = pd.DataFrame(
+        {
+            "student_id": pd.Series(["S1", "S2", "S3", "S4"], dtype="str"),
+            "username_lower": pd.Series(["ann", "bob", "cy", "dee"], dtype="str"),
+        }
+    )
+    ids = pd.Series(["S1", "N1", "S2", "S2", "N2", "N3", "N4", "S3", "N5", "S4", "N6"], dtype="str")
+    names = pd.Series(
+        ["Ann", "ANN", "bob", "Bob", "zed", "Zed", None, "neu", "NEU", "dee", "solo"],
+        dtype="str",
+    )
+    expected = repeated_values(pd.Series(lower_usernames(names), dtype="str")).tolist()
+    assert expected == [True, True, True, True, True, True, False, True, True, False, False]
+    positions = student_positions(ids, students)
+    lowered = lower_usernames(names)
+    own = own_usernames(lowered, students, positions)
+    assert own.tolist() == [True, False, True, True, False, False, False, False, False, True, False]
+    assert repeated_usernames(lowered, own, students, positions).tolist() == expected
+    # no stored students (an onboarding file): every username is hashed
+    none = students.iloc[0:0]
+    at = np.full(len(ids), -1)
+    assert (
+        repeated_usernames(lowered, own_usernames(lowered, none, at), none, at).tolist() == expected
+    )
+    assert (
+        repeated_usernames(pa.array([], pa.string()), np.zeros(0, bool), students, at[:0]).tolist()
+        == []
+    )
+
+
+def test_repeated_usernames_agree_with_repeated_values_on_random_files() -> None:
+    import numpy as np
+
+    from eams_pipeline.core.plan import (
+        lower_usernames,
+        own_usernames,
+        repeated_usernames,
+        repeated_values,
+        student_positions,
+    )
+
+    rng = np.random.default_rng(11)
+    pool = np.array([f"u{i}" for i in range(40)] + [f"U{i}" for i in range(40)], dtype=object)
+    for _ in range(200):
+        n_stored = int(rng.integers(0, 30))
+        stored_names = rng.choice(40, size=n_stored, replace=False)
+        students = pd.DataFrame(
+            {
+                "student_id": pd.Series([f"S{i}" for i in range(n_stored)], dtype="str"),
+                "username_lower": pd.Series([f"u{i}" for i in stored_names], dtype="str"),
+            }
+        )
+        n = int(rng.integers(0, 60))
+        ids = pd.Series([f"S{i}" for i in rng.integers(0, 45, size=n)], dtype="str")
+        names = pd.Series(rng.choice(pool, size=n), dtype="str")
+        names[rng.random(n) < 0.1] = None
+        lowered = lower_usernames(names)
+        positions = student_positions(ids, students)
+        own = own_usernames(lowered, students, positions)
+        expected = repeated_values(pd.Series(lowered, dtype="str"))
+        assert repeated_usernames(lowered, own, students, positions).tolist() == expected.tolist()

@@ -40,11 +40,14 @@ class DistrictSnapshot:
 
     schools:  code, school_id, active, holding_bin (bool)           - this district's schools
     students: student_id, student_pk, status, order_id, school_id,
-              data_hash, password_fingerprint (nullable)            - this district's students
+              data_hash, password_fingerprint (nullable),
+              username_lower                                        - this district's students
     taken_usernames: username_lower, district_id, student_id        - who holds a file username
     grades: the district's participating grades (normalised: K, 1..12); None: every grade
     positions: for each row of the upload the snapshot was read for, its student's position
                in `students` (student_positions; -1: none); None: the plan looks them up
+    own_usernames: for each of those rows, whether its username is already its stored
+               student's (own_usernames); None: the plan computes it
     """
 
     district_id: int
@@ -55,6 +58,7 @@ class DistrictSnapshot:
     taken_usernames: pd.DataFrame
     grades: frozenset[str] | None = None
     positions: np.ndarray | None = None
+    own_usernames: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -107,20 +111,26 @@ def make_plan(
     valid_id = _passes_column_rules(df, row_errors, "student_id")
     valid_username = _passes_column_rules(df, row_errors, "username")
     valid_status = _passes_column_rules(df, row_errors, "status")
-    df["username_lower"] = pd.Series(
-        pc.utf8_lower(_arrow(df["username"])), index=df.index, dtype="str"
-    )
+    username_lower = lower_usernames(df["username"])
+    df["username_lower"] = pd.Series(username_lower, index=df.index, dtype="str")
 
     positions = snapshot.positions
     if positions is None:
         positions = student_positions(df["student_id"], snapshot.students)
+    own = snapshot.own_usernames
+    if own is None:
+        own = own_usernames(username_lower, snapshot.students, positions)
     for repeated, column, code in (
         (
             repeated_student_ids(df["student_id"], positions),
             "student_id",
             ErrorCode.DUPLICATE_STUDENT_ID,
         ),
-        (repeated_values(df["username_lower"]), "username", ErrorCode.DUPLICATE_USERNAME),
+        (
+            repeated_usernames(username_lower, own, snapshot.students, positions),
+            "username",
+            ErrorCode.DUPLICATE_USERNAME,
+        ),
     ):
         repeated = pd.Series(repeated, index=df.index)
         text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
@@ -308,6 +318,53 @@ def repeated_student_ids(student_ids: pd.Series, positions: np.ndarray) -> np.nd
     out = np.zeros(len(positions), dtype=bool)
     out[stored] = counts[positions[stored]] > 1
     out[~stored] = repeated_values(student_ids[~stored])
+    return out
+
+
+def lower_usernames(usernames: pd.Series) -> pa.Array:
+    """The usernames lower-cased: they are unique and compared case-insensitively."""
+    return pc.utf8_lower(_arrow(usernames))
+
+
+def own_usernames(
+    username_lower: pa.Array, students: pd.DataFrame, positions: np.ndarray
+) -> np.ndarray:
+    """Whether each row's username (lower-cased) is already its stored student's (at
+    `positions`; -1: none). Usernames are unique across MY Access: no one else holds such a
+    username, and on a nightly file that is nearly every row."""
+    if len(students) == 0:
+        return np.zeros(len(positions), dtype=bool)
+    stored = pc.take(_arrow(students["username_lower"]), pa.array(positions, mask=positions < 0))
+    return pc.fill_null(pc.equal(stored, username_lower), False).to_numpy(zero_copy_only=False)
+
+
+def repeated_usernames(
+    username_lower: pa.Array, own: np.ndarray, students: pd.DataFrame, positions: np.ndarray
+) -> np.ndarray:
+    """repeated_values of the lower-cased usernames, mostly by integers: an `own` row's
+    username is keyed by its stored student's position (`positions`); the other rows'
+    distinct usernames by the position of the stored student who holds one (stored
+    usernames are unique), else by a number of their own. Two rows share a key exactly
+    when they share a username. Only the other rows' usernames are hashed (on a nightly
+    file, the new and renamed students'), and the stored ones are probed against them."""
+    n_stored = len(students)
+    keys = np.where(own, positions, -1).astype("int64")
+    other = np.flatnonzero(~own)
+    if len(other):
+        encoded = pc.dictionary_encode(pc.take(username_lower, pa.array(other)))
+        codes = pc.fill_null(encoded.indices, -1).to_numpy().astype("int64")  # -1: none
+        distinct = encoded.dictionary
+        key_of = n_stored + np.arange(len(distinct), dtype="int64")  # held by no student
+        if n_stored:
+            # the stored usernames probed against the few distinct ones (a small hash table)
+            at = _positions(_arrow(students["username_lower"]), distinct)
+            holder = np.flatnonzero(at >= 0)
+            key_of[at[holder]] = holder
+        keys[other] = np.where(codes >= 0, key_of[np.maximum(codes, 0)], -1)
+    present = keys >= 0
+    counts = np.bincount(keys[present], minlength=1)
+    out = np.zeros(len(keys), dtype=bool)
+    out[present] = counts[keys[present]] > 1
     return out
 
 

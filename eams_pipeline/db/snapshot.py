@@ -17,7 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.core.plan import DistrictSnapshot, student_positions
+from eams_pipeline.core.plan import (
+    DistrictSnapshot,
+    lower_usernames,
+    own_usernames,
+    student_positions,
+)
 from eams_pipeline.db.districts import District
 
 
@@ -201,7 +206,10 @@ def load_snapshot(
     )
     if positions is None:
         positions = student_positions(rows["student_id"], students)
-    claimed = _not_own_username(rows, students, positions)
+    # no one else can hold a row's own username: on a nightly file that leaves only the
+    # new and renamed students' usernames to lock and to look up in the database
+    own = own_usernames(lower_usernames(rows["username"]), students, positions)
+    claimed = rows[~own]
     lock_usernames(conn, claimed["username"])
     return DistrictSnapshot(
         district_id=d,
@@ -212,6 +220,7 @@ def load_snapshot(
         taken_usernames=_usernames_held_by_others(conn, d, claimed),
         grades=frozenset(district.grades) if district.grades is not None else None,
         positions=positions,
+        own_usernames=own,
     )
 
 
@@ -246,22 +255,6 @@ def lock_usernames(conn: psycopg.Connection, usernames: pd.Series) -> None:
         ") keys",
         (USERNAME_LOCK_SPACE, wanted),
     )
-
-
-def _not_own_username(
-    rows: pd.DataFrame, students: pd.DataFrame, positions: np.ndarray
-) -> pd.DataFrame:
-    """The rows whose username is not already their own student's. Usernames are unique
-    across MY Access, so no one else can hold a row's own username: on a nightly file that
-    leaves only the new and renamed students to look up in the database."""
-
-    def arrow(column: pd.Series) -> pa.Array:
-        return pa.array(column, type=pa.string(), from_pandas=True)
-
-    at = pa.array(positions, mask=positions < 0)
-    stored = pc.take(arrow(students["username_lower"]), at)
-    own = pc.fill_null(pc.equal(stored, pc.utf8_lower(arrow(rows["username"]))), False)
-    return rows[~own.to_numpy(zero_copy_only=False)]
 
 
 def _usernames_held_by_others(
