@@ -72,9 +72,12 @@ def test_a_value_holding_the_fingerprint_separator_cannot_mask_a_change() -> Non
     plain = pd.DataFrame([base], dtype="str")
     assert data_fingerprint(plain)[0] == data_fingerprint(plain.copy())[0]
     ids, pw = pd.Series(["S1"], dtype="str"), pd.Series(["p\x1fw"], dtype="str")
-    assert password_fingerprint(ids, pw, "0123456789abcdef")[0] != password_fingerprint(
-        pd.Series(["S1\x1fp"], dtype="str"), pd.Series(["w"], dtype="str"), "0123456789abcdef"
-    )[0]
+    assert (
+        password_fingerprint(ids, pw, "0123456789abcdef")[0]
+        != password_fingerprint(
+            pd.Series(["S1\x1fp"], dtype="str"), pd.Series(["w"], dtype="str"), "0123456789abcdef"
+        )[0]
+    )
 
 
 def test_fingerprints_keep_the_values_stored_databases_hold() -> None:
@@ -114,6 +117,37 @@ def test_fingerprints_keep_the_values_stored_databases_hold() -> None:
     ]
 
 
+def test_fingerprints_are_the_same_whatever_the_chunk_size(monkeypatch) -> None:
+    """Rows are joined and hashed chunk by chunk; a chunk edge changes no value, and a
+    separator in a late chunk escapes every row of the file, as it did when the whole file
+    was one chunk."""
+    import pandas as pd
+
+    from eams_pipeline.core import fingerprints
+    from eams_pipeline.core.template import DATA_COLUMNS
+
+    values = [f"v{i}" for i in range(10)]
+    frame = pd.DataFrame({c: values for c in DATA_COLUMNS}, dtype="str")
+    frame.loc[4, "email"] = None
+    frame.loc[1, "first_name"] = "a\\b"  # a backslash: changed by escaping, if escaped
+    with_separator = frame.copy()
+    with_separator.loc[9, "last_name"] = "a\x1fb"
+    ids, passwords = frame["student_id"], frame["last_name"]
+    whole = [
+        fingerprints.data_fingerprint(frame).tolist(),
+        fingerprints.data_fingerprint(with_separator).tolist(),
+        fingerprints.password_fingerprint(ids, passwords, "0123456789abcdef").tolist(),
+    ]
+    # the separator on the last row escapes the backslash of the second row too
+    assert whole[0][1] != whole[1][1] and whole[0][0] == whole[1][0]
+    monkeypatch.setattr(fingerprints, "_CHUNK_ROWS", 3)
+    assert [
+        fingerprints.data_fingerprint(frame).tolist(),
+        fingerprints.data_fingerprint(with_separator).tolist(),
+        fingerprints.password_fingerprint(ids, passwords, "0123456789abcdef").tolist(),
+    ] == whole
+
+
 def test_the_districts_students_are_read_back_exactly(conn) -> None:
     """load_district_students sends numbers as binaries and flags in a byte: every value,
     a missing fingerprint and the status must come back as SQL has them, in one row
@@ -136,8 +170,7 @@ def test_the_districts_students_are_read_back_exactly(conn) -> None:
         district_doc(code="D2", existing=[existing_student("OTHER", order="ENT-D2")]),
     )
     conn.execute(
-        "UPDATE students SET password_fingerprint = -9223372036854775807 "
-        "WHERE student_id = 'S3'"
+        "UPDATE students SET password_fingerprint = -9223372036854775807 WHERE student_id = 'S3'"
     )
     district = get_district(conn, "D1")
     got = load_district_students(conn, district).sort_values("student_pk")

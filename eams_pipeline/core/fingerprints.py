@@ -23,19 +23,32 @@ _SEPARATOR_BYTE = 0x1F
 _DATA_KEY = "eams-data-v1-key"  # 16 bytes; public on purpose: the data is stored in clear
 
 
-def _join(columns: list[pd.Series]) -> np.ndarray:
-    """Each row's values joined by the separator, unambiguously: should a value hold the
-    separator itself (it never does in practice), every value is escaped first. Returned
-    as UTF-8 bytes objects: pandas hashes a str by encoding it to UTF-8 first, so the hashes
-    are the same, and bytes are made and hashed ~5x faster (no decoding, no encoding)."""
+_CHUNK_ROWS = 65_536  # rows joined and hashed at a time (memory: a chunk's, not the file's)
+
+
+def _fingerprint(columns: list[pd.Series], key: str) -> np.ndarray:
+    """SipHash of each row's values joined by the separator, unambiguously: should a value
+    hold the separator itself (it never does in practice), every value of every row is
+    escaped first. The joined values are hashed as UTF-8 bytes objects: pandas hashes a str
+    by encoding it to UTF-8 first, so the hashes are the same, and bytes are made and
+    hashed ~5x faster (no decoding, no encoding). Chunk by chunk: the joined text and its
+    bytes objects (~300 MB for 1M rows) never exist for the whole file at once, so the same
+    memory serves every chunk instead of new pages for all of them."""
     arrays = [pa.array(c, type=pa.string(), from_pandas=True) for c in columns]
-    if any(_holds_separator(a) for a in arrays):
-        arrays = [
-            pc.replace_substring(pc.replace_substring(a, "\\", "\\\\"), _SEPARATOR, "\\u")
-            for a in arrays
-        ]
-    joined = _join_arrays(arrays).cast(pa.binary())
-    return np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
+    escape = any(_holds_separator(a) for a in arrays)
+    n = len(columns[0])
+    out = np.empty(n, dtype=np.int64)
+    for start in range(0, n, _CHUNK_ROWS):
+        part = [a.slice(start, _CHUNK_ROWS) for a in arrays]
+        if escape:
+            part = [
+                pc.replace_substring(pc.replace_substring(a, "\\", "\\\\"), _SEPARATOR, "\\u")
+                for a in part
+            ]
+        joined = _join_arrays(part).cast(pa.binary())
+        values = np.asarray(joined.to_numpy(zero_copy_only=False), dtype=object)
+        out[start : start + len(values)] = _siphash(values, key)
+    return out
 
 
 def _holds_separator(values: pa.Array | pa.ChunkedArray) -> bool:
@@ -64,7 +77,7 @@ def _siphash(values: np.ndarray, key: str) -> np.ndarray:
 
 def data_fingerprint(frame: pd.DataFrame) -> np.ndarray:
     """One int64 per row over the data columns (normalised values; absent = empty)."""
-    return _siphash(_join([frame[c] for c in DATA_COLUMNS]), _DATA_KEY)
+    return _fingerprint([frame[c] for c in DATA_COLUMNS], _DATA_KEY)
 
 
 def fingerprint_key(secret: bytes) -> str:
@@ -75,4 +88,4 @@ def fingerprint_key(secret: bytes) -> str:
 
 def password_fingerprint(student_ids: pd.Series, passwords: pd.Series, key: str) -> np.ndarray:
     """One int64 per row over (Student ID, password), keyed by the server secret."""
-    return _siphash(_join([student_ids, passwords]), key)
+    return _fingerprint([student_ids, passwords], key)

@@ -323,7 +323,7 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 def normalise(rows: pd.DataFrame) -> pd.DataFrame:
     """Stored forms: Grade `K` or `1`..`12` without a leading zero, Status upper-case
     (`IGNORE` read as `I`)."""
-    out = rows.copy()
+    out = rows.copy(deep=False)  # copy-on-write: only the two columns below are new
     out["grade"] = _per_distinct(
         out["grade"], lambda s: s.str.upper().str.replace(r"^0(?=[1-9]$)", "", regex=True)
     )
