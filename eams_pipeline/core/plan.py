@@ -63,7 +63,9 @@ class DistrictSnapshot:
 
 @dataclass(frozen=True)
 class Plan:
-    """rows: one row per well-formed data row, indexed by `row`, with its decision.
+    """rows: the well-formed data rows decided one by one, indexed by `row`, with their
+             decision: every row but the quiet ones (make_plan._quiet: unchanged and
+             breaking no rule, counted in counts["unchanged"] only).
     changes: the rows that write a student (added, activated, deactivated, updated), with
              CHANGE_COLUMNS only (what the apply and the hashing read).
     license_deltas: order_id, delta - what each order's `used` counter moves by.
@@ -107,30 +109,50 @@ def make_plan(
     data_fingerprint) are computed unless the caller has them."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
-    # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
-    valid_id = _passes_column_rules(df, row_errors, "student_id")
-    valid_username = _passes_column_rules(df, row_errors, "username")
-    valid_status = _passes_column_rules(df, row_errors, "status")
     username_lower = lower_usernames(df["username"])
-    df["username_lower"] = pd.Series(username_lower, index=df.index, dtype="str")
-
     positions = snapshot.positions
     if positions is None:
         positions = student_positions(df["student_id"], snapshot.students)
     own = snapshot.own_usernames
     if own is None:
         own = own_usernames(username_lower, snapshot.students, positions)
+    repeated_ids = repeated_student_ids(df["student_id"], positions)
+    repeated_names = repeated_usernames(username_lower, own, snapshot.students, positions)
+    if password_fps is None:
+        password_fps = password_fingerprint(df["student_id"], df["password"], fingerprint_key)
+    if data_hashes is None:
+        data_hashes = data_fingerprint(df)
+
+    # The quiet rows (on a nightly file, most of them) are unchanged and break no rule by
+    # construction (_quiet): they are counted, and only the other rows are decided below.
+    quiet = _quiet(
+        df,
+        row_errors,
+        snapshot,
+        positions,
+        own,
+        repeated_ids | repeated_names,
+        password_fps,
+        data_hashes,
+    )
+    if quiet.any():
+        rest = ~quiet
+        df = df[rest]
+        username_lower = username_lower.filter(pa.array(rest))
+        positions, repeated_ids, repeated_names = (
+            positions[rest],
+            repeated_ids[rest],
+            repeated_names[rest],
+        )
+        password_fps, data_hashes = password_fps[rest], data_hashes[rest]
+    df["username_lower"] = pd.Series(username_lower, index=df.index, dtype="str")
+    # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
+    valid_id = _passes_column_rules(df, row_errors, "student_id")
+    valid_username = _passes_column_rules(df, row_errors, "username")
+    valid_status = _passes_column_rules(df, row_errors, "status")
     for repeated, column, code in (
-        (
-            repeated_student_ids(df["student_id"], positions),
-            "student_id",
-            ErrorCode.DUPLICATE_STUDENT_ID,
-        ),
-        (
-            repeated_usernames(username_lower, own, snapshot.students, positions),
-            "username",
-            ErrorCode.DUPLICATE_USERNAME,
-        ),
+        (repeated_ids, "student_id", ErrorCode.DUPLICATE_STUDENT_ID),
+        (repeated_names, "username", ErrorCode.DUPLICATE_USERNAME),
     ):
         repeated = pd.Series(repeated, index=df.index)
         text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
@@ -226,24 +248,91 @@ def make_plan(
     )
     applied = ok & df["license_granted"]
 
-    df = _changes(
-        df, applied, snapshot.enterprise_order_id, fingerprint_key, password_fps, data_hashes
-    )
+    df = _changes(df, applied, snapshot.enterprise_order_id, password_fps, data_hashes)
     all_errors = concat_errors(errors)
     df.loc[df.index.isin(all_errors["row"].unique()), "outcome"] = "errors"
-    plan = _finish(df, all_errors, total_rows)
+    plan = _finish(df, all_errors, total_rows, quiet=int(quiet.sum()))
     if full_roster:
-        plan = with_missing(plan, snapshot, row_errors)
+        plan = with_missing(plan, snapshot, rows, row_errors)
     return plan
 
 
-def with_missing(plan: Plan, snapshot: DistrictSnapshot, row_errors: pd.DataFrame) -> Plan:
+def _quiet(
+    df: pd.DataFrame,
+    row_errors: pd.DataFrame,
+    snapshot: DistrictSnapshot,
+    positions: np.ndarray,
+    own: np.ndarray,
+    repeated: np.ndarray,
+    password_fps: np.ndarray,
+    data_hashes: np.ndarray,
+) -> np.ndarray:
+    """The rows that change nothing and can break no rule, decided from integers: a row of a
+    stored student (`positions`) on the Enterprise order, whose Student ID and (own,
+    `own`) username are on no other row (`repeated`), breaking no column rule, whose
+    status flag keeps the student as it is (transitions 1 and 6 for an active student,
+    9 and 12 for a deactivated one: no license moves), at an open school of the district
+    (a participating grade, when the district names them), with the stored data
+    fingerprint and no password or the stored one. Each of these is the plan's own test
+    for that rule or outcome, so such a row would be decided `unchanged` without an error
+    (the reference equivalence tests hold the two together); every other row is decided
+    by the whole plan."""
+    students = snapshot.students
+    n = len(df)
+    if len(students) == 0 or n == 0:
+        return np.zeros(n, dtype=bool)
+    known = positions >= 0
+    at = np.where(known, positions, 0)
+
+    def stored(column: str) -> tuple[np.ndarray, np.ndarray]:  # values at `at`, present
+        values = students[column]
+        return values.to_numpy(dtype="int64", na_value=0)[at], values.notna().to_numpy()[at]
+
+    order, _ = stored("order_id")
+    data_hash, has_data_hash = stored("data_hash")
+    password_fp, has_password_fp = stored("password_fingerprint")
+    active = (students["status"] == ACTIVE).to_numpy(dtype=bool)[at]
+    flag = df["status"].to_numpy(dtype=object, na_value="")
+    keeps = np.where(active, (flag == "A") | (flag == "I"), (flag == "D") | (flag == "I"))
+    password = df["password"].notna().to_numpy()
+    quiet = (
+        known
+        & own
+        & ~repeated
+        & ~_in_rows(df, row_errors["row"].to_numpy())
+        & (order == snapshot.enterprise_order_id)
+        & keeps
+        & has_data_hash
+        & (data_hash == data_hashes)
+        & (~password | (has_password_fp & (password_fp == password_fps)))
+    )
+    schools = snapshot.schools
+    open_schools = schools[schools["active"] & ~schools["holding_bin"]]
+    quiet &= _positions(_arrow(df["school_code"]), _arrow(open_schools["code"])) >= 0
+    if snapshot.grades is not None:
+        quiet &= df["grade"].isin(sorted(snapshot.grades)).to_numpy(dtype=bool, na_value=False)
+    return quiet
+
+
+def _in_rows(df: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Whether each row of df (its index: `row`, ascending) is one of `rows`."""
+    index = df.index.to_numpy()
+    at = np.searchsorted(index, rows)
+    hit = at[(at < len(index)) & (index[np.minimum(at, len(index) - 1)] == rows)]
+    out = np.zeros(len(index), dtype=bool)
+    out[hit] = True
+    return out
+
+
+def with_missing(
+    plan: Plan, snapshot: DistrictSnapshot, rows: pd.DataFrame, row_errors: pd.DataFrame
+) -> Plan:
     """Full roster: every active student of the district whose Student ID is on no row of
     the file (a row with errors, even a malformed one, still names its student) is
     deactivated as by a D row (transitions 3 and 4): status deactivated, same order, one
     license back to its order (the bin for Enterprise)."""
     named = pd.concat(
-        [plan.rows["student_id"].dropna(), row_errors["student_id"].replace("", pd.NA).dropna()]
+        [rows["student_id"].dropna(), row_errors["student_id"].replace("", pd.NA).dropna()]
     )
     students = snapshot.students
     absent = students[
@@ -513,17 +602,11 @@ def _changes(
     df: pd.DataFrame,
     applied: pd.Series,
     enterprise_order_id: int,
-    fingerprint_key: str,
-    password_fps: np.ndarray | None,
-    data_hashes: np.ndarray | None,
+    password_fps: np.ndarray,
+    data_hashes: np.ndarray,
 ) -> pd.DataFrame:
-    df["data_hash"] = data_fingerprint(df) if data_hashes is None else data_hashes
-    fingerprints = (
-        password_fingerprint(df["student_id"], df["password"], fingerprint_key)
-        if password_fps is None
-        else password_fps
-    )
-    df["password_fp"] = pd.Series(fingerprints, index=df.index, dtype="Int64").where(
+    df["data_hash"] = data_hashes
+    df["password_fp"] = pd.Series(password_fps, index=df.index, dtype="Int64").where(
         df["password"].notna(), pd.NA
     )
     df["order_after"] = df["order_before"].where(
@@ -571,7 +654,7 @@ CHANGE_COLUMNS = (
 )
 
 
-def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
+def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int, quiet: int) -> Plan:
     # only the columns the apply needs: not a copy of every column of df
     changes = df.loc[df["outcome"].isin(CHANGES).to_numpy(), list(CHANGE_COLUMNS)]
     # the decision columns are categorical over all rows (cheap to build); the changes
@@ -598,6 +681,7 @@ def _finish(df: pd.DataFrame, errors: pd.DataFrame, total_rows: int) -> Plan:
 
     tally = df["outcome"].value_counts()
     counts = {name: int(tally.get(name, 0)) for name in OUTCOMES}
+    counts["unchanged"] += quiet  # the quiet rows, not in df
     # malformed rows (wrong field count) are not in df: they are errors too
     counts["errors"] = total_rows - sum(v for k, v in counts.items() if k != "errors")
     counts = {"rows": total_rows, **counts}
