@@ -292,8 +292,8 @@ def _quiet(
     data_hash, has_data_hash = stored("data_hash")
     password_fp, has_password_fp = stored("password_fingerprint")
     active = (students["status"] == ACTIVE).to_numpy(dtype=bool)[at]
-    flag = df["status"].to_numpy(dtype=object, na_value="")
-    keeps = np.where(active, (flag == "A") | (flag == "I"), (flag == "D") | (flag == "I"))
+    flag = _positions(_arrow(df["status"]), pa.array(_FLAGS))  # A D X I: 0 1 2 3
+    keeps = (flag == 3) | np.where(active, flag == 0, flag == 1)  # I, or A / D as stored
     password = df["password"].notna().to_numpy()
     quiet = (
         known
