@@ -72,3 +72,49 @@ def test_two_districts_creating_the_same_username_end_as_if_serial(
         assert result_second.errors["student_id"].tolist() == ["B1"]
         assert set(students(watch, "D1")) == {"A1", "A2"}
         assert set(students(watch, "D2")) == {"B2"}
+
+
+@pytest.mark.parametrize("probe", [True, False])
+def test_taken_usernames_are_the_same_found_by_index_probes_or_by_the_planners_join(
+    conn: psycopg.Connection, probe: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holders of a file's new usernames are looked up by one index probe each, or by
+    the planner's own join when the file claims a good share of the table: the same
+    USERNAME_TAKEN either way (another district's holder, in another case; a renamed
+    student of the district itself; a student's own username is never taken)."""
+    monkeypatch.setattr(
+        snapshot, "_probe_by_index", lambda _conn, _n: snapshot._PROBE_SETTINGS if probe else {}
+    )
+    load(conn, district_doc(code="D1"), district_doc(code="D2"))
+    assert (
+        run(
+            conn, [row("B1", username="Held.Name"), row("B2", username="b2.own")], district="D2"
+        ).counts["added"]
+        == 2
+    )
+    assert run(conn, [row("A1", username="own.one")], district="D1").counts["added"] == 1
+    result = run(
+        conn,
+        [
+            row("A1", username="own.one"),  # its own username
+            row("A2", username="HELD.name"),  # D2's B1 holds it
+            row("A3", username="fresh.name"),
+        ],
+        district="D1",
+    )
+    assert result.error_codes == {"USERNAME_TAKEN": 1}
+    assert result.errors["line"].tolist() == [3]
+    assert set(students(conn)) == {"A1", "A3"}
+
+
+def test_local_settings_hold_inside_and_are_put_back_after(conn: psycopg.Connection) -> None:
+    from eams_pipeline.db.connection import local_settings
+
+    def setting(name: str) -> str:
+        return conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+
+    with conn.transaction():
+        conn.execute("SET LOCAL work_mem = '8MB'")
+        with local_settings(conn, {"enable_hashjoin": "off", "work_mem": "64MB"}):
+            assert (setting("enable_hashjoin"), setting("work_mem")) == ("off", "64MB")
+        assert (setting("enable_hashjoin"), setting("work_mem")) == ("on", "8MB")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -24,3 +27,24 @@ def create_database_if_missing(url: str | None = None) -> bool:
             return False
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return True
+
+
+@contextmanager
+def local_settings(conn: psycopg.Connection, settings: dict[str, str]) -> Iterator[None]:
+    """Settings (planner switches) for the statements run inside, as SET LOCAL would give
+    them for the transaction, and the previous values back after them. Put back only after
+    success: a failed statement aborts the transaction, which takes the settings with it,
+    and a statement sent then would hide the error."""
+    if not settings:
+        yield
+        return
+    names = list(settings)
+    calls = ", ".join(["set_config(%s, %s, true)"] * len(names))
+    before = conn.execute(
+        "SELECT " + ", ".join(["current_setting(%s)"] * len(names)), names
+    ).fetchone()
+    conn.execute("SELECT " + calls, [v for n in names for v in (n, settings[n])])
+    yield
+    conn.execute(
+        "SELECT " + calls, [v for n, old in zip(names, before, strict=True) for v in (n, old)]
+    )
