@@ -31,7 +31,7 @@ import datetime as dt
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -170,6 +170,16 @@ class Prepared:
 
 
 def _read(upload: Upload, encoding: str, clock: _Clock) -> _Read:
+    out = _parse(upload, encoding, clock)
+    if out.parsed is not None:
+        with clock.step("validate"):
+            out.rows = normalise(out.parsed.rows)
+            out.column_errors = validate_rows(out.parsed.rows)
+    return out
+
+
+def _parse(upload: Upload, encoding: str, clock: _Clock) -> _Read:
+    """The file-level checks and the rows as parsed (not yet normalised or validated)."""
     out = _Read(encoding=encoding, text=upload.data, rejection=upload.rejection)
     with clock.step("read"):
         try:
@@ -178,11 +188,11 @@ def _read(upload: Upload, encoding: str, clock: _Clock) -> _Read:
                 out.parsed = read_upload(out.text)
         except FileRejected as exc:
             out.rejection = exc
-    if out.parsed is not None:
-        with clock.step("validate"):
-            out.rows = normalise(out.parsed.rows)
-            out.column_errors = validate_rows(out.parsed.rows)
     return out
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()  # releases the GIL: runs beside the parsing
 
 
 def prepare_upload(
@@ -208,27 +218,33 @@ def prepare_upload(
         return Prepared()  # the apply phase reports it
     if record is not None and record.is_final and not (approve_hold and record.approvable):
         return Prepared()  # settled: the apply phase returns what was recorded
-    # the district's students stream in (a thread: the connection is the thread's alone
-    # until .result()) while this thread parses, validates and fingerprints the rows
-    digest = content_sha256 or hashlib.sha256(upload.data).hexdigest()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-students") as pool:
+    # On two cores, beside this thread's parsing and validation (pandera: mostly Python),
+    # threads run what releases the GIL: the content's digest; the district's students
+    # streaming in (the connection is that thread's alone until .result()), then each
+    # row's match to its stored student (an Arrow hash lookup); the rows' fingerprints
+    # (Arrow and pandas' SipHash).
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="eams-phase1") as pool:
+        digest = pool.submit(_sha256, upload.data) if content_sha256 is None else None
         stored = pool.submit(_read_district_ahead, conn, district, engine)
-        read = _read(upload, district.encoding, clock)
-        prepared = Prepared(read=read, content_sha256=digest)
-        if read.rows is not None:
-            with clock.step("fingerprints"):
-                prepared.password_fps = password_fingerprint(
-                    read.rows["student_id"], read.rows["password"], fingerprint_key(engine.secret)
-                )
-                prepared.data_hashes = data_fingerprint(read.rows)
+        read = _parse(upload, district.encoding, clock)
+        prepared = Prepared(read=read)
+        if read.parsed is not None:
+            with clock.step("validate"):
+                read.rows = rows = normalise(read.parsed.rows)
+                matched = pool.submit(_match, rows["student_id"], stored)
+                fingerprinted = pool.submit(_fingerprints, rows, engine.secret)
+                read.column_errors = validate_rows(read.parsed.rows)
+            with clock.step("fingerprints"):  # what is left to wait of them
+                prepared.password_fps, prepared.data_hashes = fingerprinted.result()
         with clock.step("students"):  # what is left to wait of the students' read
             version, students, cached = stored.result()
-    if read.rows is None:
-        return prepared
-    with clock.step("match"):
-        prepared.students, prepared.students_version = students, version
-        prepared.cache_in_use = cached
-        prepared.positions = student_positions(read.rows["student_id"], students)
+        prepared.content_sha256 = content_sha256 or digest.result()
+        if read.rows is None:
+            return prepared
+        with clock.step("match"):  # what is left to wait of it
+            prepared.positions = matched.result()
+    prepared.students, prepared.students_version = students, version
+    prepared.cache_in_use = cached
     with clock.step("hash_select"):
         todo = _to_hash_ahead(conn, district, read, prepared, engine)
     with clock.step("hash"):  # only the hashing and the commits of its batches
@@ -252,6 +268,19 @@ def _read_district_ahead(
     with conn.transaction():
         cached = password_cache.has_cached(conn, district.district_id)
     return version, students, cached
+
+
+def _match(student_ids: pd.Series, stored: Future) -> np.ndarray:
+    """core.plan.student_positions of the rows, once the students are in."""
+    return student_positions(student_ids, stored.result()[1])
+
+
+def _fingerprints(rows: pd.DataFrame, secret: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' password and data fingerprints."""
+    key = fingerprint_key(secret)
+    return password_fingerprint(rows["student_id"], rows["password"], key), data_fingerprint(
+        rows
+    )
 
 
 def _to_hash_ahead(
@@ -369,17 +398,13 @@ def process_upload(
             key=db_uploads.make_upload_key(upload.district, received_at),
             received_at=received_at,
         )
-    content_sha256 = hashlib.sha256(upload.data).hexdigest()
+    content_sha256 = None
     if prepared is None and not dry_run and conn.info.transaction_status == TransactionStatus.IDLE:
-        prepared = prepare_upload(
-            conn,
-            upload,
-            engine,
-            approve_hold=approve_hold,
-            clock=clock,
-            content_sha256=content_sha256,
-        )
+        # phase 1 computes the digest (beside the parsing) when it reads the file
+        prepared = prepare_upload(conn, upload, engine, approve_hold=approve_hold, clock=clock)
+        content_sha256 = prepared.content_sha256
     prepared = prepared or Prepared()
+    content_sha256 = content_sha256 or _sha256(upload.data)
 
     with conn.transaction() as tx:
         with clock.step("lock"):
