@@ -278,9 +278,7 @@ def _match(student_ids: pd.Series, stored: Future) -> np.ndarray:
 def _fingerprints(rows: pd.DataFrame, secret: bytes) -> tuple[np.ndarray, np.ndarray]:
     """The rows' password and data fingerprints."""
     key = fingerprint_key(secret)
-    return password_fingerprint(rows["student_id"], rows["password"], key), data_fingerprint(
-        rows
-    )
+    return password_fingerprint(rows["student_id"], rows["password"], key), data_fingerprint(rows)
 
 
 def _to_hash_ahead(
@@ -501,22 +499,23 @@ def process_upload(
                 if result.guard_trip is not None:
                     result.status = UploadStatus.HELD
             if record is not None and not superseded and result.status != UploadStatus.HELD:
+                # the rows whose password the apply writes: hashed, then their cache rows removed
+                changed = plan.changes.loc[
+                    plan.changes["password_changed"], ["student_id", "password_fp", "password"]
+                ]
                 with clock.step("hash_inline"):
                     hashes, inline, result.cached_hashes = _hashes(
-                        conn, district.district_id, plan, engine.hasher, ahead
+                        conn, district.district_id, changed, engine.hasher, ahead
                     )
                     result.hashed_passwords = prepared.hashed + inline
                     ahead = prepared.hashes = None  # in `hashes` now: not twice in memory
                 with clock.step("apply"):
                     db_apply.apply_plan(conn, district.district_id, record.upload_id, plan, hashes)
-                    used = plan.changes.loc[
-                        plan.changes["password_changed"], ["student_id", "password_fp"]
-                    ]
                     password_cache.forget(
                         conn,
                         district.district_id,
-                        used["student_id"].tolist(),
-                        used["password_fp"].astype("int64").tolist(),
+                        changed["student_id"].tolist(),
+                        changed["password_fp"].astype("int64").tolist(),
                     )
 
         if record is None:
@@ -551,18 +550,16 @@ def process_upload(
 def _hashes(
     conn: psycopg.Connection,
     district_id: int,
-    plan: Plan,
+    changed: pd.DataFrame,
     hasher: PasswordHasher,
     ahead: pd.Series | None,
 ) -> tuple[pd.Series, int, int]:
-    """The argon2id hash of every password_changed row: those phase 1 of this run hashed
-    (`ahead`, by row of the same read) from memory, the others from the cache (one join:
-    hashed by an earlier run that stopped), the rest (changed since phase 1, or no phase 1)
-    hashed here. Returns the hashes (indexed as plan.changes), how many were hashed here
-    and how many were hashed ahead (this run's phase 1 or an earlier one)."""
-    changed = plan.changes.loc[
-        plan.changes["password_changed"], ["student_id", "password_fp", "password"]
-    ]
+    """The argon2id hash of every `changed` row (the plan's password_changed changes:
+    student_id, password_fp, password): those phase 1 of this run hashed (`ahead`, by row
+    of the same read) from memory, the others from the cache (one join: hashed by an
+    earlier run that stopped), the rest (changed since phase 1, or no phase 1) hashed
+    here. Returns the hashes (indexed as `changed`), how many were hashed here and how
+    many were hashed ahead (this run's phase 1 or an earlier one)."""
     # Arrow-backed text all along: 1M hashes never become 1M Python strings
     if ahead is not None and len(ahead):
         hashes = ahead.reindex(changed.index)
