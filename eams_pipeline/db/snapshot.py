@@ -271,7 +271,9 @@ def _usernames_held_by_others(
 ) -> pd.DataFrame:
     """Holders of the claimed usernames (username_lower, student_id: the row's), except
     each row's own student."""
-    wanted = claimed.dropna(subset=["username_lower"]).drop_duplicates()
+    # not deduplicated: a username repeated on the file finds its holder twice, which the
+    # plan takes once (core.plan._username_taken); hashing 1M pairs to save that costs more
+    wanted = claimed.dropna(subset=["username_lower"])
     conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS file_usernames (username_lower text, student_id text) "
         "ON COMMIT DELETE ROWS"
