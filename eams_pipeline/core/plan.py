@@ -234,7 +234,7 @@ def make_plan(
     )
 
     so_far = concat_errors(errors)
-    ok = ~df.index.isin(so_far["row"].unique()) & df["case"].gt(0)
+    ok = ~_in_rows(df, so_far["row"].to_numpy()) & df["case"].gt(0)
     df = _licenses(df, ok, snapshot.bin_available)
     errors.append(
         _flag(
@@ -250,7 +250,7 @@ def make_plan(
 
     df = _changes(df, applied, snapshot.enterprise_order_id, password_fps, data_hashes)
     all_errors = concat_errors(errors)
-    df.loc[df.index.isin(all_errors["row"].unique()), "outcome"] = "errors"
+    df.loc[_in_rows(df, all_errors["row"].to_numpy()), "outcome"] = "errors"
     plan = _finish(df, all_errors, total_rows, quiet=int(quiet.sum()))
     if full_roster:
         plan = with_missing(plan, snapshot, rows, row_errors)
@@ -315,8 +315,13 @@ def _quiet(
 
 
 def _in_rows(df: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """Whether each row of df (its index: `row`, ascending) is one of `rows`."""
+    """Whether each row of df (its index: `row`) is one of `rows`: a binary search of the
+    few `rows` in the index (ascending: the file's order), not a hash of the whole index."""
+    if not df.index.is_monotonic_increasing:
+        return df.index.isin(rows)
     index = df.index.to_numpy()
+    if len(index) == 0:
+        return np.zeros(0, dtype=bool)
     at = np.searchsorted(index, rows)
     hit = at[(at < len(index)) & (index[np.minimum(at, len(index) - 1)] == rows)]
     out = np.zeros(len(index), dtype=bool)
@@ -470,7 +475,7 @@ def repeated_values(values: pd.Series) -> np.ndarray:
 def _passes_column_rules(df: pd.DataFrame, row_errors: pd.DataFrame, column: str) -> pd.Series:
     """The value is present and `row_errors` (the column rules) found nothing wrong with it."""
     broken = row_errors.loc[row_errors["column"] == DISPLAY_NAME[column], "row"]
-    return df[column].notna() & ~df.index.isin(broken.to_numpy())
+    return df[column].notna() & ~_in_rows(df, broken.to_numpy())
 
 
 def _flag(
