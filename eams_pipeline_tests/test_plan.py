@@ -4,6 +4,8 @@ Dagster's examples test pure ops. (The database tests of `test_transitions.py` a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
@@ -218,3 +220,66 @@ def test_repeated_usernames_agree_with_repeated_values_on_random_files() -> None
         own = own_usernames(lowered, students, positions)
         expected = repeated_values(pd.Series(lowered, dtype="str"))
         assert repeated_usernames(lowered, own, students, positions).tolist() == expected.tolist()
+
+
+def _as_stored(
+    rows: list[dict[str, str]], statuses: dict[str, str], orders: dict[str, int]
+) -> list[dict]:
+    """Stored students exactly as the rows give them (data fingerprint, password
+    fingerprint and username): the rows of the next file that repeat them are quiet."""
+    from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
+
+    parsed = normalise(read_upload(csv_bytes(rows)).rows)
+    data = data_fingerprint(parsed)
+    passwords = password_fingerprint(parsed["student_id"], parsed["password"], KEY)
+    return [
+        {
+            **stored(r["student_id"], statuses[r["student_id"]], orders[r["student_id"]], pk=i + 1),
+            "data_hash": int(data[i]),
+            "password_fingerprint": int(passwords[i]),
+            "username_lower": r["username"].lower(),
+        }
+        for i, r in enumerate(rows)
+    ]
+
+
+def test_quiet_rows_are_counted_unchanged_and_only_the_others_are_decided() -> None:
+    """A stored student's row that repeats what is stored, keeps its status and breaks no
+    rule is quiet: counted `unchanged`, not in plan.rows. Each of the other rows below
+    differs from a quiet one by one thing, and is decided (and counted) one by one."""
+    first = [row(f"S{i}") for i in range(1, 9)]
+    statuses = {f"S{i}": "active" for i in range(1, 9)} | {"S7": "deactivated", "S8": "deactivated"}
+    orders = {f"S{i}": ENT for i in range(1, 9)} | {"S6": REG}
+    snap = snapshot(_as_stored(first, statuses, orders))
+    again = [
+        row("S1"),  # quiet: A on an active student
+        row("S2", "I"),  # quiet: I keeps an active student
+        row("S3", last_name="Renamed"),  # updated: its data changed
+        row("S4", password="new-secret"),  # updated: a new password
+        row("S5", grade="13"),  # a column rule broken: an error
+        row("S6"),  # on a regular order: A moves it to Enterprise (updated)
+        row("S7", "D"),  # quiet: D keeps a deactivated student
+        row("S8"),  # activated
+    ]
+    plan = plan_of(again, snap)
+    assert plan.counts == {
+        "rows": 8,
+        "added": 0,
+        "activated": 1,
+        "deactivated": 0,
+        "updated": 3,
+        "unchanged": 3,
+        "errors": 1,
+    }
+    assert sorted(plan.rows["student_id"]) == ["S3", "S4", "S5", "S6", "S8"]
+    assert plan.error_codes == {"INVALID_GRADE": 1}
+    # a closed school or a repeated row is never quiet: each is decided and fails
+    closed = replace(
+        snap,
+        schools=snap.schools.assign(active=[False, True]),  # school 101 closed
+    )
+    assert plan_of([row("S1")], closed).error_codes == {"SCHOOL_NOT_FOUND": 1}
+    assert plan_of([row("S1"), row("S1")], snap).error_codes == {
+        "DUPLICATE_STUDENT_ID": 2,
+        "DUPLICATE_USERNAME": 2,
+    }
