@@ -185,10 +185,11 @@ def load_snapshot(
     rows: pd.DataFrame,
     students: pd.DataFrame,
     positions: np.ndarray | None = None,
+    own: np.ndarray | None = None,
 ) -> DistrictSnapshot:
     """The district's state for a plan of `rows`, given its `students` (read by
     load_district_students; `positions`: core.plan.student_positions of the rows in them,
-    when already computed)."""
+    and `own`: core.plan.own_usernames of the rows, when already computed for them)."""
     d = district.district_id
     bin_available = conn.execute(
         "SELECT size - used FROM orders WHERE order_id = %s", (district.enterprise_order_id,)
@@ -206,15 +207,15 @@ def load_snapshot(
         },
     )
     if positions is None:
-        positions = student_positions(rows["student_id"], students)
+        positions, own = student_positions(rows["student_id"], students), None
+    if own is None:
+        own = own_usernames(lower_usernames(rows["username"]), students, positions)
     # no one else can hold a row's own username: on a nightly file that leaves only the
     # new and renamed students' usernames to lock and to look up in the database
-    lowered = lower_usernames(rows["username"])
-    own = own_usernames(lowered, students, positions)
     at = np.flatnonzero(~own)
     claimed = pd.DataFrame(
         {
-            "username_lower": pd.Series(pc.take(lowered, pa.array(at)), dtype="str"),
+            "username_lower": pd.Series(lower_usernames(rows["username"].iloc[at]), dtype="str"),
             "student_id": rows["student_id"].iloc[at].to_numpy(),
         }
     )

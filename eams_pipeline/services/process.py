@@ -57,7 +57,9 @@ from eams_pipeline.core.outcome import (
 from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.core.plan import (
     Plan,
+    lower_usernames,
     make_plan,
+    own_usernames,
     repeated_student_ids,
     student_positions,
 )
@@ -161,6 +163,7 @@ class Prepared:
     students: pd.DataFrame | None = None
     students_version: int | None = None
     positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
+    own_usernames: np.ndarray | None = None  # core.plan.own_usernames of read.rows
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
     data_hashes: np.ndarray | None = None  # data_fingerprint of read.rows
     cache_in_use: bool = False  # the district had hashes in the cache (a stopped run's)
@@ -231,7 +234,7 @@ def prepare_upload(
         if read.parsed is not None:
             with clock.step("validate"):
                 read.rows = rows = normalise(read.parsed.rows)
-                matched = pool.submit(_match, rows["student_id"], stored)
+                matched = pool.submit(_match, rows, stored)
                 fingerprinted = pool.submit(_fingerprints, rows, engine.secret)
                 read.column_errors = validate_rows(read.parsed.rows)
             with clock.step("fingerprints"):  # what is left to wait of them
@@ -242,7 +245,7 @@ def prepare_upload(
         if read.rows is None:
             return prepared
         with clock.step("match"):  # what is left to wait of it
-            prepared.positions = matched.result()
+            prepared.positions, prepared.own_usernames = matched.result()
     prepared.students, prepared.students_version = students, version
     prepared.cache_in_use = cached
     with clock.step("hash_select"):
@@ -270,9 +273,12 @@ def _read_district_ahead(
     return version, students, cached
 
 
-def _match(student_ids: pd.Series, stored: Future) -> np.ndarray:
-    """core.plan.student_positions of the rows, once the students are in."""
-    return student_positions(student_ids, stored.result()[1])
+def _match(rows: pd.DataFrame, stored: Future) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's stored student (core.plan.student_positions) and whether its username is
+    that student's own already (core.plan.own_usernames), once the students are in."""
+    students = stored.result()[1]
+    positions = student_positions(rows["student_id"], students)
+    return positions, own_usernames(lower_usernames(rows["username"]), students, positions)
 
 
 def _fingerprints(rows: pd.DataFrame, secret: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -425,7 +431,7 @@ def process_upload(
                     return db_uploads.recorded_result(conn, record, upload.district)
 
         read = prepared.read
-        positions, password_fps, data_hashes, ahead = None, None, None, None
+        positions, own, password_fps, data_hashes, ahead = None, None, None, None, None
         if (
             read is not None
             and read.encoding == district.encoding
@@ -438,6 +444,7 @@ def process_upload(
             ):
                 # nothing was written to the district's students since phase 1 read them
                 students, positions = prepared.students, prepared.positions
+                own = prepared.own_usernames
             else:
                 with clock.step("load"):
                     students = load_district_students(conn, district)
@@ -469,7 +476,7 @@ def process_upload(
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-hashes") as pool:
                 hashing = None if data_hashes is not None else pool.submit(data_fingerprint, rows)
                 with clock.step("snapshot"):
-                    snapshot = load_snapshot(conn, district, rows, students, positions)
+                    snapshot = load_snapshot(conn, district, rows, students, positions, own)
                 with clock.step("plan"):
                     plan = make_plan(
                         rows,
