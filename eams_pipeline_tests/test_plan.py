@@ -283,3 +283,22 @@ def test_quiet_rows_are_counted_unchanged_and_only_the_others_are_decided() -> N
         "DUPLICATE_STUDENT_ID": 2,
         "DUPLICATE_USERNAME": 2,
     }
+
+
+def test_rows_named_by_errors_are_found_in_any_index() -> None:
+    import numpy as np
+
+    from eams_pipeline.core.plan import _in_rows
+
+    ascending = pd.DataFrame({"x": range(5)}, index=[0, 2, 3, 7, 9])
+    assert _in_rows(ascending, np.array([9, 2, 4, 10, -1])).tolist() == [
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert _in_rows(ascending, np.array([], dtype="int64")).tolist() == [False] * 5
+    shuffled = ascending.iloc[[3, 0, 4, 1, 2]]  # not the file's order: a hash lookup then
+    assert _in_rows(shuffled, np.array([9, 2])).tolist() == [False, False, True, True, False]
+    assert _in_rows(ascending.iloc[0:0], np.array([1])).tolist() == []
