@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any
 
+import pandas as pd
 import psycopg
 import pytest
 
@@ -118,3 +119,30 @@ def test_local_settings_hold_inside_and_are_put_back_after(conn: psycopg.Connect
         with local_settings(conn, {"enable_hashjoin": "off", "work_mem": "64MB"}):
             assert (setting("enable_hashjoin"), setting("work_mem")) == ("off", "64MB")
         assert (setting("enable_hashjoin"), setting("work_mem")) == ("on", "8MB")
+
+
+def test_the_holders_looked_up_beside_the_plan_are_the_ones_looked_up_before_it(
+    conn: psycopg.Connection,
+) -> None:
+    """load_snapshot with an executor looks the holders up on it (the plan waits for them
+    when it gets to USERNAME_TAKEN): the same frame as looked up in line."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eams_pipeline.core.reading import read_upload
+    from eams_pipeline.core.validation import normalise
+    from eams_pipeline.db.districts import lock_district
+    from eams_pipeline_tests.builders import csv_bytes
+
+    load(conn, district_doc(code="D1"), district_doc(code="D2"))
+    run(conn, [row("B1", username="Held.Name")], district="D2")
+    rows = normalise(read_upload(csv_bytes([row("A1", username="held.NAME"), row("A2")])).rows)
+    with conn.transaction():
+        district = lock_district(conn, "D1")
+        students = snapshot.load_district_students(conn, district)
+        in_line = snapshot.load_snapshot(conn, district, rows, students).taken_usernames
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            beside = snapshot.load_snapshot(conn, district, rows, students, ahead=pool)
+            assert callable(beside.taken_usernames)
+            found = beside.taken_usernames()
+    assert in_line["username_lower"].tolist() == ["held.name"]
+    pd.testing.assert_frame_equal(found, in_line)

@@ -11,6 +11,7 @@ bin is empty (NO_LICENSE_AVAILABLE for the rest).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -43,6 +44,8 @@ class DistrictSnapshot:
               data_hash, password_fingerprint (nullable),
               username_lower                                        - this district's students
     taken_usernames: username_lower, district_id, student_id        - who holds a file username
+              (or a function returning it: the database lookup, still running while
+              the plan decides what does not depend on it)
     grades: the district's participating grades (normalised: K, 1..12); None: every grade
     positions: for each row of the upload the snapshot was read for, its student's position
                in `students` (student_positions; -1: none); None: the plan looks them up
@@ -55,7 +58,7 @@ class DistrictSnapshot:
     bin_available: int
     schools: pd.DataFrame
     students: pd.DataFrame
-    taken_usernames: pd.DataFrame
+    taken_usernames: pd.DataFrame | Callable[[], pd.DataFrame]
     grades: frozenset[str] | None = None
     positions: np.ndarray | None = None
     own_usernames: np.ndarray | None = None
@@ -581,6 +584,8 @@ def _attach_transition(df: pd.DataFrame, decidable: pd.Series) -> pd.DataFrame:
 
 def _username_taken(df: pd.DataFrame, snapshot: DistrictSnapshot) -> pd.Series:
     holders = snapshot.taken_usernames
+    if callable(holders):
+        holders = holders()
     if holders.empty:
         return pd.Series(False, index=df.index)
     holders = holders.drop_duplicates("username_lower")

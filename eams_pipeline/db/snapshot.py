@@ -8,7 +8,9 @@ from stays true until the transaction commits.
 
 from __future__ import annotations
 
+import functools
 import io
+from concurrent.futures import Executor
 
 import numpy as np
 import pandas as pd
@@ -186,10 +188,15 @@ def load_snapshot(
     students: pd.DataFrame,
     positions: np.ndarray | None = None,
     own: np.ndarray | None = None,
+    ahead: Executor | None = None,
 ) -> DistrictSnapshot:
     """The district's state for a plan of `rows`, given its `students` (read by
     load_district_students; `positions`: core.plan.student_positions of the rows in them,
-    and `own`: core.plan.own_usernames of the rows, when already computed for them)."""
+    and `own`: core.plan.own_usernames of the rows, when already computed for them).
+
+    With `ahead`, the holders of the file's new usernames are looked up on it: the
+    snapshot's taken_usernames is then the function that waits for them, and the
+    connection is that lookup's alone until the plan has called it."""
     d = district.district_id
     bin_available = conn.execute(
         "SELECT size - used FROM orders WHERE order_id = %s", (district.enterprise_order_id,)
@@ -220,13 +227,14 @@ def load_snapshot(
         }
     )
     lock_usernames(conn, claimed["username_lower"])
+    lookup = functools.partial(_usernames_held_by_others, conn, d, claimed)
     return DistrictSnapshot(
         district_id=d,
         enterprise_order_id=district.enterprise_order_id,
         bin_available=int(bin_available),
         schools=schools,
         students=students,
-        taken_usernames=_usernames_held_by_others(conn, d, claimed),
+        taken_usernames=lookup() if ahead is None else ahead.submit(lookup).result,
         grades=frozenset(district.grades) if district.grades is not None else None,
         positions=positions,
         own_usernames=own,

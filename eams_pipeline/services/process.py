@@ -471,12 +471,15 @@ def process_upload(
                 upload.district, text, upload_id, rejection, read=upload.rejection is None
             )
         else:
-            # the rows' data fingerprints, unless phase 1 made them, on a thread while the
-            # snapshot's queries wait on the database (they release the GIL)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-hashes") as pool:
+            # on threads: the rows' data fingerprints, unless phase 1 made them, while the
+            # snapshot's queries wait on the database (they release the GIL); the holders of
+            # the file's new usernames, looked up while the plan starts
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="eams-plan") as pool:
                 hashing = None if data_hashes is not None else pool.submit(data_fingerprint, rows)
                 with clock.step("snapshot"):
-                    snapshot = load_snapshot(conn, district, rows, students, positions, own)
+                    snapshot = load_snapshot(
+                        conn, district, rows, students, positions, own, ahead=pool
+                    )
                 with clock.step("plan"):
                     plan = make_plan(
                         rows,
