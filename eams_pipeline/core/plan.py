@@ -7,6 +7,11 @@ usernames taken by other students, passwords required for new students, which ro
 change anything at all, and last the licenses: every return to the bin of the file is
 counted before any acquisition, then acquisitions are granted in file order until the
 bin is empty (NO_LICENSE_AVAILABLE for the rest).
+
+Before all that, the quiet rows are set apart: rows of stored students that repeat what is
+stored and keep the student's status, breaking no rule (`_quiet`, from integers). They are
+counted `unchanged`; on a nightly file they are most rows, and only the others are decided
+one by one.
 """
 
 from __future__ import annotations
