@@ -146,3 +146,18 @@ def test_the_holders_looked_up_beside_the_plan_are_the_ones_looked_up_before_it(
             found = beside.taken_usernames()
     assert in_line["username_lower"].tolist() == ["held.name"]
     pd.testing.assert_frame_equal(found, in_line)
+
+
+def test_more_distinct_than_counts_a_prefix_first_and_all_values_when_it_must() -> None:
+    from eams_pipeline.db.snapshot import _more_distinct_than
+
+    def series(values: list[str]) -> pd.Series:
+        return pd.Series(values, dtype="str")
+
+    assert not _more_distinct_than(series(["a", "b"]), 2)
+    assert _more_distinct_than(series(["a", "b", "c"]), 2)
+    # the prefix (16 x 3 values) holds only "a": the distinct ones come after it
+    late = series(["a"] * 100 + ["b", "c"])
+    assert _more_distinct_than(late, 2)
+    assert not _more_distinct_than(series(["a"] * 100 + ["b"]), 2)
+    assert not _more_distinct_than(series([]), 0)
