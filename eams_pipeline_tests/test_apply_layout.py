@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import psycopg
 
-from eams_pipeline_tests.builders import district_doc, existing_student, load, row, run
+from eams_pipeline.services.process import Upload, prepare_upload, process_upload
+from eams_pipeline_tests import builders
+from eams_pipeline_tests.builders import (
+    csv_bytes,
+    district_doc,
+    existing_student,
+    load,
+    row,
+    run,
+)
 
 
 def test_new_students_are_keyed_in_username_order(conn: psycopg.Connection) -> None:
@@ -33,3 +42,40 @@ def test_new_students_are_keyed_in_username_order(conn: psycopg.Connection) -> N
         "SELECT student_pk FROM students WHERE student_id = 'E1'"
     ).fetchone()
     assert all(pk > existing_pk for _, pk, _ in got)
+
+
+def test_the_apply_removes_exactly_the_cached_hashes_it_stored(conn: psycopg.Connection) -> None:
+    # the cache rows of the passwords this apply stored go (a new student's, a changed
+    # password's); the others stay until they expire: a stored student's other password,
+    # a student the file does not name, the same Student ID in another district
+    load(
+        conn,
+        district_doc(existing=[existing_student("E1"), existing_student("E2")]),
+        district_doc(code="D2", existing=[existing_student("X1", order="ENT-D2")]),
+    )
+    conn.commit()
+    rows = [row("N1", password="new-one-pass"), row("E1", password="changed-pass")]
+    prepare_upload(conn, Upload("D1", csv_bytes(rows), key="D1-k"), builders.test_engine())
+    cached = conn.execute(
+        "SELECT district_id, student_id, password_fingerprint, password_hash "
+        "FROM password_hash_cache ORDER BY student_id"
+    ).fetchall()
+    assert [r[1] for r in cached] == ["E1", "N1"]
+    d1, _, fp, hashed = cached[0]
+    (d2,) = conn.execute("SELECT district_id FROM districts WHERE code = 'D2'").fetchone()
+    conn.execute(
+        """INSERT INTO password_hash_cache
+               (district_id, student_id, password_fingerprint, password_hash)
+           VALUES (%(d1)s, 'E1', %(other)s, %(h)s), (%(d1)s, 'E2', %(fp)s, %(h)s),
+                  (%(d1)s, 'GONE', %(fp)s, %(h)s), (%(d2)s, 'E1', %(fp)s, %(h)s)""",
+        {"d1": d1, "d2": d2, "fp": fp, "other": fp + 1, "h": hashed},
+    )
+    conn.commit()
+    result = process_upload(conn, Upload("D1", csv_bytes(rows), key="D1-k"), builders.test_engine())
+    assert result.counts["added"] == 1 and result.counts["updated"] == 1
+    left = conn.execute(
+        "SELECT district_id, student_id, password_fingerprint FROM password_hash_cache"
+    ).fetchall()
+    assert sorted(left) == sorted(
+        [(d1, "E1", fp + 1), (d1, "E2", fp), (d1, "GONE", fp), (d2, "E1", fp)]
+    )

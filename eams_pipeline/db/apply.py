@@ -4,8 +4,9 @@ Only the rows that change anything are sent: one COPY of the new students straig
 students and one of their history; one COPY of the changed students into a temporary
 staging table and one statement that UPDATEs them and INSERTs their history with the
 before-images it read; in full-roster mode one INSERT of history and one UPDATE for the
-absent students; one UPDATE of the order counters; one COPY of the errors. The caller owns
-the transaction; any exception rolls all of it back.
+absent students; one UPDATE of the order counters; one DELETE of the cached hashes it
+stored (db/password_cache.py); one COPY of the errors. The caller owns the transaction; any
+exception rolls all of it back.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 
 from eams_pipeline.core.outcome import FINAL_STATUSES, UploadStatus
 from eams_pipeline.core.plan import Plan
+from eams_pipeline.db import password_cache
 from eams_pipeline.db.snapshot import copy_in
 
 _CREATE_STAGE = """
@@ -248,6 +250,27 @@ def update_changed_students(
         raise RuntimeError(f"updated {written} students, the plan changes {staged}")
 
 
+def forget_used_hashes(conn: psycopg.Connection, district_id: int, keyed: Keyed) -> None:
+    """Remove from the password_hash_cache the hashes this apply stored: the new students'
+    (by their keys: one range from the sequence) and the changed passwords of stored
+    students."""
+    c = keyed.changes
+    keys = c["student_pk"].iloc[keyed.new]
+    new_keys = (int(keys.iloc[0]), int(keys.iloc[-1])) if len(keys) else None
+    stored = np.ones(len(c), dtype=bool)
+    stored[keyed.new] = False
+    changed = c.loc[
+        stored & c["password_changed"].to_numpy(dtype=bool), ["student_id", "password_fp"]
+    ]
+    password_cache.forget(
+        conn,
+        district_id,
+        new_keys,
+        changed["student_id"].tolist(),
+        changed["password_fp"].astype("int64").tolist(),
+    )
+
+
 def move_licenses(conn: psycopg.Connection, district_id: int, deltas: pd.DataFrame) -> None:
     if deltas.empty:
         return
@@ -358,5 +381,6 @@ def apply_plan(
     insert_new_students(conn, district_id, keyed)
     record_history(conn, upload_id, keyed)
     update_changed_students(conn, district_id, upload_id, keyed.staged)
+    forget_used_hashes(conn, district_id, keyed)
     deactivate_missing(conn, district_id, upload_id, plan.missing)
     move_licenses(conn, district_id, plan.license_deltas)

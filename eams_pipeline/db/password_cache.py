@@ -96,22 +96,61 @@ def take(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> pd.D
 
 
 def forget(
-    conn: psycopg.Connection, district_id: int, student_ids: list[str], fingerprints: list[int]
+    conn: psycopg.Connection,
+    district_id: int,
+    new_keys: tuple[int, int] | None,
+    student_ids: list[str],
+    fingerprints: list[int],
 ) -> int:
-    """Remove the cache rows of the hashes an apply used: (Student ID, fingerprint) pairs of
-    the passwords it stored (one primary-key probe each; a join with the students read all
-    of the district's). Hashes of other passwords (a held file's, a failed row's) stay
-    until they expire."""
-    if not student_ids:
+    """Remove the cache rows of the hashes an apply used: the passwords now stored by the
+    district's students with keys in `new_keys` (first, last: the students the apply has
+    just inserted, read on the server) and the (Student ID, fingerprint) pairs given (the
+    changed passwords of stored students). Hashes of other passwords (a held file's, a
+    failed row's, one changed in between) stay until they expire.
+
+    The new students' keys are not sent: 1M Student IDs and fingerprints as array
+    parameters were ~1.5-2.5 s of Python on an onboarding. The rows are found by one hash
+    join (forced: the statistics of tables just loaded would have the planner probe the
+    cache once per row, 8.8 s for 1M) and deleted by row id in the table's order (a TID scan
+    sorts its list), so each page of the cache is read and dirtied once, where a DELETE
+    driven by the join visits them at random (onboarding-1m, server side: 3.2-4.0 s ->
+    ~2 s)."""
+    first, last = new_keys if new_keys is not None else (0, -1)
+    if first > last and not student_ids:
         return 0
+    before = {
+        name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
+        for name in _FORGET_SETTINGS
+    }
+    for name, value in _FORGET_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     cur = conn.execute(
-        """DELETE FROM password_hash_cache c
-           USING unnest(%s::text[], %s::bigint[]) AS used(student_id, password_fingerprint)
-           WHERE c.district_id = %s AND c.student_id = used.student_id
-             AND c.password_fingerprint = used.password_fingerprint""",
-        (student_ids, fingerprints, district_id),
+        """DELETE FROM password_hash_cache WHERE ctid = ANY(ARRAY(
+               SELECT c.ctid
+               FROM password_hash_cache c
+               JOIN (SELECT student_id, password_fingerprint FROM students
+                     WHERE student_pk BETWEEN %(first)s AND %(last)s
+                       AND district_id = %(district)s
+                     UNION ALL
+                     SELECT * FROM unnest(%(ids)s::text[], %(fps)s::bigint[])
+                    ) AS used (student_id, password_fingerprint)
+                 ON c.student_id = used.student_id
+                AND c.password_fingerprint = used.password_fingerprint
+               WHERE c.district_id = %(district)s))""",
+        {
+            "district": district_id,
+            "first": first,
+            "last": last,
+            "ids": student_ids,
+            "fps": fingerprints,
+        },
     )
+    for name, value in before.items():  # after success only (see db/apply.py)
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
     return cur.rowcount
+
+
+_FORGET_SETTINGS = {"enable_nestloop": "off", "enable_mergejoin": "off"}
 
 
 def expire(conn: psycopg.Connection, days: int) -> int:

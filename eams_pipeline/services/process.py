@@ -509,7 +509,8 @@ def process_upload(
                 if result.guard_trip is not None:
                     result.status = UploadStatus.HELD
             if record is not None and not superseded and result.status != UploadStatus.HELD:
-                # the rows whose password the apply writes: hashed, then their cache rows removed
+                # the rows whose password the apply writes: hashed here; the apply removes
+                # their cache rows (db/apply.py forget_used_hashes)
                 changed = plan.changes.loc[
                     plan.changes["password_changed"], ["student_id", "password_fp", "password"]
                 ]
@@ -521,12 +522,6 @@ def process_upload(
                     ahead = prepared.hashes = None  # in `hashes` now: not twice in memory
                 with clock.step("apply"):
                     db_apply.apply_plan(conn, district.district_id, record.upload_id, plan, hashes)
-                    password_cache.forget(
-                        conn,
-                        district.district_id,
-                        changed["student_id"].tolist(),
-                        changed["password_fp"].astype("int64").tolist(),
-                    )
 
         if record is None:
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
