@@ -185,3 +185,57 @@ def test_upload_counts_must_add_up(district) -> None:
            SELECT district_id, 'k', 'students.csv', now(), 5, 1, 1, 1, 1, 0, 0
            FROM districts WHERE code = 'D1'""",
     )
+
+
+def test_history_student_key_is_checked_on_dense_and_sparse_keys(district) -> None:
+    # sql/013 reads the students in one ordered pass when the written keys fill most of
+    # their range (an onboarding's history), and probes them one by one otherwise: both
+    # refuse a key that is not a student, and leave the session's planner settings as found
+    did = district.execute("SELECT district_id FROM districts WHERE code = 'D1'").fetchone()[0]
+    for i in range(2, 6):
+        _insert_student(district, "D1", f"E{i}", f"user.e{i}")
+    far = district.execute(
+        """INSERT INTO students (student_pk, district_id, student_id, school_id, last_name,
+               first_name, grade, username, status, order_id, data_hash)
+           OVERRIDING SYSTEM VALUE
+           SELECT 1000000, district_id, 'FAR', school_id, 'L', 'F', '5', 'user.far',
+                  'deactivated', order_id, 0
+           FROM students WHERE student_id = 'E1' AND district_id = %s
+           RETURNING student_pk""",
+        (did,),
+    ).fetchone()[0]
+    pks = [
+        r[0]
+        for r in district.execute(
+            "SELECT student_pk FROM students WHERE student_pk < %s ORDER BY student_pk", (far,)
+        )
+    ]
+    assert len(pks) == 6 and pks[-1] - pks[0] == 5  # one block of keys
+    upload_id = district.execute(
+        """INSERT INTO uploads (district_id, upload_key, file_name, received_at)
+           VALUES (%s, 'K1', 'students.csv', now()) RETURNING upload_id""",
+        (did,),
+    ).fetchone()[0]
+    history = """INSERT INTO student_history (upload_id, student_pk, line_number, change,
+                     status_after, order_after, school_after, data_changed)
+                 SELECT %s, k, 2, 'added', 'active', 1, 1, true FROM unnest(%s::bigint[]) k"""
+    district.execute("SET enable_hashjoin = off")
+    district.execute("SET enable_mergejoin = off")  # as db/apply.py's UPDATE sets it
+    dense_missing = [*pks[:-1], pks[-1] + 1]  # 6 keys over a range of 7: the ordered pass
+    sparse_missing = [pks[0], far + 1]  # 2 keys over a range of ~1M: the probes
+    for keys in (dense_missing, sparse_missing):
+        with (
+            pytest.raises(psycopg.errors.ForeignKeyViolation, match="is not a student"),
+            district.transaction(),
+        ):
+            district.execute(history, (upload_id, keys))
+    district.execute(history, (upload_id, pks))
+    district.execute("DELETE FROM student_history WHERE upload_id = %s", (upload_id,))
+    district.execute(history, (upload_id, [pks[0], far]))
+    settings = district.execute(
+        "SELECT current_setting('enable_nestloop'), current_setting('enable_hashjoin'), "
+        "current_setting('enable_mergejoin')"
+    ).fetchone()
+    assert settings == ("on", "off", "off")
+    count = "SELECT count(*) FROM student_history WHERE upload_id = %s"
+    assert district.execute(count, (upload_id,)).fetchone()[0] == 2
