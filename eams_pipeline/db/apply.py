@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from eams_pipeline.core.outcome import FINAL_STATUSES, UploadStatus
 from eams_pipeline.core.plan import Plan
 from eams_pipeline.db import password_cache
+from eams_pipeline.db.connection import local_settings
 from eams_pipeline.db.snapshot import copy_in
 
 _CREATE_STAGE = """
@@ -233,19 +234,10 @@ def update_changed_students(
     statement."""
     if staged == 0:
         return
-    before = {
-        name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
-        for name in _PLAN_SETTINGS
-    }
-    for name, value in _PLAN_SETTINGS.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-    written = conn.execute(
-        _UPDATE_AND_RECORD, {"district": district_id, "upload": upload_id}
-    ).rowcount
-    # put back only after success: a failed statement aborts the transaction (which takes
-    # the settings with it), and a statement sent now would hide its error
-    for name, value in before.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    with local_settings(conn, _PLAN_SETTINGS):
+        written = conn.execute(
+            _UPDATE_AND_RECORD, {"district": district_id, "upload": upload_id}
+        ).rowcount
     if written != staged:  # the plan was made under the district's lock: cannot happen
         raise RuntimeError(f"updated {written} students, the plan changes {staged}")
 

@@ -13,6 +13,7 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 
+from eams_pipeline.db.connection import local_settings
 from eams_pipeline.db.snapshot import copy_in, copy_out
 
 _KEYS = """CREATE TEMP TABLE IF NOT EXISTS password_keys (
@@ -118,35 +119,28 @@ def forget(
     first, last = new_keys if new_keys is not None else (0, -1)
     if first > last and not student_ids:
         return 0
-    before = {
-        name: conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0]
-        for name in _FORGET_SETTINGS
-    }
-    for name, value in _FORGET_SETTINGS.items():
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
-    cur = conn.execute(
-        """DELETE FROM password_hash_cache WHERE ctid = ANY(ARRAY(
-               SELECT c.ctid
-               FROM password_hash_cache c
-               JOIN (SELECT student_id, password_fingerprint FROM students
-                     WHERE student_pk BETWEEN %(first)s AND %(last)s
-                       AND district_id = %(district)s
-                     UNION ALL
-                     SELECT * FROM unnest(%(ids)s::text[], %(fps)s::bigint[])
-                    ) AS used (student_id, password_fingerprint)
-                 ON c.student_id = used.student_id
-                AND c.password_fingerprint = used.password_fingerprint
-               WHERE c.district_id = %(district)s))""",
-        {
-            "district": district_id,
-            "first": first,
-            "last": last,
-            "ids": student_ids,
-            "fps": fingerprints,
-        },
-    )
-    for name, value in before.items():  # after success only (see db/apply.py)
-        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+    with local_settings(conn, _FORGET_SETTINGS):
+        cur = conn.execute(
+            """DELETE FROM password_hash_cache WHERE ctid = ANY(ARRAY(
+                   SELECT c.ctid
+                   FROM password_hash_cache c
+                   JOIN (SELECT student_id, password_fingerprint FROM students
+                         WHERE student_pk BETWEEN %(first)s AND %(last)s
+                           AND district_id = %(district)s
+                         UNION ALL
+                         SELECT * FROM unnest(%(ids)s::text[], %(fps)s::bigint[])
+                        ) AS used (student_id, password_fingerprint)
+                     ON c.student_id = used.student_id
+                    AND c.password_fingerprint = used.password_fingerprint
+                   WHERE c.district_id = %(district)s))""",
+            {
+                "district": district_id,
+                "first": first,
+                "last": last,
+                "ids": student_ids,
+                "fps": fingerprints,
+            },
+        )
     return cur.rowcount
 
 
