@@ -221,11 +221,11 @@ def prepare_upload(
         return Prepared()  # the apply phase reports it
     if record is not None and record.is_final and not (approve_hold and record.approvable):
         return Prepared()  # settled: the apply phase returns what was recorded
-    # On two cores, beside this thread's parsing and validation (pandera: mostly Python),
-    # threads run what releases the GIL: the content's digest; the district's students
-    # streaming in (the connection is that thread's alone until .result()), then each
-    # row's match to its stored student (an Arrow hash lookup); the rows' fingerprints
-    # (Arrow and pandas' SipHash).
+    # On two cores, beside this thread's parsing, validation and fingerprints (pandera and
+    # the fingerprints' bytes objects hold the GIL), threads run what releases it: the
+    # content's digest; the district's students streaming in (the connection is that
+    # thread's alone until .result()), then each row's match to its stored student (Arrow
+    # hash lookups). The fingerprints on a third thread measured slower (GIL contention).
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="eams-phase1") as pool:
         digest = pool.submit(_sha256, upload.data) if content_sha256 is None else None
         stored = pool.submit(_read_district_ahead, conn, district, engine)
@@ -235,10 +235,9 @@ def prepare_upload(
             with clock.step("validate"):
                 read.rows = rows = normalise(read.parsed.rows)
                 matched = pool.submit(_match, rows, stored)
-                fingerprinted = pool.submit(_fingerprints, rows, engine.secret)
                 read.column_errors = validate_rows(read.parsed.rows)
-            with clock.step("fingerprints"):  # what is left to wait of them
-                prepared.password_fps, prepared.data_hashes = fingerprinted.result()
+            with clock.step("fingerprints"):
+                prepared.password_fps, prepared.data_hashes = _fingerprints(rows, engine.secret)
         with clock.step("students"):  # what is left to wait of the students' read
             version, students, cached = stored.result()
         prepared.content_sha256 = content_sha256 or digest.result()
