@@ -108,16 +108,21 @@ def test_a_school_named_by_a_student_cannot_be_deleted(district) -> None:
     )
 
 
+def _new_upload(conn: psycopg.Connection, district_id: int) -> int:
+    """An upload row of the district (key K1) for history rows to name."""
+    return conn.execute(
+        """INSERT INTO uploads (district_id, upload_key, file_name, received_at)
+           VALUES (%s, 'K1', 'students.csv', now()) RETURNING upload_id""",
+        (district_id,),
+    ).fetchone()[0]
+
+
 def test_history_keys_are_checked_and_cascade(district) -> None:
     did = district.execute("SELECT district_id FROM districts WHERE code = 'D1'").fetchone()[0]
     pk = district.execute(
         "SELECT student_pk FROM students WHERE student_id = 'E1' AND district_id = %s", (did,)
     ).fetchone()[0]
-    upload_id = district.execute(
-        """INSERT INTO uploads (district_id, upload_key, file_name, received_at)
-           VALUES (%s, 'K1', 'students.csv', now()) RETURNING upload_id""",
-        (did,),
-    ).fetchone()[0]
+    upload_id = _new_upload(district, did)
     history = """INSERT INTO student_history (upload_id, student_pk, line_number, change,
                      status_after, order_after, school_after, data_changed)
                  SELECT %s, %s, 2, 'updated', 'active', order_id, school_id, true
@@ -211,11 +216,7 @@ def test_history_student_key_is_checked_on_dense_and_sparse_keys(district) -> No
         )
     ]
     assert len(pks) == 6 and pks[-1] - pks[0] == 5  # one block of keys
-    upload_id = district.execute(
-        """INSERT INTO uploads (district_id, upload_key, file_name, received_at)
-           VALUES (%s, 'K1', 'students.csv', now()) RETURNING upload_id""",
-        (did,),
-    ).fetchone()[0]
+    upload_id = _new_upload(district, did)
     history = """INSERT INTO student_history (upload_id, student_pk, line_number, change,
                      status_after, order_after, school_after, data_changed)
                  SELECT %s, k, 2, 'added', 'active', 1, 1, true FROM unnest(%s::bigint[]) k"""
