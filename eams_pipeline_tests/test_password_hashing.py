@@ -58,6 +58,20 @@ def _cache(conn: psycopg.Connection) -> dict[str, str]:
     return dict(rows)
 
 
+def _drop_cached(conn: psycopg.Connection, student_id: str) -> None:
+    """A cached hash gone between the phases (aged out, or another run's apply used it)."""
+    conn.execute("DELETE FROM password_hash_cache WHERE student_id = %s", (student_id,))
+    conn.commit()
+
+
+def _assert_stored_and_cache_used(conn: psycopg.Connection, rows: list[dict[str, str]]) -> None:
+    """Every row's password is stored as its argon2id hash; the apply removed the cache
+    rows it used."""
+    stored = _stored(conn)
+    assert all(Argon2().verify(stored[r["student_id"]], r["password"]) for r in rows)
+    assert _cache(conn) == {}
+
+
 def _stored(conn: psycopg.Connection) -> dict[str, str]:
     rows = conn.execute("SELECT student_id, password_hash FROM students").fetchall()
     conn.commit()
@@ -135,10 +149,7 @@ def test_a_crash_mid_hashing_then_a_rerun_reuses_the_finished_hashes_and_applies
     assert len(stored) == total
     for sid, h in before.items():
         assert stored[sid] == h  # the hash computed before the crash is the one applied
-    argon2 = Argon2()
-    for r in rows:
-        assert argon2.verify(stored[r["student_id"]], r["password"])
-    assert _cache(idle) == {}  # used, so removed
+    _assert_stored_and_cache_used(idle, rows)
 
     # applied exactly once: one upload, one history row per student, licenses consistent
     again = process_upload(idle, Upload("D1", upload_file.read_bytes(), key=key), _engine(hasher))
@@ -163,16 +174,13 @@ def test_a_hash_missing_from_the_cache_is_hashed_inside_the_apply(
     prepared = prepare_upload(idle, upload, _engine(_plain_hasher()))
     assert prepared.hashed == 0
     # one cached hash went away in between (aged out, or another run's apply used it)
-    idle.execute("DELETE FROM password_hash_cache WHERE student_id = %s", (rows[4]["student_id"],))
-    idle.commit()
+    _drop_cached(idle, rows[4]["student_id"])
     hasher = CountingHasher()
     result = process_upload(idle, upload, _engine(hasher), prepared=prepared)
     assert result.status == UploadStatus.PROCESSED
     assert hasher.hashed == [rows[4]["password"]]
     assert (result.cached_hashes, result.hashed_passwords) == (5, 1)
-    stored = _stored(idle)
-    assert all(Argon2().verify(stored[r["student_id"]], r["password"]) for r in rows)
-    assert _cache(idle) == {}  # the apply removed what it used
+    _assert_stored_and_cache_used(idle, rows)
 
 
 def test_the_apply_uses_the_hashes_its_own_phase_1_computed(idle: psycopg.Connection) -> None:
@@ -182,15 +190,12 @@ def test_the_apply_uses_the_hashes_its_own_phase_1_computed(idle: psycopg.Connec
     upload = Upload("D1", csv_bytes(rows), key="D1-k9")
     prepared = prepare_upload(idle, upload, _engine(_plain_hasher()))
     assert prepared.hashed == 6
-    idle.execute("DELETE FROM password_hash_cache WHERE student_id = %s", (rows[4]["student_id"],))
-    idle.commit()
+    _drop_cached(idle, rows[4]["student_id"])
     hasher = CountingHasher()
     result = process_upload(idle, upload, _engine(hasher), prepared=prepared)
     assert hasher.hashed == []
     assert (result.cached_hashes, result.hashed_passwords) == (6, 6)
-    stored = _stored(idle)
-    assert all(Argon2().verify(stored[r["student_id"]], r["password"]) for r in rows)
-    assert _cache(idle) == {}
+    _assert_stored_and_cache_used(idle, rows)
 
 
 def test_a_password_changed_after_hashing_is_hashed_inline(idle: psycopg.Connection) -> None:
