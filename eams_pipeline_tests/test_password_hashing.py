@@ -305,6 +305,9 @@ def test_progress_reports_every_step_and_each_hashing_batch(idle: psycopg.Connec
     for step in ("read", "validate", "hash", "lock", "snapshot", "plan", "apply", "record"):
         assert step in finished
     assert set(result.timings) >= set(finished)
+    # each step's CPU seconds (its thread's) are part of its seconds, the rest is waiting
+    assert set(result.cpu_timings) == set(result.timings)
+    assert all(0 <= result.cpu_timings[s] <= result.timings[s] + 0.01 for s in result.timings)
     assert result.hash_rate_per_s > 0
 
 

@@ -60,6 +60,9 @@ class UploadResult:
     file_error: FileRejected | None = None
     already_applied: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    # of each step's seconds, the CPU seconds of the thread that ran it (the rest is waiting:
+    # the apply's rest is PostgreSQL's time)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
     # argon2id hashes computed by this call (before the apply and inline); hashes the apply
     # used that were computed before the lock (by this call, or by an earlier run that
     # stopped, from the durable cache)

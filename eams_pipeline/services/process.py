@@ -122,18 +122,23 @@ class Engine:
 
 @dataclass
 class _Clock:
+    """Each step's seconds, and of them the CPU seconds of the thread that ran it: the rest
+    is waiting (for PostgreSQL, for the hashing workers or for phase 1's threads)."""
+
     progress: Progress = field(default_factory=Progress)
     timings: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         self.progress.started(name)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
             seconds = time.perf_counter() - start
             self.timings[name] = self.timings.get(name, 0.0) + seconds
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
         self.progress.finished(name, seconds)  # not when the step failed
 
 
@@ -546,6 +551,7 @@ def process_upload(
                     conn, district.district_id, record
                 )
     result.timings = clock.timings
+    result.cpu_timings = clock.cpu
     if prepared.hashed and prepared.hash_seconds > 0:
         result.hash_rate_per_s = prepared.hashed / prepared.hash_seconds
     return result
