@@ -4,7 +4,9 @@ the database's own checks cheap, with the stored content unchanged."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
+from eams_pipeline.db import apply as db_apply
 from eams_pipeline.services.process import Upload, prepare_upload, process_upload
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.builders import (
@@ -79,3 +81,39 @@ def test_the_apply_removes_exactly_the_cached_hashes_it_stored(conn: psycopg.Con
     assert sorted(left) == sorted(
         [(d1, "E1", fp + 1), (d1, "E2", fp), (d1, "GONE", fp), (d2, "E1", fp)]
     )
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_new_students_made_ahead_or_streamed_are_written_the_same(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, ahead: bool
+) -> None:
+    # on a night with changed and new students, the new students' rows are made on a
+    # thread while the UPDATE runs (encode_ahead); past AHEAD_MAX_ROWS they stream as
+    # they are made: the same rows land either way, after the UPDATE
+    load(conn, district_doc(existing=[existing_student("E1"), existing_student("E2")]))
+    if not ahead:
+        monkeypatch.setattr(db_apply, "AHEAD_MAX_ROWS", 1)
+    made: list[db_apply.Ahead] = []
+    encode_ahead = db_apply.encode_ahead
+    monkeypatch.setattr(
+        db_apply, "encode_ahead", lambda *a: made.append(encode_ahead(*a)) or made[-1]
+    )
+    rows = [
+        row("N1", username="new.one", last_name="First"),
+        row("E1", last_name="Renamed"),
+        row("N2", "X", username="new.two", last_name="Second"),
+    ]
+    result = run(conn, rows)
+    assert (result.counts["added"], result.counts["updated"]) == (2, 1)
+    assert [m.students is not None for m in made] == [ahead]
+    got = conn.execute(
+        """SELECT s.student_id, s.last_name, s.username, s.status, h.change, h.line_number,
+                  h.last_name_after
+           FROM students s JOIN student_history h USING (student_pk)
+           ORDER BY s.student_id"""
+    ).fetchall()
+    assert got == [
+        ("E1", "Renamed", "userE1", "active", "updated", 3, "Renamed"),
+        ("N1", "First", "new.one", "active", "added", 2, "First"),
+        ("N2", "Second", "new.two", "deactivated", "added", 4, "Second"),
+    ]

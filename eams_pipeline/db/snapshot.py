@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
 import numpy as np
@@ -66,25 +67,38 @@ COPY_IN_ROWS = 65_536  # rows converted and sent at a time: the CSV of 1M staged
 
 
 def copy_in(
-    conn: psycopg.Connection, table: str, frame: pd.DataFrame, order: np.ndarray | None = None
+    conn: psycopg.Connection,
+    table: str,
+    frame: pd.DataFrame,
+    order: np.ndarray | None = None,
+    *,
+    encoded: Iterable[bytes] | None = None,
 ) -> None:
     """COPY a frame into a table (columns by name), as CSV written by pyarrow, slice by
     slice: memory holds one slice's Arrow table and CSV text, never the whole frame's.
     `order` (positions in `frame`) sends those rows, in that order, without a sorted or
-    filtered copy of the frame."""
+    filtered copy of the frame. `encoded`: the same rows already made by encode_csv (the
+    frame then only names the columns)."""
     if frame.empty:
         return
     columns = ", ".join(frame.columns)
-    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
     with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as cp:
-        for start in range(0, len(frame) if order is None else len(order), COPY_IN_ROWS):
-            if order is None:
-                part = frame.iloc[start : start + COPY_IN_ROWS]
-            else:
-                part = frame.iloc[order[start : start + COPY_IN_ROWS]]
-            sink = io.BytesIO()
-            pacsv.write_csv(pa.Table.from_pandas(part, preserve_index=False), sink, options)
-            cp.write(sink.getvalue())
+        for chunk in encode_csv(frame, order) if encoded is None else encoded:
+            cp.write(chunk)
+
+
+def encode_csv(frame: pd.DataFrame, order: np.ndarray | None = None) -> Iterator[bytes]:
+    """The rows of `frame` (those at `order`, in that order) as COPY's CSV, COPY_IN_ROWS at
+    a time."""
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    for start in range(0, len(frame) if order is None else len(order), COPY_IN_ROWS):
+        if order is None:
+            part = frame.iloc[start : start + COPY_IN_ROWS]
+        else:
+            part = frame.iloc[order[start : start + COPY_IN_ROWS]]
+        sink = io.BytesIO()
+        pacsv.write_csv(pa.Table.from_pandas(part, preserve_index=False), sink, options)
+        yield sink.getvalue()
 
 
 _STUDENT_TYPES = {
