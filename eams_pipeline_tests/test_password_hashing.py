@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+import pandas as pd
 import psycopg
 import pytest
 from argon2 import PasswordHasher as Argon2
@@ -18,6 +19,8 @@ from argon2 import PasswordHasher as Argon2
 from eams_pipeline import config
 from eams_pipeline.core.outcome import UploadStatus
 from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.db import password_cache
+from eams_pipeline.db.districts import get_district
 from eams_pipeline.services.process import Engine, Upload, prepare_upload, process_upload
 from eams_pipeline.services.progress import Progress
 from eams_pipeline.services.review import approve
@@ -432,3 +435,31 @@ def test_students_changed_between_the_phases_are_read_again_under_the_lock(
     prepared = prepare_upload(idle, third, _engine(_plain_hasher()))
     result = process_upload(idle, third, _engine(_plain_hasher()), prepared=prepared)
     assert result.counts["unchanged"] == 3 and "load" not in result.timings
+
+
+@pytest.mark.parametrize("probe_max_keys", [0, 200_000])
+def test_the_cache_is_asked_the_same_by_probes_or_by_a_join(
+    conn: psycopg.Connection, monkeypatch: pytest.MonkeyPatch, probe_max_keys: int
+) -> None:
+    # up to PROBE_MAX_KEYS keys are asked one index probe each, more by the planner's
+    # join: the same keys come back as not cached either way
+    load(conn, district_doc(), district_doc(code="D2", existing=[]))
+    d1, d2 = (get_district(conn, code).district_id for code in ("D1", "D2"))
+    stored = pd.DataFrame(
+        {
+            "student_id": ["S1", "S2", "S3"],
+            "password_fp": [11, 22, 33],
+            "password_hash": "$argon2id$x",
+        }
+    )
+    password_cache.store(conn, d1, stored)
+    password_cache.store(conn, d2, stored.assign(student_id=["S4", "S4", "S4"]))
+    monkeypatch.setattr(password_cache, "PROBE_MAX_KEYS", probe_max_keys)
+    keys = pd.DataFrame(
+        {
+            "k": [0, 1, 2, 3, 4],
+            "student_id": ["S1", "S2", "S2", "S4", "S9"],
+            "password_fp": [11, 22, 99, 11, 11],  # cached, cached, other password, D2's, none
+        }
+    )
+    assert password_cache.to_hash(conn, d1, keys).tolist() == [2, 3, 4]
