@@ -166,7 +166,8 @@ def _new_students(district_id: int, keyed: Keyed) -> pd.DataFrame:
             "status": new["status_after"],
             "order_id": new["order_after"],
             "data_hash": new["data_hash"],
-        }
+        },
+        copy=False,  # the plan's columns as they are (with `encoded`, only their names count)
     )
 
 
@@ -198,7 +199,8 @@ def _new_history(upload_id: int, keyed: Keyed) -> pd.DataFrame:
             "data_changed": new["data_changed"],
             **{f"{col}_after": new[col] for col in _DATA},
             "password_changed": new["password_fp"].notna(),
-        }
+        },
+        copy=False,
     )
 
 

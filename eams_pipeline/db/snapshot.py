@@ -156,11 +156,12 @@ def load_district_students(conn: psycopg.Connection, district: District) -> pd.D
     status = pc.take(pa.array(["deactivated", "active"]), pa.array(flag & 1))
 
     def lines(blob: bytes) -> pa.Array:  # large_string: pandas' layout for text (no cast)
-        return (
-            pc.split_pattern(pa.array([blob], pa.large_binary()), "\n")
-            .flatten()
-            .cast(pa.large_string())
+        whole = pa.Array.from_buffers(  # the received bytes as one value, not a copy
+            pa.large_binary(),
+            1,
+            [None, pa.py_buffer(np.array([0, len(blob)], dtype=np.int64)), pa.py_buffer(blob)],
         )
+        return pc.split_pattern(whole, "\n").flatten().cast(pa.large_string())
 
     def integers(values: np.ndarray, missing: np.ndarray | None = None) -> pd.arrays.IntegerArray:
         return pd.arrays.IntegerArray(
