@@ -117,3 +117,18 @@ def test_new_students_made_ahead_or_streamed_are_written_the_same(
         ("N1", "First", "new.one", "active", "added", 2, "First"),
         ("N2", "Second", "new.two", "deactivated", "added", 4, "Second"),
     ]
+
+
+def test_a_username_released_by_a_rename_is_not_given_to_a_new_student_the_same_night(
+    conn: psycopg.Connection,
+) -> None:
+    # what lets the apply update the changed students before it inserts the new ones: a
+    # stored student's username stays taken for the whole file, even when that student is
+    # renamed in it, so neither write can collide with the other whatever their order
+    load(conn, district_doc(existing=[existing_student("E1", username="old.name")]))
+    result = run(conn, [row("E1", username="new.name"), row("N1", username="old.name")])
+    assert (result.counts["updated"], result.counts["added"]) == (1, 0)
+    assert result.error_codes == {"USERNAME_TAKEN": 1}
+    assert conn.execute("SELECT student_id, username FROM students").fetchall() == [
+        ("E1", "new.name")
+    ]
