@@ -109,22 +109,28 @@ def make_plan(
     full_roster: bool = False,
     password_fps: np.ndarray | None = None,
     data_hashes: np.ndarray | None = None,
+    username_lower: pa.Array | None = None,
+    repeated_ids: np.ndarray | None = None,
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
     `row_errors` the errors found so far (malformed rows and column rules). With
     `full_roster` the district's active students absent from the file are deactivated too.
-    `password_fps` (password_fingerprint of these rows) and `data_hashes` (their
-    data_fingerprint) are computed unless the caller has them."""
+    `password_fps` (password_fingerprint of these rows), `data_hashes` (their
+    data_fingerprint), `username_lower` (lower_usernames of them) and `repeated_ids`
+    (repeated_student_ids of them, at the snapshot's positions) are computed unless the
+    caller has them."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
-    username_lower = lower_usernames(df["username"])
+    if username_lower is None:
+        username_lower = lower_usernames(df["username"])
     positions = snapshot.positions
     if positions is None:
         positions = student_positions(df["student_id"], snapshot.students)
     own = snapshot.own_usernames
     if own is None:
         own = own_usernames(username_lower, snapshot.students, positions)
-    repeated_ids = repeated_student_ids(df["student_id"], positions)
+    if repeated_ids is None:
+        repeated_ids = repeated_student_ids(df["student_id"], positions)
     repeated_names = repeated_usernames(username_lower, own, snapshot.students, positions)
     if password_fps is None:
         password_fps = password_fingerprint(df["student_id"], df["password"], fingerprint_key)

@@ -210,10 +210,12 @@ def load_snapshot(
     positions: np.ndarray | None = None,
     own: np.ndarray | None = None,
     ahead: Executor | None = None,
+    username_lower: pa.Array | None = None,
 ) -> DistrictSnapshot:
     """The district's state for a plan of `rows`, given its `students` (read by
     load_district_students; `positions`: core.plan.student_positions of the rows in them,
-    and `own`: core.plan.own_usernames of the rows, when already computed for them).
+    `own`: core.plan.own_usernames of the rows and `username_lower`:
+    core.plan.lower_usernames of the rows, when already computed for them).
 
     With `ahead`, the holders of the file's new usernames are looked up on it: the
     snapshot's taken_usernames is then the function that waits for them, and the
@@ -236,14 +238,16 @@ def load_snapshot(
     )
     if positions is None:
         positions, own = student_positions(rows["student_id"], students), None
+    if username_lower is None:
+        username_lower = lower_usernames(rows["username"])
     if own is None:
-        own = own_usernames(lower_usernames(rows["username"]), students, positions)
+        own = own_usernames(username_lower, students, positions)
     # no one else can hold a row's own username: on a nightly file that leaves only the
     # new and renamed students' usernames to lock and to look up in the database
     at = np.flatnonzero(~own)
     claimed = pd.DataFrame(
         {
-            "username_lower": pd.Series(lower_usernames(rows["username"].iloc[at]), dtype="str"),
+            "username_lower": pd.Series(username_lower.take(at), dtype="str"),
             "student_id": rows["student_id"].iloc[at].to_numpy(),
         }
     )

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
 from psycopg.pq import TransactionStatus
 
 from eams_pipeline.core.encoding import decode_upload
@@ -169,6 +170,8 @@ class Prepared:
     students_version: int | None = None
     positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
     own_usernames: np.ndarray | None = None  # core.plan.own_usernames of read.rows
+    username_lower: pa.Array | None = None  # core.plan.lower_usernames of read.rows
+    repeated_ids: np.ndarray | None = None  # core.plan.repeated_student_ids at positions
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
     data_hashes: np.ndarray | None = None  # data_fingerprint of read.rows
     cache_in_use: bool = False  # the district had hashes in the cache (a stopped run's)
@@ -249,10 +252,11 @@ def prepare_upload(
         if read.rows is None:
             return prepared
         with clock.step("match"):  # what is left to wait of it
-            prepared.positions, prepared.own_usernames = matched.result()
+            prepared.positions, prepared.own_usernames, prepared.username_lower = matched.result()
     prepared.students, prepared.students_version = students, version
     prepared.cache_in_use = cached
     with clock.step("hash_select"):
+        prepared.repeated_ids = repeated_student_ids(read.rows["student_id"], prepared.positions)
         todo = _to_hash_ahead(conn, district, read, prepared, engine)
     with clock.step("hash"):  # only the hashing and the commits of its batches
         start = time.perf_counter()
@@ -277,12 +281,14 @@ def _read_district_ahead(
     return version, students, cached
 
 
-def _match(rows: pd.DataFrame, stored: Future) -> tuple[np.ndarray, np.ndarray]:
+def _match(rows: pd.DataFrame, stored: Future) -> tuple[np.ndarray, np.ndarray, pa.Array]:
     """Each row's stored student (core.plan.student_positions) and whether its username is
-    that student's own already (core.plan.own_usernames), once the students are in."""
+    that student's own already (core.plan.own_usernames), once the students are in; and the
+    rows' usernames lower-cased (for the plan too)."""
+    username_lower = lower_usernames(rows["username"])
     students = stored.result()[1]
     positions = student_positions(rows["student_id"], students)
-    return positions, own_usernames(lower_usernames(rows["username"]), students, positions)
+    return positions, own_usernames(username_lower, students, positions), username_lower
 
 
 def _fingerprints(rows: pd.DataFrame, secret: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -304,7 +310,7 @@ def _to_hash_ahead(
     prepared.positions) nor cached (the cache is asked only when the district has any)."""
     assert read.rows is not None and read.column_errors is not None
     assert prepared.students is not None and prepared.positions is not None
-    assert prepared.password_fps is not None
+    assert prepared.password_fps is not None and prepared.repeated_ids is not None
     rows, fps, at = read.rows, prepared.password_fps, prepared.positions
     stored = prepared.students["password_fingerprint"]
     # locally first: on a nightly file nearly every password is the stored one
@@ -314,7 +320,7 @@ def _to_hash_ahead(
     candidate = (
         rows["password"].notna().to_numpy(dtype=bool)
         & rows["student_id"].notna().to_numpy(dtype=bool)
-        & ~repeated_student_ids(rows["student_id"], at)
+        & ~prepared.repeated_ids
         & ~rows.index.isin(read.column_errors["row"].to_numpy())
         & ~same
     )
@@ -436,19 +442,20 @@ def process_upload(
 
         read = prepared.read
         positions, own, password_fps, data_hashes, ahead = None, None, None, None, None
+        username_lower, repeated_ids = None, None
         if (
             read is not None
             and read.encoding == district.encoding
             and prepared.content_sha256 == content_sha256
         ):
             password_fps, data_hashes = prepared.password_fps, prepared.data_hashes
-            ahead = prepared.hashes
+            username_lower, ahead = prepared.username_lower, prepared.hashes
             if prepared.students is not None and prepared.students_version == students_version(
                 conn, district.district_id
             ):
                 # nothing was written to the district's students since phase 1 read them
                 students, positions = prepared.students, prepared.positions
-                own = prepared.own_usernames
+                own, repeated_ids = prepared.own_usernames, prepared.repeated_ids
             else:
                 with clock.step("load"):
                     students = load_district_students(conn, district)
@@ -482,7 +489,14 @@ def process_upload(
                 hashing = None if data_hashes is not None else pool.submit(data_fingerprint, rows)
                 with clock.step("snapshot"):
                     snapshot = load_snapshot(
-                        conn, district, rows, students, positions, own, ahead=pool
+                        conn,
+                        district,
+                        rows,
+                        students,
+                        positions,
+                        own,
+                        ahead=pool,
+                        username_lower=username_lower,
                     )
                 with clock.step("plan"):
                     plan = make_plan(
@@ -494,6 +508,8 @@ def process_upload(
                         full_roster=district.mode == "full_roster",
                         password_fps=password_fps,
                         data_hashes=data_hashes if hashing is None else hashing.result(),
+                        username_lower=username_lower,
+                        repeated_ids=repeated_ids,
                     )
             result = _from_plan(upload.district, upload_id, plan)
             if not superseded:
