@@ -18,11 +18,10 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import psycopg
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from eams_pipeline.core.outcome import FINAL_STATUSES, UploadStatus
-from eams_pipeline.core.plan import Plan
+from eams_pipeline.core.plan import Plan, lower_usernames
 from eams_pipeline.db import password_cache
 from eams_pipeline.db.connection import local_settings
 from eams_pipeline.db.snapshot import copy_in, encode_csv
@@ -106,8 +105,7 @@ def _in_username_order(changes: pd.DataFrame, new: np.ndarray) -> np.ndarray:
     """The positions `new` in the order of the username index (lower(username); Python's
     code-point order is the index's under the C and C.UTF-8 collations, and close to it
     under others)."""
-    usernames = pa.array(changes["username"].iloc[new], pa.string(), from_pandas=True)
-    return new[pc.sort_indices(pc.utf8_lower(usernames)).to_numpy()]
+    return new[pc.sort_indices(lower_usernames(changes["username"].iloc[new])).to_numpy()]
 
 
 def _new_keys(conn: psycopg.Connection, n: int) -> np.ndarray:
