@@ -482,40 +482,82 @@ def parse(text: str) -> list[DistrictSpec]:
         line = doc.lines.get("districts", doc.line)
         problems.append(Problem(line, "the file", "must have a top-level `districts:` list"))
         raise MasterDataError(problems)
-    districts: list[DistrictSpec] = []
+    valid: list[tuple[_District, _Locator]] = []
     for index, raw in enumerate(items):
         if not isinstance(raw, YamlMapping):
             problems.append(Problem(items.lines[index], f"districts[{index}]", "must be a mapping"))
             continue
-        spec = _district(raw, index, problems)
-        if spec is not None:
-            districts.append(spec)
+        model = _district(raw, index, problems)
+        if model is not None:
+            valid.append(model)
+    # the upload's column rules, on the students of all districts at once
+    grades = _column_rules(valid, problems)
+    districts = [_checked(m, at, problems, grades[k]) for k, (m, at) in enumerate(valid)]
     problems += _across_districts(districts)
     if problems:
         raise MasterDataError(problems)
     return districts
 
 
-def _district(raw: YamlMapping, index: int, problems: list[Problem]) -> DistrictSpec | None:
+def _district(
+    raw: YamlMapping, index: int, problems: list[Problem]
+) -> tuple[_District, _Locator] | None:
+    """The district's model (and where its keys are), or None when its types are wrong."""
     code = raw.get("code")
     name = f"district {code.strip()}" if isinstance(code, str) and code.strip() else None
     at = _Locator(raw, name or f"district #{index + 1}")
-    found: list[Problem] = []
     for path, key, line, first in _duplicates(raw):
         _, who, _ = at((*path, key))
-        found.append(
+        problems.append(
             Problem(line, who, f"duplicate key `{key}` (first at line {first}): give it once")
         )
     try:
-        model = _District.model_validate(raw)
+        return _District.model_validate(raw), at
     except PydanticError as exc:
-        for error in exc.errors():
-            found.append(_problem(at, error))
-        problems += found
+        problems.extend(_problem(at, error) for error in exc.errors())
         return None
-    spec = _checked(model, raw, at, found)
-    problems += found
-    return spec  # with problems too: the checks across districts still see it
+
+
+def _column_rules(
+    districts: list[tuple[_District, _Locator]], problems: list[Problem]
+) -> list[list[str | None]]:
+    """The existing students of every district through the upload's column rules
+    (core.validation's schema, on one frame of them all: its cost is mostly per call), and
+    each one's grade as stored (normalised by core.validation); per district, in order."""
+    rows = [
+        (k, j, s) for k, (m, _) in enumerate(districts) for j, s in enumerate(m.existing_students)
+    ]
+    if not rows:
+        return [[] for _ in districts]
+
+    def value(s: _Student, column: str) -> str | None:
+        if column == "password":
+            return None
+        if column == "status":
+            return "A" if s.status == "active" else "D"
+        return getattr(s, _STUDENT_KEY[column])
+
+    frame = pd.DataFrame(
+        {
+            column: pd.array([value(s, column) for _, _, s in rows], dtype="str")
+            for column in COLUMNS
+        }
+    )
+    frame.insert(0, "line", [districts[k][1](("existing_students", j))[0] for k, j, _ in rows])
+    key_of = {DISPLAY_NAME[c]: _STUDENT_KEY[c] for c in COLUMNS}
+    broken = validate_rows(frame)
+    for row, column, code, message in broken[["row", "column", "code", "message"]].itertuples(
+        index=False
+    ):
+        k, j, _ = rows[row]
+        key = key_of[column]
+        problems.append(
+            districts[k][1].problem(("existing_students", j, key), f"{key}: {message} ({code})")
+        )
+    grades: list[list[str | None]] = [[] for _ in districts]
+    for (k, _, _), grade in zip(rows, normalise(frame)["grade"], strict=True):
+        grades[k].append(grade if isinstance(grade, str) else None)
+    return grades
 
 
 def _problem(at: _Locator, error: Any) -> Problem:
@@ -528,8 +570,11 @@ def _problem(at: _Locator, error: Any) -> Problem:
     return Problem(line, who, _described(error, key))
 
 
-def _checked(m: _District, raw: YamlMapping, at: _Locator, problems: list[Problem]) -> DistrictSpec:
+def _checked(
+    m: _District, at: _Locator, problems: list[Problem], grades: list[str | None]
+) -> DistrictSpec:
     """The district's relations (schools, orders, students), then its spec."""
+    raw = at.raw
     schools: dict[str, int] = {}
     for j, school in enumerate(m.schools):
         if school.code in schools:
@@ -572,7 +617,7 @@ def _checked(m: _District, raw: YamlMapping, at: _Locator, problems: list[Proble
     except GuardConfigError as exc:
         problems.append(at.problem(("guard",), str(exc)))
         guard = None
-    students = _students(m, at, problems)
+    students = _students(m, at, problems, grades)
 
     def line(*loc: Any) -> int:
         return at(loc)[0]
@@ -623,12 +668,12 @@ def _checked(m: _District, raw: YamlMapping, at: _Locator, problems: list[Proble
 
 
 def _students(
-    m: _District, at: _Locator, problems: list[Problem]
+    m: _District, at: _Locator, problems: list[Problem], grades: list[str | None]
 ) -> tuple[ExistingStudentSpec, ...]:
-    """The district's existing students through the upload's column rules (core.validation
-    on a frame of them), each Student ID and username once, schools and orders known. The
-    rules of a new student's placement (core.master_data.new_student_problems) need to
-    know which students are stored: db.setup runs them."""
+    """The district's existing students (their column rules are run by _column_rules),
+    each Student ID and username once, schools and orders known. The rules of a new
+    student's placement (core.master_data.new_student_problems) need to know which
+    students are stored: db.setup runs them."""
     if not m.existing_students:
         return ()
     rows = m.existing_students
@@ -637,32 +682,6 @@ def _students(
     def raw_lines(j: int) -> dict[Any, int]:
         item = _at(raw_students, j)
         return item.lines if isinstance(item, YamlMapping) else {}
-
-    frame = pd.DataFrame(
-        {
-            column: pd.array(
-                [
-                    None
-                    if column == "password"
-                    else ("A" if s.status == "active" else "D")
-                    if column == "status"
-                    else getattr(s, _STUDENT_KEY[column])
-                    for s in rows
-                ],
-                dtype="str",
-            )
-            for column in COLUMNS
-        }
-    )
-    frame.insert(0, "line", [at(("existing_students", j))[0] for j in range(len(rows))])
-    key_of = {DISPLAY_NAME[c]: _STUDENT_KEY[c] for c in COLUMNS}
-    broken = validate_rows(frame)
-    for j, column, code, message in broken[["row", "column", "code", "message"]].itertuples(
-        index=False
-    ):
-        key = key_of[column]
-        problems.append(at.problem(("existing_students", j, key), f"{key}: {message} ({code})"))
-    grades = normalise(frame)["grade"]
 
     schools = {s.code for s in m.schools}
     orders = {m.enterprise_order.number, *(o.number for o in m.regular_orders)}
@@ -694,14 +713,14 @@ def _students(
             refuse("school", f"unknown school {s.school}")
         if s.order is not None and s.order not in orders:
             refuse("order", f"unknown order {s.order}")
-        grade = grades.iloc[j]
+        grade = grades[j]
         out.append(
             ExistingStudentSpec(
                 student_id=s.student_id or "",
                 school=s.school or "",
                 last_name=s.last_name or "",
                 first_name=s.first_name or "",
-                grade=grade if isinstance(grade, str) else "",
+                grade=grade or "",
                 username=s.username or "",
                 order=s.order,
                 status=s.status,
