@@ -41,7 +41,7 @@ def _refusal(text: str) -> str:
 
 
 def _count(conn: psycopg.Connection, table: str) -> int:
-    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
 
 def _sftp(username: str = "shared", root: str = "/", host: str = "sftp.example.com") -> dict:
@@ -68,9 +68,7 @@ def _sftp(username: str = "shared", root: str = "/", host: str = "sftp.example.c
         ("//a", "/a"),
     ],
 )
-def test_two_districts_on_one_sftp_account_are_refused_naming_both(
-    first: str, second: str
-) -> None:
+def test_two_districts_on_one_sftp_account_are_refused_naming_both(first: str, second: str) -> None:
     one = district_doc(code="D1") | {"sftp": _sftp(root=first, host="SFTP.example.com")}
     two = district_doc(code="D2") | {"sftp": _sftp(root=second)}
     two["regular_orders"][0]["number"] = "REG-D2"
@@ -364,7 +362,9 @@ def test_a_username_held_in_the_database_is_refused_in_words(conn) -> None:
     two = district_doc(code="D2", existing=[existing_student("X9", order="ENT-D2")])
     two["regular_orders"][0]["number"] = "REG-D2"
     two["existing_students"][0]["username"] = "UserE1"
-    with pytest.raises(MasterDataError, match="username UserE1 is held by student E1 of district D1"):
+    with pytest.raises(
+        MasterDataError, match="username UserE1 is held by student E1 of district D1"
+    ):
         load(conn, two)
     assert _count(conn, "districts") == 1
 
