@@ -264,7 +264,7 @@ Count = Annotated[int, Field(ge=0, le=2_147_483_647)]
 Grade = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_grade)]
 ClockTime = Annotated[dt.time | None, BeforeValidator(_clock)]
 # a student's column: text as an upload's value, trimmed, empty = absent; the column rules
-# are the upload's own (validate_rows), run on all of a district's students at once
+# are the upload's own (validate_rows), run once on the students of all districts
 Column = Annotated[str | None, AfterValidator(lambda v: v or None)]
 GradeColumn = Annotated[
     str | None, BeforeValidator(_number_as_text), AfterValidator(lambda v: v or None)
