@@ -88,10 +88,10 @@ def setup_load(file: Path) -> None:
 
     try:
         districts = parse_master_data(file.read_text(encoding="utf-8"))
+        with connect() as conn:
+            changed = load_master_data(conn, districts)
     except MasterDataError as exc:
-        raise click.ClickException(f"{file}: {exc}") from exc
-    with connect() as conn:
-        changed = load_master_data(conn, districts)
+        raise click.ClickException(f"{file}: {exc}\nNothing was changed.") from exc
     click.echo(json.dumps({"districts": [d.code for d in districts], "changed": changed}))
 
 

@@ -110,6 +110,9 @@ def test_the_encoding_is_master_data(conn) -> None:
 
 
 def test_a_grade_outside_the_participating_grades_is_a_row_error_except_on_d(conn) -> None:
+    # OLD was created in grade 9 before the district narrowed its grades (a new existing
+    # student outside them is refused, as an A row would be)
+    load(conn, district_doc(existing=[existing_student("OLD", grade="9")]))
     load(
         conn,
         district_doc(existing=[existing_student("OLD", grade="9")])
@@ -145,6 +148,10 @@ def test_every_grade_participates_without_the_setting(conn) -> None:
 def test_a_d_row_for_a_closed_schools_student_deactivates_it_and_returns_the_license(
     conn,
 ) -> None:
+    # C1 was created while 900 was open; the district closed it since
+    opened = district_doc(existing=[existing_student("C1", school="900")])
+    opened["schools"][-1]["active"] = True
+    load(conn, opened)
     load(conn, district_doc(existing=[existing_student("C1", school="900")]))
     assert used(conn, "ENT-D1") == 1
     result = run(
@@ -232,7 +239,7 @@ def test_an_unknown_sftp_key_and_the_new_keys(conn) -> None:
         parse_master_data(_yaml(doc))
     spec = parse_master_data(
         "districts:\n"
-        + _yaml(district_doc()).split("\n", 1)[1]
+        + _yaml(district_doc(guard=None)).split("\n", 1)[1]
         + "  expected_by: 06:00\n  failure_contacts: [sis@d1.example.org]\n"
         + "  guard: {}\n  mode: full_roster\n"
     )[0]
