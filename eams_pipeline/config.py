@@ -96,6 +96,13 @@ def _trimmed_secret(name: str) -> str | None:
     return (value.strip() or None) if value is not None else None
 
 
+def _malformed(name: str) -> str:
+    """The start of a malformed secret's message: the variable, and its _FILE when read from
+    there."""
+    source = "" if env_str(name) is not None else f" (read from {name}_FILE)"
+    return f"{name} is malformed{source}"
+
+
 def _describe(value: str) -> str:
     """What is wrong with a secret, without a character of it."""
     if any(c.isspace() or not c.isprintable() for c in value):
@@ -117,7 +124,7 @@ def secret_key(name: str = SECRET_KEY_ENV) -> bytes:
         )
     if not _HEX_KEY.fullmatch(value):
         raise ConfigError(
-            f"{name} is malformed: expected at least {SECRET_KEY_MIN_HEX_DIGITS} hexadecimal "
+            f"{_malformed(name)}: expected at least {SECRET_KEY_MIN_HEX_DIGITS} hexadecimal "
             f"digits (0-9, a-f) as {_GENERATE_KEY} prints, found {_describe(value)}. To "
             f"replace a key of another format, generate a new one and move the old one to "
             f'{PREVIOUS_SECRET_KEY_ENV} (README, "Rotating the secret key").'
@@ -134,7 +141,7 @@ def previous_secret_key(name: str = PREVIOUS_SECRET_KEY_ENV) -> bytes | None:
     if value is None:
         return None
     if any(c.isspace() or not c.isprintable() for c in value):
-        raise ConfigError(f"{name} is malformed: found {_describe(value)}")
+        raise ConfigError(f"{_malformed(name)}: found {_describe(value)}")
     return value.encode("utf-8")
 
 

@@ -301,12 +301,20 @@ def test_a_key_is_trimmed_like_its_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("EAMS_SECRET_KEY_PREVIOUS", "\t" + OLD + "\r\n")
     assert config.previous_secret_key() == OLD.encode()
     monkeypatch.delenv("EAMS_SECRET_KEY_PREVIOUS")
-    key_file.write_text("an-old-key-of-another-format\n")
-    monkeypatch.setenv("EAMS_SECRET_KEY_PREVIOUS_FILE", str(key_file))
+    previous_file = tmp_path / "previous-key"
+    previous_file.write_text("an-old-key-of-another-format\n")
+    monkeypatch.setenv("EAMS_SECRET_KEY_PREVIOUS_FILE", str(previous_file))
     assert config.previous_secret_key() == b"an-old-key-of-another-format"
     monkeypatch.setenv("EAMS_SECRET_KEY_PREVIOUS_FILE", "")
     monkeypatch.setenv("EAMS_SECRET_KEY_PREVIOUS", "   ")  # blank: no previous key
     assert config.previous_secret_key() is None
+    # the Dagster resource hands the previous key to the runs' engine
+    from eams_pipeline.orchestration.resources import EngineResource
+
+    monkeypatch.setenv("EAMS_SECRET_KEY_PREVIOUS", OLD)
+    engine = EngineResource().get()
+    assert engine.secret == NEW.encode()
+    assert engine.previous_keys == (fingerprint_key(OLD.encode()),)
     # the current key given as previous too is no previous key
     same = Engine(secret=NEW.encode(), hasher=CountingHasher(), previous_secrets=(NEW.encode(),))
     assert same.previous_keys == ()
@@ -337,6 +345,18 @@ def test_a_malformed_key_is_a_clear_error_that_never_shows_it(
 
     with pytest.raises(config.ConfigError, match=f"^{name} is malformed"):
         default_resources()
+
+
+def test_a_malformed_key_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("placeholder\n")
+    monkeypatch.delenv("EAMS_SECRET_KEY")
+    monkeypatch.setenv("EAMS_SECRET_KEY_FILE", str(key_file))
+    with pytest.raises(config.ConfigError) as raised:
+        config.secret_key()
+    message = str(raised.value)
+    assert message.startswith("EAMS_SECRET_KEY is malformed (read from EAMS_SECRET_KEY_FILE)")
+    assert "placeholder" not in message and "11 characters" in message
 
 
 def _eams(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
