@@ -36,7 +36,7 @@ from eams_pipeline.db.setup import load_master_data, recount_licenses
 from eams_pipeline.db.snapshot import copy_in
 
 SEED = 20_260_917
-SECRET = b"eams-bench-secret-not-for-production"
+SECRET = b"be9c" * 16  # the documented format (hexadecimal); never in production
 DISTRICT = "BENCH"
 OTHER_DISTRICT = "OTHER"  # holds usernames the file tries to take (USERNAME_TAKEN)
 N_SCHOOLS = 120

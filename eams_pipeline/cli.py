@@ -141,6 +141,7 @@ def process_cmd(
 
     # Everything that could stop the command after the upload is committed is checked first.
     _check_errors_out(errors_out, file)
+    engine = _engine()  # the secret keys' format: before the file is read
     limit = config.max_upload_bytes()
     try:
         local = read_upload_file(file, limit)
@@ -155,7 +156,7 @@ def process_cmd(
             result = process_upload(
                 conn,
                 upload,
-                _engine(),
+                engine,
                 dry_run=dry_run,
                 error_file_name=error_path,
                 progress=progress,
@@ -166,7 +167,12 @@ def process_cmd(
         click.echo(
             f"eams: processed in {sum(result.timings.values()):.2f} s "
             f"({result.hashed_passwords:,} passwords hashed by this run, "
-            f"{result.cached_hashes:,} hashes ready before the lock)",
+            f"{result.cached_hashes:,} hashes ready before the lock"
+            + (
+                f", {result.rekeyed_passwords:,} fingerprints moved to the new secret key)"
+                if result.rekeyed_passwords
+                else ")"
+            ),
             err=True,
         )
     error_file = None
@@ -444,6 +450,7 @@ def uploads_approve(
     from eams_pipeline.db import uploads as db_uploads
     from eams_pipeline.services.review import approve
 
+    engine = _engine()  # the secret keys' format: before anything is read
     with connect() as conn:
         record = db_uploads.get_upload(conn, upload_key)
         if record is None:
@@ -466,7 +473,7 @@ def uploads_approve(
                 conn,
                 upload_key,
                 data,
-                _engine(),
+                engine,
                 decided_by=_operator(by),
                 allow_older=allow_older,
                 error_file_name=lambda _id: record.error_file or f"students_errors_{_id}.csv",
@@ -644,8 +651,10 @@ def _engine() -> Engine:
     from eams_pipeline.core.passwords import PasswordHasher
     from eams_pipeline.services.process import Engine
 
+    previous = config.previous_secret_key()
     return Engine(
         secret=config.secret_key(),
+        previous_secrets=(previous,) if previous else (),
         hasher=PasswordHasher(config.argon2_settings()),
         hash_batch_size=config.hash_batch_size(),
         hash_cache_days=config.hash_cache_days(),

@@ -9,6 +9,7 @@ read them). A secret may be given directly (``NAME``) or as a file holding it
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,16 +81,76 @@ def sql_dir() -> Path:
     return Path(env_str("EAMS_SQL_DIR") or default)
 
 
-def secret_key(name: str = "EAMS_SECRET_KEY") -> bytes:
-    """The server secret that keys password fingerprints (EAMS_SECRET_KEY[_FILE])."""
+SECRET_KEY_ENV = "EAMS_SECRET_KEY"
+PREVIOUS_SECRET_KEY_ENV = "EAMS_SECRET_KEY_PREVIOUS"
+# the documented format: hexadecimal, at least 128 bits (`secrets.token_hex(32)`: 256)
+SECRET_KEY_MIN_HEX_DIGITS = 32
+_HEX_KEY = re.compile(f"[0-9A-Fa-f]{{{SECRET_KEY_MIN_HEX_DIGITS},}}")
+_GENERATE_KEY = "`python -c 'import secrets; print(secrets.token_hex(32))'`"
+
+
+def _trimmed_secret(name: str) -> str | None:
+    """``NAME`` or the content of ``NAME_FILE``, trimmed either way (a Kubernetes secret or
+    a file ending in a newline is the same key); None when unset or blank."""
     value = env_secret(name)
-    if not value:
+    return (value.strip() or None) if value is not None else None
+
+
+def _malformed(name: str) -> str:
+    """The start of a malformed secret's message: the variable, and its _FILE when read from
+    there."""
+    source = "" if env_str(name) is not None else f" (read from {name}_FILE)"
+    return f"{name} is malformed{source}"
+
+
+def _describe(value: str) -> str:
+    """What is wrong with a secret, without a character of it."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"{len(value)} characters, with a space, a line break or a control character inside"
+    if not all(c in "0123456789abcdefABCDEF" for c in value):
+        return f"{len(value)} characters, not all of them hexadecimal digits"
+    return f"only {len(value)} hexadecimal digits"
+
+
+def secret_key(name: str = SECRET_KEY_ENV) -> bytes:
+    """The server secret that keys password fingerprints (EAMS_SECRET_KEY[_FILE]), trimmed:
+    at least 32 hexadecimal digits (used as written: its UTF-8 bytes key the fingerprints).
+    A missing or malformed key is a ConfigError naming the variable, never quoting it."""
+    value = _trimmed_secret(name)
+    if value is None:
         raise ConfigError(
             f"{name} (or {name}_FILE) is not set: it keys the password "
-            "fingerprints that detect unchanged passwords. Generate one with "
-            "`python -c 'import secrets; print(secrets.token_hex(32))'`."
+            f"fingerprints that detect unchanged passwords. Generate one with {_GENERATE_KEY}."
+        )
+    if not _HEX_KEY.fullmatch(value):
+        raise ConfigError(
+            f"{_malformed(name)}: expected at least {SECRET_KEY_MIN_HEX_DIGITS} hexadecimal "
+            f"digits (0-9, a-f) as {_GENERATE_KEY} prints, found {_describe(value)}. To "
+            f"replace a key of another format, generate a new one and move the old one to "
+            f'{PREVIOUS_SECRET_KEY_ENV} (README, "Rotating the secret key").'
         )
     return value.encode("utf-8")
+
+
+def previous_secret_key(name: str = PREVIOUS_SECRET_KEY_ENV) -> bytes | None:
+    """The server secret before the last rotation (EAMS_SECRET_KEY_PREVIOUS[_FILE]), trimmed,
+    or None: stored fingerprints made with it are still recognised (and moved to the
+    current key as their rows come in). Any single-line value is accepted, so that a key
+    of an older format can be rotated out."""
+    value = _trimmed_secret(name)
+    if value is None:
+        return None
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(f"{_malformed(name)}: found {_describe(value)}")
+    return value.encode("utf-8")
+
+
+def check_secret_keys(
+    name: str = SECRET_KEY_ENV, previous_name: str = PREVIOUS_SECRET_KEY_ENV
+) -> None:
+    """At start-up: the secret and the previous one are set as documented (ConfigError)."""
+    secret_key(name)
+    previous_secret_key(previous_name)
 
 
 def argon2_settings() -> Argon2Settings:

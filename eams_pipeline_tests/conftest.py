@@ -17,7 +17,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 # cheap password hashing and a fixed fingerprint secret for the tests (never in production)
-os.environ.setdefault("EAMS_SECRET_KEY", "test-secret-key-not-for-production")
+# (the documented format: at least 32 hexadecimal digits)
+os.environ.setdefault("EAMS_SECRET_KEY", "7e57" * 16)
 os.environ.setdefault("EAMS_ARGON2_MEMORY_KIB", "256")
 os.environ.setdefault("EAMS_ARGON2_TIME_COST", "1")
 

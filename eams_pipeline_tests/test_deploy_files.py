@@ -43,6 +43,8 @@ def test_docker_instance_is_the_shipped_one_plus_the_docker_run_launcher() -> No
     defined = {line.split("=", 1)[0] for line in example if "=" in line and line[0] != "#"}
     assert set(launcher["config"]["env_vars"]) <= defined
     assert {"EAMS_DATABASE_URL", "EAMS_SECRET_KEY", "EAMS_ARCHIVE_KEY"} <= defined
+    # a rotation's previous key reaches the runs (empty in the example: none)
+    assert {"EAMS_SECRET_KEY", "EAMS_SECRET_KEY_PREVIOUS"} <= set(launcher["config"]["env_vars"])
 
 
 def test_compose_workspace_and_code_servers_agree() -> None:

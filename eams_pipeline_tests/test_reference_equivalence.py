@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from eams_pipeline import config
 from eams_pipeline.core.outcome import UploadResult
 from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.services.process import Engine
 from eams_pipeline_tests.builders import (
     assert_license_invariant,
     district_doc,
@@ -41,6 +42,7 @@ from eams_reference import (
 ENT, REG = "ENT-D1", "REG-D1"
 NEW_IDS = [f"N{i}" for i in range(1, 31)]
 OTHER_USERNAME = "Taken.Elsewhere"  # held by student O1 of district D2
+ROTATED_KEY = b"5eed" * 16  # the secret key after a rotation
 
 # valid values (before padding and quoting)
 NAMES = ["Smith", "Smith", "O'Neil, Jr.", 'The "Rock"', "Multi\nLine", "Two\r\nLines", "Ünïcødé"]
@@ -362,6 +364,14 @@ def test_engine_equals_reference_and_is_idempotent(
     second = reference_process(sc.data, first.state)
     result = run(conn, sc.data)
     _compare(conn, hasher, second, result)
+
+    # the same file after a rotation of the secret key, the old key as the previous one:
+    # what the reference does (it compares passwords in clear), hashing nothing more
+    third = reference_process(sc.data, second.state)
+    rotated = Engine(secret=ROTATED_KEY, previous_secrets=(config.secret_key(),), hasher=hasher)
+    after_rotation = run(conn, sc.data, engine=rotated)
+    _compare(conn, hasher, third, after_rotation)
+    assert after_rotation.hashed_passwords <= result.hashed_passwords
 
     # SPEC §4: the second pass counts every row as unchanged or as the same error, except
     # where transitions.csv itself takes two passes to settle: an X row that created a

@@ -3,13 +3,16 @@
 `data_fingerprint` detects unchanged rows without reading the stored columns back.
 `password_fingerprint` detects an unchanged password without re-hashing it: it is keyed
 with the server secret (EAMS_SECRET_KEY), so a copy of the database alone cannot be used
-to test password guesses against it.
+to test password guesses against it. After the secret is rotated, `recognised_by_previous`
+tells the stored fingerprints made with the previous secret (EAMS_SECRET_KEY_PREVIOUS)
+from changed passwords.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -89,3 +92,33 @@ def fingerprint_key(secret: bytes) -> str:
 def password_fingerprint(student_ids: pd.Series, passwords: pd.Series, key: str) -> np.ndarray:
     """One int64 per row over (Student ID, password), keyed by the server secret."""
     return _fingerprint([student_ids, passwords], key)
+
+
+def recognised_by_previous(
+    student_ids: pd.Series,
+    passwords: pd.Series,
+    fingerprints: np.ndarray,
+    stored: np.ndarray,
+    has_stored: np.ndarray,
+    previous_keys: Sequence[str],
+) -> np.ndarray:
+    """Which rows carry the password their student has stored, fingerprinted with a
+    previous key (the server secret before a rotation): `fingerprints` are the rows'
+    password fingerprints with the current key, `stored`/`has_stored` their stored
+    student's fingerprint (and whether there is one). Only the rows with a password whose
+    current fingerprint differs from a stored one are fingerprinted again, with each
+    previous key in turn; with no previous key nothing is computed."""
+    out = np.zeros(len(fingerprints), dtype=bool)
+    if not previous_keys or len(fingerprints) == 0:
+        return out
+    at = np.flatnonzero(
+        has_stored & (stored != fingerprints) & passwords.notna().to_numpy(dtype=bool)
+    )
+    for key in previous_keys:
+        if len(at) == 0:
+            break
+        old = password_fingerprint(student_ids.iloc[at], passwords.iloc[at], key)
+        hit = old == stored[at]
+        out[at[hit]] = True
+        at = at[~hit]
+    return out

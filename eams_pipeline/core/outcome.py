@@ -68,6 +68,8 @@ class UploadResult:
     # stopped, from the durable cache)
     hashed_passwords: int = 0
     cached_hashes: int = 0
+    # stored password fingerprints moved from a previous server secret to the current one
+    rekeyed_passwords: int = 0
     hash_rate_per_s: float = 0.0
     # full-roster mode: active students absent from the file, deactivated (not in `rows`)
     deactivated_missing: int = 0

@@ -16,7 +16,7 @@ one by one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -25,7 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
-from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
+from eams_pipeline.core.fingerprints import (
+    data_fingerprint,
+    password_fingerprint,
+    recognised_by_previous,
+)
 from eams_pipeline.core.outcome import CHANGES, OUTCOMES
 from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
 from eams_pipeline.core.transitions import (
@@ -80,6 +84,10 @@ class Plan:
     missing: full-roster mode: student_pk, order_id - the active students absent from the
              file, deactivated as if a D row had been sent for each (not rows of the file:
              counted apart as `deactivated_missing`; their licenses are in license_deltas).
+    rekeyed: student_pk, password_fp_before, password_fp - the stored students whose row
+             carries their stored password as fingerprinted with a previous server secret
+             (make_plan's `previous_keys`), on a row without errors: their stored
+             fingerprint moves to the current key (not a change: no history, not counted).
     """
 
     rows: pd.DataFrame
@@ -93,10 +101,26 @@ class Plan:
             {"student_pk": pd.Series(dtype="Int64"), "order_id": pd.Series(dtype="Int64")}
         )
     )
+    rekeyed: pd.DataFrame = field(default_factory=lambda: _rekeyed(np.zeros(0, "int64")))
 
     @property
     def deactivated_missing(self) -> int:
         return len(self.missing)
+
+
+def _rekeyed(
+    student_pk: np.ndarray,
+    before: np.ndarray | None = None,
+    after: np.ndarray | None = None,
+) -> pd.DataFrame:
+    empty = np.zeros(0, dtype="int64")
+    return pd.DataFrame(
+        {
+            "student_pk": student_pk.astype("int64"),
+            "password_fp_before": (empty if before is None else before).astype("int64"),
+            "password_fp": (empty if after is None else after).astype("int64"),
+        }
+    )
 
 
 def make_plan(
@@ -111,14 +135,22 @@ def make_plan(
     data_hashes: np.ndarray | None = None,
     username_lower: pa.Array | None = None,
     repeated_ids: np.ndarray | None = None,
+    previous_keys: Sequence[str] = (),
+    recognised: np.ndarray | None = None,
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
     `row_errors` the errors found so far (malformed rows and column rules). With
     `full_roster` the district's active students absent from the file are deactivated too.
     `password_fps` (password_fingerprint of these rows), `data_hashes` (their
-    data_fingerprint), `username_lower` (lower_usernames of them) and `repeated_ids`
-    (repeated_student_ids of them, at the snapshot's positions) are computed unless the
-    caller has them."""
+    data_fingerprint), `username_lower` (lower_usernames of them), `repeated_ids`
+    (repeated_student_ids of them, at the snapshot's positions) and `recognised`
+    (recognised_by_previous of them against the snapshot's students) are computed unless
+    the caller has them.
+
+    `previous_keys`: fingerprint keys of earlier server secrets. A row whose password is
+    its stored student's under one of them is the stored password: it is decided as such
+    (unchanged, quiet when nothing else differs) and listed in `Plan.rekeyed`, so that the
+    apply moves the stored fingerprint to `fingerprint_key`."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
     errors = [row_errors]
     if username_lower is None:
@@ -136,6 +168,11 @@ def make_plan(
         password_fps = password_fingerprint(df["student_id"], df["password"], fingerprint_key)
     if data_hashes is None:
         data_hashes = data_fingerprint(df)
+    rekey_rows, rekeyed = None, None
+    if previous_keys or recognised is not None:
+        password_fps, rekey_rows, rekeyed = _previous_keys(
+            df, snapshot.students, positions, password_fps, previous_keys, recognised
+        )
 
     # The quiet rows (on a nightly file, most of them) are unchanged and break no rule by
     # construction (_quiet): they are counted, and only the other rows are decided below.
@@ -266,9 +303,48 @@ def make_plan(
     all_errors = concat_errors(errors)
     df.loc[_in_rows(df, all_errors["row"].to_numpy()), "outcome"] = "errors"
     plan = _finish(df, all_errors, total_rows, quiet=int(quiet.sum()))
+    if rekeyed is not None:
+        # a row that ends as an error changes nothing, its fingerprint included
+        failed = plan.rows.index[(plan.rows["outcome"] == "errors").to_numpy()]
+        plan = replace(plan, rekeyed=rekeyed[~np.isin(rekey_rows, failed)].reset_index(drop=True))
     if full_roster:
         plan = with_missing(plan, snapshot, rows, row_errors)
     return plan
+
+
+def stored_password_fingerprints(
+    students: pd.DataFrame, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stored password fingerprint of each row's student (`positions`, -1: none) and
+    whether there is one (0 and False for a row without a stored student)."""
+    stored = students["password_fingerprint"]
+    values = np.append(stored.to_numpy(dtype="int64", na_value=0), 0)  # at -1: the 0
+    present = np.append(stored.notna().to_numpy(dtype=bool), False)
+    return values[positions], present[positions]
+
+
+def _previous_keys(
+    df: pd.DataFrame,
+    students: pd.DataFrame,
+    positions: np.ndarray,
+    password_fps: np.ndarray,
+    previous_keys: Sequence[str],
+    recognised: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame | None]:
+    """The rows' password fingerprints as the plan compares them (a row recognised by a
+    previous key gets its stored one: the same password), the recognised rows (by `row`)
+    and their students' fingerprints to move to the current key."""
+    stored, has_stored = stored_password_fingerprints(students, positions)
+    if recognised is None:
+        recognised = recognised_by_previous(
+            df["student_id"], df["password"], password_fps, stored, has_stored, previous_keys
+        )
+    at = np.flatnonzero(recognised)
+    if len(at) == 0:
+        return password_fps, None, None
+    pk = students["student_pk"].to_numpy(dtype="int64")[positions[at]]
+    rekeyed = _rekeyed(pk, stored[at], password_fps[at])
+    return np.where(recognised, stored, password_fps), df.index.to_numpy()[at], rekeyed
 
 
 def _quiet(

@@ -5,7 +5,9 @@ students and one of their history; one COPY of the changed students into a tempo
 staging table and one statement that UPDATEs them and INSERTs their history with the
 before-images it read; in full-roster mode one INSERT of history and one UPDATE for the
 absent students; one UPDATE of the order counters; one DELETE of the cached hashes it
-stored (db/password_cache.py); one COPY of the errors. The caller owns the transaction; any
+stored (db/password_cache.py); one COPY of the errors. After a rotation of the server
+secret, one COPY and one UPDATE move the fingerprints recognised by the previous secret to
+the current one (no history: the password is the same). The caller owns the transaction; any
 exception rolls all of it back.
 """
 
@@ -298,6 +300,37 @@ def forget_used_hashes(conn: psycopg.Connection, district_id: int, keyed: Keyed)
     )
 
 
+_CREATE_REKEY = """
+CREATE TEMP TABLE IF NOT EXISTS stage_rekey (
+    student_pk bigint NOT NULL, password_fp_before bigint NOT NULL, password_fp bigint NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+
+def rekey_fingerprints(conn: psycopg.Connection, district_id: int, rekeyed: pd.DataFrame) -> int:
+    """Move the stored password fingerprints the plan recognised by a previous server secret
+    (Plan.rekeyed: student_pk, password_fp_before, password_fp) to the current secret's:
+    the same password, so no history line, no `updated_at`, no hash. A student whose stored
+    fingerprint is no longer `password_fp_before` is left alone. Returns how many moved.
+
+    Staged by COPY in key order and joined by the planner (the first upload of a district
+    after a rotation moves nearly every student's: a hash join; later ones, a few: probes).
+    The column is in no index, so the updates are HOT."""
+    if rekeyed.empty:
+        return 0
+    conn.execute(_CREATE_REKEY)
+    conn.execute("TRUNCATE stage_rekey")
+    copy_in(conn, "stage_rekey", rekeyed.sort_values("student_pk"))
+    conn.execute("ANALYZE stage_rekey")
+    return conn.execute(
+        """UPDATE students s SET password_fingerprint = r.password_fp
+           FROM stage_rekey r
+           WHERE s.student_pk = r.student_pk AND s.district_id = %s
+             AND s.password_fingerprint = r.password_fp_before""",
+        (district_id,),
+    ).rowcount
+
+
 def move_licenses(conn: psycopg.Connection, district_id: int, deltas: pd.DataFrame) -> None:
     if deltas.empty:
         return
@@ -400,10 +433,14 @@ def apply_plan(
     upload_id: int,
     plan: Plan,
     password_hashes: pd.Series,
-) -> None:
-    """Write the plan's changes, licenses and history (inside the caller's transaction)."""
+) -> int:
+    """Write the plan's changes, licenses and history (inside the caller's transaction).
+    Returns how many stored fingerprints moved to the current secret (rekey_fingerprints)."""
     # sorts and hashes over a night's changes (~200k rows) fit in memory, not temp files
     conn.execute("SET LOCAL work_mem = '64MB'")
+    # first: the changed students' before-images (and a revert) then hold the current
+    # secret's fingerprint too
+    rekeyed = rekey_fingerprints(conn, district_id, plan.rekeyed)
     keyed = stage_changes(conn, plan, password_hashes)
     # the changed students first: the new students' rows are made meanwhile (encode_ahead);
     # neither write depends on the other (a username held by a stored student is never
@@ -416,3 +453,4 @@ def apply_plan(
     forget_used_hashes(conn, district_id, keyed)
     deactivate_missing(conn, district_id, upload_id, plan.missing)
     move_licenses(conn, district_id, plan.license_deltas)
+    return rekeyed

@@ -82,6 +82,35 @@ def store(conn: psycopg.Connection, district_id: int, batch: pd.DataFrame) -> No
     )
 
 
+def rekey(conn: psycopg.Connection, district_id: int, moves: pd.DataFrame) -> int:
+    """Move cached hashes to the current server secret's fingerprint, in the caller's
+    transaction: `moves` (student_id, password_fp_before, password_fp) are the rows' keys
+    under a previous secret and under the current one (a hash cached before a rotation,
+    e.g. of a held file, then serves its approval). A hash already cached under the new
+    key is kept (the old row goes). Returns how many moved."""
+    if moves.empty:
+        return 0
+    cur = conn.execute(
+        """WITH moved AS (
+               DELETE FROM password_hash_cache c
+               USING unnest(%s::text[], %s::bigint[], %s::bigint[]) AS m(student_id, old, new)
+               WHERE c.district_id = %s AND c.student_id = m.student_id
+                 AND c.password_fingerprint = m.old
+               RETURNING c.district_id, c.student_id, m.new, c.password_hash, c.created_at)
+           INSERT INTO password_hash_cache
+               (district_id, student_id, password_fingerprint, password_hash, created_at)
+           SELECT * FROM moved
+           ON CONFLICT DO NOTHING""",
+        (
+            moves["student_id"].tolist(),
+            [int(v) for v in moves["password_fp_before"]],
+            [int(v) for v in moves["password_fp"]],
+            district_id,
+        ),
+    )
+    return cur.rowcount
+
+
 def has_cached(conn: psycopg.Connection, district_id: int) -> bool:
     """Whether the district has any cached hash (the usual night: none, the last apply
     used and removed them)."""

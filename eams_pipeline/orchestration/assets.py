@@ -362,6 +362,7 @@ def upload_outcome(
             "deactivated_missing": dg.MetadataValue.int(result.deactivated_missing),
             "hashed_passwords": dg.MetadataValue.int(result.hashed_passwords),
             "cached_hashes": dg.MetadataValue.int(result.cached_hashes),
+            "rekeyed_passwords": dg.MetadataValue.int(result.rekeyed_passwords),
             "hash_rate_per_s": dg.MetadataValue.float(round(result.hash_rate_per_s, 2)),
             "seconds": dg.MetadataValue.float(round(float(sum(result.timings.values())), 3)),
             **_step_seconds(result.timings),

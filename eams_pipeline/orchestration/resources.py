@@ -52,17 +52,26 @@ class ArchiveResource(dg.ConfigurableResource):
 
 
 class EngineResource(dg.ConfigurableResource):
-    """The server secret keying password fingerprints (EAMS_SECRET_KEY[_FILE]) and the
-    argon2id settings (EAMS_ARGON2_*, EAMS_HASH_WORKERS), read when a run needs them.
+    """The server secret keying password fingerprints (EAMS_SECRET_KEY[_FILE]), the one
+    before its last rotation (EAMS_SECRET_KEY_PREVIOUS[_FILE], optional) and the argon2id
+    settings (EAMS_ARGON2_*, EAMS_HASH_WORKERS), read when a run needs them (and their
+    format checked when the code location loads: default_resources).
 
-    ``secret_key_env`` names the environment variable holding the secret; the secret itself
-    never is resource config."""
+    ``secret_key_env`` and ``previous_secret_key_env`` name the environment variables
+    holding the secrets; a secret itself never is resource config."""
 
-    secret_key_env: str = "EAMS_SECRET_KEY"
+    secret_key_env: str = config.SECRET_KEY_ENV
+    previous_secret_key_env: str = config.PREVIOUS_SECRET_KEY_ENV
+
+    def check(self) -> None:
+        """The secrets are set as documented, else ConfigError naming the variable."""
+        config.check_secret_keys(self.secret_key_env, self.previous_secret_key_env)
 
     def get(self) -> Engine:
+        previous = config.previous_secret_key(self.previous_secret_key_env)
         return Engine(
             secret=config.secret_key(self.secret_key_env),
+            previous_secrets=(previous,) if previous else (),
             hasher=PasswordHasher(config.argon2_settings()),
             hash_batch_size=config.hash_batch_size(),
             hash_cache_days=config.hash_cache_days(),
@@ -134,11 +143,14 @@ def _fields_of(resource: dg.ConfigurableResource, target: type) -> dict[str, obj
 
 
 def default_resources() -> dict[str, object]:
-    """The resources of the code location, configured from the environment."""
+    """The resources of the code location, configured from the environment. A malformed
+    secret key fails here, when the code location loads, not in the first run."""
+    engine = EngineResource()
+    engine.check()
     return {
         "db": DatabaseResource(),
         "sftp": SftpResource(),
         "smtp": smtp_resource_from_env(),
         "archive": ArchiveResource(),
-        "engine": EngineResource(),
+        "engine": engine,
     }

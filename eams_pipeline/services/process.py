@@ -47,6 +47,7 @@ from eams_pipeline.core.fingerprints import (
     data_fingerprint,
     fingerprint_key,
     password_fingerprint,
+    recognised_by_previous,
 )
 from eams_pipeline.core.guard import GuardFigures, evaluate, trip_record
 from eams_pipeline.core.outcome import (
@@ -62,6 +63,7 @@ from eams_pipeline.core.plan import (
     make_plan,
     own_usernames,
     repeated_student_ids,
+    stored_password_fingerprints,
     student_positions,
 )
 from eams_pipeline.core.reading import FileRejected, ParsedFile, count_data_records, read_upload
@@ -113,12 +115,24 @@ DEFAULT_HASH_CACHE_DAYS = 7
 class Engine:
     """What processing needs besides the database: the server secret that keys the password
     fingerprints, the password hasher, how many hashes commit together before the apply
-    (a crash loses at most one batch) and how long unused cached hashes are kept."""
+    (a crash loses at most one batch) and how long unused cached hashes are kept.
+
+    `previous_secrets`: the secrets before a rotation (EAMS_SECRET_KEY_PREVIOUS). A stored
+    fingerprint made with one of them still says "unchanged password" (no hash, no
+    history), and the apply moves it to `secret`."""
 
     secret: bytes
     hasher: PasswordHasher
     hash_batch_size: int = DEFAULT_HASH_BATCH_SIZE
     hash_cache_days: int = DEFAULT_HASH_CACHE_DAYS
+    previous_secrets: tuple[bytes, ...] = ()
+
+    @property
+    def previous_keys(self) -> tuple[str, ...]:
+        """The fingerprint keys of the previous secrets (the current one left out)."""
+        return tuple(
+            fingerprint_key(s) for s in dict.fromkeys(self.previous_secrets) if s != self.secret
+        )
 
 
 @dataclass
@@ -174,6 +188,8 @@ class Prepared:
     repeated_ids: np.ndarray | None = None  # core.plan.repeated_student_ids at positions
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
     data_hashes: np.ndarray | None = None  # data_fingerprint of read.rows
+    # recognised_by_previous of read.rows against `students` (None: no previous secret)
+    recognised: np.ndarray | None = None
     cache_in_use: bool = False  # the district had hashes in the cache (a stopped run's)
     # the hashes phase 1 computed (and committed to the cache), by row of read.rows;
     # the apply takes them (and drops them here)
@@ -307,16 +323,21 @@ def _to_hash_ahead(
     """The passwords the apply is likely to need hashed (student_id, password_fp,
     password): on rows without a column-rule error, whose Student ID is on one row only,
     and whose fingerprint is neither the stored student's (prepared.students at
-    prepared.positions) nor cached (the cache is asked only when the district has any)."""
+    prepared.positions; with a previous secret, or its fingerprint under that secret:
+    prepared.recognised) nor cached (the cache is asked only when the district has any)."""
     assert read.rows is not None and read.column_errors is not None
     assert prepared.students is not None and prepared.positions is not None
     assert prepared.password_fps is not None and prepared.repeated_ids is not None
-    rows, fps, at = read.rows, prepared.password_fps, prepared.positions
-    stored = prepared.students["password_fingerprint"]
+    rows, fps = read.rows, prepared.password_fps
     # locally first: on a nightly file nearly every password is the stored one
-    known = np.append(stored.notna().to_numpy(dtype=bool), False)  # at == -1: the False
-    stored_fp = np.append(stored.to_numpy(dtype="int64", na_value=0), 0)
-    same = known[at] & (stored_fp[at] == fps)
+    stored_fp, known = stored_password_fingerprints(prepared.students, prepared.positions)
+    same = known & (stored_fp == fps)
+    previous_keys = engine.previous_keys
+    if previous_keys:  # only the rows whose fingerprint differs are fingerprinted again
+        prepared.recognised = recognised_by_previous(
+            rows["student_id"], rows["password"], fps, stored_fp, known, previous_keys
+        )
+        same |= prepared.recognised
     candidate = (
         rows["password"].notna().to_numpy(dtype=bool)
         & rows["student_id"].notna().to_numpy(dtype=bool)
@@ -336,7 +357,38 @@ def _to_hash_ahead(
     )
     if not prepared.cache_in_use:  # nothing cached for the district: hash every one
         return keys
-    return keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
+    keys = keys.iloc[password_cache.to_hash(conn, district.district_id, keys).to_numpy()]
+    for key in previous_keys:  # hashes cached before a rotation (a held file's)
+        keys = _cached_under(conn, district, keys, key)
+    return keys
+
+
+def _cached_under(
+    conn: psycopg.Connection, district: District, keys: pd.DataFrame, previous_key: str
+) -> pd.DataFrame:
+    """`keys` without those whose hash is cached under a previous secret's fingerprint: their
+    cache rows move to the current fingerprint (committed), where the apply takes them."""
+    if keys.empty:
+        return keys
+    old = password_fingerprint(keys["student_id"], keys["password"], previous_key)
+    under_old = keys.assign(password_fp=old)
+    missing = password_cache.to_hash(conn, district.district_id, under_old).to_numpy()
+    cached = np.ones(len(keys), dtype=bool)
+    cached[np.searchsorted(keys["k"].to_numpy(), missing)] = False
+    if cached.any():
+        with conn.transaction():
+            password_cache.rekey(
+                conn,
+                district.district_id,
+                pd.DataFrame(
+                    {
+                        "student_id": keys["student_id"].to_numpy()[cached],
+                        "password_fp_before": old[cached],
+                        "password_fp": keys["password_fp"].to_numpy()[cached],
+                    }
+                ),
+            )
+    return keys[~cached]
 
 
 def _hash_batches(
@@ -442,7 +494,7 @@ def process_upload(
 
         read = prepared.read
         positions, own, password_fps, data_hashes, ahead = None, None, None, None, None
-        username_lower, repeated_ids = None, None
+        username_lower, repeated_ids, recognised = None, None, None
         if (
             read is not None
             and read.encoding == district.encoding
@@ -456,6 +508,7 @@ def process_upload(
                 # nothing was written to the district's students since phase 1 read them
                 students, positions = prepared.students, prepared.positions
                 own, repeated_ids = prepared.own_usernames, prepared.repeated_ids
+                recognised = prepared.recognised
             else:
                 with clock.step("load"):
                     students = load_district_students(conn, district)
@@ -510,6 +563,8 @@ def process_upload(
                         data_hashes=data_hashes if hashing is None else hashing.result(),
                         username_lower=username_lower,
                         repeated_ids=repeated_ids,
+                        previous_keys=engine.previous_keys,
+                        recognised=recognised,
                     )
             result = _from_plan(upload.district, upload_id, plan)
             if not superseded:
@@ -541,7 +596,9 @@ def process_upload(
                     result.hashed_passwords = prepared.hashed + inline
                     ahead = prepared.hashes = None  # in `hashes` now: not twice in memory
                 with clock.step("apply"):
-                    db_apply.apply_plan(conn, district.district_id, record.upload_id, plan, hashes)
+                    result.rekeyed_passwords = db_apply.apply_plan(
+                        conn, district.district_id, record.upload_id, plan, hashes
+                    )
 
         if record is None:
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
