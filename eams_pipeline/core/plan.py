@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
+from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame, visible_each
 from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
 from eams_pipeline.core.outcome import CHANGES, OUTCOMES
 from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
@@ -164,13 +164,25 @@ def make_plan(
     valid_id = _passes_column_rules(df, row_errors, "student_id")
     valid_username = _passes_column_rules(df, row_errors, "username")
     valid_status = _passes_column_rules(df, row_errors, "status")
-    for repeated, column, code in (
-        (repeated_ids, "student_id", ErrorCode.DUPLICATE_STUDENT_ID),
-        (repeated_names, "username", ErrorCode.DUPLICATE_USERNAME),
+    # a Username is never quoted: a swapped export puts the password there (README, Security)
+    for repeated, column, code, text, value_column in (
+        (
+            repeated_ids,
+            "student_id",
+            ErrorCode.DUPLICATE_STUDENT_ID,
+            "Student ID {v} appears on more than one row of the file.",
+            "student_id",
+        ),
+        (
+            repeated_names,
+            "username",
+            ErrorCode.DUPLICATE_USERNAME,
+            "The same Username (letter case aside) appears on more than one row of the file.",
+            None,
+        ),
     ):
         repeated = pd.Series(repeated, index=df.index)
-        text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
-        errors.append(_flag(df, repeated, code, column, text, column))
+        errors.append(_flag(df, repeated, code, column, text, value_column))
 
     df = _attach_school(df, snapshot.schools, valid_status)
     errors.append(
@@ -230,8 +242,9 @@ def make_plan(
             taken,
             ErrorCode.USERNAME_TAKEN,
             "username",
-            "Username {v} belongs to another student.",
-            "username",
+            "This Username belongs to another student (usernames are unique in all of"
+            " MY Access, letter case aside).",
+            None,
         )
     )
 
@@ -376,6 +389,8 @@ def with_missing(
 _BEFORE = (ABSENT, ACTIVE, DEACTIVATED)  # status_before codes 0, 1, 2
 _ORDER_KINDS = (NONE, ENTERPRISE, REGULAR)  # order_kind codes 0, 1, 2
 _FLAGS = ("A", "D", "X", "I")
+# a value quoted in a message (a School Code has at most 64 characters, a Student ID 32)
+_QUOTE_LIMIT = 64
 
 
 def _transition_positions() -> np.ndarray:
@@ -507,7 +522,7 @@ def _flag(
     else:
         head, _, tail = text.partition("{v}")
         values = df[value_column].iloc[hit].fillna("").astype("str")
-        messages = (head + values + tail).to_numpy()
+        messages = (head + visible_each(values, _QUOTE_LIMIT) + tail).to_numpy()
     return error_frame(
         df.index.to_numpy()[hit],
         df["line"].to_numpy()[hit],
