@@ -26,7 +26,7 @@ from eams_pipeline.core.template import COLUMNS, HEADER
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import get_district
 from eams_pipeline.services.notify import district_outcome_email
-from eams_pipeline_tests.builders import district_doc, existing_student, load, row
+from eams_pipeline_tests.builders import district_doc, existing_student, load, row, run, students
 
 PW = "Zq8!vLp2#mW"  # breaks the Username and Email rules
 PW_PLAIN = "Welcome2026pw"  # a valid username too (a default password many students share)
@@ -333,3 +333,23 @@ def test_column_errors_say_what_is_wrong_without_the_value() -> None:
     assert messages["INVALID_CHARACTERS"].endswith("Found: <TAB> at character 3.")
     assert messages["INVALID_GRADE"].endswith("Found: 13")  # short codes are quoted
     assert messages["INVALID_STATUS"].endswith("Found: Active")
+
+
+def test_a_malformed_row_still_names_its_student_for_the_full_roster(conn) -> None:
+    """The Student ID column hides a record's second field after a short record, but the
+    record still names that student: the full roster does not deactivate it."""
+    load(
+        conn,
+        district_doc(existing=[existing_student(f"S{i}") for i in range(1, 5)], mode="full_roster"),
+    )
+
+    def of(sid: str) -> str:  # the stored student's row, unchanged
+        return line(student_id=sid, username=f"user{sid}", last_name=f"Last{sid}", password="")
+
+    short = [of(sid).rsplit(",", 1)[0] for sid in ("S2", "S3")]  # Status left out
+    data = text(HEADER_LINE, of("S1"), *short, of("S4"))
+    result = run(conn, data)
+    assert result.error_codes == {"WRONG_FIELD_COUNT": 2}
+    assert result.errors["student_id"].tolist() == ["S2", ""]  # S3's row follows a short one
+    assert result.deactivated_missing == 0
+    assert {v["status"] for v in students(conn).values()} == {"active"}

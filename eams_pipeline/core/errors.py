@@ -67,6 +67,12 @@ def visible_each(values: pd.Series, limit: int) -> pd.Series:
 # records (0-based, file order); `line` the physical line where the record starts (header = 1).
 
 
+# A malformed record's errors (WRONG_FIELD_COUNT) also have this column: the Student ID
+# the record names, which their student_id may leave out of the error file (README,
+# Security); the full roster never deactivates a student a row names (core.plan).
+NAMED_STUDENT_ID = "named_student_id"
+
+
 def error_frame(
     row: object, line: object, student_id: object, column: object, code: object, message: object
 ) -> pd.DataFrame:

@@ -24,7 +24,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame, visible_each
+from eams_pipeline.core.errors import (
+    NAMED_STUDENT_ID,
+    ErrorCode,
+    concat_errors,
+    error_frame,
+    visible_each,
+)
 from eams_pipeline.core.fingerprints import data_fingerprint, password_fingerprint
 from eams_pipeline.core.outcome import CHANGES, OUTCOMES
 from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
@@ -363,9 +369,10 @@ def with_missing(
     the file (a row with errors, even a malformed one, still names its student) is
     deactivated as by a D row (transitions 3 and 4): status deactivated, same order, one
     license back to its order (the bin for Enterprise)."""
-    named = pd.concat(
-        [rows["student_id"].dropna(), row_errors["student_id"].replace("", pd.NA).dropna()]
-    )
+    # a malformed row's student is the one it names (NAMED_STUDENT_ID), which its error
+    # may not show; the other errors' rows are in `rows`
+    named_by_errors = row_errors.get(NAMED_STUDENT_ID, row_errors["student_id"])
+    named = pd.concat([rows["student_id"].dropna(), named_by_errors.replace("", pd.NA).dropna()])
     students = snapshot.students
     absent = students[
         (students["status"] == ACTIVE) & ~students["student_id"].isin(named.to_numpy())

@@ -43,7 +43,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.core.errors import INVISIBLE, ErrorCode, empty_errors, error_frame, visible
+from eams_pipeline.core.errors import (
+    INVISIBLE,
+    NAMED_STUDENT_ID,
+    ErrorCode,
+    empty_errors,
+    error_frame,
+    visible,
+)
 from eams_pipeline.core.template import (
     COLUMNS,
     EXPECTED_FIELD_COUNT,
@@ -568,8 +575,9 @@ def _malformed_errors(
     before_fields: np.ndarray,
     before_end_lines: np.ndarray,
 ) -> pd.DataFrame:
-    """WRONG_FIELD_COUNT for each malformed record. No message quotes a field: which field
-    holds the password is unknown once the fields are miscounted. The Student ID column
+    """WRONG_FIELD_COUNT for each malformed record (with NAMED_STUDENT_ID). No message
+    quotes a field: which field holds the password is unknown once the fields are
+    miscounted. The Student ID column
     shows the record's second field only when the record can only be the start of a row:
     the record before it (or the header) has all the template's fields. After a short
     record it may be the rest of a row that a line break inside a value split in two, and
@@ -577,10 +585,10 @@ def _malformed_errors(
     if len(rows_idx) == 0:
         return empty_errors()
     starts_a_row = before_fields >= EXPECTED_FIELD_COUNT
-    student_ids = [
-        sid if start and len(f) > 1 and _STUDENT_ID.fullmatch(sid := f[1].strip()) else ""
-        for f, start in zip(records, starts_a_row, strict=True)
+    named = [
+        sid if len(f) > 1 and _STUDENT_ID.fullmatch(sid := f[1].strip()) else "" for f in records
     ]
+    student_ids = np.where(starts_a_row, named, "")
     messages = []
     for n, start, end, whole, before_end in zip(
         field_counts, lines, end_lines, starts_a_row, before_end_lines, strict=True
@@ -594,9 +602,13 @@ def _malformed_errors(
                 " a value split one row in two?"
             )
         messages.append(message)
-    return error_frame(
+    errors = error_frame(
         rows_idx, lines, student_ids, "", ErrorCode.WRONG_FIELD_COUNT.value, messages
     )
+    # the student the record names as far as the full roster goes, shown or not: one that
+    # is named is never deactivated as absent (core.plan.with_missing)
+    errors[NAMED_STUDENT_ID] = pd.Series(named, dtype="str")
+    return errors
 
 
 def _csv_records(text: str) -> Iterator[tuple[int, int, list[str]]]:
