@@ -353,3 +353,16 @@ def test_a_malformed_row_still_names_its_student_for_the_full_roster(conn) -> No
     assert result.errors["student_id"].tolist() == ["S2", ""]  # S3's row follows a short one
     assert result.deactivated_missing == 0
     assert {v["status"] for v in students(conn).values()} == {"active"}
+
+
+def test_the_student_id_column_is_capped_and_names_control_characters(conn) -> None:
+    load(conn, district_doc(existing=[existing_student("E1")]))
+    odd = "N\x1b[31m" + "x" * 1000
+    data = text(HEADER_LINE, line(student_id=odd), line(student_id=odd, username="u2"))
+    result = run(conn, data)
+    assert {"FIELD_TOO_LONG", "INVALID_STUDENT_ID", "DUPLICATE_STUDENT_ID"} <= set(
+        result.error_codes
+    )
+    shown = set(result.errors["student_id"])
+    assert shown == {"N<U+001B>[31m" + "x" * 58 + "… (the first 64 of 1006 characters)"}
+    assert all("\x1b" not in m and len(m) < 300 for m in result.errors["message"])

@@ -533,7 +533,7 @@ def _flag(
     return error_frame(
         df.index.to_numpy()[hit],
         df["line"].to_numpy()[hit],
-        df["student_id"].iloc[hit].fillna("").to_numpy(),
+        visible_each(df["student_id"].iloc[hit].fillna(""), _QUOTE_LIMIT).to_numpy(),
         DISPLAY_NAME[column] if column else "",
         code.value,
         messages,

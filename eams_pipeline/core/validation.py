@@ -86,6 +86,9 @@ MESSAGES: dict[str, str] = {
 QUOTED_COLUMNS = frozenset({"grade", "status"})
 SECRET_COLUMNS = frozenset({"password"})
 _QUOTE_LIMIT = 20
+# the error file's Student ID column: capped (a valid one has at most 32 characters),
+# invisible and control characters named
+STUDENT_ID_SHOWN = 64
 
 
 def _text(s: pd.Series) -> pyarrow.ChunkedArray:
@@ -319,7 +322,7 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     errors = error_frame(
         index,
         rows["line"].to_numpy()[at],
-        rows["student_id"].take(at).fillna("").to_numpy(),
+        visible_each(rows["student_id"].take(at).fillna(""), STUDENT_ID_SHOWN).to_numpy(),
         display.to_numpy(),
         code.to_numpy(),
         message.to_numpy(),
