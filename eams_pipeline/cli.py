@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from eams_pipeline.services.process import Engine
 
-EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_HELD = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_HELD, EXIT_SUPERSEDED = 0, 1, 2, 3, 4
 
 
 def connect() -> psycopg.Connection:  # psycopg is imported by the commands that use it
@@ -41,6 +41,8 @@ def _exit_code(status: object) -> int:
         return EXIT_REJECTED
     if status == UploadStatus.HELD:
         return EXIT_HELD
+    if status == UploadStatus.SUPERSEDED:
+        return EXIT_SUPERSEDED
     return EXIT_OK
 
 
@@ -123,7 +125,8 @@ def process_cmd(
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
-    `eams uploads approve|discard`), 1 on an operational failure.
+    `eams uploads approve|discard`), 4 when it was superseded (an upload of the district
+    received after it was applied first: nothing applied), 1 on an operational failure.
 
     Progress (each step with its duration; hashing passwords: done/total, rate, ETA) goes
     to stderr when it is a terminal, or with --verbose; standard output is only the JSON.
@@ -184,6 +187,14 @@ def process_cmd(
             )
             error_file = None
     click.echo(json.dumps(result.summary(error_file)))
+    if result.superseded_by is not None:
+        click.echo(
+            f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
+            f"{result.superseded_by} of {result.district}, received after it and applied first "
+            "(students are never rolled back to an older file). Process the file again if it "
+            "must be applied over that upload.",
+            err=True,
+        )
     sys.exit(_exit_code(result.status))
 
 
@@ -478,6 +489,14 @@ def uploads_approve(
         if not no_email:
             _email_district(conn, result, upload_key, error_file)
     click.echo(json.dumps(result.summary(error_file)))
+    if result.superseded_by is not None:
+        click.echo(
+            f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
+            f"{result.superseded_by} of {result.district}, received after it and applied first "
+            "(students are never rolled back to an older file). Process the file again if it "
+            "must be applied over that upload.",
+            err=True,
+        )
     sys.exit(_exit_code(result.status))  # an approval is never held again
 
 

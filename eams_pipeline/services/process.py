@@ -469,12 +469,12 @@ def process_upload(
         parsed, rejection, text = read.parsed, read.rejection, read.text
         rows, column_errors = read.rows, read.column_errors
 
-        superseded = (
-            record is not None
-            and rejection is None
-            and not allow_older
-            and db_uploads.newer_applied_exists(conn, district.district_id, record)
+        superseded_by = (
+            db_uploads.newer_applied(conn, district.district_id, record)
+            if record is not None and rejection is None and not allow_older
+            else None
         )
+        superseded = superseded_by is not None
         upload_id = record.upload_id if record is not None else None
 
         if rejection is not None:
@@ -547,6 +547,7 @@ def process_upload(
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
         if superseded:
             result.status = UploadStatus.SUPERSEDED
+            result.superseded_by = superseded_by
         with clock.step("record"):
             db_apply.record_errors(conn, record.upload_id, result.errors)
             db_apply.record_outcome(

@@ -1,0 +1,92 @@
+"""`eams` as a user or a script runs it (real processes): what it says and exits with when
+two runs race, when the database URL is malformed, when a file name is not UTF-8, and
+when an argument is huge."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from eams_pipeline.db.uploads import make_upload_key
+from eams_pipeline_tests.builders import csv_bytes, district_doc, load, row, run, students
+
+EXIT_SUPERSEDED = 4
+
+
+def _env(url: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "EAMS_DATABASE_URL": url, **extra}
+
+
+def eams(*args: str, cwd: Path, url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "eams_pipeline.cli", *args],
+        cwd=cwd,
+        env=_env(url, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _wait_for_a_lock_wait(watch: psycopg.Connection, seconds: float = 60) -> None:
+    """Until a backend of this database waits for a lock (the `eams process` started)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        waiting = watch.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        ).fetchone()[0]
+        if waiting:
+            return
+        time.sleep(0.05)
+    raise AssertionError("eams process never waited for the district's lock")
+
+
+def test_a_process_superseded_by_a_later_one_exits_4_and_names_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        load(conn, district_doc())
+    first = tmp_path / "first.csv"
+    first.write_bytes(csv_bytes([row("A1")]))
+    with (
+        psycopg.connect(db_url) as holder,
+        psycopg.connect(db_url, autocommit=True) as watch,
+    ):
+        with holder.transaction():
+            # the district is locked: the first `eams process` (its upload received now)
+            # waits for it while a later upload of the district is applied and committed
+            holder.execute("SELECT 1 FROM districts WHERE code = 'D1' FOR UPDATE")
+            started = subprocess.Popen(
+                [sys.executable, "-m", "eams_pipeline.cli", "process", "--district", "D1"]
+                + [str(first), "--errors-out", str(tmp_path / "errors.csv")],
+                cwd=tmp_path,
+                env=_env(db_url),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                _wait_for_a_lock_wait(watch)
+                later_key = make_upload_key("D1", dt.datetime.now(dt.UTC))
+                later = run(holder, [row("B1")], key=later_key, received_at=dt.datetime.now(dt.UTC))
+                assert later.status == "processed"
+            except BaseException:
+                started.kill()
+                raise
+        out, err = started.communicate(timeout=120)
+    assert started.returncode == EXIT_SUPERSEDED, err
+    summary = json.loads(out)
+    assert summary["status"] == "superseded"
+    assert later_key in err and "not applied" in err
+    with psycopg.connect(db_url) as conn:
+        assert set(students(conn)) == {"B1"}  # the first file applied nothing
