@@ -67,8 +67,10 @@ def test_a_process_superseded_by_a_later_one_exits_4_and_names_it(
             # waits for it while a later upload of the district is applied and committed
             holder.execute("SELECT 1 FROM districts WHERE code = 'D1' FOR UPDATE")
             started = subprocess.Popen(
-                [sys.executable, "-m", "eams_pipeline.cli", "process", "--district", "D1"]
-                + [str(first), "--errors-out", str(tmp_path / "errors.csv")],
+                [
+                    *(sys.executable, "-m", "eams_pipeline.cli", "process", "--district", "D1"),
+                    *(str(first), "--errors-out", str(tmp_path / "errors.csv")),
+                ],
                 cwd=tmp_path,
                 env=_env(db_url),
                 stdout=subprocess.PIPE,
@@ -90,3 +92,32 @@ def test_a_process_superseded_by_a_later_one_exits_4_and_names_it(
     assert later_key in err and "not applied" in err
     with psycopg.connect(db_url) as conn:
         assert set(students(conn)) == {"B1"}  # the first file applied nothing
+
+
+SECRET = "S3cretPw9"
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        (f"postgresql://eams:{SECRET}@[::1/eams", (SECRET,)),  # libpq quotes the whole URI
+        (f"postgresql://eams:{SECRET}%zz@127.0.0.1/eams", (SECRET,)),  # a bad %-escape
+        (f"postgresql://eams:{SECRET}@127.0.0.1:notaport/eams", (SECRET,)),
+        (f"postgresql://127.0.0.1/eams?password={SECRET}&bogus=1", (SECRET,)),
+        (f"host=127.0.0.1 password={SECRET} tail dbname=eams", (SECRET, '"tail"')),
+        (f"host=127.0.0.1 password='{SECRET} x' dbname", (SECRET,)),
+    ],
+    ids=["ipv6", "percent", "port", "query", "keyword-with-a-space", "keyword-quoted"],
+)
+@pytest.mark.parametrize("command", [("export", "students", "--district", "D1"), ("db", "upgrade")])
+def test_a_malformed_database_url_never_echoes_its_password(
+    tmp_path: Path, url: str, hidden: tuple[str, ...], command: tuple[str, ...]
+) -> None:
+    done = eams(*command, cwd=tmp_path, url=url)
+    assert done.returncode == 1
+    output = done.stdout + done.stderr
+    for secret in hidden:
+        assert secret not in output, output
+    assert "EAMS_DATABASE_URL is not a valid connection string" in done.stderr
+    if "[" in url:  # the URI is quoted, its password masked
+        assert "postgresql://eams:***@[::1/eams" in done.stderr
