@@ -135,7 +135,12 @@ def process_cmd(
 
     from eams_pipeline.core.error_file import render_error_file
     from eams_pipeline.io.files import NotARegularFile, read_upload_file
-    from eams_pipeline.services.process import Upload, file_too_large, process_upload
+    from eams_pipeline.services.process import (
+        Upload,
+        file_too_large,
+        process_upload,
+        shown_file_name,
+    )
 
     def error_path(upload_id: int | None) -> str:
         if errors_out is not None:
@@ -143,6 +148,13 @@ def process_cmd(
         return f"students_errors_{upload_id if upload_id is not None else 'dry-run'}.csv"
 
     # Everything that could stop the command after the upload is committed is checked first.
+    try:
+        file.name.encode("utf-8")  # the name is recorded with the upload
+    except UnicodeEncodeError:
+        raise click.ClickException(
+            f"{shown_file_name(str(file))}: the file name is not UTF-8 (its bytes are shown "
+            "as \\xNN); rename the file and run again. Nothing was read or recorded."
+        ) from None
     _check_errors_out(errors_out, file)
     limit = config.max_upload_bytes()
     try:

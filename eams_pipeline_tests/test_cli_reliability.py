@@ -121,3 +121,37 @@ def test_a_malformed_database_url_never_echoes_its_password(
     assert "EAMS_DATABASE_URL is not a valid connection string" in done.stderr
     if "[" in url:  # the URI is quoted, its password masked
         assert "postgresql://eams:***@[::1/eams" in done.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_any_work(
+    db_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        load(conn, district_doc())
+    name = b"students-\xe9t\xe9.csv"  # Latin-1 bytes: not UTF-8
+    (tmp_path / os.fsdecode(name)).write_bytes(csv_bytes([row("N1"), row("N2")]))
+    done = subprocess.run(
+        [
+            *(sys.executable.encode(), b"-m", b"eams_pipeline.cli", b"process"),
+            *(b"--district", b"D1", bytes(tmp_path) + b"/" + name),
+        ],
+        cwd=tmp_path,
+        env=_env(db_url),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 1, err
+    assert "students-\\xe9t\\xe9.csv" in err and "not UTF-8" in err
+    assert "codec" not in err and done.stdout == b""
+    with psycopg.connect(db_url) as conn:  # nothing was recorded, no password was hashed
+        assert conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM password_hash_cache").fetchone()[0] == 0
+
+
+def test_an_upload_whose_name_is_not_utf8_is_refused_when_it_is_made() -> None:
+    from eams_pipeline.services.process import Upload
+
+    with pytest.raises(ValueError, match=r"the file name a\\xff\.csv is not UTF-8"):
+        Upload("D1", b"", file_name=os.fsdecode(b"a\xff.csv"))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -93,6 +94,21 @@ class Upload:
     # a file-level rejection found before the content was read (FILE_TOO_LARGE: `data` is
     # then empty): the upload is recorded as rejected with that error, and 0 rows
     rejection: FileRejected | None = None
+
+    def __post_init__(self) -> None:
+        # the name is recorded (text): a name that is not UTF-8 (a path decoded with
+        # surrogate escapes) would fail only there, after the passwords were hashed
+        try:
+            self.file_name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"the file name {shown_file_name(self.file_name)} is not UTF-8: rename it"
+            ) from None
+
+
+def shown_file_name(name: str) -> str:
+    """A file name for a message: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def file_too_large(size: int, limit: int) -> FileRejected:
