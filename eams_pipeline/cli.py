@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,45 @@ def connect() -> psycopg.Connection:  # psycopg is imported by the commands that
     from eams_pipeline.db.connection import connect as _connect
 
     return _connect()
+
+
+# how much of an argument a message repeats (a district code has at most 32 characters,
+# an upload key 55), and of any error message
+ECHO_LIMIT = 64
+MESSAGE_LIMIT = 1000
+_DISTRICT_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")  # sql/001's CHECK
+_STUDENT_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def _echoed(value: str, limit: int = ECHO_LIMIT) -> str:
+    """An argument as a message repeats it: quoted, control characters escaped, cut."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value):,} characters)"
+
+
+def _capped(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}… ({len(message) - limit:,} more characters)"
+
+
+def _district_code(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """--district: the shape of a district code, checked before any work."""
+    if not _DISTRICT_CODE.fullmatch(value):
+        raise click.BadParameter(
+            f"{_echoed(value)} is not a district code (1 to 32 of A-Z a-z 0-9 _ -)"
+        )
+    return value
+
+
+def _student_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """--student: the shape of a Student ID (SPEC §3)."""
+    if not _STUDENT_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{_echoed(value)} is not a Student ID (1 to 32 of A-Z a-z 0-9 . _ -)"
+        )
+    return value
 
 
 def _exit_code(status: object) -> int:
@@ -98,7 +138,13 @@ def setup_load(file: Path) -> None:
 
 
 @cli.command("process")
-@click.option("--district", "district_code", required=True, help="The district's code.")
+@click.option(
+    "--district",
+    "district_code",
+    required=True,
+    callback=_district_code,
+    help="The district's code.",
+)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report the same figures; change nothing.")
 @click.option(
@@ -304,7 +350,7 @@ def _when(value: dt.datetime | None) -> str:
 
 
 @uploads.command("list")
-@click.option("--district", "district_code", required=True)
+@click.option("--district", "district_code", required=True, callback=_district_code)
 @click.option(
     "--since",
     type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
@@ -376,7 +422,7 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     with connect() as conn:
         row = show_upload(conn, upload_key)
     if row is None:
-        raise click.ClickException(f"no upload {upload_key}")
+        raise click.ClickException(f"no upload {_echoed(upload_key)}")
     if as_json:
         click.echo(json.dumps(row, default=_json_default, indent=1))
         return
@@ -470,7 +516,7 @@ def uploads_approve(
     with connect() as conn:
         record = db_uploads.get_upload(conn, upload_key)
         if record is None:
-            raise click.ClickException(f"no upload {upload_key}")
+            raise click.ClickException(f"no upload {_echoed(upload_key)}")
         if file is not None:
             data = file.read_bytes()
         elif record.archive_path:
@@ -480,7 +526,7 @@ def uploads_approve(
             data = archive.load(record.archive_path, record.content_sha256)
         else:
             raise click.ClickException(
-                f"upload {upload_key} has no archive copy: give its file with --file"
+                f"upload {_echoed(upload_key)} has no archive copy: give its file with --file"
             )
         conn.rollback()  # end that read: the approval hashes first, in commits of its own
         progress = _progress(verbose=verbose, quiet=quiet)
@@ -575,8 +621,10 @@ def uploads_revert(upload_key: str, cascade: bool, by: str | None) -> None:
 
 
 @cli.command("history")
-@click.option("--district", "district_code", required=True)
-@click.option("--student", "student_id", required=True, help="The Student ID.")
+@click.option("--district", "district_code", required=True, callback=_district_code)
+@click.option(
+    "--student", "student_id", required=True, callback=_student_id, help="The Student ID."
+)
 @click.option("--json", "as_json", is_flag=True)
 def history_cmd(district_code: str, student_id: str, as_json: bool) -> None:
     """Every upload that changed a student, with what changed (before -> after).
@@ -615,7 +663,7 @@ def export() -> None:
 
 
 @export.command("students")
-@click.option("--district", "district_code", required=True)
+@click.option("--district", "district_code", required=True, callback=_district_code)
 def export_students(district_code: str) -> None:
     """Students: template columns minus Password and Status, then Status and Order."""
     from eams_pipeline.db import export as db_export
@@ -626,7 +674,7 @@ def export_students(district_code: str) -> None:
 
 
 @export.command("licenses")
-@click.option("--district", "district_code", required=True)
+@click.option("--district", "district_code", required=True, callback=_district_code)
 def export_licenses(district_code: str) -> None:
     """Orders: Order,Kind,School Code,Licenses,Used,Available."""
     from eams_pipeline.db import export as db_export
@@ -687,7 +735,7 @@ def _require_district(conn: object, district_code: str) -> None:
     from eams_pipeline.db import export as db_export
 
     if not db_export.district_exists(conn, district_code):  # type: ignore[arg-type]
-        raise click.ClickException(f"unknown district {district_code!r}")
+        raise click.ClickException(f"unknown district {_echoed(district_code)}")
 
 
 def _write_csv(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -708,13 +756,14 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("Aborted.", err=True)
         return EXIT_FAILURE
     except click.ClickException as exc:
+        exc.message = _capped(exc.message)  # e.g. click's "No such command" repeats it whole
         exc.show()
         return EXIT_FAILURE
     except (config.ConfigError, OSError, LookupError, ValueError, RuntimeError) as exc:
-        click.echo(f"eams: error: {exc}", err=True)
+        click.echo(f"eams: error: {_capped(str(exc))}", err=True)
         return EXIT_FAILURE
     except Exception as exc:  # psycopg errors and anything unexpected: operational failure
-        click.echo(f"eams: error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"eams: error: {type(exc).__name__}: {_capped(str(exc))}", err=True)
         return EXIT_FAILURE
     return EXIT_OK
 

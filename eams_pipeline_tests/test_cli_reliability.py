@@ -155,3 +155,35 @@ def test_an_upload_whose_name_is_not_utf8_is_refused_when_it_is_made() -> None:
 
     with pytest.raises(ValueError, match=r"the file name a\\xff\.csv is not UTF-8"):
         Upload("D1", b"", file_name=os.fsdecode(b"a\xff.csv"))
+
+
+HUGE = "X" * 100_000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("process", "--district", HUGE, "{file}"),
+        ("export", "students", "--district", HUGE),
+        ("uploads", "list", "--district", HUGE),
+        ("uploads", "show", HUGE),
+        ("uploads", "discard", HUGE, "--no-email"),
+        ("history", "--district", "D1", "--student", HUGE),
+        (HUGE,),  # not a command
+    ],
+    ids=["process", "export", "uploads-list", "uploads-show", "discard", "history", "command"],
+)
+def test_a_huge_argument_is_echoed_capped(
+    db_url: str, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    with psycopg.connect(db_url) as conn:
+        load(conn, district_doc())
+    upload = tmp_path / "students.csv"
+    upload.write_bytes(csv_bytes([row("N1")]))
+    done = eams(*(a.format(file=upload) for a in args), cwd=tmp_path, url=db_url)
+    assert done.returncode == 1
+    assert 0 < len(done.stderr) < 2000, done.stderr[:3000]
+    assert "XXXXXXXXXX" in done.stderr  # what was given is still recognisable
+    assert done.stdout == ""
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM uploads").fetchone()[0] == 0
