@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,13 +26,52 @@ if TYPE_CHECKING:
 
     from eams_pipeline.services.process import Engine
 
-EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_HELD = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_HELD, EXIT_SUPERSEDED = 0, 1, 2, 3, 4
 
 
 def connect() -> psycopg.Connection:  # psycopg is imported by the commands that use it
     from eams_pipeline.db.connection import connect as _connect
 
     return _connect()
+
+
+# how much of an argument a message repeats (a district code has at most 32 characters,
+# an upload key 55), and of any error message
+ECHO_LIMIT = 64
+MESSAGE_LIMIT = 1000
+_DISTRICT_CODE = re.compile(r"[A-Za-z0-9_-]{1,32}")  # sql/001's CHECK
+_STUDENT_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def _echoed(value: str, limit: int = ECHO_LIMIT) -> str:
+    """An argument as a message repeats it: quoted, control characters escaped, cut."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value):,} characters)"
+
+
+def _capped(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}… ({len(message) - limit:,} more characters)"
+
+
+def _district_code(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """--district: the shape of a district code, checked before any work."""
+    if not _DISTRICT_CODE.fullmatch(value):
+        raise click.BadParameter(
+            f"{_echoed(value)} is not a district code (1 to 32 of A-Z a-z 0-9 _ -)"
+        )
+    return value
+
+
+def _student_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """--student: the shape of a Student ID (SPEC §3)."""
+    if not _STUDENT_ID.fullmatch(value):
+        raise click.BadParameter(
+            f"{_echoed(value)} is not a Student ID (1 to 32 of A-Z a-z 0-9 . _ -)"
+        )
+    return value
 
 
 def _exit_code(status: object) -> int:
@@ -41,6 +81,8 @@ def _exit_code(status: object) -> int:
         return EXIT_REJECTED
     if status == UploadStatus.HELD:
         return EXIT_HELD
+    if status == UploadStatus.SUPERSEDED:
+        return EXIT_SUPERSEDED
     return EXIT_OK
 
 
@@ -96,7 +138,13 @@ def setup_load(file: Path) -> None:
 
 
 @cli.command("process")
-@click.option("--district", "district_code", required=True, help="The district's code.")
+@click.option(
+    "--district",
+    "district_code",
+    required=True,
+    callback=_district_code,
+    help="The district's code.",
+)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Report the same figures; change nothing.")
 @click.option(
@@ -123,7 +171,8 @@ def process_cmd(
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
-    `eams uploads approve|discard`), 1 on an operational failure.
+    `eams uploads approve|discard`), 4 when it was superseded (an upload of the district
+    received after it was applied first: nothing applied), 1 on an operational failure.
 
     Progress (each step with its duration; hashing passwords: done/total, rate, ETA) goes
     to stderr when it is a terminal, or with --verbose; standard output is only the JSON.
@@ -132,7 +181,12 @@ def process_cmd(
 
     from eams_pipeline.core.error_file import render_error_file
     from eams_pipeline.io.files import NotARegularFile, read_upload_file
-    from eams_pipeline.services.process import Upload, file_too_large, process_upload
+    from eams_pipeline.services.process import (
+        Upload,
+        file_too_large,
+        process_upload,
+        shown_file_name,
+    )
 
     def error_path(upload_id: int | None) -> str:
         if errors_out is not None:
@@ -140,6 +194,13 @@ def process_cmd(
         return f"students_errors_{upload_id if upload_id is not None else 'dry-run'}.csv"
 
     # Everything that could stop the command after the upload is committed is checked first.
+    try:
+        file.name.encode("utf-8")  # the name is recorded with the upload
+    except UnicodeEncodeError:
+        raise click.ClickException(
+            f"{shown_file_name(str(file))}: the file name is not UTF-8 (its bytes are shown "
+            "as \\xNN); rename the file and run again. Nothing was read or recorded."
+        ) from None
     _check_errors_out(errors_out, file)
     engine = _engine()  # the secret keys' format: before the file is read
     limit = config.max_upload_bytes()
@@ -190,6 +251,14 @@ def process_cmd(
             )
             error_file = None
     click.echo(json.dumps(result.summary(error_file)))
+    if result.superseded_by is not None:
+        click.echo(
+            f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
+            f"{result.superseded_by} of {result.district}, received after it and applied first "
+            "(students are never rolled back to an older file). Process the file again if it "
+            "must be applied over that upload.",
+            err=True,
+        )
     sys.exit(_exit_code(result.status))
 
 
@@ -287,7 +356,7 @@ def _when(value: dt.datetime | None) -> str:
 
 
 @uploads.command("list")
-@click.option("--district", "district_code", required=True)
+@click.option("--district", "district_code", required=True, callback=_district_code)
 @click.option(
     "--since",
     type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
@@ -359,7 +428,7 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     with connect() as conn:
         row = show_upload(conn, upload_key)
     if row is None:
-        raise click.ClickException(f"no upload {upload_key}")
+        raise click.ClickException(f"no upload {_echoed(upload_key)}")
     if as_json:
         click.echo(json.dumps(row, default=_json_default, indent=1))
         return
@@ -454,7 +523,7 @@ def uploads_approve(
     with connect() as conn:
         record = db_uploads.get_upload(conn, upload_key)
         if record is None:
-            raise click.ClickException(f"no upload {upload_key}")
+            raise click.ClickException(f"no upload {_echoed(upload_key)}")
         if file is not None:
             data = file.read_bytes()
         elif record.archive_path:
@@ -464,7 +533,7 @@ def uploads_approve(
             data = archive.load(record.archive_path, record.content_sha256)
         else:
             raise click.ClickException(
-                f"upload {upload_key} has no archive copy: give its file with --file"
+                f"upload {_echoed(upload_key)} has no archive copy: give its file with --file"
             )
         conn.rollback()  # end that read: the approval hashes first, in commits of its own
         progress = _progress(verbose=verbose, quiet=quiet)
@@ -485,6 +554,14 @@ def uploads_approve(
         if not no_email:
             _email_district(conn, result, upload_key, error_file)
     click.echo(json.dumps(result.summary(error_file)))
+    if result.superseded_by is not None:
+        click.echo(
+            f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
+            f"{result.superseded_by} of {result.district}, received after it and applied first "
+            "(students are never rolled back to an older file). Process the file again if it "
+            "must be applied over that upload.",
+            err=True,
+        )
     sys.exit(_exit_code(result.status))  # an approval is never held again
 
 
@@ -551,8 +628,10 @@ def uploads_revert(upload_key: str, cascade: bool, by: str | None) -> None:
 
 
 @cli.command("history")
-@click.option("--district", "district_code", required=True)
-@click.option("--student", "student_id", required=True, help="The Student ID.")
+@click.option("--district", "district_code", required=True, callback=_district_code)
+@click.option(
+    "--student", "student_id", required=True, callback=_student_id, help="The Student ID."
+)
 @click.option("--json", "as_json", is_flag=True)
 def history_cmd(district_code: str, student_id: str, as_json: bool) -> None:
     """Every upload that changed a student, with what changed (before -> after).
@@ -591,7 +670,7 @@ def export() -> None:
 
 
 @export.command("students")
-@click.option("--district", "district_code", required=True)
+@click.option("--district", "district_code", required=True, callback=_district_code)
 def export_students(district_code: str) -> None:
     """Students: template columns minus Password and Status, then Status and Order."""
     from eams_pipeline.db import export as db_export
@@ -602,7 +681,7 @@ def export_students(district_code: str) -> None:
 
 
 @export.command("licenses")
-@click.option("--district", "district_code", required=True)
+@click.option("--district", "district_code", required=True, callback=_district_code)
 def export_licenses(district_code: str) -> None:
     """Orders: Order,Kind,School Code,Licenses,Used,Available."""
     from eams_pipeline.db import export as db_export
@@ -665,7 +744,7 @@ def _require_district(conn: object, district_code: str) -> None:
     from eams_pipeline.db import export as db_export
 
     if not db_export.district_exists(conn, district_code):  # type: ignore[arg-type]
-        raise click.ClickException(f"unknown district {district_code!r}")
+        raise click.ClickException(f"unknown district {_echoed(district_code)}")
 
 
 def _write_csv(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -686,13 +765,14 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("Aborted.", err=True)
         return EXIT_FAILURE
     except click.ClickException as exc:
+        exc.message = _capped(exc.message)  # e.g. click's "No such command" repeats it whole
         exc.show()
         return EXIT_FAILURE
     except (config.ConfigError, OSError, LookupError, ValueError, RuntimeError) as exc:
-        click.echo(f"eams: error: {exc}", err=True)
+        click.echo(f"eams: error: {_capped(str(exc))}", err=True)
         return EXIT_FAILURE
     except Exception as exc:  # psycopg errors and anything unexpected: operational failure
-        click.echo(f"eams: error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"eams: error: {type(exc).__name__}: {_capped(str(exc))}", err=True)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -35,7 +35,7 @@ class ErrorCode(StrEnum):
 
 
 # characters shown by name in messages: C0/C1 controls, invisible and bidi formatting
-_INVISIBLE = re.compile(
+INVISIBLE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u00a0\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
     "\u2060-\u2064\u2066-\u2069\ufeff]"
 )
@@ -47,12 +47,30 @@ def visible(text: str, limit: int | None = None) -> str:
     total = len(text)
     if limit is not None and total > limit:
         text = text[:limit]
-    shown = _INVISIBLE.sub(lambda m: _NAMES.get(m[0], f"<U+{ord(m[0]):04X}>"), text)
+    shown = INVISIBLE.sub(lambda m: _NAMES.get(m[0], f"<U+{ord(m[0]):04X}>"), text)
     return shown if len(text) == total else f"{shown}… (the first {limit} of {total} characters)"
+
+
+def visible_each(values: pd.Series, limit: int) -> pd.Series:
+    """`visible(v, limit)` of each (text) value; run only on the values it changes (longer
+    than `limit`, or not printable ASCII): a file may have an error on every row."""
+    values = values.astype("str")
+    changes = (values.str.len() > limit) | ~values.str.fullmatch(r"[\x20-\x7e]*")
+    if not changes.any():
+        return values
+    out = values.astype(object)
+    out[changes] = values[changes].map(lambda v: visible(v, limit))
+    return out.astype("str")
 
 
 # An error frame has one error per row. `row` is the record's ordinal among the data
 # records (0-based, file order); `line` the physical line where the record starts (header = 1).
+
+
+# A malformed record's errors (WRONG_FIELD_COUNT) also have this column: the Student ID
+# the record names, which their student_id may leave out of the error file (README,
+# Security); the full roster never deactivates a student a row names (core.plan).
+NAMED_STUDENT_ID = "named_student_id"
 
 
 def error_frame(

@@ -78,6 +78,8 @@ class UploadResult:
     guard_figures: dict[str, object] | None = None
     # held uploads of the district that this one superseded (their keys)
     superseded_held: list[str] = field(default_factory=list)
+    # status superseded: the key of the later upload of the district already applied
+    superseded_by: str | None = None
 
     @property
     def has_errors(self) -> bool:

@@ -24,7 +24,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
+from eams_pipeline.core.errors import (
+    NAMED_STUDENT_ID,
+    ErrorCode,
+    concat_errors,
+    error_frame,
+    visible_each,
+)
 from eams_pipeline.core.fingerprints import (
     data_fingerprint,
     password_fingerprint,
@@ -201,13 +207,25 @@ def make_plan(
     valid_id = _passes_column_rules(df, row_errors, "student_id")
     valid_username = _passes_column_rules(df, row_errors, "username")
     valid_status = _passes_column_rules(df, row_errors, "status")
-    for repeated, column, code in (
-        (repeated_ids, "student_id", ErrorCode.DUPLICATE_STUDENT_ID),
-        (repeated_names, "username", ErrorCode.DUPLICATE_USERNAME),
+    # a Username is never quoted: a swapped export puts the password there (README, Security)
+    for repeated, column, code, text, value_column in (
+        (
+            repeated_ids,
+            "student_id",
+            ErrorCode.DUPLICATE_STUDENT_ID,
+            "Student ID {v} appears on more than one row of the file.",
+            "student_id",
+        ),
+        (
+            repeated_names,
+            "username",
+            ErrorCode.DUPLICATE_USERNAME,
+            "The same Username (letter case aside) appears on more than one row of the file.",
+            None,
+        ),
     ):
         repeated = pd.Series(repeated, index=df.index)
-        text = DISPLAY_NAME[column] + " {v} appears on more than one row of the file."
-        errors.append(_flag(df, repeated, code, column, text, column))
+        errors.append(_flag(df, repeated, code, column, text, value_column))
 
     df = _attach_school(df, snapshot.schools, valid_status)
     errors.append(
@@ -267,8 +285,9 @@ def make_plan(
             taken,
             ErrorCode.USERNAME_TAKEN,
             "username",
-            "Username {v} belongs to another student.",
-            "username",
+            "This Username belongs to another student (usernames are unique in all of"
+            " MY Access, letter case aside).",
+            None,
         )
     )
 
@@ -426,9 +445,10 @@ def with_missing(
     the file (a row with errors, even a malformed one, still names its student) is
     deactivated as by a D row (transitions 3 and 4): status deactivated, same order, one
     license back to its order (the bin for Enterprise)."""
-    named = pd.concat(
-        [rows["student_id"].dropna(), row_errors["student_id"].replace("", pd.NA).dropna()]
-    )
+    # a malformed row's student is the one it names (NAMED_STUDENT_ID), which its error
+    # may not show; the other errors' rows are in `rows`
+    named_by_errors = row_errors.get(NAMED_STUDENT_ID, row_errors["student_id"])
+    named = pd.concat([rows["student_id"].dropna(), named_by_errors.replace("", pd.NA).dropna()])
     students = snapshot.students
     absent = students[
         (students["status"] == ACTIVE) & ~students["student_id"].isin(named.to_numpy())
@@ -452,6 +472,8 @@ def with_missing(
 _BEFORE = (ABSENT, ACTIVE, DEACTIVATED)  # status_before codes 0, 1, 2
 _ORDER_KINDS = (NONE, ENTERPRISE, REGULAR)  # order_kind codes 0, 1, 2
 _FLAGS = ("A", "D", "X", "I")
+# a value quoted in a message (a School Code has at most 64 characters, a Student ID 32)
+_QUOTE_LIMIT = 64
 
 
 def _transition_positions() -> np.ndarray:
@@ -583,11 +605,11 @@ def _flag(
     else:
         head, _, tail = text.partition("{v}")
         values = df[value_column].iloc[hit].fillna("").astype("str")
-        messages = (head + values + tail).to_numpy()
+        messages = (head + visible_each(values, _QUOTE_LIMIT) + tail).to_numpy()
     return error_frame(
         df.index.to_numpy()[hit],
         df["line"].to_numpy()[hit],
-        df["student_id"].iloc[hit].fillna("").to_numpy(),
+        visible_each(df["student_id"].iloc[hit].fillna(""), _QUOTE_LIMIT).to_numpy(),
         DISPLAY_NAME[column] if column else "",
         code.value,
         messages,

@@ -31,6 +31,7 @@ against the scan; a difference also falls back.
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import re
 from collections.abc import Callable, Iterator
@@ -42,8 +43,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame, visible
-from eams_pipeline.core.template import COLUMNS, EXPECTED_FIELD_COUNT, HEADER
+from eams_pipeline.core.errors import (
+    INVISIBLE,
+    NAMED_STUDENT_ID,
+    ErrorCode,
+    empty_errors,
+    error_frame,
+    visible,
+)
+from eams_pipeline.core.template import (
+    COLUMNS,
+    EXPECTED_FIELD_COUNT,
+    GRADE_PATTERN,
+    HEADER,
+    STATUS_PATTERN,
+)
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")
@@ -51,8 +65,8 @@ _QUOTE, _COMMA, _LF, _CR = ord('"'), ord(","), ord("\n"), ord("\r")
 HEADER_ECHO_LIMIT = 500
 # a header line longer than this is rejected without parsing it (the template's is 120 bytes)
 HEADER_MAX_BYTES = 1 << 20
-# a student ID repeated in an error of a malformed record (a valid one has at most 32)
-_STUDENT_ID_ECHO = 64
+# a malformed record's second field shown as its Student ID: only a valid Student ID
+_STUDENT_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 # a value made only of these and spaces is empty: zero-width and invisible characters
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u180e\u00ad"
 _SPACES_AND_ZERO_WIDTH = (
@@ -115,12 +129,16 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     rows.insert(0, "line", records.lines[data_ids[good]])
     rows.insert(0, "row", np.flatnonzero(good))
     bad_ids = data_ids[~good]
+    # the record before each bad one (the header before the first data record)
+    before = np.concatenate(([0], data_ids[:-1]))[~good]
     malformed = _malformed_errors(
         rows_idx=np.flatnonzero(~good),
         lines=records.lines[bad_ids],
         end_lines=records.end_lines[bad_ids],
         field_counts=records.fields[bad_ids],
         records=[_record_fields(data, records, int(i)) for i in bad_ids],
+        before_fields=records.fields[before],
+        before_end_lines=records.end_lines[before],
     )
     return ParsedFile(
         rows=rows.set_index(rows["row"].rename(None)), malformed=malformed, total_rows=len(data_ids)
@@ -337,26 +355,123 @@ def _check_header_size(data: bytes, end: int) -> None:
     that would cost memory for a message that shows its first names only."""
     size = len(data) if end < 0 else end
     if size > HEADER_MAX_BYTES:
-        start = data[:HEADER_ECHO_LIMIT].decode("utf-8", errors="replace")
+        start = data[: HEADER_ECHO_LIMIT * 4].decode("utf-8", errors="replace")
+        _allow_fields_of(len(start))
+        first = next(csv.reader([start[:HEADER_ECHO_LIMIT]]), [])[:-1]  # the last may be cut
         raise FileRejected(
-            ErrorCode.HEADER_MISMATCH,
-            1,
-            "The header does not match the template. Expected: "
-            f"{','.join(HEADER)} | Found a header of {size} bytes, starting: "
-            f"{visible(start, HEADER_ECHO_LIMIT)}…",
+            ErrorCode.HEADER_MISMATCH, 1, header_mismatch_message(first, line_bytes=size)
         )
 
 
 def _check_header(found: list[str]) -> None:
     names = tuple(name.strip() for name in found)
     if names != HEADER:
-        raise FileRejected(
-            ErrorCode.HEADER_MISMATCH,
-            1,
-            "The header does not match the template. Expected: "
-            f"{','.join(HEADER)} | Found ({len(names)} names): "
-            f"{visible(','.join(names), HEADER_ECHO_LIMIT)}",
+        raise FileRejected(ErrorCode.HEADER_MISMATCH, 1, header_mismatch_message(list(names)))
+
+
+# What a HEADER_MISMATCH message may repeat of the first line (README, Security). The line
+# is often not a header at all but the first student's row (the export left the header
+# out), or a header with a row glued to it: its values may be names, IDs and a password.
+# A found name is shown only when it looks like a column name: letters, spaces and
+# `_ - . ' / ( )` (invisible characters are shown by name), at most 40 characters, and
+# either close to a template name, or in a line that is plainly a header (no digit and no
+# @ anywhere, at least half its names close to template names) and not where a shifted
+# row's Password would be (the 8th name, or the 4th from the end).
+_SHOWN_NAME_CHARS = 40
+_EXAMINED_NAMES = 64
+_NAME_LIKE = re.compile(r"[^\W\d]|[ _\-.'/()]")
+_TEMPLATE_KEYS = tuple(re.sub(r"[^a-z]", "", name.lower()) for name in HEADER)
+_GRADE = re.compile(GRADE_PATTERN)
+_STATUS = re.compile(STATUS_PATTERN)
+_NOT_SHOWN = "[not shown]"
+
+
+def _name_key(name: str) -> str:
+    """A name as compared with the template's: letters only, lower case."""
+    return "".join(c for c in name.casefold() if c.isalpha())
+
+
+def _name_like(name: str) -> bool:
+    return 0 < len(name) <= _SHOWN_NAME_CHARS and all(
+        _NAME_LIKE.match(c) or INVISIBLE.match(c) for c in name
+    )
+
+
+def _close_to_a_template_name(name: str) -> bool:
+    key = _name_key(name)
+    if len(key) < 3:
+        return False
+    if key in _TEMPLATE_KEYS:
+        return True
+    return any(difflib.SequenceMatcher(None, key, t).ratio() >= 0.8 for t in _TEMPLATE_KEYS)
+
+
+def header_mismatch_message(found: list[str], *, line_bytes: int | None = None) -> str:
+    """HEADER_MISMATCH's message: the expected header, and of the found first line (its
+    names, trimmed; of a line over HEADER_MAX_BYTES, its first names and `line_bytes`) only
+    what cannot be student data (see above)."""
+    expected = ",".join(HEADER)
+    must = f"The file must start with the template header: {expected}"
+    n = len(found)
+    if not any(f.strip() for f in found) and line_bytes is None:
+        return f"The first line is empty. {must}"
+    examined = found[:_EXAMINED_NAMES]
+    recognised = [_name_like(f) and _close_to_a_template_name(f) for f in examined]
+    size = (
+        f"It is {line_bytes} bytes long (the template's header: {len(expected)} bytes)"
+        if line_bytes is not None
+        else f"It has {n} {'value' if n == 1 else 'values'}"
+    )
+    if not (sum(recognised) >= 3 or (any(recognised) and sum(recognised) * 2 >= len(examined))):
+        looks_like_a_row = n == len(HEADER) or any(
+            _GRADE.fullmatch(f) or _STATUS.fullmatch(f) or "@" in f or any(c.isdigit() for c in f)
+            for f in examined
         )
+        return (
+            "The first line is not the template header: "
+            + (
+                "it looks like a student row (was the header line left out of the export?)"
+                if looks_like_a_row
+                else "its values are not column names"
+            )
+            + f". {size}; none is shown here, as a student row may hold a password. {must}"
+        )
+    plain = not any("@" in f or any(c.isdigit() for c in f) for f in examined)
+    secret_at = {7, n - 4}  # where a shifted row's Password would be
+    shown = [
+        visible(f, _SHOWN_NAME_CHARS)
+        if ok or (plain and i not in secret_at and _name_like(f))
+        else _NOT_SHOWN
+        for i, (f, ok) in enumerate(zip(examined, recognised, strict=True))
+    ]
+    found_text = f"Found ({n} names)" if line_bytes is None else "Found (its first names)"
+    message = (
+        f"The header does not match the template. Expected: {expected} | {found_text}: "
+        + _capped(shown, HEADER_ECHO_LIMIT, more=n - len(shown))
+    )
+    if line_bytes is not None:
+        return f"{message} | {size}."
+    missing = [h for h in HEADER if h not in set(found)]
+    if missing:
+        message += f" | Missing or misspelt: {', '.join(missing)}"
+        keys = {_name_key(f) for f in examined if _name_like(f)}
+        if any(_name_key(h) in keys for h in missing):
+            message += " (names must match the template exactly, letter case included)"
+    if _NOT_SHOWN in shown:
+        message += f" | {_NOT_SHOWN}: a value that is not a column name (it may be student data)"
+    return message
+
+
+def _capped(names: list[str], limit: int, more: int) -> str:
+    """The names joined by commas, up to about `limit` characters."""
+    out, size = [], 0
+    for name in names:
+        if out and size + len(name) + 1 > limit:
+            break
+        out.append(name)
+        size += len(name) + 1
+    rest = more + len(names) - len(out)
+    return ",".join(out) + (f",… ({rest} more)" if rest > 0 else "")
 
 
 def _parse_with_arrow(
@@ -457,22 +572,43 @@ def _malformed_errors(
     end_lines: np.ndarray,
     field_counts: np.ndarray,
     records: list[list[str]],
+    before_fields: np.ndarray,
+    before_end_lines: np.ndarray,
 ) -> pd.DataFrame:
+    """WRONG_FIELD_COUNT for each malformed record (with NAMED_STUDENT_ID). No message
+    quotes a field: which field holds the password is unknown once the fields are
+    miscounted. The Student ID column
+    shows the record's second field only when the record can only be the start of a row:
+    the record before it (or the header) has all the template's fields. After a short
+    record it may be the rest of a row that a line break inside a value split in two, and
+    starting at the Username its second field is the Password (see README, Security)."""
     if len(rows_idx) == 0:
         return empty_errors()
-    student_ids = [visible(f[1].strip(), _STUDENT_ID_ECHO) if len(f) > 1 else "" for f in records]
-    messages = [
-        f"The row has {n} fields; the template has {EXPECTED_FIELD_COUNT}."
-        + (
-            f" It runs from line {start} to line {end}: is a quote not closed?"
-            if end > start
-            else ""
-        )
-        for n, start, end in zip(field_counts, lines, end_lines, strict=True)
+    starts_a_row = before_fields >= EXPECTED_FIELD_COUNT
+    named = [
+        sid if len(f) > 1 and _STUDENT_ID.fullmatch(sid := f[1].strip()) else "" for f in records
     ]
-    return error_frame(
+    student_ids = np.where(starts_a_row, named, "")
+    messages = []
+    for n, start, end, whole, before_end in zip(
+        field_counts, lines, end_lines, starts_a_row, before_end_lines, strict=True
+    ):
+        message = f"The row has {n} fields; the template has {EXPECTED_FIELD_COUNT}."
+        if end > start:
+            message += f" It runs from line {start} to line {end}: is a quote not closed?"
+        if not whole and before_end == start - 1:
+            message += (
+                f" The row ending on line {before_end} is short too: did a line break inside"
+                " a value split one row in two?"
+            )
+        messages.append(message)
+    errors = error_frame(
         rows_idx, lines, student_ids, "", ErrorCode.WRONG_FIELD_COUNT.value, messages
     )
+    # the student the record names as far as the full roster goes, shown or not: one that
+    # is named is never deactivated as absent (core.plan.with_missing)
+    errors[NAMED_STUDENT_ID] = pd.Series(named, dtype="str")
+    return errors
 
 
 def _csv_records(text: str) -> Iterator[tuple[int, int, list[str]]]:
@@ -515,6 +651,8 @@ def _read_with_csv_module(text: str) -> ParsedFile:
     good: list[list[str]] = []
     good_rows, good_lines = [], []
     bad_rows, bad_lines, bad_ends, bad_counts, bad_fields = [], [], [], [], []
+    before_counts, before_ends = [], []
+    previous = (len(header[2]), header[1]) if header else (0, 1)  # fields, last line
     ordinal = 0
     for first, last, fields in records:
         if not fields:
@@ -529,6 +667,9 @@ def _read_with_csv_module(text: str) -> ParsedFile:
             bad_ends.append(last)
             bad_counts.append(len(fields))
             bad_fields.append(fields)
+            before_counts.append(previous[0])
+            before_ends.append(previous[1])
+        previous = (len(fields), last)
         ordinal += 1
     if ordinal == 0:
         raise FileRejected(ErrorCode.FILE_EMPTY, 2, "The file has a header but no data rows.")
@@ -544,6 +685,8 @@ def _read_with_csv_module(text: str) -> ParsedFile:
         np.asarray(bad_ends),
         np.asarray(bad_counts),
         bad_fields,
+        np.asarray(before_counts, dtype=np.int64),
+        np.asarray(before_ends, dtype=np.int64),
     )
     return ParsedFile(
         rows=rows.set_index(rows["row"].rename(None)), malformed=malformed, total_rows=ordinal

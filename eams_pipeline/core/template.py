@@ -25,3 +25,11 @@ DISPLAY_NAME: dict[str, str] = {col: name for name, col in TEMPLATE_COLUMNS}
 DATA_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if c not in ("status", "password"))
 
 EXPECTED_FIELD_COUNT = len(HEADER)
+
+# column rules of SPEC §3 that are regular expressions (core.validation runs them; the
+# reader recognises a student row's Student ID and Grade with them)
+STUDENT_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
+USERNAME_PATTERN = r"^[A-Za-z0-9._@-]{3,}$"
+GRADE_PATTERN = r"^(?:[Kk]|0?[1-9]|1[0-2])$"
+# IGNORE (the seed's own label for I), any case, is read as I
+STATUS_PATTERN = r"^(?:[AaDdXxIi]|[Ii][Gg][Nn][Oo][Rr][Ee])$"

@@ -15,6 +15,7 @@ status), and the control-character rule only on the values that are not printabl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -24,8 +25,21 @@ import pyarrow
 import pyarrow.compute as pc
 from pandera.errors import SchemaErrors
 
-from eams_pipeline.core.errors import ErrorCode, empty_errors, error_frame, visible
-from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
+from eams_pipeline.core.errors import (
+    ErrorCode,
+    empty_errors,
+    error_frame,
+    visible,
+    visible_each,
+)
+from eams_pipeline.core.template import (
+    COLUMNS,
+    DISPLAY_NAME,
+    GRADE_PATTERN,
+    STATUS_PATTERN,
+    STUDENT_ID_PATTERN,
+    USERNAME_PATTERN,
+)
 
 MAX_LENGTH = {
     "school_code": 64,
@@ -45,11 +59,6 @@ STATUSES = ("A", "D", "X", "I")
 # control characters (C0 with TAB, CR and LF; DEL; C1) and bidi controls (U+202E reverses
 # what a terminal or a spreadsheet shows): never in a name; other columns' patterns are ASCII
 CONTROL_CHARACTERS = "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-STUDENT_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
-USERNAME_PATTERN = r"^[A-Za-z0-9._@-]{3,}$"
-GRADE_PATTERN = r"^(?:[Kk]|0?[1-9]|1[0-2])$"
-# IGNORE (the seed's own label for I), any case, is read as I
-STATUS_PATTERN = r"^(?:[AaDdXxIi]|[Ii][Gg][Nn][Oo][Rr][Ee])$"
 # a pragmatic RFC 5322 subset: dot-atom local part, dotted domain with a letter TLD
 EMAIL_PATTERN = (
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
@@ -66,12 +75,20 @@ MESSAGES: dict[str, str] = {
     ErrorCode.INVALID_PASSWORD: "Password must be 6 to 64 characters.",
     ErrorCode.INVALID_EMAIL: "Email is not a valid email address.",
     ErrorCode.INVALID_STATUS: "Status must be A, D, X or I (IGNORE is read as I).",
-    ErrorCode.INVALID_CHARACTERS: (
-        "{column} contains control or text-direction characters (shown as <...>)."
-    ),
+    ErrorCode.INVALID_CHARACTERS: "{column} contains control or text-direction characters.",
 }
-# columns whose value is never repeated in a message
+# What a message may repeat of the value it is about (README, Security: what a message may
+# and may not quote). Grade and Status are short codes: the value found is quoted (capped,
+# invisible characters named), it tells the district what its SIS writes there. No other
+# value is: Password never; Username and Email are the Password's neighbours, where a
+# swapped export puts the password; the Student ID is in the error file's own column; a
+# name, class or school code is described (its length, which control character where).
+QUOTED_COLUMNS = frozenset({"grade", "status"})
 SECRET_COLUMNS = frozenset({"password"})
+_QUOTE_LIMIT = 20
+# the error file's Student ID column: capped (a valid one has at most 32 characters),
+# invisible and control characters named
+STUDENT_ID_SHOWN = 64
 
 
 def _text(s: pd.Series) -> pyarrow.ChunkedArray:
@@ -296,12 +313,8 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         ],
         index=failures.index,
     )
-    value = failures["failure_case"].astype("str")
-    shown = (~column.isin(SECRET_COLUMNS)) & failures["failure_case"].notna()
-    shown &= code != ErrorCode.REQUIRED_FIELD_MISSING.value
-    message = message.where(
-        ~shown, message + " Found: " + value.map(lambda v: visible(str(v), 100))
-    )
+    details = _details(code, column, failures["failure_case"])
+    message = message + details
     # the line and student ID of each failure's row (not a copy of every column's rows)
     at = rows.index.get_indexer(index)
     if (at < 0).any():
@@ -309,7 +322,7 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     errors = error_frame(
         index,
         rows["line"].to_numpy()[at],
-        rows["student_id"].take(at).fillna("").to_numpy(),
+        visible_each(rows["student_id"].take(at).fillna(""), STUDENT_ID_SHOWN).to_numpy(),
         display.to_numpy(),
         code.to_numpy(),
         message.to_numpy(),
@@ -318,6 +331,94 @@ def _to_errors(failures: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     errors["_col"] = errors["column"].map({DISPLAY_NAME[c]: i for i, c in enumerate(COLUMNS)})
     errors = errors.sort_values(["row", "_col"], kind="stable").drop(columns="_col")
     return errors.reset_index(drop=True)
+
+
+def _details(code: pd.Series, column: pd.Series, found: pd.Series) -> pd.Series:
+    """What each failure's message adds about its value without quoting it, except a
+    Grade's or a Status's (QUOTED_COLUMNS): its length, what is wrong in it."""
+    details = pd.Series("", index=found.index, dtype=object)
+    present = found.notna() & (code != ErrorCode.REQUIRED_FIELD_MISSING.value)
+    text = found.where(present, "").astype(str)
+    quoted = present & column.isin(QUOTED_COLUMNS)
+    details[quoted] = " Found: " + visible_each(text[quoted], _QUOTE_LIMIT)
+    long = present & (code == ErrorCode.FIELD_TOO_LONG.value) & ~column.isin(SECRET_COLUMNS)
+    details[long] = " It has " + text[long].str.len().astype(str) + " characters."
+    for failing, reason in (
+        (ErrorCode.INVALID_USERNAME, _username_reason),
+        (ErrorCode.INVALID_EMAIL, _email_reason),
+        (ErrorCode.INVALID_STUDENT_ID, _student_id_reason),
+        (ErrorCode.INVALID_CHARACTERS, _control_characters_found),
+    ):
+        at = present & (code == failing.value)
+        if at.any():
+            details[at] = " " + reason(text[at])
+    return details
+
+
+def _username_reason(values: pd.Series) -> pd.Series:
+    return pd.Series(
+        np.select(
+            [values.str.len() < 3, values.str.contains(r"\s"), values.str.len() > 0],
+            [
+                "It is shorter than 3 characters.",
+                "It contains a space.",
+                "It contains a character other than these.",
+            ],
+            "",
+        ),
+        index=values.index,
+    )
+
+
+def _student_id_reason(values: pd.Series) -> pd.Series:
+    return pd.Series(
+        np.where(
+            values.str.contains(r"\s"),
+            "It contains a space.",
+            "It contains a character other than these.",
+        ),
+        index=values.index,
+    )
+
+
+def _email_reason(values: pd.Series) -> pd.Series:
+    ats = values.str.count("@")
+    local = values.str.split("@", n=1).str[0]
+    domain = values.str.split("@", n=1).str[-1]
+    return pd.Series(
+        np.select(
+            [
+                ats == 0,
+                ats > 1,
+                values.str.contains(r"\s"),
+                local.str.len() == 0,
+                ~domain.str.contains(r"\."),
+            ],
+            [
+                "It has no @.",
+                "It has more than one @.",
+                "It contains a space.",
+                "Nothing comes before the @.",
+                "The part after the @ is not a domain name such as school.org.",
+            ],
+            "It is not of the form name@school.org.",
+        ),
+        index=values.index,
+    )
+
+
+def _control_characters_found(values: pd.Series) -> pd.Series:
+    """Which control or text-direction characters, at which positions: `<TAB> at
+    character 4` (never the value around them)."""
+    pattern = re.compile(CONTROL_CHARACTERS)
+
+    def found(value: str) -> str:
+        hits = [(m.start() + 1, visible(m[0])) for m in pattern.finditer(value)]
+        shown = ", ".join(f"{name} at character {at}" for at, name in hits[:3])
+        more = f" and {len(hits) - 3} more" if len(hits) > 3 else ""
+        return f"Found: {shown}{more}." if hits else ""
+
+    return values.map(found)
 
 
 def normalise(rows: pd.DataFrame) -> pd.DataFrame:

@@ -112,20 +112,21 @@ def ensure_upload(
     return upload
 
 
-def newer_applied_exists(conn: psycopg.Connection, district_id: int, upload: UploadRow) -> bool:
-    """Has an upload received after this one already been applied for the district?"""
-    return bool(
-        conn.execute(
-            """SELECT EXISTS (SELECT 1 FROM uploads WHERE district_id = %s AND upload_id <> %s
-                          AND status = ANY(%s) AND received_at > %s)""",
-            (
-                district_id,
-                upload.upload_id,
-                sorted(str(s) for s in APPLIED_STATUSES),
-                upload.received_at,
-            ),
-        ).fetchone()[0]
-    )
+def newer_applied(conn: psycopg.Connection, district_id: int, upload: UploadRow) -> str | None:
+    """The key of the newest upload of the district received after this one and already
+    applied (this one is superseded by it), or None."""
+    r = conn.execute(
+        """SELECT upload_key FROM uploads WHERE district_id = %s AND upload_id <> %s
+               AND status = ANY(%s) AND received_at > %s
+           ORDER BY received_at DESC, upload_id DESC LIMIT 1""",
+        (
+            district_id,
+            upload.upload_id,
+            sorted(str(s) for s in APPLIED_STATUSES),
+            upload.received_at,
+        ),
+    ).fetchone()
+    return r[0] if r else None
 
 
 def last_applied_rows(

@@ -348,7 +348,8 @@ def upload_outcome(
         context.log.info(f"upload {ref.key} was already applied; nothing applied again")
     if result.status == UploadStatus.SUPERSEDED:
         context.log.warning(
-            f"upload {ref.key} is older than an upload of {ref.district} already applied: it "
+            f"upload {ref.key} is older than upload {result.superseded_by} of {ref.district}, "
+            "already applied: it "
             "was NOT applied (students are not rolled back); its report was regenerated. "
             "To apply it anyway, re-execute with config upload_outcome: {allow_older: true}."
         )

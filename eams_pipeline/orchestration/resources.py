@@ -22,6 +22,7 @@ import psycopg
 from eams_pipeline import config
 from eams_pipeline.core.master_data import SftpAccount
 from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.db.connection import connect
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.io.sftp import SftpConnector, SftpSession, shared_pool
 from eams_pipeline.io.smtp import send_email
@@ -34,7 +35,8 @@ class DatabaseResource(dg.ConfigurableResource):
     url: str | None = None
 
     def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.url or config.database_url())
+        # db.connection: a failure's message never holds the URL's password
+        return connect(self.url)
 
 
 class ArchiveResource(dg.ConfigurableResource):

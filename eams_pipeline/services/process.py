@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -95,6 +96,21 @@ class Upload:
     # a file-level rejection found before the content was read (FILE_TOO_LARGE: `data` is
     # then empty): the upload is recorded as rejected with that error, and 0 rows
     rejection: FileRejected | None = None
+
+    def __post_init__(self) -> None:
+        # the name is recorded (text): a name that is not UTF-8 (a path decoded with
+        # surrogate escapes) would fail only there, after the passwords were hashed
+        try:
+            self.file_name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"the file name {shown_file_name(self.file_name)} is not UTF-8: rename it"
+            ) from None
+
+
+def shown_file_name(name: str) -> str:
+    """A file name for a message: bytes that are not UTF-8 as \\xNN escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def file_too_large(size: int, limit: int) -> FileRejected:
@@ -522,12 +538,12 @@ def process_upload(
         parsed, rejection, text = read.parsed, read.rejection, read.text
         rows, column_errors = read.rows, read.column_errors
 
-        superseded = (
-            record is not None
-            and rejection is None
-            and not allow_older
-            and db_uploads.newer_applied_exists(conn, district.district_id, record)
+        superseded_by = (
+            db_uploads.newer_applied(conn, district.district_id, record)
+            if record is not None and rejection is None and not allow_older
+            else None
         )
+        superseded = superseded_by is not None
         upload_id = record.upload_id if record is not None else None
 
         if rejection is not None:
@@ -604,6 +620,7 @@ def process_upload(
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
         if superseded:
             result.status = UploadStatus.SUPERSEDED
+            result.superseded_by = superseded_by
         with clock.step("record"):
             db_apply.record_errors(conn, record.upload_id, result.errors)
             db_apply.record_outcome(
