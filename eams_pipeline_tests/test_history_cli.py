@@ -17,10 +17,16 @@ IDS = [f"S{i:02d}" for i in range(10)]
 
 @pytest.fixture
 def district(db_url: str, tmp_path: Path) -> str:
-    doc = district_doc(licenses=20, existing=[existing_student(s) for s in IDS], guard=None)
+    # the default percentages with a floor of 1 student (10 students)
+    doc = district_doc(
+        licenses=20, existing=[existing_student(s) for s in IDS], guard={"min_count": 1}
+    )
     setup = tmp_path / "setup.yaml"
     setup.write_text(yaml.safe_dump({"districts": [doc]}))
     assert eams("setup", "load", str(setup), cwd=tmp_path, url=db_url).returncode == 0
+    # the first applied upload (every student, unchanged): the guard's baseline
+    done, summary, _ = _process(db_url, tmp_path, [row(s, password="") for s in IDS], "base.csv")
+    assert done.returncode == 0 and summary["unchanged"] == len(IDS), done.stderr
     return db_url
 
 
@@ -51,14 +57,14 @@ def test_held_file_exit_3_then_approve_list_show_history_revert(district, tmp_pa
     assert done.returncode == 3, done.stderr
     assert summary["status"] == "held"
     assert summary["guard"]["rule"] == "max_deactivated_pct"
-    (upload,) = _keys(url, tmp_path)
+    upload = _keys(url, tmp_path)[0]
     key = upload["upload_key"]
     assert upload["status"] == "held" and upload["guard_trip"]["rule"] == "max_deactivated_pct"
 
     table = eams("uploads", "list", "--district", "D1", cwd=tmp_path, url=url)
     assert "held: max_deactivated_pct" in table.stdout and key in table.stdout
     shown = eams("uploads", "show", key, cwd=tmp_path, url=url)
-    assert "deactivates 2 of 10 active students (20.0%), limit 10%" in shown.stdout
+    assert "deactivates 2 of 10 active students, 20%, limit 10%" in shown.stdout
 
     approved = eams(
         "uploads", "approve", key, "--file", str(path), "--by", "alice", "--no-email",
@@ -66,7 +72,7 @@ def test_held_file_exit_3_then_approve_list_show_history_revert(district, tmp_pa
     )  # fmt: skip
     assert approved.returncode == 0, approved.stderr
     assert json.loads(approved.stdout)["status"] == "processed"
-    (upload,) = _keys(url, tmp_path)
+    upload = _keys(url, tmp_path)[0]
     assert (upload["status"], upload["decision"], upload["decided_by"]) == (
         "processed", "approved", "alice",
     )  # fmt: skip
@@ -85,7 +91,7 @@ def test_held_file_exit_3_then_approve_list_show_history_revert(district, tmp_pa
     reverted = eams("uploads", "revert", key, "--by", "bob", cwd=tmp_path, url=url)
     assert reverted.returncode == 0, reverted.stderr
     assert json.loads(reverted.stdout)["reverted"][0]["restored"] == 3
-    (upload,) = _keys(url, tmp_path)
+    upload = _keys(url, tmp_path)[0]
     assert upload["status"] == "reverted" and upload["reverted_by"] == "bob"
     history = eams("history", "--district", "D1", "--student", "S00", cwd=tmp_path, url=url)
     assert "[reverted" in history.stdout and "by bob]" in history.stdout
@@ -113,9 +119,13 @@ def test_discard_and_refusals(district, tmp_path) -> None:
 
 def test_revert_refused_on_conflict_names_the_later_upload(district, tmp_path) -> None:
     url = district
-    _process(url, tmp_path, [row("S00", password="", first_name="One")], "one.csv")
-    _process(url, tmp_path, [row("S00", password="", first_name="Two")], "two.csv")
-    newest, oldest = (u["upload_key"] for u in _keys(url, tmp_path))
+    rest = [row(s, password="") for s in IDS[1:]]  # full files: no row drop
+    for name in ("One", "Two"):
+        done, _, _ = _process(
+            url, tmp_path, [row("S00", password="", first_name=name), *rest], f"{name}.csv"
+        )
+        assert done.returncode == 0, done.stderr
+    newest, oldest = (u["upload_key"] for u in _keys(url, tmp_path)[:2])
     refused = eams("uploads", "revert", oldest, cwd=tmp_path, url=url)
     assert refused.returncode == 1 and newest in refused.stderr
     cascaded = eams("uploads", "revert", oldest, "--cascade", cwd=tmp_path, url=url)

@@ -36,8 +36,10 @@ def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
     conn = pipeline.conn
+    # the default percentages with a floor of 1 (a 10-student district)
     conn.execute(
-        "UPDATE districts SET guard = %s WHERE code = 'D001'", (json.dumps(DEFAULT_THRESHOLDS),)
+        "UPDATE districts SET guard = %s WHERE code = 'D001'",
+        (json.dumps({**DEFAULT_THRESHOLDS, "min_count": 1}),),
     )
     conn.commit()
     rows = [builders.row(s, password=SECRET_PASSWORD) for s in IDS]
@@ -56,7 +58,7 @@ def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
     passed, metadata = check_result(held)
     assert passed is False
     assert metadata["guard_rule"] == "max_deactivated_pct"
-    assert metadata["guard"] == "deactivates 6 of 10 active students (60.0%), limit 10%"
+    assert metadata["guard"] == "deactivates 6 of 10 active students, 60%, limit 10%"
     assert materialization(held, "upload_outcome")["status"] == "held"
     report = materialization(held, "error_report")
     assert report["status"] == "held" and report["error_codes"] == {"INVALID_GRADE": 1}
@@ -69,7 +71,7 @@ def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
     operators_mail = next(m for m in mails if "ops@eams.example.com" in m["To"])
     assert "HELD for review" in district_mail["Subject"]
     body = operators_mail.get_content()
-    assert "deactivates 6 of 10 active students (60.0%), limit 10%" in body
+    assert "deactivates 6 of 10 active students, 60%, limit 10%" in body
     assert f"eams uploads approve {key}" in body and f"eams uploads discard {key}" in body
     for mail in (district_mail, operators_mail):
         assert_no_student_data(mail.get_content() + str(mail["Subject"]))

@@ -128,16 +128,18 @@ def newer_applied_exists(conn: psycopg.Connection, district_id: int, upload: Upl
     )
 
 
-def last_applied_rows(
-    conn: psycopg.Connection, district_id: int, upload_id: int | None
-) -> int | None:
-    """The data rows of the district's last applied upload (the change guard's row-drop base)."""
-    r = conn.execute(
+def recent_applied_rows(
+    conn: psycopg.Connection, district_id: int, upload_id: int | None, limit: int
+) -> tuple[int, ...]:
+    """The data rows of the district's last `limit` applied uploads, newest first (the
+    change guard's baseline: their median is the district's usual file size)."""
+    rows = conn.execute(
         """SELECT rows FROM uploads WHERE district_id = %s AND upload_id IS DISTINCT FROM %s
-               AND status = ANY(%s) ORDER BY applied_at DESC, upload_id DESC LIMIT 1""",
-        (district_id, upload_id, sorted(str(s) for s in APPLIED_STATUSES)),
-    ).fetchone()
-    return int(r[0]) if r and r[0] is not None else None
+               AND status = ANY(%s) AND rows IS NOT NULL
+           ORDER BY applied_at DESC, upload_id DESC LIMIT %s""",
+        (district_id, upload_id, sorted(str(s) for s in APPLIED_STATUSES), limit),
+    ).fetchall()
+    return tuple(int(r[0]) for r in rows)
 
 
 def supersede_held(conn: psycopg.Connection, district_id: int, upload: UploadRow) -> list[str]:
