@@ -555,43 +555,126 @@ def test_full_roster_is_under_the_guard(conn) -> None:
 
 # --- emails ---------------------------------------------------------------------------
 
+HELD_TRIP = {
+    "rule": "max_deactivated_pct",
+    "message": "deactivates 30 of 100 active students, 30%, limit 10%",
+    "trips": [
+        {"rule": "max_deactivated_pct", "value": 30, "base": 100, "pct": 30.0, "limit": 10,
+         "message": "deactivates 30 of 100 active students, 30%, limit 10%", "min_count": 25}
+    ],
+}  # fmt: skip
+
+
+def _summary(status: str = "held", errors: int = 1, **kw) -> dict:
+    return {
+        "upload_id": 7, "district": "D1", "status": status, "rows": 100, "added": 0,
+        "activated": 0, "deactivated": 30, "updated": 0, "unchanged": 70 - errors,
+        "errors": errors, "error_codes": {"INVALID_GRADE": errors} if errors else {},
+        "error_file": None, "deactivated_missing": 0, "guard": HELD_TRIP, **kw,
+    }  # fmt: skip
+
+
+def _district_email(summary: dict, error_file: str | None, **kw):
+    from eams_pipeline.core.notifications import build_upload_email
+
+    message = build_upload_email(
+        district_code="D1", district_name="District D1", contacts=["a@d1.example.org"],
+        sender="eams@example.com", summary=summary, error_file_path=error_file,
+        upload_key="D1-k1", **kw,
+    )  # fmt: skip
+    return message["Subject"], " ".join(message.get_content().split())
+
+
+def test_the_held_email_names_the_rule_and_its_figures() -> None:
+    subject, text = _district_email(_summary(), "/errors/students_errors_7.csv")
+    assert subject == "eAMS student update HELD for review: District D1 (D1), upload D1-k1"
+    assert "NOTHING was applied" in text
+    assert (
+        "Why it was held: many students deactivated (max_deactivated_pct): the file "
+        "deactivates 30 of 100 active students, 30%, limit 10%." in text
+    )
+    assert (
+        "The error file with every error is on your SFTP site: /errors/students_errors_7.csv"
+        in text
+    )
+    assert "the error file lists each error" in text
+
+
+def test_the_held_email_mentions_an_error_file_only_when_there_is_one() -> None:
+    _, text = _district_email(_summary(errors=0), None)
+    assert "error file" not in text.lower()
+    assert "deactivates 30 of 100 active students, 30%, limit 10%" in text
+    # row errors but no file on the SFTP site (an upload an operator processed): not
+    # pointed to a file that is not there
+    _, text = _district_email(_summary(errors=1), None)
+    assert "on your SFTP site:" not in text and "lists each error" not in text
+    assert "The error file is not on your SFTP site; eAMS support can send it to you." in text
+
+
+def test_the_approval_email_says_approved_after_review_and_by_whom() -> None:
+    subject, text = _district_email(
+        _summary("partially_processed"), "/errors/students_errors_7.csv", reviewed_by="alice"
+    )
+    assert subject.startswith("eAMS student update PARTIALLY processed after review (1 rows")
+    assert "HELD for review because it would change an unusual share of your students, then " \
+        "APPROVED after review by alice and applied: all valid rows were applied" in text
+    assert "the file deactivates 30 of 100 active students, 30%, limit 10%" in text
+    subject, text = _district_email(_summary("processed", errors=0), None, reviewed_by="alice")
+    assert subject.startswith("eAMS student update SUCCESSFUL after review:")
+    assert "APPROVED after review by alice and applied: every row was applied." in text
+    assert "error file" not in text.lower()
+    # a clean upload that never was held says nothing of a review
+    subject, text = _district_email(_summary("processed", errors=0, guard=None), None)
+    assert "review" not in subject + text and "held" not in text.lower()
+
+
+def test_the_discard_email_says_by_whom() -> None:
+    subject, text = _district_email(_summary("discarded", errors=0), None, reviewed_by="bob")
+    assert "DISCARDED after review" in subject
+    assert "DISCARDED after review by bob" in text and "nothing of it was applied" in text
+
+
+def test_the_revert_email_says_what_was_put_back() -> None:
+    from eams_pipeline.core.notifications import build_revert_email
+
+    message = build_revert_email(
+        district_code="D1", district_name="District D1", contacts=["a@d1.example.org"],
+        sender="eams@example.com", upload_key="D1-k1", reverted_by="carol",
+        reverted_at=dt.datetime(2026, 1, 15, 9, 30, tzinfo=dt.UTC),
+        counts={"restored": 12, "created_deactivated": 3},
+    )  # fmt: skip
+    assert message["Subject"] == "eAMS student update REVERTED: District D1 (D1), upload D1-k1"
+    body = message.get_content()
+    assert "Students restored as before                   12" in body
+    assert "Students it had added, deactivated             3" in body
+    text = " ".join(body.split())
+    assert "REVERTED by carol on 2026-01-15 09:30 UTC" in text
+
+
+@pytest.mark.parametrize(
+    "trip",
+    [
+        {"rule": "max_deactivated_pct", "trips": [{"rule": "max_x", "message": "deactivates 1"}]},
+        {"rule": "max_deactivated_pct",
+         "trips": [{"rule": "max_deactivated_pct", "message": "deactivates Quixano, Marisol"}]},
+        {"rule": "max_deactivated_pct", "trips": "deactivates"},
+    ],
+)  # fmt: skip
+def test_a_guard_record_that_is_not_rules_and_figures_is_refused(trip) -> None:
+    with pytest.raises(ValueError):
+        _district_email(_summary(guard=trip), None)
+
 
 def test_held_emails_carry_figures_and_commands_never_student_data() -> None:
-    from eams_pipeline.core.notifications import build_held_operator_email, build_upload_email
+    from eams_pipeline.core.notifications import build_held_operator_email
 
-    summary = {
-        "upload_id": 7, "district": "D1", "status": "held", "rows": 3, "added": 0,
-        "activated": 0, "deactivated": 2, "updated": 0, "unchanged": 0, "errors": 1,
-        "error_codes": {"INVALID_GRADE": 1}, "error_file": "/errors/e.csv",
-        "deactivated_missing": 0, "guard": None,
-    }  # fmt: skip
-    trip = {
-        "rule": "max_deactivated_pct",
-        "message": "deactivates 2 of 3 active students (66.7%), limit 10%",
-        "trips": [
-            {"rule": "max_deactivated_pct",
-             "message": "deactivates 2 of 3 active students (66.7%), limit 10%"}
-        ],
-    }  # fmt: skip
+    summary = _summary()
     ops = build_held_operator_email(
         operators=["ops@example.com"], sender="eams@example.com", district_code="D1",
         district_name="District D1", upload_key="D1-k1", upload_id=7, summary=summary,
-        guard_trip=trip,
+        guard_trip=HELD_TRIP,
     )  # fmt: skip
     body = ops.get_content()
     assert "HELD" in ops["Subject"] and ops["Subject"].endswith("upload D1-k1")  # the key, not 7
-    assert "deactivates 2 of 3 active students (66.7%), limit 10%" in body
+    assert "deactivates 30 of 100 active students, 30%, limit 10%" in body
     assert "eams uploads approve D1-k1" in body and "eams uploads discard D1-k1" in body
-    district = build_upload_email(
-        district_code="D1", district_name="District D1", contacts=["a@d1.example.org"],
-        sender="eams@example.com", summary=summary, error_file_path="/errors/e.csv",
-    )  # fmt: skip
-    assert "HELD for review" in district["Subject"]
-    text = district.get_content()
-    assert "NOTHING was applied" in text and "/errors/e.csv" in text
-    discarded = build_upload_email(
-        district_code="D1", district_name="District D1", contacts=["a@d1.example.org"],
-        sender="eams@example.com", summary=summary | {"status": "discarded"},
-        error_file_path=None,
-    )  # fmt: skip
-    assert "DISCARDED" in discarded["Subject"]

@@ -34,6 +34,15 @@ class UploadRow:
     guard_trip: dict | None = None
     guard_figures: dict | None = None
     deactivated_missing: int = 0
+    # the review of a held upload (approved | discarded, by whom, when) and its revert
+    decision: str | None = None
+    decided_by: str | None = None
+    decided_at: dt.datetime | None = None
+    reverted_by: str | None = None
+    reverted_at: dt.datetime | None = None
+    revert_counts: dict | None = None
+    # the status its Dagster partition last showed (None: never run in Dagster)
+    reported_status: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -58,7 +67,9 @@ def make_upload_key(district_code: str, received_at: dt.datetime) -> str:
 
 _SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_KEYS)},
                      error_codes, error_file, content_sha256, archive_path, district_id,
-                     guard_trip, guard_figures, deactivated_missing FROM uploads"""
+                     guard_trip, guard_figures, deactivated_missing, decision, decided_by,
+                     decided_at, reverted_by, reverted_at, revert_counts, reported_status
+              FROM uploads"""
 
 
 def _row(r: tuple) -> UploadRow:
@@ -77,6 +88,13 @@ def _row(r: tuple) -> UploadRow:
         guard_trip=r[16],
         guard_figures=r[17],
         deactivated_missing=int(r[18] or 0),
+        decision=r[19],
+        decided_by=r[20],
+        decided_at=r[21],
+        reverted_by=r[22],
+        reverted_at=r[23],
+        revert_counts=r[24],
+        reported_status=r[25],
     )
 
 
@@ -241,3 +259,39 @@ def mark_raw_removed(conn: psycopg.Connection, upload_key: str) -> None:
         (upload_key,),
     )
 
+
+
+def mark_reported(conn: psycopg.Connection, upload_key: str, status: UploadStatus) -> bool:
+    """Record that the upload's Dagster partition shows `status` now (its run's tags, its
+    check); only while that is still its status. True if recorded."""
+    return (
+        conn.execute(
+            "UPDATE uploads SET reported_status = %s WHERE upload_key = %s AND status = %s",
+            (str(status), upload_key, str(status)),
+        ).rowcount
+        == 1
+    )
+
+
+@dataclass(frozen=True)
+class Unreported:
+    upload_key: str
+    district: str
+    status: UploadStatus
+    reported_status: str
+
+
+def unreported(
+    conn: psycopg.Connection, district_codes: list[str], limit: int = 100
+) -> list[Unreported]:
+    """Uploads of these districts that ran in Dagster and whose status changed since (a
+    decision made outside their run: approve, discard, revert, superseded), oldest first."""
+    rows = conn.execute(
+        """SELECT u.upload_key, d.code, u.status, u.reported_status
+           FROM uploads u JOIN districts d USING (district_id)
+           WHERE u.reported_status IS NOT NULL AND u.reported_status <> u.status
+             AND d.code = ANY(%s)
+           ORDER BY u.upload_id LIMIT %s""",
+        (list(district_codes), limit),
+    ).fetchall()
+    return [Unreported(r[0], r[1], UploadStatus(r[2]), r[3]) for r in rows]
