@@ -678,3 +678,31 @@ def test_held_emails_carry_figures_and_commands_never_student_data() -> None:
     assert "HELD" in ops["Subject"] and ops["Subject"].endswith("upload D1-k1")  # the key, not 7
     assert "deactivates 30 of 100 active students, 30%, limit 10%" in body
     assert "eams uploads approve D1-k1" in body and "eams uploads discard D1-k1" in body
+
+
+def test_who_was_told_of_the_hold_hears_the_decision(conn) -> None:
+    from eams_pipeline.db.districts import get_district
+    from eams_pipeline.services.notify import recorded_outcome_email
+
+    existing = [existing_student(sid) for sid in _ids(20)]
+    doc = district_doc(licenses=100, existing=existing, guard=SMALL)
+    doc["failure_contacts"] = ["sis-vendor@vendor.example"]
+    load(conn, doc)
+    run(conn, _file(0), key="D1-k0", received_at=T0 - DAY)
+    rows = _file(10)
+    run(conn, rows, key="D1-k1", received_at=T0)
+    approve(conn, "D1-k1", csv_bytes(rows), make_engine(), decided_by="alice")
+
+    def email(key: str):
+        upload = db_uploads.get_upload(conn, key)
+        result = db_uploads.recorded_result(conn, upload, "D1")
+        return recorded_outcome_email(
+            get_district(conn, "D1"), upload, result, error_file=None, sender="e@x.example"
+        )
+
+    message, recipients = email("D1-k1")
+    assert recipients == ("admin@d1.example.org", "sis-vendor@vendor.example")
+    assert "SUCCESSFUL after review" in message["Subject"]
+    assert "approved after review by alice" in " ".join(message.get_content().split()).lower()
+    _, recipients = email("D1-k0")  # an ordinary night: the contacts only
+    assert recipients == ("admin@d1.example.org",)

@@ -26,12 +26,10 @@ def district_outcome_email(
     upload: UploadRow | None = None,
 ) -> tuple[EmailMessage, tuple[str, ...]]:
     """The email and its recipients: the contacts, plus the failure contacts when the file
-    was rejected or held. `error_file` is the error file's path on the district's SFTP site
-    (None when it is not there: it is then not pointed to). `upload` (the recorded upload)
-    adds the review: why it was held, who approved or discarded it."""
-    recipients = (
-        district.failure_recipients if result.status in FAILURE_STATUSES else district.contacts
-    )
+    was rejected or held, and when a held file was decided (they were told it was held).
+    `error_file` is the error file's path on the district's SFTP site (None when it is not
+    there: it is then not pointed to). `upload` (the recorded upload) adds the review: why
+    it was held, who approved or discarded it."""
     file_error = result.file_error
     summary = result.summary(error_file)
     reviewed_by = None
@@ -40,6 +38,8 @@ def district_outcome_email(
             summary["guard"] = upload.guard_trip  # the figures of the night it was held
         if upload.decision in ("approved", "discarded"):
             reviewed_by = upload.decided_by or "an operator"
+    told_of_failure = result.status in FAILURE_STATUSES or reviewed_by is not None
+    recipients = district.failure_recipients if told_of_failure else district.contacts
     message = build_upload_email(
         district_code=district.code,
         district_name=district.name,
