@@ -182,14 +182,6 @@ def set_status(conn: psycopg.Connection, upload_id: int, status: UploadStatus) -
     conn.execute("UPDATE uploads SET status = %s WHERE upload_id = %s", (str(status), upload_id))
 
 
-def decision_of(conn: psycopg.Connection, upload_id: int) -> tuple[str | None, str | None]:
-    """(decision, decided_by) of a held upload's review, (None, None) before one."""
-    r = conn.execute(
-        "SELECT decision, decided_by FROM uploads WHERE upload_id = %s", (upload_id,)
-    ).fetchone()
-    return (r[0], r[1]) if r else (None, None)
-
-
 def record_decision(
     conn: psycopg.Connection, upload_id: int, decision: str, decided_by: str
 ) -> None:
