@@ -444,6 +444,16 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     if row["guard_trip"]:
         out.append("  HELD by the change guard:")
         out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
+    if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
+        key = row["upload_key"]
+        file = "" if row["archived"] else " --file PATH_OF_THE_FILE"
+        older = " --allow-older" if row["status"] == "superseded" else ""
+        out += [
+            "  to apply it (re-planned against the current data):",
+            f"    eams uploads approve {key}{file}{older} --by YOUR_NAME",
+            "  to discard it (nothing applied):",
+            f"    eams uploads discard {key} --by YOUR_NAME",
+        ]
     if row["guard_figures"]:
         f = row["guard_figures"]
         out.append("  guard figures: " + ", ".join(f"{k} {v}" for k, v in f.items()))
@@ -467,22 +477,45 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     click.echo("\n".join(out))
 
 
-def _email_district(conn: Any, result: Any, upload_key: str, error_file: str | None) -> None:
-    """The district's outcome email after an approval or a discard (best effort: the
-    decision stands when the mail relay fails)."""
-    from eams_pipeline.db.districts import get_district
-    from eams_pipeline.io.smtp import send_email
-    from eams_pipeline.services.notify import district_outcome_email
+_DAGSTER_EMAILS = " (an upload that ran in Dagster is emailed by its follow-up run there)."
 
-    district = get_district(conn, result.district)
+
+def _tell_district(conn: Any, upload_key: str, *, no_email: bool) -> None:
+    """After a decision, the district's email. An upload that ran in Dagster is followed up
+    there (sensor eams_decisions: a run of its partition emails the district, republishes
+    its error file, removes its raw file and tags its runs); the CLI emails the district of
+    the others (best effort: the decision stands when the mail relay fails), never pointing
+    to an error file on the SFTP site (nothing of such an upload is there)."""
+    from eams_pipeline.db import uploads as db_uploads
+    from eams_pipeline.db.districts import district_code, get_district
+    from eams_pipeline.io.smtp import send_email
+    from eams_pipeline.services.notify import recorded_outcome_email
+
+    upload = db_uploads.get_upload(conn, upload_key)
+    if upload is None:
+        return
+    if upload.reported_status is not None:
+        click.echo(
+            f"eams: upload {upload_key} ran in Dagster: its follow-up run (sensor "
+            "eams_decisions) emails the district, republishes the error file, removes the "
+            f"raw file and tags its runs eams/outcome={upload.status}",
+            err=True,
+        )
+        return
+    if no_email:
+        return
+    code = district_code(conn, upload.district_id)
+    district = get_district(conn, code)
     if district is None or not district.contacts:
         return
-    settings = config.smtp_settings()
+    result = db_uploads.recorded_result(conn, upload, code)
     try:
-        message, _ = district_outcome_email(
-            district, result, upload_key=upload_key, error_file=error_file, sender=settings.sender
+        settings = config.smtp_settings()
+        email = recorded_outcome_email(
+            district, upload, result, error_file=None, sender=settings.sender
         )
-        send_email(settings, message)
+        if email is not None:
+            send_email(settings, email[0])
     except (OSError, ValueError) as exc:
         click.echo(f"eams: warning: the district was not emailed: {exc}", err=True)
 
@@ -501,7 +534,11 @@ def _email_district(conn: Any, result: Any, upload_key: str, error_file: str | N
     is_flag=True,
     help="Approve although a newer upload of the district superseded it.",
 )
-@click.option("--no-email", is_flag=True, help="Do not email the district the outcome.")
+@click.option(
+    "--no-email",
+    is_flag=True,
+    help="Do not email the district the outcome" + _DAGSTER_EMAILS,
+)
 @click.option("--verbose", "-v", is_flag=True, help="Progress on stderr even when not a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def uploads_approve(
@@ -551,8 +588,7 @@ def uploads_approve(
         finally:
             _close(progress)
         error_file = db_uploads.get_upload(conn, upload_key).error_file
-        if not no_email:
-            _email_district(conn, result, upload_key, error_file)
+        _tell_district(conn, upload_key, no_email=no_email)
     click.echo(json.dumps(result.summary(error_file)))
     if result.superseded_by is not None:
         click.echo(
@@ -592,15 +628,14 @@ def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
 @uploads.command("discard")
 @click.argument("upload_key")
 @click.option("--by", "by", help="Who discards (default: $USER).")
-@click.option("--no-email", is_flag=True, help="Do not email the district.")
+@click.option("--no-email", is_flag=True, help="Do not email the district" + _DAGSTER_EMAILS)
 def uploads_discard(upload_key: str, by: str | None, no_email: bool) -> None:
     """Discard a held upload: nothing of it is applied; the district is emailed."""
     from eams_pipeline.services.review import discard
 
     with connect() as conn:
         result = discard(conn, upload_key, decided_by=_operator(by))
-        if not no_email:
-            _email_district(conn, result, upload_key, None)
+        _tell_district(conn, upload_key, no_email=no_email)
     click.echo(json.dumps(result.summary(None)))
 
 
@@ -612,8 +647,14 @@ def uploads_discard(upload_key: str, by: str | None, no_email: bool) -> None:
     help="Revert the later uploads that changed the same students first, newest first.",
 )
 @click.option("--by", "by", help="Who reverts (default: $USER).")
-def uploads_revert(upload_key: str, cascade: bool, by: str | None) -> None:
-    """Put every student the upload changed back as it was before it (one transaction)."""
+@click.option(
+    "--no-email",
+    is_flag=True,
+    help="Do not email the district what was put back" + _DAGSTER_EMAILS,
+)
+def uploads_revert(upload_key: str, cascade: bool, by: str | None, no_email: bool) -> None:
+    """Put every student the upload changed back as it was before it (one transaction);
+    the district is emailed what was put back."""
     from eams_pipeline.services.revert import revert_upload
 
     with connect() as conn:
@@ -624,6 +665,8 @@ def uploads_revert(upload_key: str, cascade: bool, by: str | None) -> None:
             cascade=cascade,
             retention_days=config.revert_retention_days(),
         )
+        for r in done:
+            _tell_district(conn, r.upload_key, no_email=no_email)
     click.echo(json.dumps({"reverted": [{"upload_key": r.upload_key, **r.counts} for r in done]}))
 
 

@@ -121,6 +121,16 @@ def run(
     return process_upload(conn, Upload(district, data, **upload_fields), engine, **kwargs)
 
 
+def baseline(
+    conn: psycopg.Connection, student_ids: list[str], district: str = "D1", **kwargs: Any
+) -> UploadResult:
+    """An applied upload of existing students (`existing_student` defaults), unchanged: the
+    change guard holds nothing before a district's first applied upload."""
+    result = run(conn, [row(s, password="") for s in student_ids], district, **kwargs)
+    assert str(result.status) == "processed" and result.counts["unchanged"] == len(student_ids)
+    return result
+
+
 _UPLOAD_FIELDS = ("file_name", "key", "received_at", "archive_path")
 
 

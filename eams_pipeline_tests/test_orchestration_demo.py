@@ -3,6 +3,7 @@ as the README promises."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from eams_pipeline.core.master_data import parse_master_data
 from eams_pipeline.db.setup import load_master_data
 from eams_pipeline.devtools.demo import (
+    apply_baseline,
     master_data,
     sample_clean,
     sample_held,
@@ -47,10 +49,18 @@ def test_demo_samples_give_one_clean_and_one_partial_upload(
         "STUDENT_NOT_FOUND",
     }
 
+    conn.commit()
+    now = dt.datetime.now(dt.UTC)
+    apply_baseline(conn, "demo-secret", now)
+    apply_baseline(conn, "demo-secret", now)  # once only
+    [(base_rows, base_status)] = conn.execute(
+        "SELECT rows, status FROM uploads JOIN districts USING (district_id) WHERE code = 'D003'"
+    ).fetchall()
+    assert (base_rows, base_status) == (40, "processed")
     held = run(conn, sample_held(), "D003")
-    assert held.status == "held" and held.counts["deactivated"] == 16
+    assert held.status == "held" and held.counts["deactivated"] == 32
     assert held.guard_trip["rule"] == "max_deactivated_pct"
-    assert "deactivates 16 of 20 active students (80.0%), limit 10%" in held.guard_trip["message"]
+    assert held.guard_trip["message"] == "deactivates 32 of 40 active students, 80%, limit 10%"
 
 def test_sourcing_the_env_file_puts_the_projects_eams_on_path(tmp_path: Path) -> None:
     env_file = tmp_path / "env.sh"

@@ -74,7 +74,7 @@ def test_code_location_has_a_sensor_per_district_of_the_database(
     defs = module.defs
     dg.Definitions.validate_loadable(defs)
     sensors = {s.name for s in defs.sensors}
-    assert sensors == {"sftp_D001", "sftp_D002", "eams_operator_alerts"}
+    assert sensors == {"sftp_D001", "sftp_D002", "eams_operator_alerts", "eams_decisions"}
     job = defs.resolve_job_def("upload_job")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "upload_file",

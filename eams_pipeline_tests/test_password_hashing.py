@@ -27,6 +27,7 @@ from eams_pipeline.services.review import approve
 from eams_pipeline_tests import hash_crash_worker
 from eams_pipeline_tests.builders import (
     assert_license_invariant,
+    baseline,
     csv_bytes,
     district_doc,
     existing_student,
@@ -263,7 +264,9 @@ def test_rows_with_errors_are_not_hashed_ahead(idle: psycopg.Connection) -> None
 
 def test_a_held_upload_keeps_its_hashes_for_the_approval(conn: psycopg.Connection) -> None:
     existing = [existing_student(f"E{i}") for i in range(8)]
-    load(conn, district_doc(existing=existing, guard=None))
+    # the default percentages, a floor of 1 (8 students) and a baseline upload
+    load(conn, district_doc(existing=existing, guard={"min_count": 1}))
+    baseline(conn, [f"E{i}" for i in range(8)])
     conn.commit()
     rows = [row(f"E{i}", password=f"new-password-{i}") for i in range(8)]
     data = csv_bytes(rows)
@@ -329,14 +332,16 @@ def _eams(*args: str, url: str, cwd) -> subprocess.CompletedProcess[str]:
 def test_eams_uploads_approve_reuses_the_hashes_of_the_held_night(
     conn: psycopg.Connection, db_url: str, tmp_path
 ) -> None:
-    load(conn, district_doc(existing=[existing_student(f"E{i}") for i in range(8)], guard=None))
+    existing = [existing_student(f"E{i}") for i in range(8)]
+    load(conn, district_doc(existing=existing, guard={"min_count": 1}))
+    baseline(conn, [f"E{i}" for i in range(8)])
     conn.commit()
     upload = tmp_path / "students.csv"
     upload.write_bytes(csv_bytes([row(f"E{i}", password=f"new-password-{i}") for i in range(8)]))
     held = _eams("process", "--district", "D1", "--verbose", str(upload), url=db_url, cwd=tmp_path)
     assert held.returncode == 3, held.stderr
     assert any(line.startswith("eams: hash: 8/8 (100%)") for line in held.stderr.splitlines())
-    [(key,)] = conn.execute("SELECT upload_key FROM uploads").fetchall()
+    [(key,)] = conn.execute("SELECT upload_key FROM uploads WHERE status = 'held'").fetchall()
     conn.commit()
     approved = _eams(
         "uploads", "approve", key, "--file", str(upload), "--by", "test", "--no-email",

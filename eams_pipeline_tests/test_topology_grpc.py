@@ -292,7 +292,11 @@ def test_upload_flows_through_code_server_daemon_and_webserver(
     metadata = {m["key"]: m["value"] for m in entry["displayMetadata"]}
     assert metadata.get("host") == HOST and metadata.get("port") == str(grpc_port), metadata
     (repository,) = entry["locationOrLoadError"]["repositories"]
-    assert {s["name"] for s in repository["sensors"]} == {f"sftp_{SERVED}", "eams_operator_alerts"}
+    assert {s["name"] for s in repository["sensors"]} == {
+        f"sftp_{SERVED}",
+        "eams_operator_alerts",
+        "eams_decisions",
+    }
 
     # -- the daemon is up (its heartbeats are in the shared storage) -------------------------
     def sensor_daemon_healthy() -> bool:

@@ -9,26 +9,38 @@ Three rules, each a percentage limit (0 or None turns the rule off):
                          active students before the upload
     max_updated_pct      rows counted `updated`, as a share of the district's students
                          before the upload
-    max_row_drop_pct     how many fewer data rows the file has than the last applied upload
-                         of the district (a truncated export), as a share of that upload's
+    max_row_drop_pct     how many fewer data rows the file has than the district's usual
+                         file (the median row count of its last 5 applied uploads), as a
+                         share of that usual size: a truncated full extract
 
-A rule trips when its percentage is strictly greater than its limit: exactly at the limit
-passes. A rule whose base is zero (no active students, no students, no applied upload
-yet) cannot trip.
+A rule trips when its percentage is strictly greater than its limit (exactly at the limit
+passes) **and** its count is at least `min_count` (default 25): the eAMS batch process sends
+incremental files, and a small district's ordinary night (2 of its 2 students deactivated, a
+5-row file after a 10-row one) is a large share of very little. A rule whose base is zero
+cannot trip, and nothing is held before the district has an applied upload: its first
+applied upload sets the baseline.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
 RULES = ("max_deactivated_pct", "max_updated_pct", "max_row_drop_pct")
+MIN_COUNT = "min_count"
+DEFAULT_MIN_COUNT = 25
+# the district's usual file size is the median row count of this many applied uploads
+BASELINE_UPLOADS = 5
 DEFAULT_THRESHOLDS: dict[str, float | None] = {
     "max_deactivated_pct": 10,
     "max_updated_pct": 75,
     "max_row_drop_pct": 25,
+    MIN_COUNT: DEFAULT_MIN_COUNT,
 }
-OFF: dict[str, float | None] = dict.fromkeys(RULES)
+OFF: dict[str, float | None] = {**dict.fromkeys(RULES), MIN_COUNT: DEFAULT_MIN_COUNT}
+KEYS = (*RULES, MIN_COUNT)
 
 
 class GuardConfigError(ValueError):
@@ -37,20 +49,29 @@ class GuardConfigError(ValueError):
 
 def parse_thresholds(value: Any, where: str = "guard") -> dict[str, float | None]:
     """The master data's `guard:` value. Absent (None): the defaults. `false`/`off`: every
-    rule off. A mapping: its keys override the defaults; 0 or null turns a rule off."""
+    rule off. A mapping: its keys override the defaults; 0 or null turns a rule off;
+    `min_count` is the floor every rule's count must reach (0: no floor)."""
     if value is None:
         return dict(DEFAULT_THRESHOLDS)
     if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
         return dict(OFF)
     if not isinstance(value, dict):
-        raise GuardConfigError(f"{where} must be a mapping of {', '.join(RULES)} (or off)")
-    unknown = sorted(set(value) - set(RULES))
+        raise GuardConfigError(f"{where} must be a mapping of {', '.join(KEYS)} (or off)")
+    unknown = sorted(set(map(str, value)) - set(KEYS))
     if unknown:
         raise GuardConfigError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(RULES)}"
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(KEYS)}"
         )
     out = dict(DEFAULT_THRESHOLDS)
     for key, limit in value.items():
+        if key == MIN_COUNT:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+                raise GuardConfigError(
+                    f"{where}.{key} must be a whole number of students or rows >= 0 "
+                    f"(0: no floor), got {limit!r}"
+                )
+            out[key] = limit
+            continue
         if limit is None or limit == 0:
             out[key] = None
             continue
@@ -58,6 +79,14 @@ def parse_thresholds(value: Any, where: str = "guard") -> dict[str, float | None
             raise GuardConfigError(f"{where}.{key} must be a percentage in (0, 100], or 0/null")
         out[key] = limit
     return out
+
+
+def usual_rows(recent_rows: tuple[int, ...] | list[int]) -> int | None:
+    """The district's usual file size: the median row count of its last applied uploads
+    (half up between the two middle ones), None before the first."""
+    if not recent_rows:
+        return None
+    return math.floor(statistics.median(recent_rows) + 0.5)
 
 
 @dataclass(frozen=True)
@@ -69,10 +98,18 @@ class GuardFigures:
     deactivated: int  # students the upload deactivates (file rows + absent in full roster)
     updated: int  # rows counted `updated`
     rows: int  # data rows of this file
-    last_applied_rows: int | None  # data rows of the last applied upload (None: none yet)
+    # data rows of the district's last applied uploads (up to BASELINE_UPLOADS, newest
+    # first); empty: none yet, no baseline
+    recent_rows: tuple[int, ...] = ()
 
-    def as_dict(self) -> dict[str, int | None]:
-        return asdict(self)
+    @property
+    def usual_rows(self) -> int | None:
+        return usual_rows(self.recent_rows)
+
+    def as_dict(self) -> dict[str, Any]:
+        figures = asdict(self)
+        figures["recent_rows"] = list(self.recent_rows)
+        return {**figures, "usual_rows": self.usual_rows}
 
 
 @dataclass(frozen=True)
@@ -83,6 +120,7 @@ class GuardTrip:
     pct: float  # value / base * 100, rounded to one decimal
     limit: float
     message: str
+    min_count: int = 0  # the floor the count reached
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,10 +130,22 @@ def _pct(value: int, base: int) -> float:
     return value * 100.0 / base
 
 
+def shown_pct(pct: float, limit: float) -> str:
+    """`30`, `48.6`: one decimal at most, more only when one would not show it above the
+    limit (10.04% against 10% reads `10.04`, not `10`)."""
+    for digits in (1, 2, 3):
+        text = f"{pct:.{digits}f}"
+        if float(text) > limit:
+            break
+    return text.rstrip("0").rstrip(".")
+
+
 def _measures(f: GuardFigures) -> dict[str, tuple[int, int, str]]:
     """Per rule: the count, its base, and how the message says it."""
-    last = f.last_applied_rows or 0
-    dropped = max(0, last - f.rows)
+    usual = f.usual_rows or 0
+    dropped = max(0, usual - f.rows)
+    n = len(f.recent_rows)
+    over = "the last applied upload" if n == 1 else f"the last {n} applied uploads"
     return {
         "max_deactivated_pct": (
             f.deactivated,
@@ -109,24 +159,36 @@ def _measures(f: GuardFigures) -> dict[str, tuple[int, int, str]]:
         ),
         "max_row_drop_pct": (
             dropped,
-            last,
-            f"has {f.rows:,} data rows, {dropped:,} fewer than the {last:,} of the last "
-            "applied upload",
+            usual,
+            f"has {f.rows:,} data rows, {dropped:,} fewer than the usual {usual:,} "
+            f"(median of {over})",
         ),
     }
 
 
 def evaluate(thresholds: dict[str, float | None], f: GuardFigures) -> list[GuardTrip]:
     """Every rule that trips (empty: the upload may be applied)."""
+    if not f.recent_rows:
+        return []  # no applied upload yet: the first one sets the baseline
+    floor = thresholds.get(MIN_COUNT, DEFAULT_MIN_COUNT)
+    floor = int(floor) if floor is not None else DEFAULT_MIN_COUNT
     trips = []
     for rule, (value, base, said) in _measures(f).items():
         limit = thresholds.get(rule)
-        if not limit or base <= 0 or _pct(value, base) <= limit:
+        if not limit or base <= 0 or value < floor or _pct(value, base) <= limit:
             continue
         pct = _pct(value, base)
-        shown = f"({pct:.1f}% fewer)" if rule == "max_row_drop_pct" else f"({pct:.1f}%)"
+        shown = shown_pct(pct, limit) + ("% fewer" if rule == "max_row_drop_pct" else "%")
         trips.append(
-            GuardTrip(rule, value, base, round(pct, 1), limit, f"{said} {shown}, limit {limit:g}%")
+            GuardTrip(
+                rule,
+                value,
+                base,
+                round(pct, 1),
+                limit,
+                f"{said}, {shown}, limit {limit:g}%",
+                floor,
+            )
         )
     return trips
 

@@ -41,6 +41,7 @@ def build_upload_email(
     error_file_path: str | None,
     file_error: str | None = None,
     upload_key: str | None = None,
+    reviewed_by: str | None = None,
 ) -> EmailMessage:
     """The outcome email for one upload, to the district's contacts.
 
@@ -49,24 +50,29 @@ def build_upload_email(
     nothing to them); without it the summary's ``upload_id`` is shown.
 
     ``summary`` is the processing summary (SPEC §8 ``eams process`` keys); ``error_file_path``
-    is where the error file was published on the SFTP site; ``file_error`` is the
-    file-level error (code and message) of a rejected upload.
+    is where the error file was published on the SFTP site (None: it is not there, e.g. an
+    upload an operator processed with ``eams process``); ``file_error`` is the file-level
+    error (code and message) of a rejected upload. ``reviewed_by`` is the operator who
+    approved (processed statuses) or discarded a held upload; the summary's ``guard`` (the
+    rule(s) that held it, with their figures) says why it was held.
     """
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     status = str(summary.get("status"))
     upload_id = upload_key if upload_key else summary.get("upload_id")
     district = f"{district_name} ({district_code})"
+    reviewer = _printable(reviewed_by, 100) if reviewed_by else None
+    reviewed = " after review" if reviewer else ""
     if status == UploadStatus.REJECTED:
         subject = f"eAMS student update FAILED: {district}, upload {upload_id}"
     elif status == UploadStatus.PARTIALLY_PROCESSED:
         errors = _count(summary, "errors")
         subject = (
-            f"eAMS student update PARTIALLY processed ({errors} rows with errors): "
+            f"eAMS student update PARTIALLY processed{reviewed} ({errors} rows with errors): "
             f"{district}, upload {upload_id}"
         )
     elif status == UploadStatus.PROCESSED:
-        subject = f"eAMS student update SUCCESSFUL: {district}, upload {upload_id}"
+        subject = f"eAMS student update SUCCESSFUL{reviewed}: {district}, upload {upload_id}"
     elif status == UploadStatus.HELD:
         subject = f"eAMS student update HELD for review: {district}, upload {upload_id}"
     elif status == UploadStatus.DISCARDED:
@@ -75,7 +81,10 @@ def build_upload_email(
         raise ValueError(f"unknown upload status {status!r}")
 
     lines = ["Hello,", ""]
-    lines += _result_paragraph(status, district, upload_id)
+    lines += _result_paragraph(status, district, upload_id, reviewer)
+    reasons = _guard_reasons(summary)
+    if reasons and (status in (UploadStatus.HELD, UploadStatus.DISCARDED) or reviewer):
+        lines += ["", "Why it was held:", *reasons]
     if status in (UploadStatus.HELD, UploadStatus.DISCARDED):
         lines += ["", "Counts the file would have applied:", *_count_table(summary)[1:]]
         missing = _count(summary, "deactivated_missing")
@@ -94,15 +103,15 @@ def build_upload_email(
         if missing:
             lines += [f"  {'Deactivated: absent from file':<32}{missing:>8}"]
     lines += _error_codes(summary)
-    lines += _error_file_paragraph(status, error_file_path)
-    if status == UploadStatus.PROCESSED:
-        lines += ["", "This message contains no student data."]
-    else:
+    lines += _error_file_paragraph(status, error_file_path, summary)
+    if status != UploadStatus.PROCESSED and error_file_path:
         lines += [
             "",
             "This message contains no student data; the error file lists each error",
             "with its line number in the uploaded file.",
         ]
+    else:
+        lines += ["", "This message contains no student data."]
     lines += [
         "",
         "-- ",
@@ -294,35 +303,79 @@ def build_held_operator_email(
     return _message(sender, operators, subject, "\n".join(body) + "\n")
 
 
-def _result_paragraph(status: str, district: str, upload_id: object) -> list[str]:
+def _result_paragraph(
+    status: str, district: str, upload_id: object, reviewer: str | None = None
+) -> list[str]:
     intro = f"The students.csv file uploaded by {district} (upload {upload_id}) was"
+    approved = (
+        f"{intro} HELD for review because it would change an unusual share of your "
+        f"students, then APPROVED after review by {reviewer} and applied:"
+    )
     if status == UploadStatus.REJECTED:
         text = (
             f"{intro} REJECTED. Nothing was applied: no student was added, changed, "
             "activated or deactivated. Please correct the file and upload it again."
         )
     elif status == UploadStatus.PARTIALLY_PROCESSED:
+        head = approved if reviewer else f"{intro} PARTIALLY processed:"
         text = (
-            f"{intro} PARTIALLY processed: all valid rows were applied; the rows with "
-            "errors were not. Please correct those rows and include them in the next upload."
+            f"{head} all valid rows were applied; the rows with errors were not. Please "
+            "correct those rows and include them in the next upload."
         )
     elif status == UploadStatus.HELD:
         text = (
-            f"{intro} HELD FOR REVIEW: it would change an unusual share of your students "
-            "(for example deactivate many of them), so NOTHING was applied. Our operators "
-            "will review it and apply or discard it; you will get another message. If the "
-            "file is wrong (for example one school only, or every student marked D), "
-            "upload a corrected file: it replaces this one."
+            f"{intro} HELD FOR REVIEW: it would change an unusual share of your students, "
+            "so NOTHING was applied. Our operators will review it and apply or discard it; "
+            "you will get another message. If the file is wrong (for example one school "
+            "only, or every student marked D), upload a corrected file: it replaces this one."
         )
     elif status == UploadStatus.DISCARDED:
+        by = f" by {reviewer}" if reviewer else ""
         text = (
-            f"{intro} DISCARDED after review: it was held because it would change an "
+            f"{intro} DISCARDED after review{by}: it was held because it would change an "
             "unusual share of your students, and nothing of it was applied. Please check "
             "the export from your SIS and upload a corrected file."
         )
+    elif reviewer:
+        text = f"{approved} every row was applied."
     else:
         text = f"{intro} processed SUCCESSFULLY: every row was applied."
     return _wrap(text)
+
+
+# what each rule of the change guard watches, in the district's words
+_RULE_LABELS = {
+    "max_deactivated_pct": "many students deactivated",
+    "max_updated_pct": "many students updated",
+    "max_row_drop_pct": "far fewer rows than usual",
+}
+# a guard rule's figures: counts, percentages and the words of core.guard, nothing else
+_GUARD_TEXT = re.compile(r"[a-z][a-z0-9 ,.%()]{0,300}")
+
+
+def _guard_reasons(summary: Mapping[str, object]) -> list[str]:
+    """The rule(s) that held the upload, with the night's figures, e.g. `the file
+    deactivates 30 of 100 active students, 30%, limit 10%`."""
+    trip = summary.get("guard")
+    if not trip:
+        return []
+    trips = trip.get("trips") if isinstance(trip, Mapping) else None
+    if not isinstance(trips, list):
+        raise ValueError("summary['guard'] must be a guard trip record")
+    lines = []
+    for t in trips:
+        rule = t.get("rule") if isinstance(t, Mapping) else None
+        if rule not in _RULE_LABELS:
+            raise ValueError(f"{rule!r} is not a guard rule")
+        said = " ".join(str(t.get("message", "")).split())
+        if not _GUARD_TEXT.fullmatch(said):
+            raise ValueError(f"the {rule} message must be counts and percentages")
+        lines += _wrap(
+            f"{_RULE_LABELS[rule]} ({rule}): the file {said}.",
+            initial_indent="  ",
+            subsequent_indent="    ",
+        )
+    return lines
 
 
 def _wrap(text: str, **indent: str) -> list[str]:
@@ -368,18 +421,68 @@ def _file_error_text(summary: Mapping[str, object], file_error: str | None) -> s
     return ", ".join(sorted(str(c) for c in codes)) if isinstance(codes, Mapping) else "unknown"
 
 
-def _error_file_paragraph(status: str, error_file_path: str | None) -> list[str]:
+def _error_file_paragraph(
+    status: str, error_file_path: str | None, summary: Mapping[str, object]
+) -> list[str]:
+    """Where the error file is: only a file published on the district's SFTP site is
+    named; none is mentioned when there is nothing to look at."""
     if status == UploadStatus.PROCESSED:
         return []  # no row errors: nothing to look at
-    if status in (UploadStatus.HELD, UploadStatus.DISCARDED) and not error_file_path:
-        return []  # a held file without row errors has no error file
     if error_file_path:
         return [
             "",
             "The error file with every error is on your SFTP site:",
             f"  {error_file_path}",
         ]
-    return ["", "No error file could be published; contact eAMS support."]
+    if status != UploadStatus.REJECTED and not _count(summary, "errors"):
+        return []  # a held or discarded file without row errors has no error file
+    return ["", *_wrap("The error file is not on your SFTP site; eAMS support can send it to you.")]
+
+
+def build_revert_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    sender: str,
+    upload_key: str,
+    reverted_by: str,
+    reverted_at: dt.datetime | None,
+    counts: Mapping[str, object],
+) -> EmailMessage:
+    """An operator reverted an applied upload: what was put back (counts only)."""
+    if not contacts:
+        raise ValueError(f"district {district_code} has no contact address")
+    district = f"{district_name} ({district_code})"
+    when = f" on {_when(reverted_at.astimezone(dt.UTC))}" if reverted_at else ""
+    subject = f"eAMS student update REVERTED: {district}, upload {upload_key}"
+    lines = [
+        "Hello,",
+        "",
+        *_wrap(
+            f"The changes that upload {upload_key} of {district} made to your students were "
+            f"REVERTED by {_printable(reverted_by, 100)}{when}: MY Access holds those "
+            "students as they were before that upload."
+        ),
+        "",
+        "What was put back:",
+        f"  {'Students restored as before':<40}{_count(counts, 'restored'):>8}",
+        f"  {'Students it had added, deactivated':<40}{_count(counts, 'created_deactivated'):>8}",
+        "",
+        *_wrap(
+            "Restored students have their data, status, school and order of before the "
+            "upload; the licenses moved back with them. Students the upload had added keep "
+            "their accounts, deactivated (their usernames stay reserved). If the reverted "
+            "changes came from wrong data in your SIS, correct it there before the next "
+            "upload, or they may be applied again."
+        ),
+        "",
+        "This message contains no student data.",
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    return _message(sender, contacts, subject, "\n".join(lines) + "\n")
 
 
 def _message(sender: str, recipients: list[str], subject: str, body: str) -> EmailMessage:

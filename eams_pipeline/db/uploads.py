@@ -34,6 +34,15 @@ class UploadRow:
     guard_trip: dict | None = None
     guard_figures: dict | None = None
     deactivated_missing: int = 0
+    # the review of a held upload (approved | discarded, by whom, when) and its revert
+    decision: str | None = None
+    decided_by: str | None = None
+    decided_at: dt.datetime | None = None
+    reverted_by: str | None = None
+    reverted_at: dt.datetime | None = None
+    revert_counts: dict | None = None
+    # the status its Dagster partition last showed (None: never run in Dagster)
+    reported_status: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -58,7 +67,9 @@ def make_upload_key(district_code: str, received_at: dt.datetime) -> str:
 
 _SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_KEYS)},
                      error_codes, error_file, content_sha256, archive_path, district_id,
-                     guard_trip, guard_figures, deactivated_missing FROM uploads"""
+                     guard_trip, guard_figures, deactivated_missing, decision, decided_by,
+                     decided_at, reverted_by, reverted_at, revert_counts, reported_status
+              FROM uploads"""
 
 
 def _row(r: tuple) -> UploadRow:
@@ -77,6 +88,13 @@ def _row(r: tuple) -> UploadRow:
         guard_trip=r[16],
         guard_figures=r[17],
         deactivated_missing=int(r[18] or 0),
+        decision=r[19],
+        decided_by=r[20],
+        decided_at=r[21],
+        reverted_by=r[22],
+        reverted_at=r[23],
+        revert_counts=r[24],
+        reported_status=r[25],
     )
 
 
@@ -129,16 +147,18 @@ def newer_applied(conn: psycopg.Connection, district_id: int, upload: UploadRow)
     return r[0] if r else None
 
 
-def last_applied_rows(
-    conn: psycopg.Connection, district_id: int, upload_id: int | None
-) -> int | None:
-    """The data rows of the district's last applied upload (the change guard's row-drop base)."""
-    r = conn.execute(
+def recent_applied_rows(
+    conn: psycopg.Connection, district_id: int, upload_id: int | None, limit: int
+) -> tuple[int, ...]:
+    """The data rows of the district's last `limit` applied uploads, newest first (the
+    change guard's baseline: their median is the district's usual file size)."""
+    rows = conn.execute(
         """SELECT rows FROM uploads WHERE district_id = %s AND upload_id IS DISTINCT FROM %s
-               AND status = ANY(%s) ORDER BY applied_at DESC, upload_id DESC LIMIT 1""",
-        (district_id, upload_id, sorted(str(s) for s in APPLIED_STATUSES)),
-    ).fetchone()
-    return int(r[0]) if r and r[0] is not None else None
+               AND status = ANY(%s) AND rows IS NOT NULL
+           ORDER BY applied_at DESC, upload_id DESC LIMIT %s""",
+        (district_id, upload_id, sorted(str(s) for s in APPLIED_STATUSES), limit),
+    ).fetchall()
+    return tuple(int(r[0]) for r in rows)
 
 
 def supersede_held(conn: psycopg.Connection, district_id: int, upload: UploadRow) -> list[str]:
@@ -161,14 +181,6 @@ def supersede_held(conn: psycopg.Connection, district_id: int, upload: UploadRow
 
 def set_status(conn: psycopg.Connection, upload_id: int, status: UploadStatus) -> None:
     conn.execute("UPDATE uploads SET status = %s WHERE upload_id = %s", (str(status), upload_id))
-
-
-def decision_of(conn: psycopg.Connection, upload_id: int) -> tuple[str | None, str | None]:
-    """(decision, decided_by) of a held upload's review, (None, None) before one."""
-    r = conn.execute(
-        "SELECT decision, decided_by FROM uploads WHERE upload_id = %s", (upload_id,)
-    ).fetchone()
-    return (r[0], r[1]) if r else (None, None)
 
 
 def record_decision(
@@ -240,3 +252,39 @@ def mark_raw_removed(conn: psycopg.Connection, upload_key: str) -> None:
         (upload_key,),
     )
 
+
+
+def mark_reported(conn: psycopg.Connection, upload_key: str, status: UploadStatus) -> bool:
+    """Record that the upload's Dagster partition shows `status` now (its run's tags, its
+    check); only while that is still its status. True if recorded."""
+    return (
+        conn.execute(
+            "UPDATE uploads SET reported_status = %s WHERE upload_key = %s AND status = %s",
+            (str(status), upload_key, str(status)),
+        ).rowcount
+        == 1
+    )
+
+
+@dataclass(frozen=True)
+class Unreported:
+    upload_key: str
+    district: str
+    status: UploadStatus
+    reported_status: str
+
+
+def unreported(
+    conn: psycopg.Connection, district_codes: list[str], limit: int = 100
+) -> list[Unreported]:
+    """Uploads of these districts that ran in Dagster and whose status changed since (a
+    decision made outside their run: approve, discard, revert, superseded), oldest first."""
+    rows = conn.execute(
+        """SELECT u.upload_key, d.code, u.status, u.reported_status
+           FROM uploads u JOIN districts d USING (district_id)
+           WHERE u.reported_status IS NOT NULL AND u.reported_status <> u.status
+             AND d.code = ANY(%s)
+           ORDER BY u.upload_id LIMIT %s""",
+        (list(district_codes), limit),
+    ).fetchall()
+    return [Unreported(r[0], r[1], UploadStatus(r[2]), r[3]) for r in rows]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -209,15 +210,16 @@ def master_data(sftp: LoopbackSftpServer) -> dict:
                 ],
             },
             {
-                # the change guard at its defaults (README): the sample file marks most of
-                # the district's active students D and is held for review
+                # the change guard at its defaults (README): last night's upload (every
+                # student, applied before the demo starts) is the baseline; the sample file
+                # marks most of the district's active students D and is held for review
                 "code": "D003",
                 "name": "Ogdenville Public Schools",
                 "timezone": "America/Denver",
                 "contacts": ["sis-team@ogdenville.example.org"],
                 "sftp": account("D003"),
                 "holding_bin_school": "D003-HB",
-                "enterprise_order": {"number": "ENT-2026-D003", "licenses": 40},
+                "enterprise_order": {"number": "ENT-2026-D003", "licenses": 60},
                 "schools": [
                     {"code": "D003-HB", "name": "Enterprise Holding Bin School"},
                     {"code": "501", "name": "Ogdenville Elementary"},
@@ -241,18 +243,17 @@ def master_data(sftp: LoopbackSftpServer) -> dict:
     }
 
 
+_D003_NAMES = [
+    ("Abbott", "Ada"), ("Baker", "Ben"), ("Chen", "Cai"), ("Diaz", "Dora"),
+    ("Evans", "Eli"), ("Fischer", "Fay"), ("Gupta", "Gia"), ("Hughes", "Hal"),
+    ("Ivanova", "Ira"), ("Jones", "Jay"), ("Khan", "Kai"), ("Lopez", "Liv"),
+    ("Mensah", "Max"), ("Nakamura", "Nia"), ("Olsen", "Oli"), ("Patel", "Pia"),
+    ("Quinn", "Quin"), ("Reyes", "Rae"), ("Sato", "Sam"), ("Tanaka", "Tia"),
+]  # fmt: skip
 _D003_STUDENTS = [
-    (f"O-3{i:05d}", "501" if i < 12 else "502", last, first, str(1 + i % 12),
+    (f"O-3{i:05d}", "501" if i < 24 else "502", last, first, str(1 + i % 12),
      f"{first[0]}{last}{i}".lower())
-    for i, (last, first) in enumerate(
-        [
-            ("Abbott", "Ada"), ("Baker", "Ben"), ("Chen", "Cai"), ("Diaz", "Dora"),
-            ("Evans", "Eli"), ("Fischer", "Fay"), ("Gupta", "Gia"), ("Hughes", "Hal"),
-            ("Ivanova", "Ira"), ("Jones", "Jay"), ("Khan", "Kai"), ("Lopez", "Liv"),
-            ("Mensah", "Max"), ("Nakamura", "Nia"), ("Olsen", "Oli"), ("Patel", "Pia"),
-            ("Quinn", "Quin"), ("Reyes", "Rae"), ("Sato", "Sam"), ("Tanaka", "Tia"),
-        ]
-    )
+    for i, (last, first) in enumerate(_D003_NAMES * 2)
 ]  # fmt: skip
 
 
@@ -298,13 +299,49 @@ def sample_with_errors() -> bytes:
 
 
 def sample_held() -> bytes:
-    """D003: the SIS's end-of-year export marks 16 of its 20 active students D (80%, limit
-    10%): the change guard holds it; nothing is applied until an operator decides."""
+    """D003: the SIS's end-of-year export marks 32 of its 40 active students D (80%, limit
+    10%, at least 25 students): the change guard holds it; nothing is applied until an
+    operator decides."""
     rows = [
-        [school, sid, last, first, "", grade, username, "", "", "", "D" if i < 16 else "A"]
+        [school, sid, last, first, "", grade, username, "", "", "", "D" if i < 32 else "A"]
         for i, (sid, school, last, first, grade, username) in enumerate(_D003_STUDENTS)
     ]
     return _csv(rows)
+
+
+def sample_baseline() -> bytes:
+    """D003's upload of last night: every student as loaded (nothing changes). The change
+    guard holds nothing before a district's first applied upload: this one is it."""
+    rows = [
+        [school, sid, last, first, "", grade, username, "", "", "", "A"]
+        for sid, school, last, first, grade, username in _D003_STUDENTS
+    ]
+    return _csv(rows)
+
+
+def apply_baseline(conn: psycopg.Connection, secret: str, now: dt.datetime) -> None:
+    """Process D003's upload of last night (`eams process`'s code), once."""
+    from eams_pipeline.core.passwords import Argon2Settings, PasswordHasher
+    from eams_pipeline.db.uploads import make_upload_key
+    from eams_pipeline.services.process import Engine, Upload, process_upload
+
+    exists = conn.execute(
+        "SELECT 1 FROM uploads JOIN districts USING (district_id) WHERE code = 'D003'"
+    ).fetchone()
+    conn.rollback()
+    if exists:
+        return
+    received = now - dt.timedelta(days=1)
+    upload = Upload(
+        district="D003",
+        data=sample_baseline(),
+        file_name="students.csv",
+        key=make_upload_key("D003", received),
+        received_at=received,
+    )
+    engine = Engine(secret=secret.encode("utf-8"), hasher=PasswordHasher(Argon2Settings()))
+    process_upload(conn, upload, engine)
+    conn.commit()
 
 
 def drop_sample(directory: Path, data: bytes) -> bool:
@@ -357,6 +394,8 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> int:
         setup_file.write_text(yaml.safe_dump(master_data(sftp), sort_keys=False))
         with psycopg.connect(options.database_url) as conn:
             load_master_data(conn, parse_master_data(setup_file.read_text()))
+            conn.commit()
+            apply_baseline(conn, secret_env["EAMS_SECRET_KEY"], dt.datetime.now(dt.UTC))
 
         dropped = []
         if options.samples:

@@ -29,8 +29,9 @@ from eams_pipeline.core.notifications import build_held_operator_email
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
 from eams_pipeline.core.retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.db.districts import District, get_district
+from eams_pipeline.db.districts import District, district_code, get_district
 from eams_pipeline.io.sftp import ERRORS, PROCESSED
+from eams_pipeline.orchestration.decisions import decision_text, tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     FILE_MTIME_TAG,
@@ -48,7 +49,7 @@ from eams_pipeline.orchestration.resources import (
 )
 from eams_pipeline.orchestration.retention import known_uploads, remove_raw_upload
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
-from eams_pipeline.services.notify import district_outcome_email
+from eams_pipeline.services.notify import recorded_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.progress import LineProgress
 from eams_pipeline.services.review import ReviewRefused, approve
@@ -332,6 +333,9 @@ def upload_outcome(
                 error_file_name=lambda upload_id: _error_path(root, upload_id),
                 progress=progress,
             )
+    decision = _report_outcome(context, db, ref)
+    if decision:
+        context.log.info(f"upload {ref.key}: {decision}")
     if result.status == UploadStatus.HELD:
         context.log.warning(
             f"upload {ref.key} HELD by the change guard, nothing applied: "
@@ -356,7 +360,9 @@ def upload_outcome(
     return dg.MaterializeResult(
         metadata={
             "upload_id": dg.MetadataValue.int(result.upload_id or 0),
+            "district": ref.district,
             "status": str(result.status),
+            "decision": decision or "(none)",
             "already_applied": dg.MetadataValue.bool(result.already_applied),
             "allow_older": dg.MetadataValue.bool(config.allow_older),
             **{k: dg.MetadataValue.int(int(result.counts[k])) for k in COUNT_KEYS},
@@ -370,6 +376,22 @@ def upload_outcome(
             **_guard_metadata(result.guard_trip, result.guard_figures),
         }
     )
+
+
+def _report_outcome(
+    context: dg.AssetExecutionContext, db: DatabaseResource, ref: UploadRef
+) -> str | None:
+    """Tag every run of the upload with its status (eams/outcome) and decision, then record
+    that its partition shows that status (the eams_decisions sensor follows up on changes
+    made outside the runs). Returns the decision (`approved by alice`), if any."""
+    with db.connect() as conn:
+        upload = db_uploads.get_upload(conn, ref.key)
+    if upload is None:
+        return None
+    tag_upload_runs(context.instance, upload, context.run.run_id)
+    with db.connect() as conn:
+        db_uploads.mark_reported(conn, ref.key, upload.status)
+    return decision_text(upload)
 
 
 def _step_seconds(timings: dict[str, float]) -> dict[str, object]:
@@ -394,8 +416,9 @@ def _guard_metadata(trip: dict | None, figures: dict | None) -> dict[str, object
     name="change_guard",
     description=(
         "Fails (severity ERROR) when the change guard held the upload: nothing was applied "
-        "until an operator approves or discards it. The rule and its figures are in the "
-        "check's metadata."
+        "until an operator approves or discards it (WARN once a newer upload superseded it). "
+        "The description names the district, the upload and the rule; the metadata the "
+        "figures and, once decided, the decision."
     ),
 )
 def change_guard(
@@ -404,27 +427,58 @@ def change_guard(
     key = context.run.tags.get("dagster/partition")
     with db.connect() as conn:
         upload = db_uploads.get_upload(conn, key) if key else None
-        decision = db_uploads.decision_of(conn, upload.upload_id) if upload else None
+        code = district_code(conn, upload.district_id) if upload else None
     if upload is None:
-        return dg.AssetCheckResult(passed=True, metadata={"upload": str(key), "held": False})
+        return dg.AssetCheckResult(
+            passed=True,
+            metadata={"upload": str(key), "held": False},
+            description=f"upload {key}: not recorded",
+        )
+    return guard_check_result(upload, code or "")
+
+
+def guard_check_result(upload: db_uploads.UploadRow, district: str) -> dg.AssetCheckResult:
+    """The change_guard check of an upload as recorded now."""
     trip = upload.guard_trip or {}
-    held = upload.status == UploadStatus.HELD or upload.was_held_superseded
+    held = upload.status == UploadStatus.HELD
+    superseded = upload.was_held_superseded
+    decision = decision_text(upload)
+    where = f"District {district}, upload {upload.upload_key}"
     metadata: dict[str, object] = {
+        "district": district,
         "upload": upload.upload_key,
         "status": str(upload.status),
         "held": held,
         **_guard_metadata(upload.guard_trip, upload.guard_figures),
     }
-    if decision and decision[0]:
-        metadata["decision"] = f"{decision[0]} by {decision[1]}"
-    if held:
-        metadata["approve"] = f"eams uploads approve {upload.upload_key} --by NAME"
+    if decision:
+        metadata["decision"] = decision
+    if held or superseded:
+        metadata["approve"] = f"eams uploads approve {upload.upload_key} --by NAME" + (
+            " --allow-older" if superseded else ""
+        )
         metadata["discard"] = f"eams uploads discard {upload.upload_key} --by NAME"
+    if held:
+        description = (
+            f"{where}: HELD, nothing applied: {trip.get('message')}. Approve or discard it "
+            "(eams uploads approve|discard)."
+        )
+    elif superseded:
+        description = (
+            f"{where}: held ({trip.get('message')}), then superseded by a newer upload; "
+            "not applied."
+        )
+    elif trip and decision:
+        description = f"{where}: held ({trip.get('message')}), then {decision}."
+    else:
+        description = f"{where}: {upload.status}; the change guard did not hold it."
+        if decision:
+            description += f" {decision[:1].upper()}{decision[1:]}."
     return dg.AssetCheckResult(
-        passed=not held,
-        severity=dg.AssetCheckSeverity.ERROR,
+        passed=not (held or superseded),
+        severity=dg.AssetCheckSeverity.ERROR if held else dg.AssetCheckSeverity.WARN,
         metadata=metadata,
-        description=str(trip.get("message")) if held else None,
+        description=description,
     )
 
 
@@ -542,19 +596,20 @@ def _email(
     upload: db_uploads.UploadRow,
     result: UploadResult,
 ) -> dict[str, object]:
-    if upload.status == UploadStatus.SUPERSEDED:
-        context.log.info(f"upload {ref.key} was superseded: the district is not emailed")
-        return {"sent": False, "why": "superseded: not applied"}
-    if upload.status == UploadStatus.REVERTED:
-        context.log.info(f"upload {ref.key} was reverted by an operator: not emailed again")
-        return {"sent": False, "why": "reverted"}
+    district = _load_district(db, ref.district)
+    # where error_report published the errors (whoever recorded the outcome: a run, or the
+    # CLI's approval, which does not know the SFTP site)
+    error_file = _error_path(district.sftp_root, upload.upload_id) if result.has_errors else None
+    email = recorded_outcome_email(
+        district, upload, result, error_file=error_file, sender=smtp.sender
+    )
+    if email is None:
+        context.log.info(f"upload {ref.key} is {upload.status}: the district is not emailed")
+        return {"sent": False, "why": f"{upload.status}: not emailed"}
     if not config.resend and _already_sent(context, str(upload.status)):
         context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
         return {"sent": False, "why": "already sent"}
-    district = _load_district(db, ref.district)
-    message, recipients = district_outcome_email(
-        district, result, upload_key=ref.key, error_file=upload.error_file, sender=smtp.sender
-    )
+    message, recipients = email
     smtp.send(message)
     context.log.info(f"emailed {len(recipients)} contact(s): {message['Subject']}")
     operators_told = 0
@@ -569,7 +624,7 @@ def _email(
                     district_name=district.name,
                     upload_key=ref.key,
                     upload_id=upload.upload_id,
-                    summary=result.summary(upload.error_file),
+                    summary=result.summary(error_file),
                     guard_trip=upload.guard_trip,
                 )
             )

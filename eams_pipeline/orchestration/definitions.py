@@ -11,6 +11,7 @@ import dagster as dg
 from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
+from eams_pipeline.orchestration.decisions import build_decision_sensor
 from eams_pipeline.orchestration.jobs import revert_job, upload_job
 from eams_pipeline.orchestration.resources import default_resources
 from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
@@ -61,6 +62,8 @@ def build_definitions(
         sensors=[
             *build_district_sensors(codes, upload_job, **sensor_kwargs),
             build_operator_alert_sensor([upload_job]),
+            # none in a run worker (codes is empty there): runs need no sensor
+            *([build_decision_sensor(upload_job, codes)] if codes else []),
         ],
         resources=resources,
     )

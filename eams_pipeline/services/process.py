@@ -50,7 +50,7 @@ from eams_pipeline.core.fingerprints import (
     password_fingerprint,
     recognised_by_previous,
 )
-from eams_pipeline.core.guard import GuardFigures, evaluate, trip_record
+from eams_pipeline.core.guard import BASELINE_UPLOADS, GuardFigures, evaluate, trip_record
 from eams_pipeline.core.outcome import (
     OUTCOMES,
     UploadResult,
@@ -590,8 +590,8 @@ def process_upload(
                     deactivated=plan.counts["deactivated"] + plan.deactivated_missing,
                     updated=plan.counts["updated"],
                     rows=plan.counts["rows"],
-                    last_applied_rows=db_uploads.last_applied_rows(
-                        conn, district.district_id, upload_id
+                    recent_rows=db_uploads.recent_applied_rows(
+                        conn, district.district_id, upload_id, BASELINE_UPLOADS
                     ),
                 )
                 result.guard_figures = figures.as_dict()
