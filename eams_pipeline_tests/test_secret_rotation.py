@@ -103,8 +103,9 @@ def _key(n: int) -> str:
 
 @pytest.fixture
 def idle(conn: psycopg.Connection) -> psycopg.Connection:
-    """District D1 with the change guard's defaults, no transaction open."""
-    load(conn, district_doc(licenses=100, guard=None))
+    """District D1 with the change guard's default limits and no floor (its 12 students are
+    far fewer than the default `min_count`), no transaction open."""
+    load(conn, district_doc(licenses=100, guard={"min_count": 0}))
     conn.commit()
     return conn
 
