@@ -95,6 +95,28 @@ def test_list_incoming_only_stats_an_unreadable_file(sftp_server: LoopbackSftpSe
         path.chmod(0o600)
 
 
+def test_names_that_are_not_utf8_are_listed_not_raised(
+    sftp_server: LoopbackSftpServer, d001: SftpSession
+) -> None:
+    """OpenSSH servers pass names as raw bytes: a Latin-1 name must not stop the listing."""
+    root = os.fsencode(sftp_server.user_dir("d001"))
+    for directory in (b"incoming", b"errors", b"processed"):
+        with open(root + b"/" + directory + b"/Sch\xfcler \x1b.csv", "wb") as f:
+            f.write(b"junk")
+    _user_file(sftp_server, "d001", "incoming/students.csv", b"x" * 7)
+    listing = d001.list_incoming()
+    assert [(f.name, f.size) for f in listing] == [
+        ("Sch\udcfcler \x1b.csv", 4),
+        ("students.csv", 7),
+    ]
+    assert listing[0].shown == "Sch\\xfcler \\x1b.csv"  # escaped, one line, ASCII
+    assert [f.shown for f in d001.list_dir("processed")] == ["Sch\\xfcler \\x1b.csv"]
+    d001.put_atomic("errors/students_errors_1.csv", b"published")  # lists errors/ after
+    assert (sftp_server.user_dir("d001") / "errors/students_errors_1.csv").read_bytes() == (
+        b"published"
+    )
+
+
 def test_claim_is_one_rename_and_the_source_disappears(
     sftp_server: LoopbackSftpServer, d001
 ) -> None:

@@ -193,35 +193,44 @@ def build_missing_upload_email(
     return message
 
 
-def build_misnamed_file_email(
+def build_stray_files_email(
     *,
     district_code: str,
     district_name: str,
     contacts: list[str],
     sender: str,
-    file_name: str,
-    size: int,
+    files: list[tuple[str, int]],
+    more: int = 0,
 ) -> EmailMessage:
-    """A file in incoming/ that is not students.csv: it is not processed."""
+    """The daily digest of the files in incoming/ that are not students.csv: they are not
+    processed. ``files``: (name as it can be shown, size) of the files listed; ``more``: how
+    many other stray files are there, not listed."""
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     district = f"{district_name} ({district_code})"
-    name = _printable(file_name)
-    subject = f"eAMS: {name} in incoming/ is not processed: {district}"
+    total = len(files) + more
+    noun = "file" if total == 1 else "files"
+    subject = f"eAMS: {total} {noun} in incoming/ not processed: {district}"
+    listing = [f"  incoming/{_printable(name)} ({size} bytes)" for name, size in files]
+    if more:
+        listing.append(f"  ... and {more} more {'file' if more == 1 else 'files'}")
     lines = [
         "Hello,",
         "",
         *_wrap(
-            f"Only a file named exactly students.csv is processed; found incoming/{name} "
-            f"({size} bytes) on the eAMS SFTP site of {district}. It was left alone and is not "
-            "applied."
+            "Only a file named exactly students.csv is processed. The eAMS SFTP site of "
+            f"{district} holds {total} other {noun} in incoming/, left alone and not applied:"
         ),
         "",
+        *listing,
+        "",
         *_wrap(
-            "If it is the nightly student file, rename it (or set the SIS export) to "
-            "students.csv, lower case, in CSV format (not Excel .xlsx), then delete the "
-            "other file."
+            "If one of them is the nightly student file, rename it (or set the SIS export) to "
+            "students.csv, lower case, in CSV format (not Excel .xlsx). Please delete the "
+            "others. A name shown with \\xNN holds a byte that is not UTF-8 text."
         ),
+        "",
+        "This notice is sent at most once a day, when a file is new.",
         "",
         "-- ",
         "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",

@@ -47,7 +47,7 @@ from eams_pipeline.orchestration.resources import (
     SmtpResource,
 )
 from eams_pipeline.orchestration.retention import known_uploads, remove_raw_upload
-from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
+from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME, listed
 from eams_pipeline.services.notify import district_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.progress import LineProgress
@@ -238,11 +238,10 @@ def _claim(context: dg.AssetExecutionContext, session, ref: UploadRef, processed
     listing = session.list_incoming()
     others = [f.name for f in listing if f.name != UPLOAD_NAME]
     if others:
+        partial = [n for n in others if n.endswith(PARTIAL_SUFFIX)]
         context.log.info(
-            "left alone in incoming/: "
-            + ", ".join(
-                n + (" (upload in progress)" if n.endswith(PARTIAL_SUFFIX) else "") for n in others
-            )
+            f"left alone in incoming/: {listed(others, 10)}"
+            + (f" ({len(partial)} upload(s) in progress)" if partial else "")
         )
     expected = _expected_stat(context)
     current = next((f for f in listing if f.name == UPLOAD_NAME), None)
