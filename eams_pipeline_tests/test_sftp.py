@@ -19,6 +19,7 @@ from eams_pipeline.io.sftp import (
     RemoteFile,
     SftpAuthError,
     SftpError,
+    SftpFileChangingError,
     SftpFileExistsError,
     SftpFileNotFoundError,
     SftpHostKeyError,
@@ -115,6 +116,43 @@ def test_names_that_are_not_utf8_are_listed_not_raised(
     assert (sftp_server.user_dir("d001") / "errors/students_errors_1.csv").read_bytes() == (
         b"published"
     )
+
+
+def test_read_settled_waits_for_a_changing_file_and_gives_up_when_it_never_settles(
+    sftp_server: LoopbackSftpServer, d001: SftpSession
+) -> None:
+    path = _user_file(sftp_server, "d001", "processed/students_x.csv", b"12345")
+    mtime = int(path.stat().st_mtime)
+    kwargs = {"settle_seconds": 0.3, "max_wait_seconds": 1.5, "max_bytes": 1 << 20}
+    got = d001.read_settled("processed/students_x.csv", expected=(5, mtime), **kwargs)
+    assert (got.data, got.waited, got.seen) == (b"12345", 0.0, ())
+    # grown since the sensor saw it (5 bytes): watched until unchanged, then read again
+    path.write_bytes(b"1234567")
+    got = d001.read_settled("processed/students_x.csv", expected=(5, mtime), **kwargs)
+    assert got.data == b"1234567" and got.waited >= 0.3 and "has 7 bytes" in got.seen[0]
+    assert (
+        d001.read_settled(  # larger than allowed: not read
+            "processed/students_x.csv", expected=None, **{**kwargs, "max_bytes": 6}
+        ).data
+        is None
+    )
+
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        with path.open("ab") as f:
+            while not stop.wait(0.1):
+                f.write(b"x")
+                f.flush()
+
+    thread = threading.Thread(target=keep_writing, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SftpFileChangingError, match=r"still changing after 1\.5s"):
+            d001.read_settled("processed/students_x.csv", expected=(5, mtime), **kwargs)
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def test_claim_is_one_rename_and_the_source_disappears(

@@ -238,6 +238,49 @@ def build_stray_files_email(
     return _message(sender, contacts, subject, "\n".join(lines) + "\n")
 
 
+def build_raw_file_kept_email(
+    *,
+    operators: list[str],
+    sender: str,
+    district_code: str,
+    district_name: str,
+    upload_key: str,
+    path: str,
+    archived_size: int,
+    archived_sha256: str,
+    raw_size: int,
+    raw_sha256: str | None,
+) -> EmailMessage:
+    """To the operators: a raw upload was kept in processed/ because it is not the copy the
+    pipeline archived and processed (its writer went on writing after the claim)."""
+    if not operators:
+        raise ValueError("no operator address to alert")
+    district = f"{district_name} ({district_code})"
+    subject = f"eAMS: raw upload {upload_key} kept in processed/: it changed after the claim"
+    raw_digest = raw_sha256 or "(not computed: the sizes differ)"
+    lines = [
+        *_wrap(
+            f"The raw upload {path} of {district} is not the file the pipeline archived and "
+            f"processed as upload {upload_key}: a client went on writing it after it was "
+            "claimed (an upload that paused past the settle window). It was NOT removed."
+        ),
+        "",
+        f"Archived and processed:  {archived_size} bytes, sha256 {archived_sha256}",
+        f"Now in processed/:       {raw_size} bytes, sha256 {raw_digest}",
+        "",
+        *_wrap(
+            f"What was applied (or rejected) is the archived copy: see `eams uploads show "
+            f"{upload_key}`. A copy cut short is rejected as FILE_TRUNCATED and the district "
+            "was told to upload the file again. To process the file as it is now, move it "
+            "back to the district's incoming/students.csv (the sensor takes it as a new "
+            "upload); otherwise delete it: it holds clear-text passwords."
+        ),
+        "",
+        "This alert is sent once per upload.",
+    ]
+    return _message(sender, operators, subject, "\n".join(lines) + "\n")
+
+
 def _when(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
 

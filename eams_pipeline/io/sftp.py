@@ -82,6 +82,20 @@ class SftpFileExistsError(SftpError, FileExistsError):
     """The remote target already exists."""
 
 
+class SftpFileChangingError(SftpError):
+    """A remote file kept changing: a client is still writing it."""
+
+
+@dataclass(frozen=True)
+class SettledRead:
+    """A remote file read whole while it did not change (:meth:`SftpSession.read_settled`)."""
+
+    data: bytes | None  # None: larger than allowed, not read
+    stat: RemoteFile  # its size and time as read
+    waited: float = 0.0  # seconds waited for it to stop changing (0: it had not changed)
+    seen: tuple[str, ...] = ()  # what was seen changing, for the log
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """A directory entry as stat reports it; the content is not downloaded.
@@ -310,6 +324,68 @@ class SftpSession:
             mtime=int(attrs.st_mtime or 0),
         )
 
+    def read_settled(
+        self,
+        rel_path: str,
+        *,
+        expected: tuple[int, int] | None,
+        settle_seconds: float,
+        max_wait_seconds: float,
+        max_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> SettledRead:
+        """The whole content of a file that a client may still be writing.
+
+        A rename does not stop a client's open handle: a file claimed after its upload
+        paused past the settle window can still grow. The file is stat-ed before and after
+        the download; it is taken when the bytes read are as many as both stats say, both
+        stats agree, and they are the (size, mtime) the sensor saw settle (``expected``,
+        when known). Otherwise the file is watched until it has not changed for
+        ``settle_seconds``, then read again the same way; :class:`SftpFileChangingError`
+        after ``max_wait_seconds``. A file larger than ``max_bytes`` is not read."""
+        before = self.stat(rel_path)
+        seen: list[str] = []
+        if before.size > max_bytes:
+            return SettledRead(None, before)
+        if expected is None or (before.size, before.mtime) == tuple(expected):
+            data = self.read(rel_path)
+            after = self.stat(rel_path)
+            if _same(before, after) and len(data) == after.size:
+                return SettledRead(data, after)
+            seen.append(_change(before, after, len(data)))
+        else:
+            seen.append(
+                f"the sensor saw {expected[0]} bytes / mtime {expected[1]}, the claimed file "
+                f"has {before.size} bytes / mtime {before.mtime}"
+            )
+        start = clock()
+        poll = min(5.0, max(settle_seconds / 4, 0.05))
+        last, since = self.stat(rel_path), clock()
+        while True:
+            if clock() - start > max_wait_seconds:
+                raise SftpFileChangingError(
+                    f"{self.settings.where}: {rel_path} is still changing after "
+                    f"{max_wait_seconds:g}s ({'; '.join(seen[-3:])}): a client is still "
+                    "writing it"
+                )
+            sleep(poll)
+            now = self.stat(rel_path)
+            if not _same(now, last):
+                seen.append(_change(last, now, None))
+                last, since = now, clock()
+                continue
+            if clock() - since < settle_seconds:
+                continue
+            if last.size > max_bytes:
+                return SettledRead(None, last, clock() - start, tuple(seen))
+            data = self.read(rel_path)
+            after = self.stat(rel_path)
+            if _same(last, after) and len(data) == after.size:
+                return SettledRead(data, after, clock() - start, tuple(seen))
+            seen.append(_change(last, after, len(data)))
+            last, since = after, clock()
+
     @_mapped
     def sha256(self, rel_path: str) -> tuple[int, str]:
         """The size and hex SHA-256 of a remote file's content, streamed (not kept in memory)."""
@@ -370,6 +446,15 @@ class SftpSession:
         except FileNotFoundError:
             return False
         return True
+
+
+def _same(a: RemoteFile, b: RemoteFile) -> bool:
+    return (a.size, a.mtime) == (b.size, b.mtime)
+
+
+def _change(before: RemoteFile, after: RemoteFile, read: int | None) -> str:
+    text = f"{before.size} -> {after.size} bytes, mtime {before.mtime} -> {after.mtime}"
+    return text + (f", {read} bytes read" if read is not None else "")
 
 
 @dataclass(frozen=True)
