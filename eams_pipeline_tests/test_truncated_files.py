@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import eams_reference
 from eams_pipeline.core.errors import ErrorCode
 from eams_pipeline.core.reading import FileRejected, count_data_records, read_upload
 from eams_pipeline.core.template import HEADER
@@ -76,6 +77,7 @@ def test_a_last_record_cut_without_a_line_break_is_truncated(
         (HEADER_LINE + "\n" + GOOD + "\n101,S2,too,few\n").encode(),  # a line break: a row error
         (HEADER_LINE + "\n" + GOOD + '\n101,S2,"unclosed\n').encode(),  # ends in a line break
         (HEADER_LINE + "\n" + GOOD + "\r").encode(),  # CR line ends (Excel for Mac)
+        (HEADER_LINE + "\n" + GOOD + "\n  \t ").encode(),  # trailing padding: a row error
     ],
 )
 def test_complete_files_and_short_rows_with_a_line_break_are_not_truncated(
@@ -143,3 +145,30 @@ def test_eams_process_rejects_a_truncated_file_with_exit_2(
     assert (line["Line Number"], line["Error Code"]) == ("21", "FILE_TRUNCATED")
     assert "cut short" in line["Message"]
     assert {s["status"] for s in students(conn).values()} == {"active"}
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "101,S2,Do",
+        '101,S2,"Do',
+        '101,S2,"Do""',  # a doubled quote: still inside
+        '101,S2,"Do""","Ja',
+        '101,S2,"Doe"x,Jane,,5,j2,secret1,,,A',  # text after a closing quote: complete
+        '101,S2,Doe,"Ja\nne",,5,j2,secret1,,,A',
+        '101,S2,Doe,"Ja\nne',
+        "   ",
+        "",
+    ],
+)
+@pytest.mark.parametrize("end", ["\n", "\r\n"])
+def test_the_reference_reads_a_cut_file_as_the_engine_does(tail: str, end: str) -> None:
+    data = (HEADER_LINE + end + GOOD + end + tail).encode()
+    try:
+        eams_reference._parse(data)
+        expected: tuple = ("accepted",)
+    except eams_reference._Rejected as err:
+        expected = (err.code, err.line)
+    for fallback in (False, True):
+        got = _outcome(data, fallback)
+        assert (got[:1] if got[0] == "accepted" else got[:2]) == expected

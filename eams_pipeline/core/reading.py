@@ -104,7 +104,8 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     data_ids = np.flatnonzero(~records.blank[1:]) + 1
     if len(data_ids) == 0:
         raise FileRejected(ErrorCode.FILE_EMPTY, 2, "The file has a header but no data rows.")
-    if not data.endswith(b"\n"):  # the scan proved every quote closed: only the fields count
+    if not data.endswith(b"\n") and data[int(records.starts[-1]) :].strip(_PADDING):
+        # the scan proved every quote closed: only the fields count
         _check_last_record(int(records.lines[-1]), int(records.fields[-1]), open_quote=False)
     good = records.fields[data_ids] == EXPECTED_FIELD_COUNT
     # the body without a copy of it
@@ -357,6 +358,8 @@ def _check_header_size(data: bytes, end: int) -> None:
         )
 
 
+# a last record of only these is trailing padding, not a cut row: it stays WRONG_FIELD_COUNT
+_PADDING = b" \t\r"
 _TRUNCATED_ADVICE = (
     "The export or the upload did not finish (or the file was taken while it was still "
     "being written). Nothing was applied: upload the complete file again."
@@ -366,7 +369,8 @@ _TRUNCATED_ADVICE = (
 def _check_last_record(line: int, fields: int, *, open_quote: bool) -> None:
     """FILE_TRUNCATED for a file that ends without a line break inside its last record: in
     a quoted value that was never closed, or with fewer fields than the header (a complete
-    last row without a final line break is accepted: many exports omit it)."""
+    last row without a final line break is accepted: many exports omit it). The caller
+    leaves out a last record of only spaces, tabs and CRs (trailing padding)."""
     if open_quote:
         raise FileRejected(
             ErrorCode.FILE_TRUNCATED,
@@ -587,7 +591,8 @@ def _read_with_csv_module(text: str) -> ParsedFile:
         for _ in range(text.count("\n") - last_first + 2):
             start = text.rindex("\n", 0, start)
         tail = text[start + 1 :]
-        _check_last_record(last_first, last_fields, open_quote=_ends_in_quotes(tail))
+        if tail.strip(_PADDING.decode()):
+            _check_last_record(last_first, last_fields, open_quote=_ends_in_quotes(tail))
     table = pa.table(
         {name: pa.array([r[i] for r in good], pa.large_string()) for i, name in enumerate(COLUMNS)}
     )
