@@ -245,7 +245,10 @@ def _parse(data: bytes) -> list[tuple[int, list[str]]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _Rejected("FILE_ENCODING", data.count(b"\n", 0, exc.start) + 1) from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        if exc.end == len(data) and exc.reason == "unexpected end of data":
+            raise _Rejected("FILE_TRUNCATED", line) from None  # cut inside a character
+        raise _Rejected("FILE_ENCODING", line) from None
     if "\x00" in text:  # valid UTF-8, but not text
         raise _Rejected("FILE_ENCODING", text.count("\n", 0, text.index("\x00")) + 1)
     if not text.strip():
@@ -257,7 +260,33 @@ def _parse(data: bytes) -> list[tuple[int, list[str]]]:
     rows = [(line, fields) for line, fields in records[1:] if fields]
     if not rows:
         raise _Rejected("FILE_EMPTY", 2)
+    # cut short: no line break after the last record, which is not mere padding and ends
+    # inside a quoted value or has fewer fields than the header
+    last_line, last_fields = rows[-1]
+    tail = "\n".join(text.split("\n")[last_line - 1 :])
+    cut = _ends_in_quotes(tail) or len(last_fields) < len(HEADER)
+    if not text.endswith("\n") and tail.strip(" \t\r") and cut:
+        raise _Rejected("FILE_TRUNCATED", last_line)
     return rows
+
+
+def _ends_in_quotes(record: str) -> bool:
+    """Is the record's text still inside a quoted field at its end? A quote opens a field
+    only at its start; inside, a doubled quote is a quote and a single one closes it."""
+    inside, field_start, i = False, True, 0
+    while i < len(record):
+        char = record[i]
+        if inside:
+            if char == '"' and record[i + 1 : i + 2] == '"':
+                i += 1
+            elif char == '"':
+                inside = False
+        elif char == '"' and field_start:
+            inside, field_start = True, False
+        else:
+            field_start = char in ",\n"
+        i += 1
+    return inside
 
 
 def _count_records(data: bytes) -> int:

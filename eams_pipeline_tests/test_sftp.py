@@ -19,6 +19,7 @@ from eams_pipeline.io.sftp import (
     RemoteFile,
     SftpAuthError,
     SftpError,
+    SftpFileChangingError,
     SftpFileExistsError,
     SftpFileNotFoundError,
     SftpHostKeyError,
@@ -93,6 +94,65 @@ def test_list_incoming_only_stats_an_unreadable_file(sftp_server: LoopbackSftpSe
             d001.read("incoming/students.csv")
     finally:
         path.chmod(0o600)
+
+
+def test_names_that_are_not_utf8_are_listed_not_raised(
+    sftp_server: LoopbackSftpServer, d001: SftpSession
+) -> None:
+    """OpenSSH servers pass names as raw bytes: a Latin-1 name must not stop the listing."""
+    root = os.fsencode(sftp_server.user_dir("d001"))
+    for directory in (b"incoming", b"errors", b"processed"):
+        with open(root + b"/" + directory + b"/Sch\xfcler \x1b.csv", "wb") as f:
+            f.write(b"junk")
+    _user_file(sftp_server, "d001", "incoming/students.csv", b"x" * 7)
+    listing = d001.list_incoming()
+    assert [(f.name, f.size) for f in listing] == [
+        ("Sch\udcfcler \x1b.csv", 4),
+        ("students.csv", 7),
+    ]
+    assert listing[0].shown == "Sch\\xfcler \\x1b.csv"  # escaped, one line, ASCII
+    assert [f.shown for f in d001.list_dir("processed")] == ["Sch\\xfcler \\x1b.csv"]
+    d001.put_atomic("errors/students_errors_1.csv", b"published")  # lists errors/ after
+    assert (sftp_server.user_dir("d001") / "errors/students_errors_1.csv").read_bytes() == (
+        b"published"
+    )
+
+
+def test_read_settled_waits_for_a_changing_file_and_gives_up_when_it_never_settles(
+    sftp_server: LoopbackSftpServer, d001: SftpSession
+) -> None:
+    path = _user_file(sftp_server, "d001", "processed/students_x.csv", b"12345")
+    mtime = int(path.stat().st_mtime)
+    kwargs = {"settle_seconds": 0.3, "max_wait_seconds": 1.5, "max_bytes": 1 << 20}
+    got = d001.read_settled("processed/students_x.csv", expected=(5, mtime), **kwargs)
+    assert (got.data, got.waited, got.seen) == (b"12345", 0.0, ())
+    # grown since the sensor saw it (5 bytes): watched until unchanged, then read again
+    path.write_bytes(b"1234567")
+    got = d001.read_settled("processed/students_x.csv", expected=(5, mtime), **kwargs)
+    assert got.data == b"1234567" and got.waited >= 0.3 and "has 7 bytes" in got.seen[0]
+    assert (
+        d001.read_settled(  # larger than allowed: not read
+            "processed/students_x.csv", expected=None, **{**kwargs, "max_bytes": 6}
+        ).data
+        is None
+    )
+
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        with path.open("ab") as f:
+            while not stop.wait(0.1):
+                f.write(b"x")
+                f.flush()
+
+    thread = threading.Thread(target=keep_writing, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(SftpFileChangingError, match=r"still changing after 1\.5s"):
+            d001.read_settled("processed/students_x.csv", expected=(5, mtime), **kwargs)
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def test_claim_is_one_rename_and_the_source_disappears(

@@ -202,40 +202,92 @@ def build_missing_upload_email(
     return message
 
 
-def build_misnamed_file_email(
+def build_stray_files_email(
     *,
     district_code: str,
     district_name: str,
     contacts: list[str],
     sender: str,
-    file_name: str,
-    size: int,
+    files: list[tuple[str, int]],
+    more: int = 0,
 ) -> EmailMessage:
-    """A file in incoming/ that is not students.csv: it is not processed."""
+    """The daily digest of the files in incoming/ that are not students.csv: they are not
+    processed. ``files``: (name as it can be shown, size) of the files listed; ``more``: how
+    many other stray files are there, not listed."""
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     district = f"{district_name} ({district_code})"
-    name = _printable(file_name)
-    subject = f"eAMS: {name} in incoming/ is not processed: {district}"
+    total = len(files) + more
+    noun = "file" if total == 1 else "files"
+    subject = f"eAMS: {total} {noun} in incoming/ not processed: {district}"
+    listing = [f"  incoming/{_printable(name)} ({size} bytes)" for name, size in files]
+    if more:
+        listing.append(f"  ... and {more} more {'file' if more == 1 else 'files'}")
     lines = [
         "Hello,",
         "",
         *_wrap(
-            f"Only a file named exactly students.csv is processed; found incoming/{name} "
-            f"({size} bytes) on the eAMS SFTP site of {district}. It was left alone and is not "
-            "applied."
+            "Only a file named exactly students.csv is processed. The eAMS SFTP site of "
+            f"{district} holds {total} other {noun} in incoming/, left alone and not applied:"
         ),
         "",
+        *listing,
+        "",
         *_wrap(
-            "If it is the nightly student file, rename it (or set the SIS export) to "
-            "students.csv, lower case, in CSV format (not Excel .xlsx), then delete the "
-            "other file."
+            "If one of them is the nightly student file, rename it (or set the SIS export) to "
+            "students.csv, lower case, in CSV format (not Excel .xlsx). Please delete the "
+            "others. A name shown with \\xNN holds a byte that is not UTF-8 text."
         ),
+        "",
+        "This notice is sent at most once a day, when a file is new.",
         "",
         "-- ",
         "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
     ]
     return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
+def build_raw_file_kept_email(
+    *,
+    operators: list[str],
+    sender: str,
+    district_code: str,
+    district_name: str,
+    upload_key: str,
+    path: str,
+    archived_size: int,
+    archived_sha256: str,
+    raw_size: int,
+    raw_sha256: str | None,
+) -> EmailMessage:
+    """To the operators: a raw upload was kept in processed/ because it is not the copy the
+    pipeline archived and processed (its writer went on writing after the claim)."""
+    if not operators:
+        raise ValueError("no operator address to alert")
+    district = f"{district_name} ({district_code})"
+    subject = f"eAMS: raw upload {upload_key} kept in processed/: it changed after the claim"
+    raw_digest = raw_sha256 or "(not computed: the sizes differ)"
+    lines = [
+        *_wrap(
+            f"The raw upload {path} of {district} is not the file the pipeline archived and "
+            f"processed as upload {upload_key}: a client went on writing it after it was "
+            "claimed (an upload that paused past the settle window). It was NOT removed."
+        ),
+        "",
+        f"Archived and processed:  {archived_size} bytes, sha256 {archived_sha256}",
+        f"Now in processed/:       {raw_size} bytes, sha256 {raw_digest}",
+        "",
+        *_wrap(
+            f"What was applied (or rejected) is the archived copy: see `eams uploads show "
+            f"{upload_key}`. A copy cut short is rejected as FILE_TRUNCATED and the district "
+            "was told to upload the file again. To process the file as it is now, move it "
+            "back to the district's incoming/students.csv (the sensor takes it as a new "
+            "upload); otherwise delete it: it holds clear-text passwords."
+        ),
+        "",
+        "This alert is sent once per upload.",
+    ]
+    return _message(sender, operators, subject, "\n".join(lines) + "\n")
 
 
 def _when(moment: dt.datetime) -> str:

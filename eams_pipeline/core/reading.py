@@ -34,6 +34,7 @@ import csv
 import difflib
 import io
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -117,6 +118,9 @@ def read_upload(data: bytes, *, force_fallback: bool = False) -> ParsedFile:
     data_ids = np.flatnonzero(~records.blank[1:]) + 1
     if len(data_ids) == 0:
         raise FileRejected(ErrorCode.FILE_EMPTY, 2, "The file has a header but no data rows.")
+    if not data.endswith(b"\n") and data[int(records.starts[-1]) :].strip(_PADDING):
+        # the scan proved every quote closed: only the fields count
+        _check_last_record(int(records.lines[-1]), int(records.fields[-1]), open_quote=False)
     good = records.fields[data_ids] == EXPECTED_FIELD_COUNT
     # the body without a copy of it
     body = pa.py_buffer(data)[int(records.starts[1]) :]
@@ -151,6 +155,13 @@ def _check_text(data: bytes, ascii_only: bool) -> None:
             data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
+        if exc.end == len(data) and exc.reason == "unexpected end of data":
+            raise FileRejected(  # a character's first bytes, then nothing: a cut file
+                ErrorCode.FILE_TRUNCATED,
+                line,
+                f"The file ends in the middle of a character on line {line}: it was cut "
+                f"short. {_TRUNCATED_ADVICE}",
+            ) from None
         raise FileRejected(
             ErrorCode.FILE_ENCODING,
             line,
@@ -361,6 +372,46 @@ def _check_header_size(data: bytes, end: int) -> None:
         raise FileRejected(
             ErrorCode.HEADER_MISMATCH, 1, header_mismatch_message(first, line_bytes=size)
         )
+
+
+# a last record of only these is trailing padding, not a cut row: it stays WRONG_FIELD_COUNT
+_PADDING = b" \t\r"
+_TRUNCATED_ADVICE = (
+    "The export or the upload did not finish (or the file was taken while it was still "
+    "being written). Nothing was applied: upload the complete file again."
+)
+
+
+def _check_last_record(line: int, fields: int, *, open_quote: bool) -> None:
+    """FILE_TRUNCATED for a file that ends without a line break inside its last record: in
+    a quoted value that was never closed, or with fewer fields than the header (a complete
+    last row without a final line break is accepted: many exports omit it). The caller
+    leaves out a last record of only spaces, tabs and CRs (trailing padding)."""
+    if open_quote:
+        raise FileRejected(
+            ErrorCode.FILE_TRUNCATED,
+            line,
+            f"The file ends inside a quoted value: the last record, from line {line}, has no "
+            f"closing quote and no line break after it, so the file was cut short (or a "
+            f"quote on line {line} is not closed). {_TRUNCATED_ADVICE}",
+        )
+    if fields < EXPECTED_FIELD_COUNT:
+        raise FileRejected(
+            ErrorCode.FILE_TRUNCATED,
+            line,
+            f"The file ends in the middle of a row: the last row (line {line}) has {fields} "
+            f"of the template's {EXPECTED_FIELD_COUNT} fields and no line break after it, so "
+            f"the file was cut short. {_TRUNCATED_ADVICE}",
+        )
+
+
+def _ends_in_quotes(record: str) -> bool:
+    """Does the csv module end the (last) record of this text inside a quoted field? A line
+    after it is then read as part of the field instead of as a record of its own."""
+    sentinel = "\x01"
+    tail = _BARE_CR.sub("\x00", record) + "\n" + sentinel
+    last = deque(csv.reader(io.StringIO(tail, newline="\n"), strict=False), maxlen=1)
+    return list(last) != [[sentinel]]
 
 
 def _check_header(found: list[str]) -> None:
@@ -654,9 +705,11 @@ def _read_with_csv_module(text: str) -> ParsedFile:
     before_counts, before_ends = [], []
     previous = (len(header[2]), header[1]) if header else (0, 1)  # fields, last line
     ordinal = 0
+    last_first, last_fields = 0, 0
     for first, last, fields in records:
         if not fields:
             continue
+        last_first, last_fields = first, len(fields)
         if len(fields) == EXPECTED_FIELD_COUNT:
             good.append(fields)
             good_rows.append(ordinal)
@@ -673,6 +726,14 @@ def _read_with_csv_module(text: str) -> ParsedFile:
         ordinal += 1
     if ordinal == 0:
         raise FileRejected(ErrorCode.FILE_EMPTY, 2, "The file has a header but no data rows.")
+    if not text.endswith("\n"):
+        # where the last record starts: back from the end over the lines it spans
+        start = len(text)
+        for _ in range(text.count("\n") - last_first + 2):
+            start = text.rindex("\n", 0, start)
+        tail = text[start + 1 :]
+        if tail.strip(_PADDING.decode()):
+            _check_last_record(last_first, last_fields, open_quote=_ends_in_quotes(tail))
     table = pa.table(
         {name: pa.array([r[i] for r in good], pa.large_string()) for i, name in enumerate(COLUMNS)}
     )

@@ -1,4 +1,5 @@
-"""district_alerts: the alerts sent to districts, one row each, so each goes out once."""
+"""district_alerts: the alerts sent about a district (to it, or to the operators), one row
+each, so each goes out once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,31 @@ def alerted(conn: psycopg.Connection, district_id: int, kind: str) -> set[str]:
         (district_id, kind),
     ).fetchall()
     return {r[0] for r in rows}
+
+
+def alerted_among(
+    conn: psycopg.Connection, district_id: int, kind: str, subjects: list[str]
+) -> set[str]:
+    """Which of ``subjects`` are already alerted for a district and kind (one probe each)."""
+    rows = conn.execute(
+        """SELECT subject FROM district_alerts
+           WHERE district_id = %s AND kind = %s AND subject = ANY(%s)""",
+        (district_id, kind, subjects),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def record_alerts(
+    conn: psycopg.Connection, district_id: int, kind: str, subjects: list[str], detail: str
+) -> None:
+    """Record several alerts of one kind at once (those already recorded are left as they
+    are): e.g. the stray files a digest reported, in the transaction that sends it."""
+    conn.execute(
+        """INSERT INTO district_alerts (district_id, kind, subject, detail)
+           SELECT %s, %s, subject, %s FROM unnest(%s::text[]) AS s(subject)
+           ON CONFLICT DO NOTHING""",
+        (district_id, kind, detail, subjects),
+    )
 
 
 def claim_alert(

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import os
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -57,6 +58,32 @@ class _SshServer(asyncssh.SSHServer):
         return bool(self._owner._authorized_keys)
 
 
+# Tests: awaited by the server with a file's local path (bytes) before it opens the file
+# (and the open flags), or after it read from it (the offset and the bytes it will send).
+OpenHook = Callable[[bytes, int], Awaitable[None]]
+ReadHook = Callable[[bytes, int, bytes], Awaitable[None]]
+
+
+class _SftpServer(asyncssh.SFTPServer):
+    """asyncssh's SFTP server, chrooted, calling the owner's test hooks if any are set."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, chroot: bytes, owner: LoopbackSftpServer):
+        super().__init__(chan, chroot=chroot)
+        self._owner = owner
+
+    async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        if self._owner.on_open is not None:
+            await self._owner.on_open(self.map_path(path), pflags)
+        return super().open(path, pflags, attrs)
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        data = super().read(file_obj, offset, size)
+        assert isinstance(data, bytes)
+        if self._owner.after_read is not None:
+            await self._owner.after_read(getattr(file_obj, "name", b""), offset, data)
+        return data
+
+
 class LoopbackSftpServer:
     """An SFTP server on 127.0.0.1 whose users are chrooted to ``base_dir/<username>``.
 
@@ -65,6 +92,10 @@ class LoopbackSftpServer:
     read from ``host_key_path``, generated there (ed25519) if the file does not exist, or
     generated in memory when no path is given. ``port=0`` binds an ephemeral port; read
     the bound one from :attr:`port` after :meth:`start`.
+
+    Tests may set :attr:`on_open` and :attr:`after_read` (coroutine functions, see
+    ``OpenHook`` and ``ReadHook``) to act at a precise point of a client's transfer, e.g.
+    let another client finish writing a file right after this one read its end.
     """
 
     def __init__(
@@ -88,6 +119,8 @@ class LoopbackSftpServer:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
         self._port: int | None = None
+        self.on_open: OpenHook | None = None
+        self.after_read: ReadHook | None = None
 
     @property
     def port(self) -> int:
@@ -166,7 +199,7 @@ class LoopbackSftpServer:
         username = chan.get_extra_info("username")
         chroot = self.user_dir(username)
         chroot.mkdir(parents=True, exist_ok=True)
-        return asyncssh.SFTPServer(chan, chroot=os.fsencode(chroot))
+        return _SftpServer(chan, os.fsencode(chroot), self)
 
     async def _shutdown(self) -> None:
         assert self._acceptor is not None

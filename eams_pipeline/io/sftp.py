@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import functools
+import hashlib
 import io
 import posixpath
 import secrets
@@ -37,6 +38,8 @@ import paramiko
 import tenacity
 from cryptography.exceptions import UnsupportedAlgorithm
 from paramiko.pkey import UnknownKeyType
+from paramiko.sftp import CMD_CLOSE, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR, SFTPError
+from paramiko.sftp_attr import SFTPAttributes
 from paramiko.ssh_exception import SSHException
 
 from eams_pipeline.config import ConfigError, env_secret
@@ -79,13 +82,91 @@ class SftpFileExistsError(SftpError, FileExistsError):
     """The remote target already exists."""
 
 
+class SftpFileChangingError(SftpError):
+    """A remote file kept changing: a client is still writing it."""
+
+
+@dataclass(frozen=True)
+class SettledRead:
+    """A remote file read whole while it did not change (:meth:`SftpSession.read_settled`)."""
+
+    data: bytes | None  # None: larger than allowed, not read
+    stat: RemoteFile  # its size and time as read
+    waited: float = 0.0  # seconds waited for it to stop changing (0: it had not changed)
+    seen: tuple[str, ...] = ()  # what was seen changing, for the log
+
+
 @dataclass(frozen=True)
 class RemoteFile:
-    """A directory entry as stat reports it; the content is not downloaded."""
+    """A directory entry as stat reports it; the content is not downloaded.
+
+    ``name`` is the name's bytes as UTF-8, a byte that is not UTF-8 kept as a lone surrogate
+    (``surrogateescape``, as :func:`os.fsdecode`): a server passes names as raw bytes, and a
+    file named in Latin-1 must not stop the listing. Show it with :attr:`shown`."""
 
     name: str
     size: int
     mtime: int  # epoch seconds
+
+    @property
+    def shown(self) -> str:
+        return shown_name(self.name)
+
+
+def shown_name(name: str, limit: int = 200) -> str:
+    """A remote name as it can be shown in a log, an email or the database: printable
+    characters as they are, a byte that is not UTF-8 as ``\\xNN``, a control or invisible
+    character as ``\\xNN``/``\\uNNNN``, a backslash doubled; cut at ``limit`` characters."""
+    out = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the undecodable byte
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char == "\\":
+            out.append("\\\\")
+        elif char.isprintable() and not 0xD800 <= code <= 0xDFFF:
+            out.append(char)
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    text = "".join(out)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _SftpClient(paramiko.SFTPClient):
+    """paramiko's client, but directory listings keep names that are not UTF-8.
+
+    paramiko decodes every name of a READDIR reply as strict UTF-8, so one file named in
+    Latin-1 (OpenSSH servers pass names as raw bytes) makes every listing of the directory
+    raise UnicodeDecodeError. Here the names are decoded with ``surrogateescape``: the other
+    files are listed as before and the stray one can be shown (:func:`shown_name`)."""
+
+    def listdir(self, path: str = ".") -> list[str]:
+        return [f.filename for f in self.listdir_attr(path)]
+
+    def listdir_attr(self, path: str = ".") -> list[SFTPAttributes]:
+        path = self._adjust_cwd(path)
+        kind, msg = self._request(CMD_OPENDIR, path)
+        if kind != CMD_HANDLE:
+            raise SFTPError("Expected handle")
+        handle = msg.get_binary()
+        entries = []
+        try:
+            while True:
+                try:
+                    kind, msg = self._request(CMD_READDIR, handle)
+                except EOFError:  # the end of the directory
+                    break
+                if kind != CMD_NAME:
+                    raise SFTPError("Expected name response")
+                for _ in range(msg.get_int()):
+                    filename = msg.get_string().decode("utf-8", "surrogateescape")
+                    longname = msg.get_string().decode("utf-8", "surrogateescape")
+                    attr = SFTPAttributes._from_msg(msg, filename, longname)
+                    if filename not in (".", ".."):
+                        entries.append(attr)
+        finally:
+            self._request(CMD_CLOSE, handle)
+        return entries
 
 
 def parse_host_key(line: str) -> paramiko.PKey:
@@ -234,6 +315,90 @@ class SftpSession:
         return int(self._client.stat(self.remote_path(rel_path)).st_size or 0)
 
     @_mapped
+    def stat(self, rel_path: str) -> RemoteFile:
+        """The size and modification time of a remote file (nothing is read)."""
+        attrs = self._client.stat(self.remote_path(rel_path))
+        return RemoteFile(
+            name=posixpath.basename(rel_path),
+            size=int(attrs.st_size or 0),
+            mtime=int(attrs.st_mtime or 0),
+        )
+
+    def read_settled(
+        self,
+        rel_path: str,
+        *,
+        expected: tuple[int, int] | None,
+        settle_seconds: float,
+        max_wait_seconds: float,
+        max_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> SettledRead:
+        """The whole content of a file that a client may still be writing.
+
+        A rename does not stop a client's open handle: a file claimed after its upload
+        paused past the settle window can still grow. The file is stat-ed before and after
+        the download; it is taken when the bytes read are as many as both stats say, both
+        stats agree, and they are the (size, mtime) the sensor saw settle (``expected``,
+        when known). Otherwise the file is watched until it has not changed for
+        ``settle_seconds``, then read again the same way; :class:`SftpFileChangingError`
+        after ``max_wait_seconds``. A file larger than ``max_bytes`` is not read."""
+        before = self.stat(rel_path)
+        seen: list[str] = []
+        if before.size > max_bytes:
+            return SettledRead(None, before)
+        if expected is None or (before.size, before.mtime) == tuple(expected):
+            data = self.read(rel_path)
+            after = self.stat(rel_path)
+            if _same(before, after) and len(data) == after.size:
+                return SettledRead(data, after)
+            seen.append(_change(before, after, len(data)))
+        else:
+            seen.append(
+                f"the sensor saw {expected[0]} bytes / mtime {expected[1]}, the claimed file "
+                f"has {before.size} bytes / mtime {before.mtime}"
+            )
+        start = clock()
+        poll = min(5.0, max(settle_seconds / 4, 0.05))
+        last, since = self.stat(rel_path), clock()
+        while True:
+            if clock() - start > max_wait_seconds:
+                raise SftpFileChangingError(
+                    f"{self.settings.where}: {rel_path} is still changing after "
+                    f"{max_wait_seconds:g}s ({'; '.join(seen[-3:])}): a client is still "
+                    "writing it"
+                )
+            sleep(poll)
+            now = self.stat(rel_path)
+            if not _same(now, last):
+                seen.append(_change(last, now, None))
+                last, since = now, clock()
+                continue
+            if clock() - since < settle_seconds:
+                continue
+            if last.size > max_bytes:
+                return SettledRead(None, last, clock() - start, tuple(seen))
+            data = self.read(rel_path)
+            after = self.stat(rel_path)
+            if _same(last, after) and len(data) == after.size:
+                return SettledRead(data, after, clock() - start, tuple(seen))
+            seen.append(_change(last, after, len(data)))
+            last, since = after, clock()
+
+    @_mapped
+    def sha256(self, rel_path: str) -> tuple[int, str]:
+        """The size and hex SHA-256 of a remote file's content, streamed (not kept in memory)."""
+        digest = hashlib.sha256()
+        size = 0
+        with self._client.open(self.remote_path(rel_path), "rb") as remote:
+            remote.prefetch()
+            while chunk := remote.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
+    @_mapped
     def exists(self, rel_path: str) -> bool:
         return self._exists(self.remote_path(rel_path))
 
@@ -281,6 +446,15 @@ class SftpSession:
         except FileNotFoundError:
             return False
         return True
+
+
+def _same(a: RemoteFile, b: RemoteFile) -> bool:
+    return (a.size, a.mtime) == (b.size, b.mtime)
+
+
+def _change(before: RemoteFile, after: RemoteFile, read: int | None) -> str:
+    text = f"{before.size} -> {after.size} bytes, mtime {before.mtime} -> {after.mtime}"
+    return text + (f", {read} bytes read" if read is not None else "")
 
 
 @dataclass(frozen=True)
@@ -365,7 +539,7 @@ class SftpConnector:
         self, transport: paramiko.Transport, settings: SftpAccount
     ) -> paramiko.SFTPClient:
         try:
-            client = paramiko.SFTPClient.from_transport(transport)
+            client = _SftpClient.from_transport(transport)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise SftpTransientError(f"{settings.where}: cannot open SFTP: {exc}") from exc
         if client is None:

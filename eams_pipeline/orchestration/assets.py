@@ -30,7 +30,7 @@ from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
 from eams_pipeline.core.retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, district_code, get_district
-from eams_pipeline.io.sftp import ERRORS, PROCESSED
+from eams_pipeline.io.sftp import ERRORS, PROCESSED, SettledRead, SftpFileChangingError
 from eams_pipeline.orchestration.decisions import decision_text, tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
@@ -47,8 +47,12 @@ from eams_pipeline.orchestration.resources import (
     SftpResource,
     SmtpResource,
 )
-from eams_pipeline.orchestration.retention import known_uploads, remove_raw_upload
-from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME
+from eams_pipeline.orchestration.retention import (
+    alert_raw_kept,
+    known_uploads,
+    remove_raw_upload,
+)
+from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME, listed
 from eams_pipeline.services.notify import recorded_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.progress import LineProgress
@@ -143,6 +147,7 @@ def upload_file(
     archived = store.path_for(ref.district, ref.key)
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
     limit = eams_config.max_upload_bytes()
+    waited = 0.0
     if archived.exists():
         data = store.load(str(archived))
         source = "archive (re-run: SFTP not read)"
@@ -171,12 +176,12 @@ def upload_file(
             else:
                 _claim(context, session, ref, processed_rel)
                 source = f"incoming/{UPLOAD_NAME}"
-            size = session.size(processed_rel)
-            if size > limit:
+            got = _download(context, session, processed_rel, limit)
+            if got.data is None:
                 # claimed (out of incoming/, kept in processed/) but never downloaded:
                 # recorded as rejected here; upload_outcome reports what was recorded
-                return _too_large(context, db, engine, ref, district, size, limit, source)
-            data = session.read(processed_rel)
+                return _too_large(context, db, engine, ref, district, got.stat.size, limit, source)
+            data, waited = got.data, got.waited
         store.store(ref.district, ref.key, data)
     digest = store.sha256(data)
     return dg.MaterializeResult(
@@ -188,8 +193,41 @@ def upload_file(
             "source": source,
             "processed_path": processed_rel,
             "archive_path": dg.MetadataValue.path(str(archived)),
+            **({"waited_for_writer_seconds": dg.MetadataValue.float(waited)} if waited else {}),
         }
     )
+
+
+# how long a run waits for a claimed file that is still being written, in settle windows
+WRITER_WAIT_SETTLES = 15
+
+
+def _download(
+    context: dg.AssetExecutionContext, session, processed_rel: str, limit: int
+) -> SettledRead:
+    """The claimed file, read once it is no longer being written (a client's handle opened
+    before the claim still writes into it): stat before and after the download, and the
+    size and time the sensor saw settle; when they differ, wait until it has not changed
+    for EAMS_SETTLE_SECONDS and read it again (at most WRITER_WAIT_SETTLES windows, then
+    the step fails and is retried)."""
+    settle = eams_config.settle_seconds()
+    try:
+        got = session.read_settled(
+            processed_rel,
+            expected=_expected_stat(context),
+            settle_seconds=settle,
+            max_wait_seconds=WRITER_WAIT_SETTLES * max(settle, 1),
+            max_bytes=limit,
+        )
+    except SftpFileChangingError as exc:
+        raise dg.Failure(str(exc)) from exc
+    if got.seen:
+        context.log.warning(
+            f"{processed_rel} changed after the sensor saw it settle ({'; '.join(got.seen[:3])})"
+            f": a client was still writing it. Read again once unchanged for {settle}s "
+            f"(waited {got.waited:.0f}s): {got.stat.size} bytes"
+        )
+    return got
 
 
 def _too_large(
@@ -239,11 +277,10 @@ def _claim(context: dg.AssetExecutionContext, session, ref: UploadRef, processed
     listing = session.list_incoming()
     others = [f.name for f in listing if f.name != UPLOAD_NAME]
     if others:
+        partial = [n for n in others if n.endswith(PARTIAL_SUFFIX)]
         context.log.info(
-            "left alone in incoming/: "
-            + ", ".join(
-                n + (" (upload in progress)" if n.endswith(PARTIAL_SUFFIX) else "") for n in others
-            )
+            f"left alone in incoming/: {listed(others, 10)}"
+            + (f" ({len(partial)} upload(s) in progress)" if partial else "")
         )
     expected = _expected_stat(context)
     current = next((f for f in listing if f.name == UPLOAD_NAME), None)
@@ -583,7 +620,7 @@ def district_email(
     ref = _ref(context)
     upload, result = _recorded_outcome(db, ref)
     metadata = _email(context, config, db, smtp, ref, upload, result)
-    metadata.update(_remove_raw_upload(context, db, sftp, archive, ref))
+    metadata.update(_remove_raw_upload(context, db, sftp, smtp, archive, ref))
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -645,11 +682,14 @@ def _remove_raw_upload(
     context: dg.AssetExecutionContext,
     db: DatabaseResource,
     sftp: SftpResource,
+    smtp: SmtpResource,
     archive: ArchiveResource,
     ref: UploadRef,
 ) -> dict[str, object]:
     """The raw file (clear passwords) leaves processed/ once archived and recorded, when
-    EAMS_PROCESSED_RETENTION_DAYS allows it now (0, the default); else the retention job."""
+    EAMS_PROCESSED_RETENTION_DAYS allows it now (0, the default); else the retention job.
+    A raw file that is no longer the archived copy (its writer went on after the claim) is
+    kept, and the operators are told."""
     if eams_config.retention_settings().processed_days > 0:
         return {"raw_file_removed": False, "why": "kept for EAMS_PROCESSED_RETENTION_DAYS"}
     store = archive.get()
@@ -662,12 +702,26 @@ def _remove_raw_upload(
     district = _load_district(db, ref.district)
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
     with _session(sftp, district) as session:
-        removed = remove_raw_upload(session, uploads[0], ref.processed_name, now, 0)
+        removal = remove_raw_upload(
+            session, store, ref.district, uploads[0], ref.processed_name, now, 0
+        )
+    if removal.kept is not None:
+        with db.connect() as conn:
+            note = alert_raw_kept(conn, smtp, district, removal.kept, context.log.warning)
+        return {
+            "raw_file_removed": False,
+            "why": "differs from the archived copy: kept",
+            "raw_file_kept": note,
+            "processed_path": processed_rel,
+        }
     with db.connect() as conn:
         db_uploads.mark_raw_removed(conn, ref.key)
-    if removed:
+    if removal.removed:
         context.log.info(f"removed the raw upload {processed_rel} (archived encrypted)")
-    return {"raw_file_removed": dg.MetadataValue.bool(removed), "processed_path": processed_rel}
+    return {
+        "raw_file_removed": dg.MetadataValue.bool(removal.removed),
+        "processed_path": processed_rel,
+    }
 
 
 def _already_sent(context: dg.AssetExecutionContext, status: str) -> bool:

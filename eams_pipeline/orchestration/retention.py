@@ -4,16 +4,23 @@ enforces the retention of processed/, the encrypted archive and errors/ (decisio
 
     remove_raw_upload   called at the end of an upload's run (district_email) when
                         EAMS_PROCESSED_RETENTION_DAYS is 0
+    raw_differs         before any raw file goes: is it still the archived copy? A client
+                        that kept writing after the claim makes it differ: it is kept and
+                        the operators are alerted once (alert_raw_kept)
     retention_job       op job ``enforce_retention``; metadata: removed paths and counts
     retention_schedule  daily (EAMS_RETENTION_CRON, default 04:30 UTC)
 """
 
 import datetime as dt
+import hmac
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import dagster as dg
+import psycopg
 
 from eams_pipeline import config
+from eams_pipeline.core.notifications import build_raw_file_kept_email
 from eams_pipeline.core.retention import (
     KnownUpload,
     RetentionSettings,
@@ -23,13 +30,26 @@ from eams_pipeline.core.retention import (
     processed_to_remove,
     raw_removable,
 )
+from eams_pipeline.db import alerts as db_alerts
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, list_districts
-from eams_pipeline.io.archive import Archive
-from eams_pipeline.io.sftp import ERRORS, PROCESSED, SftpError, SftpSession
-from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource, SftpResource
+from eams_pipeline.io.archive import Archive, sha256
+from eams_pipeline.io.sftp import (
+    ERRORS,
+    PROCESSED,
+    SftpError,
+    SftpFileNotFoundError,
+    SftpSession,
+)
+from eams_pipeline.orchestration.resources import (
+    ArchiveResource,
+    DatabaseResource,
+    SftpResource,
+    SmtpResource,
+)
 
 RETENTION_JOB_NAME = "retention_job"
+RAW_FILE_KEPT = "raw_file_kept"  # district_alerts kind: the operators were told (subject: key)
 Clock = Callable[[], dt.datetime]
 
 
@@ -53,17 +73,114 @@ def known_uploads(
     ]
 
 
+@dataclass(frozen=True)
+class RawKept:
+    """A raw file kept in processed/: it is not the archived copy of its upload."""
+
+    upload_key: str
+    path: str  # relative to the district's root
+    archived_size: int
+    archived_sha256: str
+    raw_size: int
+    raw_sha256: str | None  # None: not hashed (the sizes differ)
+
+
+def raw_differs(
+    session: SftpSession, archive: Archive, code: str, upload: KnownUpload, processed_name: str
+) -> RawKept | None:
+    """Is ``processed/<processed_name>`` no longer the bytes the upload's archive holds (its
+    size, then its SHA-256, streamed)? None when it is the same, is gone, or the upload was
+    never archived (refused unread: FILE_TOO_LARGE). Decrypting the archive copy also
+    proves it readable before the only other copy goes."""
+    if not upload.archived:
+        return None
+    rel = f"{PROCESSED}/{processed_name}"
+    try:
+        raw = session.stat(rel)
+    except SftpFileNotFoundError:
+        return None
+    archived = archive.load(str(archive.path_for(code, upload.key)))
+    digest = sha256(archived)
+    kept = RawKept(upload.key, rel, len(archived), digest, raw.size, None)
+    if raw.size != len(archived):
+        return kept
+    try:
+        size, raw_digest = session.sha256(rel)
+    except SftpFileNotFoundError:
+        return None
+    if size == len(archived) and hmac.compare_digest(raw_digest, digest):
+        return None
+    return RawKept(upload.key, rel, len(archived), digest, size, raw_digest)
+
+
+@dataclass(frozen=True)
+class RawRemoval:
+    removed: bool
+    kept: RawKept | None = None  # not removed: it differs from the archived copy
+
+
 def remove_raw_upload(
     session: SftpSession,
+    archive: Archive,
+    code: str,
     upload: KnownUpload,
     processed_name: str,
     now: dt.datetime,
     days: int,
-) -> bool:
-    """Remove ``processed/<processed_name>`` if retention allows it now; True if removed."""
+) -> RawRemoval:
+    """Remove ``processed/<processed_name>`` if retention allows it now and it is still the
+    archived copy (:func:`raw_differs`); else keep it."""
     if not raw_removable(upload, now, days):
-        return False
-    return session.remove(PROCESSED, processed_name)
+        return RawRemoval(False)
+    kept = raw_differs(session, archive, code, upload, processed_name)
+    if kept is not None:
+        return RawRemoval(False, kept)
+    return RawRemoval(session.remove(PROCESSED, processed_name))
+
+
+def alert_raw_kept(
+    conn: psycopg.Connection,
+    smtp: SmtpResource,
+    district: District,
+    kept: RawKept,
+    log: Callable[[str], None],
+) -> str:
+    """Tell the operators, once per upload (district_alerts, recorded in the transaction
+    that sends it), that a raw file was kept. Never raises: the file is kept either way,
+    and the next removal attempt (retention_job) tries the alert again."""
+    where = f"{district.sftp_root.rstrip('/')}/{kept.path}"
+    text = (
+        f"RAW FILE KEPT: {where} ({kept.raw_size} bytes) is not the archived copy of upload "
+        f"{kept.upload_key} ({kept.archived_size} bytes)"
+    )
+    operators = config.operator_emails()
+    if not operators:
+        log(f"{text}; EAMS_OPERATOR_EMAILS is empty: no operator told")
+        return text + "; no operator to tell"
+    message = build_raw_file_kept_email(
+        operators=operators,
+        sender=smtp.sender,
+        district_code=district.code,
+        district_name=district.name,
+        upload_key=kept.upload_key,
+        path=where,
+        archived_size=kept.archived_size,
+        archived_sha256=kept.archived_sha256,
+        raw_size=kept.raw_size,
+        raw_sha256=kept.raw_sha256,
+    )
+    try:
+        with conn.transaction():
+            claimed = db_alerts.claim_alert(
+                conn, district.district_id, RAW_FILE_KEPT, kept.upload_key, text
+            )
+            if claimed:
+                smtp.send(message)
+    except Exception as exc:  # the file is kept anyway; the next attempt alerts again
+        log(f"{text}; the operators' alert could not be sent: {type(exc).__name__}: {exc}")
+        return text + "; operator alert NOT sent"
+    log(f"{text}: kept" + (f", operators alerted ({len(operators)})" if claimed else ""))
+    return text + ("; operators alerted" if claimed else "; operators alerted before")
 
 
 def _stored(files) -> list[StoredFile]:
@@ -77,17 +194,22 @@ def enforce_district(
     archive: Archive,
     settings: RetentionSettings,
     now: dt.datetime,
-) -> dict[str, list[str]]:
-    """Apply retention to one district; returns what was removed, by place."""
+) -> tuple[dict[str, list[str]], list[RawKept]]:
+    """Apply retention to one district; returns what was removed, by place, and the raw
+    files kept because they differ from their archived copy."""
     by_key = {u.key: u for u in uploads}
     by_id = {u.upload_id: u for u in uploads}
     removed: dict[str, list[str]] = {"processed": [], "errors": [], "archive": []}
+    kept: list[RawKept] = []
     if session is not None:
         root = district.sftp_root.rstrip("/")
         for name in processed_to_remove(
             _stored(session.list_dir(PROCESSED)), by_key, now, settings.processed_days
         ):
-            if session.remove(PROCESSED, name):
+            differs = raw_differs(session, archive, district.code, by_key[_key_of(name)], name)
+            if differs is not None:
+                kept.append(differs)
+            elif session.remove(PROCESSED, name):
                 removed["processed"].append(f"{root}/{PROCESSED}/{name}")
         for name in error_files_to_remove(
             _stored(session.list_dir(ERRORS)), by_id, now, settings.error_file_days
@@ -98,7 +220,7 @@ def enforce_district(
     for key in archive_to_remove(archive.keys(district.code), by_key, now, settings.archive_days):
         if archive.remove(district.code, key):
             removed["archive"].append(str(archive.path_for(district.code, key)))
-    return removed
+    return removed, kept
 
 
 def build_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
@@ -115,12 +237,14 @@ def build_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
         db: DatabaseResource,
         sftp: SftpResource,
         archive: ArchiveResource,
+        smtp: SmtpResource,
     ) -> dict[str, list[str]]:
         settings = config.retention_settings()
         store = archive.get()
         now = clock()
         totals: dict[str, list[str]] = {"processed": [], "errors": [], "archive": []}
         failures = []
+        kept_notes: list[str] = []
         with db.connect() as conn:
             districts = list_districts(conn)
             for district in districts:
@@ -129,10 +253,12 @@ def build_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
                 )
                 try:
                     if district.sftp is None:
-                        removed = enforce_district(district, uploads, None, store, settings, now)
+                        removed, kept = enforce_district(
+                            district, uploads, None, store, settings, now
+                        )
                     else:
                         with sftp.session(district.sftp) as session:
-                            removed = enforce_district(
+                            removed, kept = enforce_district(
                                 district, uploads, session, store, settings, now
                             )
                 except SftpError as exc:  # the other districts still get their retention
@@ -142,6 +268,8 @@ def build_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
                 for name in removed["processed"]:
                     db_uploads.mark_raw_removed(conn, _key_of(name))
                 conn.commit()
+                warn = context.log.warning
+                kept_notes += [alert_raw_kept(conn, smtp, district, k, warn) for k in kept]
                 for place, paths in removed.items():
                     totals[place].extend(paths)
                 if any(removed.values()):
@@ -158,6 +286,7 @@ def build_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
                 "districts": len(districts),
                 **{f"removed_{k}": dg.MetadataValue.int(len(v)) for k, v in totals.items()},
                 "removed": dg.MetadataValue.json(totals),
+                "kept_raw_files": dg.MetadataValue.json(kept_notes),
                 "failed_districts": dg.MetadataValue.json(failures),
             }
         )

@@ -13,7 +13,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
@@ -26,19 +26,25 @@ from eams_pipeline.config import (
 )
 from eams_pipeline.core.notifications import (
     build_failure_email,
-    build_misnamed_file_email,
     build_missing_upload_email,
+    build_stray_files_email,
 )
 from eams_pipeline.db import alerts as db_alerts
 from eams_pipeline.db.districts import District, get_district, list_districts
-from eams_pipeline.io.sftp import SftpFileNotFoundError, SftpTransientError
+from eams_pipeline.io.sftp import RemoteFile, SftpFileNotFoundError, SftpTransientError
 from eams_pipeline.orchestration.alerts import (
+    DIGEST_LIST,
+    MISNAMED_DIGEST,
     MISNAMED_FILE,
     MISSING_UPLOAD,
-    misnamed_files,
+    local_day,
+    mark_reported,
     misnamed_subject,
     missing_upload,
+    settled_stray,
+    stray,
     track_other_files,
+    unreported,
 )
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
@@ -48,7 +54,7 @@ from eams_pipeline.orchestration.partitions import (
     UploadRef,
 )
 from eams_pipeline.orchestration.resources import DatabaseResource, SftpResource, SmtpResource
-from eams_pipeline.orchestration.settle import UPLOAD_NAME, SensorState, decide
+from eams_pipeline.orchestration.settle import UPLOAD_NAME, Other, SensorState, decide, listed
 
 Clock = Callable[[], dt.datetime]
 JobLike = Any  # a JobDefinition or the unresolved asset job of define_asset_job
@@ -200,13 +206,23 @@ def build_district_sensor(
             requested_run_succeeded=_requested_run_succeeded(context, state),
         )
         if decision.ignored:
-            context.log.info(f"left alone in incoming/: {', '.join(decision.ignored)}")
-        others = track_other_files(files, state.others, now)
-        cursor = replace(decision.state, others=others).to_cursor()
+            context.log.info(f"left alone in incoming/: {listed(decision.ignored, 10)}")
         waiting = any(f.name == UPLOAD_NAME for f in files) or state.requested is not None
-        notes = send_district_alerts(
-            context, db, smtp, district, now, others, settle_window, file_waiting=waiting
+        alerts = send_district_alerts(
+            context,
+            db,
+            smtp,
+            district,
+            now,
+            files,
+            replace(state, others=track_other_files(files, state.others, now)),
+            settle_window,
+            file_waiting=waiting,
         )
+        notes = alerts.notes
+        cursor = replace(
+            decision.state, others=alerts.others, digest_day=alerts.digest_day
+        ).to_cursor()
         request = decision.request
         if request is None:
             reason = " | ".join([*notes, decision.reason])
@@ -250,26 +266,45 @@ def build_district_sensor(
     return _bound_sensor
 
 
+@dataclass
+class AlertsSent:
+    """What a tick's alerts leave: lines for its reason and what the cursor remembers."""
+
+    notes: list[str]
+    others: dict[str, Other]
+    digest_day: str | None
+
+
 def send_district_alerts(
     context: dg.SensorEvaluationContext,
     db: DatabaseResource,
     smtp: SmtpResource,
     district: District,
     now: dt.datetime,
-    others: dict,
+    files: Sequence[RemoteFile],
+    state: SensorState,
     settle_window: float,
     *,
     file_waiting: bool,
-) -> list[str]:
-    """Send the missing-upload and misnamed-file alerts due now, each once (recorded in
-    district_alerts in the transaction that sends it). Returns lines for the tick's reason.
+) -> AlertsSent:
+    """Send the missing-upload alert and the stray-file digest due now, each once (recorded
+    in district_alerts in the transaction that sends it). ``state.others``: the stray files
+    tracked as of this tick.
 
     An alert that cannot be sent (SMTP down) is logged and tried again next tick; it never
     keeps the sensor from requesting a run.
     """
     notes: list[str] = []
+    others, digest_day = state.others, state.digest_day
+    today = local_day(now, district.timezone)
+    settled = settled_stray(files, others, now, settle_window)
+    new = unreported(settled, others)
+    strays = stray(files)
+    if new and digest_day == today:
+        notes.append(f"{_stray_text(strays)}; today's digest was sent: the next one tomorrow")
+        new = []
     # Nothing to look up unless an alert could be due: no expected_by, or not yet its time,
-    # and no other file settled (the usual tick) need no database at all.
+    # and no new stray file settled (the usual tick) need no database at all.
     could_miss = (
         missing_upload(
             now,
@@ -280,8 +315,8 @@ def send_district_alerts(
         )
         is not None
     )
-    if not could_miss and not misnamed_files(others, now, settle_window):
-        return notes
+    if not could_miss and not new:
+        return AlertsSent(notes, others, digest_day)
     with db.connect() as conn:
         missing = missing_upload(
             now,
@@ -291,12 +326,23 @@ def send_district_alerts(
             file_waiting=file_waiting,
             alerted=db_alerts.alerted(conn, district.district_id, MISSING_UPLOAD),
         )
-        misnamed = misnamed_files(
-            others,
-            now,
-            settle_window,
-            db_alerts.alerted(conn, district.district_id, MISNAMED_FILE),
-        )
+        if new:
+            # reported already (a reset cursor, a reload, another shard layout): not again
+            known = db_alerts.alerted_among(
+                conn,
+                district.district_id,
+                MISNAMED_FILE,
+                [misnamed_subject(f.name, f.size) for f in new],
+            )
+            others = mark_reported(
+                others, [f for f in new if misnamed_subject(f.name, f.size) in known]
+            )
+            new = unreported(new, others)
+            if new and db_alerts.alerted_among(
+                conn, district.district_id, MISNAMED_DIGEST, [today]
+            ):
+                digest_day, new = today, []
+                notes.append(f"{_stray_text(strays)}; today's digest was sent already")
         conn.rollback()
         if missing is not None:
             text = (
@@ -319,26 +365,47 @@ def send_district_alerts(
             notes.append(
                 _send_once(
                     context, conn, smtp, district, MISSING_UPLOAD, missing.subject, text, message
-                )
+                )[0]
             )
-        for name, size in misnamed:
-            text = f"MISNAMED FILE: incoming/{name} ({size} bytes) is not {UPLOAD_NAME}"
-            if not district.contacts:
-                notes.append(text + "; the district has no contacts to tell")
-                continue
-            message = build_misnamed_file_email(
+        if new and not district.contacts:
+            notes.append(f"{_stray_text(strays)}; the district has no contacts to tell")
+            digest_day = today  # looked at again tomorrow
+        elif new:
+            # new files first, then the others already reported, DIGEST_LIST at most
+            listed_files = [*new, *(f for f in settled if f not in new)][:DIGEST_LIST]
+            message = build_stray_files_email(
                 district_code=district.code,
                 district_name=district.name,
                 contacts=list(district.contacts),
                 sender=smtp.sender,
-                file_name=name,
-                size=size,
+                files=[(f.shown, f.size) for f in listed_files],
+                more=len(strays) - len(listed_files),
             )
-            subject = misnamed_subject(name, size)
-            notes.append(
-                _send_once(context, conn, smtp, district, MISNAMED_FILE, subject, text, message)
+            text = _stray_text(strays)
+            subjects = [misnamed_subject(f.name, f.size) for f in settled]
+            note, recorded = _send_once(
+                context,
+                conn,
+                smtp,
+                district,
+                MISNAMED_DIGEST,
+                today,
+                text,
+                message,
+                record=lambda: db_alerts.record_alerts(
+                    conn, district.district_id, MISNAMED_FILE, subjects, f"digest of {today}"
+                ),
             )
-    return notes
+            notes.append(note)
+            if recorded:
+                others, digest_day = mark_reported(others, settled), today
+    return AlertsSent(notes, others, digest_day)
+
+
+def _stray_text(strays: Sequence[RemoteFile]) -> str:
+    noun = "file" if len(strays) == 1 else "files"
+    names = listed([f.name for f in strays], 3)
+    return f"MISNAMED FILES: {len(strays)} {noun} in incoming/ not {UPLOAD_NAME}: {names}"
 
 
 def _send_once(
@@ -350,18 +417,23 @@ def _send_once(
     subject: str,
     text: str,
     message,
-) -> str:
+    record: Callable[[], None] | None = None,
+) -> tuple[str, bool]:
+    """Send an alert unless it is recorded already; ``record`` writes more rows in the same
+    transaction. Returns the tick's line and whether the alert is recorded now."""
     try:
         with conn.transaction():
             if not db_alerts.claim_alert(conn, district.district_id, kind, subject, text):
-                return f"{text} (already alerted)"
+                return f"{text} (already alerted)", True
+            if record is not None:
+                record()
             smtp.send(message)
     except Exception as exc:  # an alert must never keep the sensor from requesting runs
         context.log.error(f"{text}: the alert could not be sent, retrying next tick: {exc}")
-        return f"{text}; alert NOT sent ({type(exc).__name__}), retrying next tick"
+        return f"{text}; alert NOT sent ({type(exc).__name__}), retrying next tick", False
     recipients = message.get_all("To", []) + message.get_all("Cc", [])
     context.log.warning(f"{text}: emailed {', '.join(recipients)}")
-    return f"{text}; emailed {', '.join(recipients)}"
+    return f"{text}; emailed {', '.join(recipients)}", True
 
 
 def _run_tags(district: District, size: int, mtime: int) -> dict[str, str]:

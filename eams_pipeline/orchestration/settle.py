@@ -24,7 +24,7 @@ import zoneinfo
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from eams_pipeline.io.sftp import RemoteFile
+from eams_pipeline.io.sftp import RemoteFile, shown_name
 from eams_pipeline.orchestration.partitions import UploadRef
 
 UPLOAD_NAME = "students.csv"
@@ -51,13 +51,27 @@ class Requested:
 
 
 @dataclass(frozen=True)
+class Other:
+    """A stray file of incoming/ (misnamed-file digests): its size and time, since when it
+    has looked like that, and whether a digest has reported it as it is."""
+
+    size: int
+    mtime: int
+    since: float
+    reported: bool = False
+
+
+@dataclass(frozen=True)
 class SensorState:
-    """The sensor's cursor. ``others``: the other files in incoming/ by name, with the size
-    and the epoch seconds since they have looked like that (misnamed-file alerts)."""
+    """The sensor's cursor. ``others``: the stray files of incoming/ (at most
+    ``alerts.MAX_TRACKED`` of them), keyed by a short digest of the name so that the cursor
+    stays small whatever the names; ``digest_day``: the district's local date of the last
+    stray-file digest this sensor saw sent (no database look-up again that day)."""
 
     watched: Watched | None = None
     requested: Requested | None = None
-    others: dict[str, Watched] = field(default_factory=dict)
+    others: dict[str, Other] = field(default_factory=dict)
+    digest_day: str | None = None
 
     def to_cursor(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -71,10 +85,12 @@ class SensorState:
             watched = raw.get("watched")
             requested = raw.get("requested")
             others = raw.get("others") or {}
+            digest_day = raw.get("digest_day")
             return cls(
                 watched=Watched(**watched) if watched else None,
                 requested=Requested(**requested) if requested else None,
-                others={str(name): Watched(**w) for name, w in others.items()},
+                others={str(key): Other(**w) for key, w in others.items()},
+                digest_day=str(digest_day) if digest_day else None,
             )
         except (ValueError, TypeError, AttributeError):
             return cls()  # an unreadable cursor: start watching afresh
@@ -112,7 +128,7 @@ def decide(
     if current is None:
         reason = f"no incoming/{UPLOAD_NAME}"
         if partial:
-            reason += f" (upload in progress: {', '.join(partial)})"
+            reason += f" (upload in progress: {listed(partial)})"
         # the requested file is gone: its run claimed it
         return Decision(SensorState(), None, reason, ignored)
 
@@ -163,6 +179,14 @@ def decide(
         f"{UPLOAD_NAME} ({current.size} bytes) settled: requesting upload {ref.key}",
         ignored,
     )
+
+
+def listed(names: Sequence[str], limit: int = 5, width: int = 60) -> str:
+    """At most ``limit`` names, each shown escaped and cut at ``width`` characters, then how
+    many more: a tick's reason or log line stays short whatever incoming/ holds."""
+    shown = [shown_name(name, width) for name in names[:limit]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 def due_time(settled_at: float, process_at: dt.time, timezone: str) -> dt.datetime:
