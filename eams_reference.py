@@ -382,15 +382,21 @@ def reference_process(data: bytes, state: DistrictState) -> ReferenceResult:
         )
 
     rows: list[_Row] = []
+    before = len(HEADER)  # the fields of the record before (the header's first)
     for ordinal, (line, fields) in enumerate(records):
         if len(fields) != len(HEADER):
-            sid = fields[1].strip() if len(fields) > 1 else ""
-            r = _Row(ordinal, line, sid, None)
+            # the second field is shown as the Student ID when it is one and the record
+            # before is complete: after a short record it may be the rest of a row split by
+            # a line break, whose second field may be the password
+            sid = fields[1].strip() if len(fields) > 1 and before >= len(HEADER) else ""
+            shown = STUDENT_ID_CHARS.fullmatch(sid) and len(sid) <= 32
+            r = _Row(ordinal, line, sid if shown else "", None)
             r.error("", "WRONG_FIELD_COUNT")
         else:
             values = {name: _present(f) for name, f in zip(HEADER, fields, strict=True)}
             r = _Row(ordinal, line, values["Student ID"] or "", values)
         rows.append(r)
+        before = len(fields)
 
     # duplicates count over every well-formed row with the value, whatever its errors
     well_formed = [r for r in rows if r.values is not None]

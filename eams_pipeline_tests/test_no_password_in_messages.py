@@ -313,8 +313,8 @@ def test_a_row_split_by_a_line_break_keeps_only_its_first_student_id() -> None:
     # line 3 is the rest of line 2's row: its second field is the password. Line 4 could
     # be more of it as far as the reader knows (after a short record): no Student ID either
     assert errors["student_id"].tolist() == ["N1", "", ""]
-    assert "The row ending on line 2 is short too" in errors["message"].iloc[1]
-    assert "short too" not in errors["message"].iloc[0]
+    assert "The row ending on line 2 is short: did a line break" in errors["message"].iloc[1]
+    assert "line break" not in errors["message"].iloc[0]
 
 
 def test_column_errors_say_what_is_wrong_without_the_value() -> None:
@@ -366,3 +366,17 @@ def test_the_student_id_column_is_capped_and_names_control_characters(conn) -> N
     shown = set(result.errors["student_id"])
     assert shown == {"N<U+001B>[31m" + "x" * 58 + "… (the first 64 of 1006 characters)"}
     assert all("\x1b" not in m and len(m) < 300 for m in result.errors["message"])
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["fast", "csv-module"])
+def test_a_first_line_over_1_mb_with_a_bare_cr_is_rejected_not_raised(
+    fallback: bool,
+) -> None:
+    from eams_pipeline.core.reading import FileRejected, read_upload
+
+    # a CR that ends no line, in the first names of a line of 2 MB
+    data = b"School Code,Last\rName," + b"y" * (1 << 21) + b"\n" + line().encode()
+    with pytest.raises(FileRejected) as info:
+        read_upload(data, force_fallback=fallback)
+    assert info.value.code == ErrorCode.HEADER_MISMATCH
+    assert "bytes long" in info.value.message

@@ -367,8 +367,10 @@ def _check_header_size(data: bytes, end: int) -> None:
     size = len(data) if end < 0 else end
     if size > HEADER_MAX_BYTES:
         start = data[: HEADER_ECHO_LIMIT * 4].decode("utf-8", errors="replace")
-        _allow_fields_of(len(start))
-        first = next(csv.reader([start[:HEADER_ECHO_LIMIT]]), [])[:-1]  # the last may be cut
+        # its first names (the last may be cut); a CR or LF (quoted, or a bare CR) would
+        # stop the csv module: they are no part of a column name anyway
+        start = start[:HEADER_ECHO_LIMIT].replace("\r", " ").replace("\n", " ")
+        first = next(csv.reader([start], strict=False), [])[:-1]
         raise FileRejected(
             ErrorCode.HEADER_MISMATCH, 1, header_mismatch_message(first, line_bytes=size)
         )
@@ -628,11 +630,11 @@ def _malformed_errors(
 ) -> pd.DataFrame:
     """WRONG_FIELD_COUNT for each malformed record (with NAMED_STUDENT_ID). No message
     quotes a field: which field holds the password is unknown once the fields are
-    miscounted. The Student ID column
-    shows the record's second field only when the record can only be the start of a row:
-    the record before it (or the header) has all the template's fields. After a short
-    record it may be the rest of a row that a line break inside a value split in two, and
-    starting at the Username its second field is the Password (see README, Security)."""
+    miscounted. The Student ID column shows the record's second field only when the
+    record can only be the start of a row: the record before it (or the header) has all
+    the template's fields. After a short record it may be the rest of a row that a line
+    break inside a value split in two, and starting at the Username its second field is
+    the Password (see README, Security)."""
     if len(rows_idx) == 0:
         return empty_errors()
     starts_a_row = before_fields >= EXPECTED_FIELD_COUNT
@@ -649,8 +651,8 @@ def _malformed_errors(
             message += f" It runs from line {start} to line {end}: is a quote not closed?"
         if not whole and before_end == start - 1:
             message += (
-                f" The row ending on line {before_end} is short too: did a line break inside"
-                " a value split one row in two?"
+                f" The row ending on line {before_end} is short: did a line break inside a"
+                " value split one row in two?"
             )
         messages.append(message)
     errors = error_frame(
