@@ -100,6 +100,15 @@ SCENARIOS: dict[str, Scenario] = {
     "first-line-over-1-mb": _scenario(
         text(line(class_name="x" * (1 << 20)), line(student_id="N2")), "HEADER_MISMATCH"
     ),
+    "cut-right-after-the-password": _scenario(
+        text(HEADER_LINE, line()) + line(student_id="N2").rsplit(",", 3)[0].encode(),
+        "FILE_TRUNCATED",
+    ),
+    "cut-inside-a-quoted-password": _scenario(
+        text(HEADER_LINE, line())
+        + line(student_id="N2", password='"' + PW).rsplit(",", 3)[0].encode(),
+        "FILE_TRUNCATED",
+    ),
     # --- row-level ---
     "extra-comma-in-a-name": _scenario(
         text(HEADER_LINE, line(last_name="Smith, Jr")), "WRONG_FIELD_COUNT"

@@ -254,6 +254,11 @@ def _setup(conn: psycopg.Connection, sc: Scenario) -> DistrictState:
         other = existing_student("O1", order="ENT-D2", username=OTHER_USERNAME)
         docs.append(district_doc(code="D2", licenses=5, existing=[other]))
         usernames[OTHER_USERNAME.lower()] = ("D2", "O1")
+    if any(e.school == "900" and e.status == "active" for e in sc.existing):
+        # the master data places an active student only at an open school: such students
+        # were created while 900 was open, and the district closed it since
+        opened = {**docs[0], "schools": [{**s, "active": True} for s in docs[0]["schools"]]}
+        load(conn, opened, *docs[1:])
     load(conn, *docs)
     on = {o: sum(e.status == "active" and e.order == o for e in sc.existing) for o in (ENT, REG)}
     state = DistrictState(
