@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 import dagster as dg
 import psycopg
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
-from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable
-from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
 from pydantic import Field
 
 from eams_pipeline import config as eams_config
@@ -35,6 +33,7 @@ from eams_pipeline.core.run_retention import (
     cutoff_for,
     decide,
 )
+from eams_pipeline.db.dagster_storage import delete_check_executions
 from eams_pipeline.db.run_retention import pending_upload_keys
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource
@@ -90,25 +89,6 @@ class NewestRuns:
             if ids:
                 self._known[group] = ids[0]
         return self._known
-
-
-def delete_check_executions(instance: dg.DagsterInstance, run_ids: list[str]) -> int:
-    """Delete the asset check executions of deleted runs (``delete_run`` leaves them): one
-    statement for the batch. Dagster has no public call for it; its own table is used."""
-    storage = instance.event_log_storage
-    if (
-        not run_ids
-        or not isinstance(storage, SqlEventLogStorage)
-        or not storage.has_table(AssetCheckExecutionsTable.name)
-    ):
-        return 0
-    with storage.index_connection() as conn:
-        result = conn.execute(
-            AssetCheckExecutionsTable.delete().where(
-                AssetCheckExecutionsTable.c.run_id.in_(run_ids)
-            )
-        )
-    return int(result.rowcount or 0)
 
 
 @dataclass
