@@ -313,3 +313,9 @@ def fleet_status_cron() -> str:
     """EAMS_FLEET_STATUS_CRON: when the fleet_status asset is refreshed (default every 15
     minutes)."""
     return env_str("EAMS_FLEET_STATUS_CRON", DEFAULT_FLEET_STATUS_CRON) or DEFAULT_FLEET_STATUS_CRON
+
+
+def dagster_home() -> str | None:
+    """DAGSTER_HOME (Dagster's own variable): where `eams fleet status` finds the instance
+    whose failed runs it reads; unset: the database's facts only."""
+    return env_str("DAGSTER_HOME")
