@@ -55,15 +55,15 @@ ORDER BY d.code
 def district_facts(conn: psycopg.Connection, rated: int = 6) -> list[DistrictFacts]:
     """Every district's facts for core.fleet (``rated``: the newest accepted uploads whose
     error rates are read, the last one and its baseline)."""
-    rows = conn.execute(
-        _FACTS,
-        {
-            "applied": sorted(str(s) for s in APPLIED_STATUSES),
-            "unrated": [str(s) for s in UNRATED_STATUSES],
-            "rated": rated,
-        },
-    ).fetchall()
-    return [_facts(r) for r in rows]
+    return [_facts(r) for r in conn.execute(_FACTS, query_params(rated)).fetchall()]
+
+
+def query_params(rated: int = 6) -> dict[str, object]:
+    return {
+        "applied": sorted(str(s) for s in APPLIED_STATUSES),
+        "unrated": [str(s) for s in UNRATED_STATUSES],
+        "rated": rated,
+    }
 
 
 def _facts(r: tuple) -> DistrictFacts:
