@@ -276,3 +276,19 @@ def test_a_capped_job_resumes_with_the_oldest_left(
     second = enforce_run_retention(pg_instance, conn, now=now, days=90, batch_size=10)
     assert second.deleted_run_ids == [runs[2]] and second.complete
     assert [r.dagster_run.run_id for r in pg_instance.get_run_records()] == [runs[3]]
+
+
+def test_the_shipped_instance_bounds_its_ticks_like_its_runs(
+    pg_instance: dg.DagsterInstance,
+) -> None:
+    # fleet_status ticks every 15 minutes and Dagster keeps schedule ticks forever by
+    # default; sensor ticks that requested runs would outlive the runs they started
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.scheduler.instigation import TickStatus
+
+    schedule = pg_instance.get_tick_retention_settings(InstigatorType.SCHEDULE)
+    sensor = pg_instance.get_tick_retention_settings(InstigatorType.SENSOR)
+    days = run_retention_days()
+    assert all(0 < d <= days for s, d in schedule.items() if s != TickStatus.STARTED)
+    assert sensor[TickStatus.SKIPPED] == 1
+    assert sensor[TickStatus.SUCCESS] == days and sensor[TickStatus.FAILURE] == days
