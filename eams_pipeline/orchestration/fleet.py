@@ -24,6 +24,7 @@ from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from eams_pipeline import config as eams_config
 from eams_pipeline.core.fleet import (
+    DistrictStatus,
     FailedRun,
     FleetState,
     FleetStatus,
@@ -116,17 +117,13 @@ def read_fleet_status(
     return fleet_status(facts, now, failed_runs=failed)
 
 
-def _names(status: FleetStatus, *states: FleetState) -> list[str]:
-    return [d.code for d in status.in_state(*states)]
-
-
 def _check(
     name: str,
     status: FleetStatus,
     states: list[FleetState],
     severity: dg.AssetCheckSeverity,
     what: str,
-    only: Callable[[object], bool] = lambda _d: True,
+    only: Callable[[DistrictStatus], bool] = lambda _d: True,
 ) -> dg.AssetCheckResult:
     districts = [d for d in status.in_state(*states) if only(d)]
     details = {
@@ -171,10 +168,10 @@ FLEET_CHECKS = [
 
 
 def fleet_checks(status: FleetStatus, now: dt.datetime) -> list[dg.AssetCheckResult]:
-    def held_long(d: object) -> bool:
+    def held_long(d: DistrictStatus) -> bool:
         return any(
             a.state == FleetState.HELD and a.since is not None and now - a.since > HELD_TOO_LONG
-            for a in d.attention  # type: ignore[attr-defined]
+            for a in d.attention
         )
 
     error, warn = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
