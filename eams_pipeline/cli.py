@@ -734,6 +734,64 @@ def export_licenses(district_code: str) -> None:
         _write_csv(db_export.LICENSE_EXPORT_HEADER, db_export.export_licenses(conn, district_code))
 
 
+@cli.group()
+def fleet() -> None:
+    """The whole fleet of districts at a glance."""
+
+
+@fleet.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Only the first N districts.")
+def fleet_status_cmd(as_json: bool, top: int | None) -> None:
+    """The districts that need attention, worst first (the fleet_status asset's ranking):
+    last upload failed or rejected, held, stale, missing past expected_by, error rate
+    rising, licenses low; counts per state. Failed runs are read from the Dagster instance
+    when DAGSTER_HOME is set."""
+    from eams_pipeline.core.fleet import fleet_status
+    from eams_pipeline.db.fleet import district_facts
+
+    now = dt.datetime.now(dt.UTC)
+    with connect() as conn:
+        facts = district_facts(conn)
+    failed, runs_read = {}, False
+    if config.dagster_home():  # Dagster is imported only then
+        import dagster as dg
+
+        from eams_pipeline.orchestration.fleet import failed_upload_runs
+
+        with dg.DagsterInstance.get() as instance:
+            failed, runs_read = failed_upload_runs(instance, now), True
+    status = fleet_status(facts, now, failed_runs=failed)
+    if as_json:
+        click.echo(
+            json.dumps({**status.as_dict(top), "dagster_runs_read": runs_read}, indent=1)
+        )
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in status.counts.items())
+    click.echo(
+        f"Fleet status at {_when(status.generated_at)}: {status.needs_attention} of "
+        f"{status.districts} districts need attention\n  {counts}"
+    )
+    if not runs_read:
+        click.echo("  (failed runs not read: DAGSTER_HOME is not set)")
+    ranked = status.ranked if top is None else status.ranked[:top]
+    if not ranked:
+        return
+    table = [("#", "DISTRICT", "STATE", "DETAIL", "KEY")]
+    for i, d in enumerate(ranked, 1):
+        for j, a in enumerate(d.attention):
+            first = j == 0
+            key = a.key or ""
+            if a.run_id and a.run_id != key:
+                key = f"{key} (run {a.run_id})"
+            table.append((str(i) if first else "", d.code if first else "", a.state, a.detail, key))
+    widths = [max(len(str(row[c])) for row in table) for c in range(4)]
+    click.echo()
+    for row in table:
+        cells = [str(v).ljust(w) for v, w in zip(row[:4], widths, strict=True)]
+        click.echo("  ".join([*cells, row[4]]).rstrip())
+
+
 @cli.command("demo")
 @click.option(
     "--state-dir",

@@ -337,3 +337,46 @@ def retention_cron() -> str:
 def revert_retention_days() -> int:
     """EAMS_REVERT_RETENTION_DAYS: how long after it was applied an upload can be reverted."""
     return max(0, env_int("EAMS_REVERT_RETENTION_DAYS", DEFAULT_REVERT_RETENTION_DAYS))
+
+
+# --- Dagster runs' retention and the fleet status -------------------------------------
+
+DEFAULT_RUN_RETENTION_DAYS = 90
+DEFAULT_RUN_RETENTION_BATCH = 500
+DEFAULT_RUN_RETENTION_CRON = "0 5 * * *"
+DEFAULT_FLEET_STATUS_CRON = "*/15 * * * *"
+
+
+def run_retention_days() -> int:
+    """EAMS_RUN_RETENTION_DAYS: finished Dagster runs older than this go with their events
+    (default 90; at least 1)."""
+    days = env_int("EAMS_RUN_RETENTION_DAYS", DEFAULT_RUN_RETENTION_DAYS)
+    if days < 1:
+        raise ConfigError(f"EAMS_RUN_RETENTION_DAYS must be 1 or more days, got {days}")
+    return days
+
+
+def run_retention_batch() -> int:
+    """EAMS_RUN_RETENTION_BATCH: runs looked at and deleted per batch (default 500)."""
+    size = env_int("EAMS_RUN_RETENTION_BATCH", DEFAULT_RUN_RETENTION_BATCH)
+    if size < 1:
+        raise ConfigError(f"EAMS_RUN_RETENTION_BATCH must be 1 or more, got {size}")
+    return size
+
+
+def run_retention_cron() -> str:
+    """EAMS_RUN_RETENTION_CRON: when the run retention job runs (default 05:00 UTC daily)."""
+    cron = env_str("EAMS_RUN_RETENTION_CRON", DEFAULT_RUN_RETENTION_CRON)
+    return cron or DEFAULT_RUN_RETENTION_CRON
+
+
+def fleet_status_cron() -> str:
+    """EAMS_FLEET_STATUS_CRON: when the fleet_status asset is refreshed (default every 15
+    minutes)."""
+    return env_str("EAMS_FLEET_STATUS_CRON", DEFAULT_FLEET_STATUS_CRON) or DEFAULT_FLEET_STATUS_CRON
+
+
+def dagster_home() -> str | None:
+    """DAGSTER_HOME (Dagster's own variable): where `eams fleet status` finds the instance
+    whose failed runs it reads; unset: the database's facts only."""
+    return env_str("DAGSTER_HOME")

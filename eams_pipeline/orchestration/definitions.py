@@ -12,9 +12,18 @@ from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
 from eams_pipeline.orchestration.decisions import build_decision_sensor
+from eams_pipeline.orchestration.fleet import (
+    build_fleet_status_asset,
+    build_fleet_status_job,
+    build_fleet_status_schedule,
+)
 from eams_pipeline.orchestration.jobs import revert_job, upload_job
 from eams_pipeline.orchestration.resources import default_resources
 from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
+from eams_pipeline.orchestration.run_retention import (
+    build_run_retention_job,
+    build_run_retention_schedule,
+)
 from eams_pipeline.orchestration.sensors import (
     build_district_sensors,
     build_operator_alert_sensor,
@@ -52,13 +61,19 @@ def build_definitions(
     else:
         codes = district_codes_from_database()
     retention_job = build_retention_job()
+    run_retention_job = build_run_retention_job()
+    fleet_job = build_fleet_status_job()
     resources = resources if resources is not None else default_resources()
     sensor_kwargs.setdefault("resources", resources)
     return dg.Definitions(
-        assets=UPLOAD_ASSETS,
+        assets=[*UPLOAD_ASSETS, build_fleet_status_asset()],
         asset_checks=UPLOAD_CHECKS,
-        jobs=[upload_job, retention_job, revert_job],
-        schedules=[build_retention_schedule(retention_job)],
+        jobs=[upload_job, retention_job, revert_job, run_retention_job, fleet_job],
+        schedules=[
+            build_retention_schedule(retention_job),
+            build_run_retention_schedule(run_retention_job),
+            build_fleet_status_schedule(fleet_job),
+        ],
         sensors=[
             *build_district_sensors(codes, upload_job, **sensor_kwargs),
             build_operator_alert_sensor([upload_job]),
