@@ -421,6 +421,35 @@ print(json.dumps(out))
 """
 
 
+# --profile-workers DIR: every run worker of the code server (a multiprocessing child) is
+# profiled by cProfile on CPU time from its interpreter's start (imports included) to its
+# exit, one DIR/worker-<pid>.prof each (`python -m pstats`); the timer's own cost inflates
+# the figures, the proportions stand. Only for finding where the CPU goes.
+WORKER_PROFILE = r"""
+import os
+with open("/proc/self/cmdline", "rb") as _fh:
+    _cmd = _fh.read()
+if b"spawn_main" in _cmd and b"resource_tracker" not in _cmd:
+    import atexit, cProfile, time
+    _profile = cProfile.Profile(time.process_time)
+    _profile.enable()
+
+    def _dump():
+        _profile.disable()
+        _profile.dump_stats(os.path.join(OUT, "worker-%d.prof" % os.getpid()))
+
+    atexit.register(_dump)
+"""
+
+
+def profiling_path(out: Path) -> str:
+    """A directory holding the sitecustomize that profiles run workers into `out`."""
+    site = out / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "sitecustomize.py").write_text(f"OUT = {str(out)!r}\n" + WORKER_PROFILE)
+    return str(site)
+
+
 def run_probe(script: str, args: list[str], env: dict[str, str], timeout: float) -> Any:
     proc = subprocess.run(
         [sys.executable, "-c", script, *args], env=env, cwd=ROOT, capture_output=True,
@@ -650,11 +679,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         (state / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"grpc_server": {
             "host": HOST, "port": grpc_port, "location_name": LOCATION}}]}))  # fmt: skip
         t0 = time.monotonic()
+        server_env = location_env
+        if args.profile_workers:
+            server_env = location_env | {"PYTHONPATH": profiling_path(
+                args.profile_workers.resolve()) + os.pathsep + str(ROOT)}  # fmt: skip
         procs.start("code-server", [str(BIN / "dagster"), "code-server", "start", "-m",
                                     "eams_pipeline.definitions", "--host", HOST, "--port",
                                     str(grpc_port), "--location-name", LOCATION,
                                     "--use-python-environment-entry-point"],
-                    location_env)  # fmt: skip
+                    server_env)  # fmt: skip
         try:
             wait_for("the code server", lambda: grpc_loaded(grpc_port), 300, 1)
         except TimeoutError:
@@ -868,6 +901,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--burst-timeout", type=int, default=1200)
     p.add_argument("--database-url", default=DEFAULT_URL)
     p.add_argument("--keep", action="store_true", help="keep the databases and the state dir")
+    p.add_argument(
+        "--profile-workers",
+        type=Path,
+        default=None,
+        help="write a cProfile (CPU time) of every run worker into this directory",
+    )
     return p.parse_args(argv)
 
 
