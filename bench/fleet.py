@@ -755,7 +755,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         span_o = time.time() - t_drop
         runs = [r for r in run_records(dagster_url, t_drop - 1)
                 if r["tags"].get("eams/district", "") < code(k_up)]  # fmt: skip
-        workers = {p: v for p, v in snap_b.items() if is_run_worker(v[2]) and p not in snap_a}
+        # (a multiprocessing helper that lived a moment is no run worker: a run takes seconds)
+        workers = {p: v for p, v in snap_b.items()
+                   if is_run_worker(v[2]) and p not in snap_a and v[1] >= 0.1}  # fmt: skip
         idle_rate = (cpu_cs + cpu_daemon) / span
         services = cpu_between(snap_a, snap_b, "code-server") + cpu_between(
             snap_a, snap_b, "daemon"
@@ -764,6 +766,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         overhead = [
             {
                 "run_worker_cpu_s": v[1],
+                "cmdline": v[2][:160],
                 "services_above_idle_cpu_s": (services - idle_rate * span_o) / max(1, k_up),
             }
             for v in workers.values()
