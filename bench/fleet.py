@@ -421,6 +421,15 @@ print(json.dumps(out))
 """
 
 
+# The code server and its run workers as the image has them: hypothesis is a test-only
+# dependency (not in the image), which pandera imports on its first validation whenever it
+# can (0.1-0.15 s of CPU per run worker); None in sys.modules makes that import fail as when
+# it is absent (bench/run.py does the same for the engine's workers).
+PRODUCTION_LIKE = """
+import sys
+sys.modules["hypothesis"] = None
+"""
+
 # --profile-workers DIR: every run worker of the code server (a multiprocessing child) is
 # profiled by cProfile on CPU time from its interpreter's start (imports included) to its
 # exit, one DIR/worker-<pid>.prof each (`python -m pstats`); the timer's own cost inflates
@@ -442,11 +451,16 @@ if b"spawn_main" in _cmd and b"resource_tracker" not in _cmd:
 """
 
 
-def profiling_path(out: Path) -> str:
-    """A directory holding the sitecustomize that profiles run workers into `out`."""
-    site = out / "site"
+def code_server_site(state: Path, profile_out: Path | None) -> str:
+    """A directory holding the code server's sitecustomize (PRODUCTION_LIKE, and
+    WORKER_PROFILE into `profile_out` when given)."""
+    site = state / "site"
     site.mkdir(parents=True, exist_ok=True)
-    (site / "sitecustomize.py").write_text(f"OUT = {str(out)!r}\n" + WORKER_PROFILE)
+    text = PRODUCTION_LIKE
+    if profile_out is not None:
+        profile_out.mkdir(parents=True, exist_ok=True)
+        text += f"OUT = {str(profile_out)!r}\n" + WORKER_PROFILE
+    (site / "sitecustomize.py").write_text(text)
     return str(site)
 
 
@@ -679,10 +693,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         (state / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"grpc_server": {
             "host": HOST, "port": grpc_port, "location_name": LOCATION}}]}))  # fmt: skip
         t0 = time.monotonic()
-        server_env = location_env
-        if args.profile_workers:
-            server_env = location_env | {"PYTHONPATH": profiling_path(
-                args.profile_workers.resolve()) + os.pathsep + str(ROOT)}  # fmt: skip
+        profile = args.profile_workers.resolve() if args.profile_workers else None
+        server_env = location_env | {
+            "PYTHONPATH": code_server_site(state, profile) + os.pathsep + str(ROOT)
+        }
         procs.start("code-server", [str(BIN / "dagster"), "code-server", "start", "-m",
                                     "eams_pipeline.definitions", "--host", HOST, "--port",
                                     str(grpc_port), "--location-name", LOCATION,
