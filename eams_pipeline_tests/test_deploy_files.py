@@ -67,6 +67,19 @@ def test_docker_instance_is_the_shipped_one_plus_the_docker_run_launcher() -> No
     assert f"eams_secrets:{SECRETS_DIR}:ro" in launcher["config"]["container_kwargs"]["volumes"]
 
 
+def test_the_image_copies_only_what_its_build_context_lets_in() -> None:
+    """Every COPY source exists and is let in by deploy/Dockerfile.dockerignore."""
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text(encoding="utf-8").splitlines()
+    allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    steps = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    copies = re.findall(r"^COPY (.+) \S+$", steps, re.M)
+    assert copies
+    for sources in copies:
+        for source in sources.split():
+            assert (ROOT / source).exists(), source
+            assert any(source == a or source.startswith(a + "/") for a in allowed), source
+
+
 def test_the_image_installs_the_run_workers_startup_hook() -> None:
     steps = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     install = steps.index("pip install .")
