@@ -421,6 +421,49 @@ print(json.dumps(out))
 """
 
 
+# The code server and its run workers as the image has them: hypothesis is a test-only
+# dependency (not in the image), which pandera imports on its first validation whenever it
+# can (0.1-0.15 s of CPU per run worker); None in sys.modules makes that import fail as when
+# it is absent (bench/run.py does the same for the engine's workers).
+PRODUCTION_LIKE = """
+import sys
+sys.modules["hypothesis"] = None
+"""
+
+# --profile-workers DIR: every run worker of the code server (a multiprocessing child) is
+# profiled by cProfile on CPU time from its interpreter's start (imports included) to its
+# exit, one DIR/worker-<pid>.prof each (`python -m pstats`); the timer's own cost inflates
+# the figures, the proportions stand. Only for finding where the CPU goes.
+WORKER_PROFILE = r"""
+import os
+with open("/proc/self/cmdline", "rb") as _fh:
+    _cmd = _fh.read()
+if b"spawn_main" in _cmd and b"resource_tracker" not in _cmd:
+    import atexit, cProfile, time
+    _profile = cProfile.Profile(time.process_time)
+    _profile.enable()
+
+    def _dump():
+        _profile.disable()
+        _profile.dump_stats(os.path.join(OUT, "worker-%d.prof" % os.getpid()))
+
+    atexit.register(_dump)
+"""
+
+
+def code_server_site(state: Path, profile_out: Path | None) -> str:
+    """A directory holding the code server's sitecustomize (PRODUCTION_LIKE, and
+    WORKER_PROFILE into `profile_out` when given)."""
+    site = state / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    text = PRODUCTION_LIKE
+    if profile_out is not None:
+        profile_out.mkdir(parents=True, exist_ok=True)
+        text += f"OUT = {str(profile_out)!r}\n" + WORKER_PROFILE
+    (site / "sitecustomize.py").write_text(text)
+    return str(site)
+
+
 def run_probe(script: str, args: list[str], env: dict[str, str], timeout: float) -> Any:
     proc = subprocess.run(
         [sys.executable, "-c", script, *args], env=env, cwd=ROOT, capture_output=True,
@@ -650,11 +693,15 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         (state / "workspace.yaml").write_text(yaml.safe_dump({"load_from": [{"grpc_server": {
             "host": HOST, "port": grpc_port, "location_name": LOCATION}}]}))  # fmt: skip
         t0 = time.monotonic()
+        profile = args.profile_workers.resolve() if args.profile_workers else None
+        server_env = location_env | {
+            "PYTHONPATH": code_server_site(state, profile) + os.pathsep + str(ROOT)
+        }
         procs.start("code-server", [str(BIN / "dagster"), "code-server", "start", "-m",
                                     "eams_pipeline.definitions", "--host", HOST, "--port",
                                     str(grpc_port), "--location-name", LOCATION,
                                     "--use-python-environment-entry-point"],
-                    location_env)  # fmt: skip
+                    server_env)  # fmt: skip
         try:
             wait_for("the code server", lambda: grpc_loaded(grpc_port), 300, 1)
         except TimeoutError:
@@ -722,7 +769,9 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         span_o = time.time() - t_drop
         runs = [r for r in run_records(dagster_url, t_drop - 1)
                 if r["tags"].get("eams/district", "") < code(k_up)]  # fmt: skip
-        workers = {p: v for p, v in snap_b.items() if is_run_worker(v[2]) and p not in snap_a}
+        # (a multiprocessing helper that lived a moment is no run worker: a run takes seconds)
+        workers = {p: v for p, v in snap_b.items()
+                   if is_run_worker(v[2]) and p not in snap_a and v[1] >= 0.1}  # fmt: skip
         idle_rate = (cpu_cs + cpu_daemon) / span
         services = cpu_between(snap_a, snap_b, "code-server") + cpu_between(
             snap_a, snap_b, "daemon"
@@ -731,6 +780,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         overhead = [
             {
                 "run_worker_cpu_s": v[1],
+                "cmdline": v[2][:160],
                 "services_above_idle_cpu_s": (services - idle_rate * span_o) / max(1, k_up),
             }
             for v in workers.values()
@@ -868,6 +918,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--burst-timeout", type=int, default=1200)
     p.add_argument("--database-url", default=DEFAULT_URL)
     p.add_argument("--keep", action="store_true", help="keep the databases and the state dir")
+    p.add_argument(
+        "--profile-workers",
+        type=Path,
+        default=None,
+        help="write a cProfile (CPU time) of every run worker into this directory",
+    )
     return p.parse_args(argv)
 
 

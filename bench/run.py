@@ -329,6 +329,56 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def _rss_steps():  # a Progress (imported late)
+    """A Progress that samples this process's RSS every 2 ms on a thread and keeps, for
+    each step, the highest RSS seen while it ran (`peak`) and the RSS when it ended (`end`);
+    the time between two steps is counted as `after_<step>`. Where a run's peak comes from."""
+    import threading
+
+    from eams_pipeline.services.progress import Progress
+
+    class RssSteps(Progress):
+        def __init__(self) -> None:
+            self.current = "start"
+            self.peak: dict[str, int] = {}
+            self.end: dict[str, int] = {}
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+
+        def _sample(self) -> None:
+            while not self._stop.wait(0.002):
+                step, rss = self.current, _rss_bytes()
+                if rss > self.peak.get(step, 0):
+                    self.peak[step] = rss
+
+        def started(self, step: str) -> None:
+            self.current = step
+
+        def finished(self, step: str, seconds: float) -> None:
+            rss = _rss_bytes()
+            self.peak[step] = max(self.peak.get(step, 0), rss)
+            self.end[step] = rss
+            self.current = f"after_{step}"
+
+        def stop(self) -> dict[str, dict[str, float]]:
+            self._stop.set()
+            self._thread.join()
+            mib = 1024 * 1024
+            return {
+                step: {"peak_mib": round(peak / mib, 1)}
+                | ({"end_mib": round(self.end[step] / mib, 1)} if step in self.end else {})
+                for step, peak in self.peak.items()
+            }
+
+    return RssSteps()
+
+
 def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> dict[str, Any]:
     from bench.generate import DISTRICT, SECRET
     from eams_pipeline.core.error_file import render_error_file
@@ -338,7 +388,10 @@ def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> di
     workers = os.cpu_count() or 1
     cheap = Argon2Settings(time_cost=1, memory_kib=8, parallelism=1, workers=workers)
     hasher = PasswordHasher(cheap)
+    rss = _rss_steps()
+    rss.started("read_file")
     data = Path(file_path).read_bytes()
+    rss.finished("read_file", 0.0)
     error_path = Path(out_dir) / f"students_errors_{upload_key}.csv"
     with psycopg.connect(url) as conn:
         t0 = time.perf_counter()
@@ -347,11 +400,15 @@ def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> di
             Upload(district=DISTRICT, data=data, key=upload_key),
             Engine(secret=SECRET, hasher=hasher),
             error_file_name=lambda _id: str(error_path),
+            progress=rss,
         )
         t1 = time.perf_counter()
+        rss.started("error_file")
         if result.counts["errors"] or result.file_error:
             error_path.write_bytes(render_error_file(result.errors))
         t2 = time.perf_counter()
+        rss.finished("error_file", t2 - t1)
+    rss_steps = rss.stop()
     steps = dict(result.timings)
     # the apply's seconds that are not this process's CPU: PostgreSQL's time for the writes
     steps["apply_db"] = result.timings.get("apply", 0.0) - result.cpu_timings.get("apply", 0.0)
@@ -369,6 +426,7 @@ def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> di
         "hash_workers": hasher.workers,
         "hash_settings": "argon2id t=1 m=8KiB p=1 (minimal: 'without password hashing')",
         "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "rss_steps": rss_steps,
     }
 
 
@@ -524,6 +582,8 @@ def _summarise(runs: list[dict[str, Any]], commands: list[dict[str, Any]]) -> di
         ),
         "median_steps_s": {s: _median([r["steps"].get(s, 0.0) for r in runs]) for s in steps},
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        # where the highest run's peak came from: each step's peak and its RSS at the end
+        "rss_steps": max(runs, key=lambda r: r["peak_rss_mib"]).get("rss_steps", {}),
         "hashed_passwords": runs[0]["hashed_passwords"],
         "hash_workers": runs[0]["hash_workers"],
         "counts": runs[0]["counts"],
@@ -620,6 +680,13 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             f"{copy_s:.2f} s, x{res['ratio']} ("
             + ", ".join(f"{k} {v:.2f}" for k, v in c.items() if v >= 0.005)
             + f"), RSS {res['peak_rss_mib']:.0f} MiB, load {load:.2f}"
+        )
+        log(
+            "    RSS MiB by step (peak/end): "
+            + ", ".join(
+                f"{k} {v['peak_mib']:.0f}/{v.get('end_mib', 0):.0f}"
+                for k, v in res.get("rss_steps", {}).items()
+            )
         )
         return res
 

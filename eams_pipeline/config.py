@@ -53,14 +53,30 @@ def env_int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+# a secret's name is a variable's name: only such names are looked up in EAMS_SECRETS_DIR
+_SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
 def env_secret(name: str) -> str | None:
-    """The secret in ``NAME``, or the content of the file named by ``NAME_FILE``."""
+    """The secret in ``NAME``, or the content of the file named by ``NAME_FILE``, or the
+    content of the file ``NAME`` in the directory ``EAMS_SECRETS_DIR`` (a Kubernetes Secret
+    or a host directory mounted read-only: a new file there needs no restart, no new
+    variable and no new image). Read at every use, so a changed file is taken at once."""
     value = env_str(name)
     if value is not None:
         return value
     path = env_str(f"{name}_FILE")
     if path is None:
-        return None
+        directory = env_str("EAMS_SECRETS_DIR")
+        if directory is None or not _SECRET_NAME.fullmatch(name):
+            return None
+        candidate = Path(directory) / name
+        try:
+            return candidate.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {candidate}: {exc.strerror}") from exc
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:

@@ -4,6 +4,8 @@ One SFTP sensor per district of the database named by EAMS_DATABASE_URL, read wh
 code location loads: after adding a district, reload the code location in the UI.
 """
 
+from eams_pipeline import run_worker
 from eams_pipeline.orchestration.definitions import build_definitions
 
 defs = build_definitions()
+run_worker.resume()  # a run worker's collector, paused since its start (run_worker.py)

@@ -314,6 +314,55 @@ def test_password_from_a_secret_file(
         assert s.exists("incoming")
 
 
+def test_password_from_the_secrets_directory(
+    tmp_path: Path,
+    sftp_passwords: dict[str, str],
+    sftp_resource: SftpResource,
+    sftp_settings: MakeSettings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A district added with a password needs a file in the mounted secrets directory (a
+    Kubernetes Secret, a host directory), read at the next login: no variable, no restart."""
+    name = "EAMS_TEST_DIR_PW_D001"
+    monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(f"{name}_FILE", raising=False)
+    monkeypatch.setenv("EAMS_SECRETS_DIR", str(tmp_path))
+    settings = sftp_settings("d001", password_env=name)
+    with pytest.raises(SftpAuthError, match=f"no file {name} in EAMS_SECRETS_DIR"):
+        _connect(sftp_resource, settings)
+    (tmp_path / name).write_text(sftp_passwords["d001"] + "\n", encoding="utf-8")  # added later
+    with sftp_resource.session(settings) as s:
+        s.ensure_dirs()
+        assert s.exists("incoming")
+
+
+def test_the_variable_and_its_file_come_before_the_secrets_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eams_pipeline.config import ConfigError, env_secret
+
+    secrets, other = tmp_path / "secrets", tmp_path / "other"
+    secrets.mkdir()
+    other.mkdir()
+    (secrets / "EAMS_TEST_ORDER_PW").write_text("from-the-directory\n", encoding="utf-8")
+    (other / "pw").write_text("from-the-file\n", encoding="utf-8")
+    monkeypatch.setenv("EAMS_SECRETS_DIR", str(secrets))
+    monkeypatch.delenv("EAMS_TEST_ORDER_PW", raising=False)
+    monkeypatch.delenv("EAMS_TEST_ORDER_PW_FILE", raising=False)
+    assert env_secret("EAMS_TEST_ORDER_PW") == "from-the-directory"
+    monkeypatch.setenv("EAMS_TEST_ORDER_PW_FILE", str(other / "pw"))
+    assert env_secret("EAMS_TEST_ORDER_PW") == "from-the-file"
+    monkeypatch.setenv("EAMS_TEST_ORDER_PW", "from-the-variable")
+    assert env_secret("EAMS_TEST_ORDER_PW") == "from-the-variable"
+    # only a variable's name is a file name there: nothing outside the directory is read
+    (tmp_path / "outside").write_text("not-a-secret", encoding="utf-8")
+    assert env_secret("../outside") is None
+    assert env_secret("EAMS_TEST_MISSING_PW") is None
+    (secrets / "EAMS_TEST_DIR_PW").mkdir()  # unreadable as a file: said, with the path
+    with pytest.raises(ConfigError, match="EAMS_TEST_DIR_PW"):
+        env_secret("EAMS_TEST_DIR_PW")
+
+
 def test_other_host_key_is_refused(
     sftp_resource: SftpResource, sftp_settings: MakeSettings
 ) -> None:

@@ -69,7 +69,10 @@ def stage_changes(conn: psycopg.Connection, plan: Plan, password_hashes: pd.Seri
         student_pk.iloc[written] = _new_keys(conn, len(written))
     keyed = c.assign(
         student_pk=student_pk,
-        password_hash=password_hashes.reindex(c.index),
+        # (an onboarding changes every password: the same rows, not a copy of 1M hashes)
+        password_hash=password_hashes
+        if password_hashes.index.equals(c.index)
+        else password_hashes.reindex(c.index),
         password_fp=c["password_fp"].where(c["password_changed"], pd.NA),
         status_before=c["status_before"].where(c["status_before"] != "absent", None),
     )

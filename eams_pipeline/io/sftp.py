@@ -582,8 +582,9 @@ def _credential(settings: SftpAccount) -> str | paramiko.PKey:
             raise SftpAuthError(f"{where}: {exc}") from exc
         if not password:
             raise SftpAuthError(
-                f"{where}: environment variable {settings.password_env} "
-                f"(or {settings.password_env}_FILE) holding the password is not set"
+                f"{where}: the password {settings.password_env} is not set: no variable "
+                f"{settings.password_env} or {settings.password_env}_FILE, and no file "
+                f"{settings.password_env} in EAMS_SECRETS_DIR"
             )
         return password
     raise SftpAuthError(f"{where}: neither password_env nor private_key_file is configured")

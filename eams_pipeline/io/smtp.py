@@ -64,7 +64,8 @@ def _password(settings: SmtpSettings) -> str | None:
     password = env_secret(name)
     if password is None:
         raise ConfigError(
-            f"SMTP user {settings.username!r} needs a password in {name} (or {name}_FILE)"
+            f"SMTP user {settings.username!r} needs a password in {name} (or {name}_FILE, "
+            f"or a file {name} in EAMS_SECRETS_DIR)"
         )
     return password
 

@@ -341,9 +341,12 @@ def upload_outcome(
         received_at=ref.received_at,
         archive_path=archive_path,
     )
-    # each step's end and the hashing's done/total, rate and ETA in the run's log
-    progress = LineProgress(context.log.info, interval=PROGRESS_LOG_SECONDS)
-    with db.connect() as conn:
+    # each step's end and the hashing's done/total, rate and ETA in the run's log, in one
+    # entry per PROGRESS_LOG_SECONDS (every entry is an event written to Dagster's storage)
+    progress = LineProgress(
+        context.log.info, interval=PROGRESS_LOG_SECONDS, batch_seconds=PROGRESS_LOG_SECONDS
+    )
+    with progress, db.connect() as conn:
         record = db_uploads.get_upload(conn, ref.key)
         conn.rollback()  # end that read: processing commits in a transaction of its own
         if config.approve_hold and record is not None and record.approvable:

@@ -600,6 +600,16 @@ def process_upload(
                 if result.guard_trip is not None:
                     result.status = UploadStatus.HELD
             if record is not None and not superseded and result.status != UploadStatus.HELD:
+                # Released before the apply's peak (its hashes and the rows it writes), as the
+                # apply reads none of them: the plan's decision columns, the file's rows as
+                # read and the district's students (the plan's changes carry what it needs)
+                plan = replace(plan, rows=plan.rows.iloc[:0])
+                snapshot = students = positions = own = None
+                rows = parsed = read = column_errors = None
+                prepared.read = prepared.students = prepared.positions = None
+                prepared.own_usernames = prepared.username_lower = prepared.repeated_ids = None
+                prepared.password_fps = prepared.data_hashes = None
+                password_fps = data_hashes = username_lower = repeated_ids = None
                 # the rows whose password the apply writes: hashed here; the apply removes
                 # their cache rows (db/apply.py forget_used_hashes)
                 changed = plan.changes.loc[
@@ -660,8 +670,10 @@ def _hashes(
     earlier run that stopped), the rest (changed since phase 1, or no phase 1) hashed
     here. Returns the hashes (indexed as `changed`), how many were hashed here and how
     many were hashed ahead (this run's phase 1 or an earlier one)."""
-    # Arrow-backed text all along: 1M hashes never become 1M Python strings
-    if ahead is not None and len(ahead):
+    # Arrow-backed text all along: 1M hashes never become 1M Python strings, nor twice
+    if ahead is not None and len(ahead) and ahead.index.equals(changed.index):
+        hashes = ahead.copy(deep=False)  # (filled in below: not the caller's Series)
+    elif ahead is not None and len(ahead):
         hashes = ahead.reindex(changed.index)
     else:
         hashes = pd.Series(pd.NA, index=changed.index, dtype="str")
