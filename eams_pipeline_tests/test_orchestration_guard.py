@@ -12,7 +12,7 @@ from eams_pipeline.core.guard import DEFAULT_THRESHOLDS
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.orchestration.jobs import REVERT_JOB_NAME
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline
+from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 from eams_pipeline_tests.test_orchestration_pipeline import (
     SECRET_PASSWORD,
     assert_no_student_data,
@@ -51,7 +51,7 @@ def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
     all_d.append(builders.row(IDS[6], grade="15", password=""))  # a row error: error file
     all_d += [builders.row(s, password="") for s in IDS[7:]]
     request, held = pipeline.sensor_run(instance, "D001", builders.csv_bytes(all_d))
-    key = request.partition_key
+    key = upload_key(request)
     assert held.success  # a held file is not a crash
     passed, metadata = check_result(held)
     assert passed is False
@@ -83,9 +83,7 @@ def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
     approved = pipeline.run_upload(
         instance,
         key,
-        run_config={
-            "ops": {"upload_outcome": {"config": {"approve_hold": True, "approved_by": "alice"}}}
-        },
+        ops={"upload_outcome": {"config": {"approve_hold": True, "approved_by": "alice"}}},
     )
     assert approved.success
     assert materialization(approved, "upload_outcome")["status"] == "partially_processed"

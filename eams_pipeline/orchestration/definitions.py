@@ -1,4 +1,5 @@
-"""Building the code location: assets, the upload job, one sensor per district, alerts."""
+"""Building the code location: assets, the upload job, one sensor per district, alerts,
+the district partitions, reprocessing."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
 from eams_pipeline.orchestration.jobs import revert_job, upload_job
-from eams_pipeline.orchestration.resources import default_resources
+from eams_pipeline.orchestration.partitions import (
+    UPLOAD_RESOURCE,
+    build_district_partitions_sensor,
+)
+from eams_pipeline.orchestration.reprocess import build_reprocess_job, build_reprocess_sensor
+from eams_pipeline.orchestration.resources import UploadResource, default_resources
 from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
 from eams_pipeline.orchestration.sensors import (
     build_district_sensors,
@@ -51,16 +57,21 @@ def build_definitions(
     else:
         codes = district_codes_from_database()
     retention_job = build_retention_job()
+    reprocess_job = build_reprocess_job()
     resources = resources if resources is not None else default_resources()
+    # the upload of a run of upload_job: run config, given at launch
+    resources = {UPLOAD_RESOURCE: UploadResource.configure_at_launch(), **resources}
     sensor_kwargs.setdefault("resources", resources)
     return dg.Definitions(
         assets=UPLOAD_ASSETS,
         asset_checks=UPLOAD_CHECKS,
-        jobs=[upload_job, retention_job, revert_job],
+        jobs=[upload_job, retention_job, revert_job, reprocess_job],
         schedules=[build_retention_schedule(retention_job)],
         sensors=[
             *build_district_sensors(codes, upload_job, **sensor_kwargs),
             build_operator_alert_sensor([upload_job]),
+            build_district_partitions_sensor(codes),
+            build_reprocess_sensor(upload_job),
         ],
         resources=resources,
     )

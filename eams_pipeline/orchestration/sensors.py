@@ -44,15 +44,17 @@ from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
-    UPLOADS,
     UploadRef,
+    add_districts_request,
+    runs_of_upload,
+    upload_key_of_run,
+    upload_run_request,
 )
 from eams_pipeline.orchestration.resources import DatabaseResource, SftpResource, SmtpResource
 from eams_pipeline.orchestration.settle import UPLOAD_NAME, SensorState, decide
 
 Clock = Callable[[], dt.datetime]
 JobLike = Any  # a JobDefinition or the unresolved asset job of define_asset_job
-PARTITION_TAG = "dagster/partition"
 WILL_RETRY_TAG = "dagster/will_retry"
 _MAX_ERROR_LINE = 300
 
@@ -214,13 +216,14 @@ def build_district_sensor(
         context.log.info(decision.reason)
         return dg.SensorResult(
             run_requests=[
-                dg.RunRequest(
+                upload_run_request(
+                    UploadRef.parse(request.upload_key),
                     run_key=request.upload_key,
-                    partition_key=request.upload_key,
                     tags=_run_tags(district, request.size, request.mtime),
                 )
             ],
-            dynamic_partitions_requests=[UPLOADS.build_add_request([request.upload_key])],
+            # the district's partition key, should it not be there yet (no write if it is)
+            dynamic_partitions_requests=[add_districts_request([district.code])],
             cursor=cursor,
         )
 
@@ -372,12 +375,8 @@ def _requested_run_succeeded(context: dg.SensorEvaluationContext, state: SensorS
     """Did a run of the upload last requested succeed (so it claimed that file)?"""
     if state.requested is None or context.instance is None:
         return False
-    runs = context.instance.get_runs(
-        filters=dg.RunsFilter(
-            tags={PARTITION_TAG: state.requested.upload_key},
-            statuses=[dg.DagsterRunStatus.SUCCESS],
-        ),
-        limit=1,
+    runs = runs_of_upload(
+        context.instance, state.requested.upload_key, statuses=[dg.DagsterRunStatus.SUCCESS]
     )
     return bool(runs)
 
@@ -419,7 +418,7 @@ def build_operator_alert_sensor(
         if not operators:
             context.log.warning("EAMS_OPERATOR_EMAILS is not set: no operator alert sent")
             return dg.SkipReason("EAMS_OPERATOR_EMAILS is not set")
-        upload_key = run.tags.get(PARTITION_TAG)
+        upload_key = upload_key_of_run(run.tags)
         district = run.tags.get(DISTRICT_TAG)
         if district is None and upload_key:
             try:
