@@ -37,11 +37,7 @@ from eams_pipeline.orchestration.partitions import (
     upload_run_config,
     upload_tags,
 )
-from eams_pipeline.orchestration.reprocess import (
-    REPROCESS_JOB_NAME,
-    build_reprocess_job,
-    build_reprocess_sensor,
-)
+from eams_pipeline.orchestration.reprocess import REPROCESS_JOB_NAME, build_reprocess_job
 from eams_pipeline.orchestration.resources import (
     ArchiveResource,
     DatabaseResource,
@@ -50,6 +46,7 @@ from eams_pipeline.orchestration.resources import (
     SmtpResource,
 )
 from eams_pipeline.orchestration.sensors import sensor_name
+from eams_pipeline.orchestration.upload_requests import build_upload_requests_sensor
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
@@ -101,6 +98,8 @@ class Pipeline:
     archive_dir: Path
     settle: float = 30
     clock: Clock = field(default_factory=Clock)
+    dispatch_cursor: str | None = None  # the upload requests sensor's
+    last_dispatch: dg.SensorResult | dg.SkipReason | None = None
     sftp_resource: SftpResource = field(
         default_factory=lambda: SftpResource(
             connect_timeout_seconds=5,
@@ -202,9 +201,32 @@ class Pipeline:
         )
 
     def request(self, result: dg.SensorResult | dg.SkipReason) -> dg.RunRequest:
+        """The run of the upload a district sensor's tick requested: the tick recorded the
+        request, the upload requests sensor's next tick asks for exactly that one run."""
         assert isinstance(result, dg.SensorResult), result
-        assert result.run_requests and len(result.run_requests) == 1, result
-        return result.run_requests[0]
+        assert not result.run_requests, result  # a district sensor targets no job
+        assert "requested upload " in str(result.skip_reason), result
+        dispatched = self.dispatch()
+        assert isinstance(dispatched, dg.SensorResult), dispatched
+        assert len(dispatched.run_requests) == 1, dispatched
+        return dispatched.run_requests[0]
+
+    def dispatch(
+        self, cursor: str | None = None, *, advance: bool = True, **kwargs: object
+    ) -> dg.SensorResult | dg.SkipReason:
+        """One tick of the upload requests sensor, after the requests it handed out before
+        (or after ``cursor``); ``kwargs``: build_upload_requests_sensor's."""
+        job = self.defs().resolve_job_def(UPLOAD_JOB_NAME)
+        sensor = build_upload_requests_sensor(job, sensor_name_of=sensor_name, **kwargs)  # type: ignore[arg-type]
+        context = dg.build_sensor_context(
+            cursor=cursor if cursor is not None else self.dispatch_cursor,
+            resources={"db": self.resources()["db"]},
+        )
+        result = sensor(context)
+        self.last_dispatch = result
+        if advance and isinstance(result, dg.SensorResult) and result.cursor:
+            self.dispatch_cursor = result.cursor
+        return result
 
     def launch(
         self, instance: dg.DagsterInstance, request: dg.RunRequest, **resources: object
@@ -232,16 +254,6 @@ class Pipeline:
             run_config={"ops": {"request_reprocessing": {"config": config}}},
             raise_on_error=False,
         )
-
-    def reprocess_tick(
-        self, instance: dg.DagsterInstance, cursor: str | None, **kwargs: object
-    ) -> dg.SensorResult | dg.SkipReason:
-        """One tick of the reprocess sensor (``kwargs``: build_reprocess_sensor's)."""
-        sensor = build_reprocess_sensor(self.defs().resolve_job_def(UPLOAD_JOB_NAME), **kwargs)
-        context = dg.build_sensor_context(
-            instance=instance, cursor=cursor, resources={"db": self.resources()["db"]}
-        )
-        return sensor(context)
 
     def sensor_run(
         self, instance: dg.DagsterInstance, code: str, data: bytes

@@ -93,7 +93,7 @@ def test_old_runs_are_tagged_and_an_old_upload_reprocessed_is_not_emailed_again(
         # reprocessed by its key in the new model, before any migration: applied once, and
         # the email the old run sent is found (the key was its partition): not sent again
         assert pipeline.reprocess(instance, upload_keys=[key]).success
-        [request] = pipeline.reprocess_tick(instance, None).run_requests
+        [request] = pipeline.dispatch().run_requests
         assert upload_key(request) == key and request.partition_key == "D001"
         new_run = pipeline.launch(instance, request)
         assert materialization(new_run, "upload_outcome")["already_applied"] is True

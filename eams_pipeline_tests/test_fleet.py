@@ -205,6 +205,6 @@ def test_a_run_worker_builds_no_district_sensors(monkeypatch: pytest.MonkeyPatch
     assert {s.name for s in defs.sensors or []} == {
         "eams_operator_alerts",
         "eams_district_partitions",
-        "eams_reprocess_uploads",
+        "eams_upload_requests",
     }
     assert defs.resolve_job_def("upload_job") is not None

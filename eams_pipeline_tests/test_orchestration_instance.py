@@ -82,7 +82,7 @@ def test_code_location_has_a_sensor_per_district_of_the_database(
         "sftp_D002",
         "eams_operator_alerts",
         "eams_district_partitions",
-        "eams_reprocess_uploads",
+        "eams_upload_requests",
     }
     job = defs.resolve_job_def("upload_job")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {

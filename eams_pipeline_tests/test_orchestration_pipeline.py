@@ -89,21 +89,25 @@ def test_sensor_waits_for_the_file_to_settle_then_requests_one_run_per_upload(
 
     pipeline.clock.advance(pipeline.settle)
     t3 = pipeline.tick(instance, "D001", t2.cursor)
+    # the tick records the request; the upload requests sensor asks for the run
     request = pipeline.request(t3)
     key = upload_key(request)  # tag, run config and partition (the district) agree
+    assert f"requested upload {key}" in str(t3.skip_reason)
     assert request.run_key == key
     assert UploadRef.parse(key).district == "D001" and request.partition_key == "D001"
     assert request.tags[DISTRICT_TAG] == "D001" and request.tags[UPLOAD_KEY_TAG] == key
+    assert request.tags["eams/requested_by"] == "sftp_D001"
     assert request.run_config == {"resources": {"upload_ref": {"config": {"key": key}}}}
     assert request.tags["eams/file_size"] == str(len(clean_file()))
     # the district's partition key (added if missing; a partition per district, not per upload)
-    [add] = t3.dynamic_partitions_requests
+    [add] = pipeline.last_dispatch.dynamic_partitions_requests
     assert add.partitions_def_name == DISTRICTS.name and list(add.partition_keys) == ["D001"]
 
     pipeline.clock.advance(pipeline.settle)
     t4 = pipeline.tick(instance, "D001", t3.cursor)  # not claimed yet: no second request
     assert isinstance(t4, dg.SensorResult) and not t4.run_requests
     assert "already requested" in str(t4.skip_reason)
+    assert isinstance(pipeline.dispatch(), dg.SkipReason)  # nothing more to run
 
     stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
     assert pipeline.run_upload(instance, key, stat=stat).success

@@ -10,6 +10,8 @@ import datetime as dt
 import dagster as dg
 import pytest
 
+from eams_pipeline.db.districts import UnknownDistrict
+from eams_pipeline.db.upload_requests import pending_requests, record_sensor_request
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.orchestration.partitions import (
@@ -18,9 +20,7 @@ from eams_pipeline.orchestration.partitions import (
     UploadRef,
     upload_run_config,
 )
-from eams_pipeline.orchestration.reprocess import (
-    REPROCESS_TAG,
-)
+from eams_pipeline.orchestration.upload_requests import REPROCESS_TAG
 from eams_pipeline.services.reprocess import (
     ReprocessRefused,
     Selection,
@@ -58,6 +58,29 @@ def test_a_selection_ignores_blanks_and_repeats() -> None:
         districts=[" D001", "D001", ""], received_from="2026-01-14", upload_keys=[" "]
     )
     assert selection == Selection(("D001",), dt.date(2026, 1, 14), None, ())
+
+
+# -- the requests' table ---------------------------------------------------------------------
+
+
+def test_a_sensors_request_is_recorded_once_and_needs_its_district(pipeline: Pipeline) -> None:
+    key = UploadRef.new("D001", pipeline.clock.now).key
+    conn = pipeline.conn
+    assert record_sensor_request(conn, "D001", key, 10, 20) is True
+    assert record_sensor_request(conn, "D001", key, 10, 20) is False  # a tick evaluated twice
+    conn.commit()
+    with pytest.raises(UnknownDistrict, match="district D404 is not in the database"):
+        record_sensor_request(conn, "D404", UploadRef.new("D404", pipeline.clock.now).key, 1, 1)
+    conn.rollback()
+    assert record_sensor_request(conn, "D001", key, 10, 20) is False
+    [request] = pending_requests(conn, 0, 10)
+    assert (request.district, request.upload_key, request.file_size, request.file_mtime) == (
+        "D001",
+        key,
+        10,
+        20,
+    )
+    assert request.reprocess_run is None and request.allow_older is False
 
 
 # -- what a request selects ------------------------------------------------------------------
@@ -147,7 +170,7 @@ def test_named_uploads_that_cannot_run_again_refuse_the_whole_request(
             archive_days=365,
             max_uploads=0,
         )
-    count = pipeline.conn.execute("SELECT count(*) FROM reprocess_requests").fetchone()[0]
+    count = pipeline.conn.execute("SELECT count(*) FROM upload_requests").fetchone()[0]
     assert count == 0  # a refused request records nothing
 
 
@@ -173,7 +196,7 @@ def test_reprocessing_a_district_runs_each_upload_in_order_and_stays_as_of_safe(
     output = result.output_for_node("request_reprocessing")
     assert output == [older, applied, crashed]  # in the order they were received
     # the sensor: one run each, tagged with its upload, its district and the request
-    tick = pipeline.reprocess_tick(instance, None)
+    tick = pipeline.dispatch()
     assert isinstance(tick, dg.SensorResult)
     requests = tick.run_requests
     assert [upload_key(r) for r in requests] == [older, applied, crashed]
@@ -184,7 +207,7 @@ def test_reprocessing_a_district_runs_each_upload_in_order_and_stays_as_of_safe(
         assert r.run_key == f"reprocess:{result.run_id}:{r.tags[UPLOAD_KEY_TAG]}"
     [add] = tick.dynamic_partitions_requests
     assert list(add.partition_keys) == ["D001"]
-    again = pipeline.reprocess_tick(instance, tick.cursor)  # nothing more after its cursor
+    again = pipeline.dispatch()  # nothing more after its cursor
     assert isinstance(again, dg.SkipReason)
 
     # the oldest, never applied, is older than night 1 (applied): superseded, not applied
@@ -215,7 +238,7 @@ def test_allow_older_applies_an_older_upload_over_a_newer_one(
     assert newer.success
     result = pipeline.reprocess(instance, upload_keys=[older], allow_older=True)
     assert result.success and result.output_for_node("request_reprocessing") == [older]
-    [request] = pipeline.reprocess_tick(instance, None).run_requests
+    [request] = pipeline.dispatch().run_requests
     assert request.run_config["ops"] == {"upload_outcome": {"config": {"allow_older": True}}}
     run = pipeline.launch(instance, request)
     assert materialization(run, "upload_outcome")["status"] == "partially_processed"
@@ -229,7 +252,7 @@ def test_a_refused_request_fails_its_run_naming_the_problem_and_records_nothing(
     assert not result.success
     [failure] = result.get_step_failure_events()
     assert "nothing reprocessed: no such district: NOPE" in failure.step_failure_data.error.message
-    assert isinstance(pipeline.reprocess_tick(instance, None), dg.SkipReason)
+    assert isinstance(pipeline.dispatch(), dg.SkipReason)
 
 
 def test_each_location_takes_the_requests_of_its_own_districts(
@@ -240,8 +263,8 @@ def test_each_location_takes_the_requests_of_its_own_districts(
         for code in ("D001", "D002")
     ]
     assert pipeline.reprocess(instance, upload_keys=keys).success
-    mine = pipeline.reprocess_tick(instance, None, serves=lambda code: code == "D002")
+    mine = pipeline.dispatch(advance=False, serves=lambda code: code == "D002")
     assert [upload_key(r) for r in mine.run_requests] == [keys[1]]
-    others = pipeline.reprocess_tick(instance, None, serves=lambda code: code == "D003")
+    others = pipeline.dispatch(advance=False, serves=lambda code: code == "D003")
     assert isinstance(others, dg.SensorResult) and not others.run_requests
     assert others.cursor == mine.cursor  # both read past the two requests

@@ -301,7 +301,7 @@ def test_upload_flows_through_code_server_daemon_and_webserver(
         f"sftp_{SERVED}",
         "eams_operator_alerts",
         "eams_district_partitions",
-        "eams_reprocess_uploads",
+        "eams_upload_requests",
     }
 
     # -- the daemon is up (its heartbeats are in the shared storage) -------------------------
@@ -354,7 +354,9 @@ def test_upload_flows_through_code_server_daemon_and_webserver(
     # the partitions are the districts this location serves (the other shard's is not there)
     node = _graphql(ui_port, PARTITIONS_QUERY)["assetNodeOrError"]
     assert node["partitionKeysByDimension"][0]["partitionKeys"] == [SERVED]
-    assert tags.get("dagster/sensor_name") == f"sftp_{SERVED}"
+    # requested by the district's sensor, started by the location's upload requests sensor
+    assert tags.get("eams/requested_by") == f"sftp_{SERVED}"
+    assert tags.get("dagster/sensor_name") == "eams_upload_requests"
 
     # D003 belongs to the other shard: untouched, no run, no mail for it
     assert (sftp_server.user_dir(DISTRICTS["D003"]) / "incoming" / "students.csv").exists()

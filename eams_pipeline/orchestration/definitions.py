@@ -1,5 +1,5 @@
-"""Building the code location: assets, the upload job, one sensor per district, alerts,
-the district partitions, reprocessing."""
+"""Building the code location: assets, the upload job, one sensor per district and the
+sensor starting the uploads' runs, alerts, the district partitions, reprocessing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from eams_pipeline.config import sensor_interval_seconds
 from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
@@ -17,14 +18,19 @@ from eams_pipeline.orchestration.partitions import (
     UPLOAD_RESOURCE,
     build_district_partitions_sensor,
 )
-from eams_pipeline.orchestration.reprocess import build_reprocess_job, build_reprocess_sensor
+from eams_pipeline.orchestration.reprocess import build_reprocess_job
 from eams_pipeline.orchestration.resources import UploadResource, default_resources
 from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
 from eams_pipeline.orchestration.sensors import (
     build_district_sensors,
     build_operator_alert_sensor,
+    sensor_name,
 )
 from eams_pipeline.orchestration.sharding import districts_for_this_location
+from eams_pipeline.orchestration.upload_requests import (
+    DEFAULT_INTERVAL_SECONDS,
+    build_upload_requests_sensor,
+)
 
 
 def district_codes_from_database() -> list[str]:
@@ -68,10 +74,16 @@ def build_definitions(
         jobs=[upload_job, retention_job, revert_job, reprocess_job],
         schedules=[build_retention_schedule(retention_job)],
         sensors=[
-            *build_district_sensors(codes, upload_job, **sensor_kwargs),
+            *build_district_sensors(codes, **sensor_kwargs),
+            build_upload_requests_sensor(
+                upload_job,
+                sensor_name_of=sensor_name,
+                resources=resources,
+                # no later than the district sensors tick (the demo's 5 s), at most 15 s
+                interval_seconds=min(DEFAULT_INTERVAL_SECONDS, sensor_interval_seconds()),
+            ),
             build_operator_alert_sensor([upload_job]),
             build_district_partitions_sensor(codes),
-            build_reprocess_sensor(upload_job),
         ],
         resources=resources,
     )

@@ -1,9 +1,7 @@
-"""Reprocessing historical uploads from the Dagster UI.
-
-    reprocess_uploads         launchpad job: districts and days, or upload keys; records the
-                              selected uploads (services.reprocess) in reprocess_requests
-    eams_reprocess_uploads    sensor: one run of upload_job per recorded upload, in order,
-                              for the districts this code location serves
+"""Reprocessing historical uploads from the Dagster UI: the launchpad job
+``reprocess_uploads`` (districts and days, or upload keys) records the uploads it selects
+(:mod:`eams_pipeline.services.reprocess`) as upload requests; the ``eams_upload_requests``
+sensor (:mod:`.upload_requests`) then starts one run of upload_job each, in order.
 
 Each reprocessed upload is a run of its own, as the sensor's would be: partition its
 district, run config its upload (``allow_older`` if the request said so), tags
@@ -18,14 +16,8 @@ import dagster as dg
 from pydantic import Field
 
 from eams_pipeline import config as eams_config
-from eams_pipeline.db import reprocess as db_reprocess
-from eams_pipeline.orchestration.partitions import (
-    UploadRef,
-    add_districts_request,
-    upload_run_request,
-)
 from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource
-from eams_pipeline.orchestration.sharding import districts_for_this_location
+from eams_pipeline.orchestration.upload_requests import REPROCESS_TAG
 from eams_pipeline.services.reprocess import (
     DEFAULT_MAX_UPLOADS,
     ReprocessRefused,
@@ -34,10 +26,6 @@ from eams_pipeline.services.reprocess import (
 )
 
 REPROCESS_JOB_NAME = "reprocess_uploads"
-REPROCESS_SENSOR_NAME = "eams_reprocess_uploads"
-REPROCESS_TAG = "eams/reprocess"
-DEFAULT_INTERVAL_SECONDS = 30
-DEFAULT_BATCH = 100  # run requests per tick at most
 PREVIEW = 50
 Clock = Callable[[], dt.datetime]
 
@@ -80,7 +68,7 @@ def build_reprocess_job(clock: Clock = _utcnow) -> dg.JobDefinition:
         name="request_reprocessing",
         description=(
             "Selects the uploads to reprocess (within the archive's retention) and records "
-            "them; the eams_reprocess_uploads sensor then starts one upload_job run each."
+            "them; the eams_upload_requests sensor then starts one upload_job run each."
         ),
     )
     def request_reprocessing_op(
@@ -156,65 +144,3 @@ def _table(selected) -> str:
     if len(selected) > PREVIEW:
         lines.append(f"\n… and {len(selected) - PREVIEW} more.")
     return "\n".join(lines)
-
-
-def build_reprocess_sensor(
-    job: object,
-    *,
-    interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
-    batch: int = DEFAULT_BATCH,
-    serves: Callable[[str], bool] | None = None,
-    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
-) -> dg.SensorDefinition:
-    """The sensor turning recorded reprocessing requests into runs of ``job``.
-
-    It reads the requests after the last one it handed out (its cursor), in order, and
-    requests a run for each of a district this location serves (``serves``; default: the
-    location's EAMS_DISTRICT_SHARD/EAMS_DISTRICTS); the other locations take the others.
-    """
-    takes = serves or (lambda code: bool(districts_for_this_location([code])))
-
-    @dg.sensor(
-        name=REPROCESS_SENSOR_NAME,
-        job=job,  # type: ignore[arg-type]
-        minimum_interval_seconds=interval_seconds,
-        default_status=default_status,
-        description=(
-            "Starts one upload_job run per upload recorded by reprocess_uploads, in the order "
-            "they were received."
-        ),
-    )
-    def _sensor(
-        context: dg.SensorEvaluationContext, db: DatabaseResource
-    ) -> dg.SensorResult | dg.SkipReason:
-        after = int(context.cursor) if (context.cursor or "").isdigit() else 0
-        with db.connect() as conn:
-            items = db_reprocess.pending_requests(conn, after, batch)
-        if not items:
-            return dg.SkipReason("no reprocessing requested")
-        mine = [i for i in items if takes(i.district)]
-        requests = [
-            upload_run_request(
-                UploadRef.parse(i.upload_key),
-                run_key=f"reprocess:{i.requested_by}:{i.upload_key}",
-                tags={REPROCESS_TAG: i.requested_by},
-                ops={"upload_outcome": {"config": {"allow_older": True}}}
-                if i.allow_older
-                else None,
-            )
-            for i in mine
-        ]
-        cursor = str(items[-1].item_id)
-        if not requests:
-            return dg.SensorResult(
-                skip_reason=f"{len(items)} request(s) for districts of other locations",
-                cursor=cursor,
-            )
-        context.log.info(f"reprocessing {len(requests)} upload(s)")
-        return dg.SensorResult(
-            run_requests=requests,
-            dynamic_partitions_requests=[add_districts_request(sorted({i.district for i in mine}))],
-            cursor=cursor,
-        )
-
-    return _sensor

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from eams_pipeline.db import reprocess as db_reprocess
+from eams_pipeline.db import upload_requests as db_requests
 from eams_pipeline.db.districts import District, list_districts
 from eams_pipeline.db.uploads import make_upload_key
 from eams_pipeline.io.archive import Archive
@@ -90,7 +90,7 @@ class Candidate:
 class ReprocessPlan:
     selected: list[Candidate] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (upload key, why)
-    recorded: int = 0  # rows added to reprocess_requests
+    recorded: int = 0  # rows added to upload_requests
 
 
 def _date(name: str, text: str) -> dt.date | None:
@@ -139,7 +139,7 @@ def select_uploads(
     since, until = _utc_window(selection, horizon)
     recorded = {
         r.upload_key: r
-        for r in db_reprocess.recorded_uploads(
+        for r in db_requests.recorded_uploads(
             conn,
             district_codes=selection.districts,
             upload_keys=selection.upload_keys,
@@ -215,7 +215,7 @@ def request_reprocessing(
             f"{max_uploads}: narrow it (districts, dates) or raise max_uploads"
         )
     with conn.transaction():
-        plan.recorded = db_reprocess.insert_requests(
+        plan.recorded = db_requests.record_reprocess_requests(
             conn,
             requested_by,
             [(c.district, c.upload_key) for c in plan.selected],
