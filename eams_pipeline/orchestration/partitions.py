@@ -1,10 +1,10 @@
 """The partition model: the upload assets are partitioned by district; an upload is a run.
 
 - **Partitions**: the dynamic partitions ``districts``, one key per district code (``D001``).
-  Its keys change only when a district is added: the district's sensor adds its own key with
-  its first run request, and the ``eams_district_partitions`` sensor adds every district of
-  the code location (:func:`build_district_partitions_sensor`). Keys are never deleted (a
-  deleted key hides its history in the UI). Dagster identifies a dynamic partitions
+  Its keys change only when a district is added: ``eams_upload_requests`` adds a district's
+  key with its first run request, and the ``eams_district_partitions`` sensor adds every
+  district of the code location (:func:`build_district_partitions_sensor`). Keys are never
+  deleted (a deleted key hides its history in the UI). Dagster identifies a dynamic partitions
   definition by a hash of all its keys and rebuilds every partitioned asset's status from
   every past event when it changes: with a key per district, not per upload, that happens
   when a district is added, not with every upload, and the status is computed over 2,000
