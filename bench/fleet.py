@@ -394,7 +394,6 @@ TICK_PROBE = r"""
 import json, sys, time
 import dagster as dg
 from eams_pipeline.orchestration.definitions import build_definitions
-from eams_pipeline.orchestration.jobs import upload_job
 from eams_pipeline.orchestration.resources import default_resources, SftpResource
 from eams_pipeline.orchestration.sensors import build_district_sensors
 codes, rounds, old = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "old"
@@ -402,11 +401,11 @@ res = default_resources()
 if old:  # as before: a new SSH connection and the district's row every tick, and Dagster
     # building the three resources the sensor takes for every tick (as the code server does)
     res["sftp"] = SftpResource(idle_timeout_seconds=0)
-    sensors = build_district_sensors(codes, upload_job, cache_seconds=0)
+    sensors = build_district_sensors(codes, cache_seconds=0)
     ctx_res = {k: res[k] for k in ("db", "sftp", "smtp")}
 else:  # the sensors as the code location builds them (resources bound, nothing per tick)
     defs = build_definitions(codes, resources=res)
-    sensors = [defs.resolve_sensor_def(s.name) for s in build_district_sensors(codes, upload_job)]
+    sensors = [defs.resolve_sensor_def(s.name) for s in build_district_sensors(codes)]
     ctx_res = None
 out = []
 with dg.instance_for_test() as instance:
@@ -924,6 +923,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="write a cProfile (CPU time) of every run worker into this directory",
     )
+    from bench.year import add_arguments
+
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -931,6 +933,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "serve":
         serve(args.state, args.users)
+        return
+    if args.year:
+        from bench import year
+
+        year.main(args)
         return
     started = dt.datetime.now(dt.UTC)
     result = benchmark(args)

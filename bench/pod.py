@@ -39,20 +39,26 @@ def rss(field):
 import dagster as dg
 import eams_pipeline.definitions
 from eams_pipeline.orchestration.assets import upload_file, upload_outcome
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOADS
+from eams_pipeline.orchestration.partitions import (
+    DISTRICTS,
+    UploadRef,
+    upload_run_config,
+    upload_tags,
+)
 from eams_pipeline.orchestration.resources import default_resources
 
 loaded = rss("VmRSS:")
 key, district = sys.argv[1], sys.argv[2]
 with dg.instance_for_test() as instance:
-    instance.add_dynamic_partitions(UPLOADS.name, [key])
+    instance.add_dynamic_partitions(DISTRICTS.name, [district])
     t = time.monotonic()
     result = dg.materialize(
         [upload_file, upload_outcome],
-        partition_key=key,
+        partition_key=district,
         resources=default_resources(),
         instance=instance,
-        tags={DISTRICT_TAG: district},
+        tags=upload_tags(UploadRef.parse(key)),
+        run_config=upload_run_config(key),
     )
     meta = {}
     for e in result.get_asset_materialization_events():

@@ -670,6 +670,30 @@ def uploads_revert(upload_key: str, cascade: bool, by: str | None, no_email: boo
     click.echo(json.dumps({"reverted": [{"upload_key": r.upload_key, **r.counts} for r in done]}))
 
 
+@cli.group()
+def dagster() -> None:
+    """Dagster's instance ($DAGSTER_HOME: its dagster.yaml and storage)."""
+
+
+@dagster.command("migrate-runs")
+@click.option("--batch", default=500, show_default=True, help="Runs read per page.")
+@click.option("--dry-run", is_flag=True, help="Count the runs to tag; tag nothing.")
+def dagster_migrate_runs(batch: int, dry_run: bool) -> None:
+    """Tag the upload runs made when every upload was a partition of `uploads` with
+    eams/upload_key (and eams/district), as runs are tagged now: the runs page's filter by
+    upload key then finds old and new runs. Idempotent; safe while Dagster runs."""
+    import dagster as dg
+
+    from eams_pipeline.orchestration.migrate import tag_legacy_upload_runs
+
+    def progress(report: Any) -> None:
+        click.echo(json.dumps({"progress": report.as_dict()}), err=True)
+
+    with dg.DagsterInstance.get() as instance:
+        report = tag_legacy_upload_runs(instance, batch=batch, dry_run=dry_run, progress=progress)
+    click.echo(json.dumps({"dry_run": dry_run, **report.as_dict()}))
+
+
 @cli.command("history")
 @click.option("--district", "district_code", required=True, callback=_district_code)
 @click.option(

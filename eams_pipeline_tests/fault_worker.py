@@ -143,8 +143,15 @@ def main() -> None:
     # a step's stdout is redirected into its compute log: the markers use their own fd
     _marker_fd = os.dup(sys.stdout.fileno())
     install_pause(spec.get("pause"))
+    from eams_pipeline.orchestration.partitions import UPLOAD_KEY_TAG, upload_run_config
+
     with dg.DagsterInstance.get() as instance:
-        result = dg.execute_job(reconstructable_upload_job(), instance, tags=spec["tags"])
+        result = dg.execute_job(
+            reconstructable_upload_job(),
+            instance,
+            tags=spec["tags"],
+            run_config=upload_run_config(spec["tags"][UPLOAD_KEY_TAG]),
+        )
     _say(f"finished {result.success}")
 
 

@@ -27,12 +27,17 @@ from eams_pipeline.io.archive import generate_key
 from eams_pipeline.orchestration.definitions import build_definitions
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import (
-    DISTRICT_TAG,
+    DISTRICTS as DISTRICT_PARTITIONS,
+)
+from eams_pipeline.orchestration.partitions import (
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
-    UPLOADS,
+    UPLOAD_KEY_TAG,
     UploadRef,
+    upload_run_config,
+    upload_tags,
 )
+from eams_pipeline.orchestration.reprocess import REPROCESS_JOB_NAME, build_reprocess_job
 from eams_pipeline.orchestration.resources import (
     ArchiveResource,
     DatabaseResource,
@@ -41,6 +46,7 @@ from eams_pipeline.orchestration.resources import (
     SmtpResource,
 )
 from eams_pipeline.orchestration.sensors import sensor_name
+from eams_pipeline.orchestration.upload_requests import build_upload_requests_sensor
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
@@ -92,6 +98,8 @@ class Pipeline:
     archive_dir: Path
     settle: float = 30
     clock: Clock = field(default_factory=Clock)
+    dispatch_cursor: str | None = None  # the upload requests sensor's
+    last_dispatch: dg.SensorResult | dg.SkipReason | None = None
     sftp_resource: SftpResource = field(
         default_factory=lambda: SftpResource(
             connect_timeout_seconds=5,
@@ -169,29 +177,83 @@ class Pipeline:
         key: str,
         *,
         stat: tuple[int, int] | None = None,
-        run_config: dict[str, Any] | None = None,
+        ops: dict[str, Any] | None = None,
+        asset_selection: list[dg.AssetKey] | None = None,
         raise_on_error: bool = True,
         **resources: object,
     ) -> dg.ExecuteInProcessResult:
-        """Run the upload job for one partition, as the sensor's run (``stat``) or a re-run."""
-        if not instance.has_dynamic_partition(UPLOADS.name, key):
-            instance.add_dynamic_partitions(UPLOADS.name, [key])
-        tags = {DISTRICT_TAG: UploadRef.parse(key).district}
+        """Run the upload job for one upload, as the sensor's run (``stat``) or a re-run:
+        its district's partition, its key as run config and tag (``ops``: the steps' config)."""
+        ref = UploadRef.parse(key)
+        if not instance.has_dynamic_partition(DISTRICT_PARTITIONS.name, ref.district):
+            instance.add_dynamic_partitions(DISTRICT_PARTITIONS.name, [ref.district])
+        tags = upload_tags(ref)
         if stat is not None:
             tags |= {FILE_SIZE_TAG: str(stat[0]), FILE_MTIME_TAG: str(stat[1])}
         job = self.defs(**resources).resolve_job_def(UPLOAD_JOB_NAME)
         return job.execute_in_process(
-            partition_key=key,
+            partition_key=ref.district,
             instance=instance,
             tags=tags,
-            run_config=run_config,
+            run_config=upload_run_config(key, ops),
+            asset_selection=asset_selection,
             raise_on_error=raise_on_error,
         )
 
     def request(self, result: dg.SensorResult | dg.SkipReason) -> dg.RunRequest:
+        """The run of the upload a district sensor's tick requested: the tick recorded the
+        request, the upload requests sensor's next tick asks for exactly that one run."""
         assert isinstance(result, dg.SensorResult), result
-        assert result.run_requests and len(result.run_requests) == 1, result
-        return result.run_requests[0]
+        assert not result.run_requests, result  # a district sensor targets no job
+        assert "requested upload " in str(result.skip_reason), result
+        dispatched = self.dispatch()
+        assert isinstance(dispatched, dg.SensorResult), dispatched
+        assert len(dispatched.run_requests) == 1, dispatched
+        return dispatched.run_requests[0]
+
+    def dispatch(
+        self, cursor: str | None = None, *, advance: bool = True, **kwargs: object
+    ) -> dg.SensorResult | dg.SkipReason:
+        """One tick of the upload requests sensor, after the requests it handed out before
+        (or after ``cursor``); ``kwargs``: build_upload_requests_sensor's."""
+        job = self.defs().resolve_job_def(UPLOAD_JOB_NAME)
+        sensor = build_upload_requests_sensor(job, sensor_name_of=sensor_name, **kwargs)  # type: ignore[arg-type]
+        context = dg.build_sensor_context(
+            cursor=cursor if cursor is not None else self.dispatch_cursor,
+            resources={"db": self.resources()["db"]},
+        )
+        result = sensor(context)
+        self.last_dispatch = result
+        if advance and isinstance(result, dg.SensorResult) and result.cursor:
+            self.dispatch_cursor = result.cursor
+        return result
+
+    def launch(
+        self, instance: dg.DagsterInstance, request: dg.RunRequest, **resources: object
+    ) -> dg.ExecuteInProcessResult:
+        """What the daemon does with a run request of upload_job: its partition (added if
+        missing), run config and tags, as given."""
+        if not instance.has_dynamic_partition(DISTRICT_PARTITIONS.name, request.partition_key):
+            instance.add_dynamic_partitions(DISTRICT_PARTITIONS.name, [request.partition_key])
+        job = self.defs(**resources).resolve_job_def(UPLOAD_JOB_NAME)
+        return job.execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            run_config=request.run_config,
+            tags=request.tags,
+        )
+
+    def reprocess(
+        self, instance: dg.DagsterInstance, **config: object
+    ) -> dg.ExecuteInProcessResult:
+        """reprocess_uploads launched with this config (its clock: the pipeline's)."""
+        job = build_reprocess_job(clock=self.clock)
+        defs = dg.Definitions(jobs=[job], resources=self.resources())
+        return defs.resolve_job_def(REPROCESS_JOB_NAME).execute_in_process(
+            instance=instance,
+            run_config={"ops": {"request_reprocessing": {"config": config}}},
+            raise_on_error=False,
+        )
 
     def sensor_run(
         self, instance: dg.DagsterInstance, code: str, data: bytes
@@ -202,11 +264,18 @@ class Pipeline:
         assert isinstance(first, dg.SensorResult) and not first.run_requests
         self.clock.advance(self.settle)
         request = self.request(self.tick(instance, code, first.cursor))
-        key = request.partition_key
-        assert key is not None
+        key = upload_key(request)
         stat = (int(request.tags[FILE_SIZE_TAG]), int(request.tags[FILE_MTIME_TAG]))
         result = self.run_upload(instance, key, stat=stat)
         return request, result
+
+
+def upload_key(request: dg.RunRequest) -> str:
+    """The upload a run request is for (checked: its tag, its run config, its partition)."""
+    key = request.tags[UPLOAD_KEY_TAG]
+    assert request.run_config["resources"] == upload_run_config(key)["resources"], request
+    assert request.partition_key == UploadRef.parse(key).district
+    return key
 
 
 def generate_archive_key() -> str:

@@ -21,7 +21,7 @@ from eams_pipeline.orchestration.alerts import (
 from eams_pipeline.orchestration.resources import SmtpResource
 from eams_pipeline.orchestration.settle import Other, SensorState
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, district
+from eams_pipeline_tests.orchestration_env import Pipeline, district, upload_key
 from eams_pipeline_tests.test_orchestration_pipeline import clean_file, free_port
 
 SIX = dt.time(6, 0)
@@ -263,4 +263,4 @@ def test_an_alert_does_not_keep_the_sensor_from_requesting_the_run(
     pipeline.clock.advance(pipeline.settle)
     down = SmtpResource(port=free_port(), timeout_seconds=2)
     t2 = pipeline.tick(instance, "D001", t1.cursor, smtp=down)
-    assert pipeline.request(t2).partition_key  # the run is requested all the same
+    assert upload_key(pipeline.request(t2))  # the run is requested all the same

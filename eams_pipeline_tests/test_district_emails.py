@@ -10,7 +10,7 @@ import dagster as dg
 from eams_pipeline.core.notifications import COUNT_LABELS, build_upload_email
 from eams_pipeline.core.outcome import OUTCOMES
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, district
+from eams_pipeline_tests.orchestration_env import Pipeline, district, upload_key
 from eams_pipeline_tests.test_orchestration_pipeline import clean_file
 
 KEY = "D001-20260114T020000123456Z"
@@ -87,7 +87,7 @@ def test_a_rejected_file_goes_to_the_failure_contacts_too(
     request, rejected = pipeline.sensor_run(instance, "D001", b"not,a,students,file\n1,2,3,4\n")
     assert rejected.success
     [mail] = pipeline.smtp.wait_for(1)
-    assert "FAILED" in mail["Subject"] and request.partition_key in mail["Subject"]
+    assert "FAILED" in mail["Subject"] and upload_key(request) in mail["Subject"]
     assert mail["To"] == (
         "sis-admin@d001.example.org, it@d001.example.org, sis-vendor@d001.example.org"
     )

@@ -22,7 +22,7 @@ from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.orchestration.retention import build_retention_job
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline
+from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 from eams_pipeline_tests.test_orchestration_pipeline import (
     clean_file,
     file_with_errors,
@@ -110,7 +110,7 @@ def test_the_raw_file_leaves_processed_and_a_rerun_works_from_the_archive(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
     request, result = pipeline.sensor_run(instance, "D001", clean_file())
-    key = request.partition_key
+    key = upload_key(request)
     assert result.success
     assert pipeline.files("D001", "processed") == []
     assert materialization(result, "district_email")["raw_file_removed"] is True
@@ -143,14 +143,14 @@ def test_the_retention_job_removes_only_what_it_may(
     pipeline.clock.advance(3600)
     second, r2 = pipeline.sensor_run(instance, "D001", file_with_errors())
     assert r1.success and r2.success
-    held = second.partition_key
+    held = upload_key(second)
     pipeline.conn.execute("UPDATE uploads SET status = 'held' WHERE upload_key = %s", (held,))
     pipeline.conn.commit()
-    kept_raw = sorted(f"students_{r.partition_key}.csv" for r in (first, second))
+    kept_raw = sorted(f"students_{upload_key(r)}.csv" for r in (first, second))
     assert pipeline.files("D001", "processed") == kept_raw  # 3 days not yet over
     errors = pipeline.files("D001", "errors")
     assert len(errors) == 2
-    received = get_upload(pipeline.conn, first.partition_key).received_at
+    received = get_upload(pipeline.conn, upload_key(first)).received_at
 
     # a day later: nothing is old enough
     soon = _retention(pipeline, received + DAY)
@@ -160,14 +160,14 @@ def test_the_retention_job_removes_only_what_it_may(
     later = _retention(pipeline, received + 4 * DAY)
     assert _removed(later)["processed"] == [f"/processed/{kept_raw[0]}"]
     assert pipeline.files("D001", "processed") == [kept_raw[1]]
-    assert get_upload(pipeline.conn, first.partition_key) is not None
+    assert get_upload(pipeline.conn, upload_key(first)) is not None
 
     # error files: 90 days after they were written (their time on the SFTP server)
     old = (received - 100 * DAY).timestamp()
     for name in errors:
         os.utime(pipeline.user_dir("D001") / "errors" / name, (old, old))
     errs = _retention(pipeline, received + 5 * DAY)
-    first_id = get_upload(pipeline.conn, first.partition_key).upload_id
+    first_id = get_upload(pipeline.conn, upload_key(first)).upload_id
     assert _removed(errs)["errors"] == [f"/errors/students_errors_{first_id}.csv"]
     assert pipeline.files("D001", "errors") == [
         n for n in errors if n != f"students_errors_{first_id}.csv"

@@ -202,5 +202,9 @@ def test_a_run_worker_builds_no_district_sensors(monkeypatch: pytest.MonkeyPatch
         definitions, "district_codes_from_database", lambda: pytest.fail("no query in a run")
     )
     defs = definitions.build_definitions()
-    assert {s.name for s in defs.sensors or []} == {"eams_operator_alerts"}
+    assert {s.name for s in defs.sensors or []} == {
+        "eams_operator_alerts",
+        "eams_district_partitions",
+        "eams_upload_requests",
+    }
     assert defs.resolve_job_def("upload_job") is not None

@@ -242,7 +242,8 @@ def fleet(conn: psycopg.Connection) -> dt.datetime:
     stale["timezone"] = "UTC"
     held = _district(
         "HELD",
-        guard=None,  # the default guard: at most 10% deactivated
+        # the default limits (at most 10% deactivated) with no floor: 10 students
+        guard={"min_count": 0},
         existing=[builders.existing_student(f"H{i}", order="ENT-HELD") for i in range(10)],
     )
     builders.load(
@@ -265,6 +266,9 @@ def fleet(conn: psycopg.Connection) -> dt.datetime:
     assert run("OK", _csv(builders.row("O1")), 2 * hours) == UploadStatus.PROCESSED
     assert run("REJ", _csv(builders.row("R1")), 30 * hours) == UploadStatus.PROCESSED
     assert run("REJ", b"Name,Id\r\nx,y\r\n", 3 * hours) == UploadStatus.REJECTED
+    # the baseline (nothing is held before a district's first applied upload), then a hold
+    baseline = [builders.row(f"H{i}") for i in range(10)]
+    assert run("HELD", _csv(*baseline), 27 * hours) == UploadStatus.PROCESSED
     deactivate = [builders.row(f"H{i}", "D") for i in range(5)]
     assert run("HELD", _csv(*deactivate), 26 * hours) == UploadStatus.HELD
     assert run("STALE", _csv(builders.row("S1")), 5 * DAY) == UploadStatus.PROCESSED

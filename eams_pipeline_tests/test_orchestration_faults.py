@@ -35,13 +35,16 @@ from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.orchestration import assets
-from eams_pipeline.orchestration.partitions import FILE_MTIME_TAG, FILE_SIZE_TAG, UPLOADS
-from eams_pipeline.orchestration.resources import SmtpResource
-from eams_pipeline.orchestration.sensors import (
+from eams_pipeline.orchestration.partitions import (
+    DISTRICTS,
+    FILE_MTIME_TAG,
+    FILE_SIZE_TAG,
     PARTITION_TAG,
-    WILL_RETRY_TAG,
-    build_operator_alert_sensor,
+    UPLOAD_KEY_TAG,
+    upload_run_config,
 )
+from eams_pipeline.orchestration.resources import SmtpResource
+from eams_pipeline.orchestration.sensors import WILL_RETRY_TAG, build_operator_alert_sensor
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fault_worker import (
@@ -51,7 +54,7 @@ from eams_pipeline_tests.fault_worker import (
     worker_config,
 )
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
-from eams_pipeline_tests.orchestration_env import OPERATORS, DagsterStorage, Pipeline
+from eams_pipeline_tests.orchestration_env import OPERATORS, DagsterStorage, Pipeline, upload_key
 
 SID_A, SID_B, SID_C = "STU-88101", "STU-88102", "STU-88103"
 RETRY_NUMBER_TAG = "dagster/retry_number"
@@ -158,7 +161,7 @@ def instance(
     module_dagster_storage: DagsterStorage, pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[dg.DagsterInstance]:
     """The instance of the shipped dagster.yaml (PostgreSQL storage shared by the module:
-    each test's uploads are on a day of their own, so their partition keys differ); the
+    each test's uploads are on a day of their own, so their upload keys differ); the
     worker's resources are the pipeline's."""
     module_dagster_storage.use(monkeypatch)
     monkeypatch.setenv(
@@ -176,20 +179,21 @@ def instance(
 def sensor_request(
     pipeline: Pipeline, instance: dg.DagsterInstance, data: bytes, code: str = "D001"
 ) -> dict[str, str]:
-    """Upload, let it settle; the tags of the run the sensor requests (partition added)."""
+    """Upload, let it settle; the tags of the run the sensor requests (its partition, the
+    district, added; its upload in the tags, and in the run config made from them)."""
     pipeline.upload(code, data)
     first = pipeline.tick(instance, code, None)
     pipeline.clock.advance(pipeline.settle)
     request = pipeline.request(pipeline.tick(instance, code, first.cursor))
-    key = request.partition_key
-    assert key is not None
-    instance.add_dynamic_partitions(UPLOADS.name, [key])
+    upload_key(request)  # tag, run config and partition agree
+    assert request.partition_key == code
+    instance.add_dynamic_partitions(DISTRICTS.name, [code])
     assert request.tags[FILE_SIZE_TAG] and request.tags[FILE_MTIME_TAG]
-    return {**request.tags, PARTITION_TAG: key}
+    return {**request.tags, PARTITION_TAG: code}
 
 
 def the_run(instance: dg.DagsterInstance, key: str) -> dg.DagsterRun:
-    [run] = instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: key}), limit=1)
+    [run] = instance.get_runs(filters=dg.RunsFilter(tags={UPLOAD_KEY_TAG: key}), limit=1)
     return run
 
 
@@ -219,6 +223,7 @@ def retry(
         reconstructable_upload_job(),
         instance,
         tags=tags,
+        run_config=parent.run_config,  # the daemon's and the UI's re-executions keep it
         reexecution_options=dg.ReexecutionOptions.from_failure(parent.run_id, instance),
     )
 
@@ -278,7 +283,7 @@ def test_run_worker_killed_then_retried_from_failure(
     pipeline: Pipeline, instance: dg.DagsterInstance, point: str
 ) -> None:
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
     worker = Worker(tags, pause=point)
     try:
         worker.wait_for_line(f"paused {point}")
@@ -318,7 +323,7 @@ def test_run_worker_killed_after_the_relay_accepted_the_email_emails_again(
     (milliseconds in real life) gets the district emailed again by the retry: at least
     once, never lost. Everything else stays exactly once."""
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
     worker = Worker(tags, pause="emailed")
     try:
         worker.wait_for_line("paused emailed")
@@ -345,7 +350,7 @@ def test_run_worker_killed_in_the_middle_of_the_apply(
     pipeline: Pipeline, instance: dg.DagsterInstance, db_url: str
 ) -> None:
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
     with psycopg.connect(db_url, autocommit=True) as watch, psycopg.connect(db_url) as blocker:
         # the license move of the apply waits for these row locks (the students' foreign
         # keys do not: FOR NO KEY UPDATE leaves FOR KEY SHARE free)
@@ -398,7 +403,12 @@ def test_run_worker_killed_in_the_middle_of_the_apply(
 
 def run(instance: dg.DagsterInstance, tags: dict[str, str]) -> dg.JobExecutionResult:
     """The sensor's run, executed in this process."""
-    return dg.execute_job(reconstructable_upload_job(), instance, tags=tags)
+    return dg.execute_job(
+        reconstructable_upload_job(),
+        instance,
+        tags=tags,
+        run_config=upload_run_config(tags[UPLOAD_KEY_TAG]),
+    )
 
 
 def step_error(result: dg.JobExecutionResult, step: str) -> str:
@@ -420,7 +430,7 @@ def test_sftp_server_goes_away_in_the_middle_of_a_transfer(
     server = pipeline.sftp
     assert isinstance(server, FaultySftpServer)
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
 
     server.trip = (op, path)
     first = run(instance, tags)
@@ -468,7 +478,7 @@ def test_smtp_server_down_for_the_email_step_retried_then_alert_then_reexecuted(
     pipeline: Pipeline, instance: dg.DagsterInstance, tmp_path: Path
 ) -> None:
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
     port = pipeline.smtp.port
     pipeline.smtp.stop()
 
@@ -519,10 +529,10 @@ def _between_steps(monkeypatch: pytest.MonkeyPatch, before: str, action) -> list
     original = assets._ref
     fired: list[str] = []
 
-    def hooked(context: dg.AssetExecutionContext):
+    def hooked(context: dg.AssetExecutionContext, upload_ref):
         if context.asset_key == dg.AssetKey(before) and not fired:
             fired.append(action())
-        return original(context)
+        return original(context, upload_ref)
 
     monkeypatch.setattr(assets, "_ref", hooked)
     return fired
@@ -546,7 +556,7 @@ def test_postgres_restart_between_two_steps_the_run_carries_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
     databases = [pipeline.conn.info.dbname, conninfo_to_dict(module_dagster_storage.url)["dbname"]]
     observer = pipeline.conn.info.backend_pid  # the test's own connection is spared
 
@@ -571,7 +581,7 @@ def test_postgres_restart_in_the_middle_of_the_apply_then_retried(
     pipeline: Pipeline, instance: dg.DagsterInstance, db_url: str
 ) -> None:
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
     name = pipeline.conn.info.dbname
     observer = pipeline.conn.info.backend_pid
     terminated: list[int] = []
@@ -614,7 +624,7 @@ def test_postgres_down_when_the_next_step_starts_then_retried(
     pipeline: Pipeline, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tags = sensor_request(pipeline, instance, file_with_errors())
-    key = tags[PARTITION_TAG]
+    key = tags[UPLOAD_KEY_TAG]
     name = pipeline.conn.info.dbname
     observer = pipeline.conn.info.backend_pid
 

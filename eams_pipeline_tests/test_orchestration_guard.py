@@ -24,7 +24,7 @@ from eams_pipeline.orchestration.decisions import (
 )
 from eams_pipeline.orchestration.jobs import REVERT_JOB_NAME, upload_job
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline
+from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 from eams_pipeline_tests.test_cli import eams
 from eams_pipeline_tests.test_orchestration_pipeline import (
     SECRET_PASSWORD,
@@ -70,7 +70,7 @@ def follow_up(
     tick = decisions(pipeline, instance)
     assert isinstance(tick, dg.SensorResult), tick
     [request] = tick.run_requests
-    assert (request.partition_key, request.run_key) == (key, f"{key}:{status}")
+    assert (upload_key(request), request.run_key) == (key, f"{key}:{status}")
     assert request.tags[FOLLOW_UP_TAG] == status
     result = pipeline.run_upload(instance, key)
     assert result.success
@@ -104,8 +104,9 @@ def held_upload(
         all_d.append(builders.row(IDS[6], password=""))
     all_d += [builders.row(s, password="") for s in IDS[7:]]
     request, held = pipeline.sensor_run(instance, "D001", builders.csv_bytes(all_d))
+    key = upload_key(request)
     assert held.success  # a held file is not a crash
-    return request.partition_key, first, held, before
+    return key, first, held, before
 
 
 def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
@@ -157,9 +158,7 @@ def test_a_held_upload_fails_its_check_then_is_approved_then_reverted(
     approved = pipeline.run_upload(
         instance,
         key,
-        run_config={
-            "ops": {"upload_outcome": {"config": {"approve_hold": True, "approved_by": "alice"}}}
-        },
+        ops={"upload_outcome": {"config": {"approve_hold": True, "approved_by": "alice"}}},
     )
     assert approved.success
     outcome = materialization(approved, "upload_outcome")

@@ -13,8 +13,8 @@ import psycopg
 import pytest
 import yaml
 
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG
-from eams_pipeline_tests.orchestration_env import Pipeline
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOAD_KEY_TAG
+from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,10 @@ def test_sensor_and_run_with_the_shipped_dagster_yaml_on_postgres(
 
         request, result = pipeline.sensor_run(instance, "D001", b"")
         assert result.success
-        key = request.partition_key
-        assert instance.get_dynamic_partitions("uploads") == [key]
+        key = upload_key(request)
+        # a partition per district, none per upload
+        assert instance.get_dynamic_partitions("districts") == ["D001"]
+        assert instance.get_dynamic_partitions("uploads") == []
 
     # what the UI reads: the run, its tags and the error report's materialization, in Postgres
     with psycopg.connect(dagster_pg) as conn:
@@ -46,12 +48,13 @@ def test_sensor_and_run_with_the_shipped_dagster_yaml_on_postgres(
         tags = dict(
             conn.execute("SELECT key, value FROM run_tags WHERE run_id = %s", (result.run_id,))
         )
-        assert tags[DISTRICT_TAG] == "D001" and tags["dagster/partition"] == key
+        assert tags[DISTRICT_TAG] == "D001" and tags[UPLOAD_KEY_TAG] == key
+        assert tags["dagster/partition"] == "D001"
         materialized = conn.execute(
             """SELECT count(*) FROM event_logs
                WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION'
                  AND asset_key LIKE '%%error_report%%' AND partition = %s""",
-            (result.run_id, key),
+            (result.run_id, "D001"),
         ).fetchone()[0]
         assert materialized == 1
     assert pipeline.smtp.wait_for(1)[0]["Subject"].startswith("eAMS student update FAILED")
@@ -74,7 +77,14 @@ def test_code_location_has_a_sensor_per_district_of_the_database(
     defs = module.defs
     dg.Definitions.validate_loadable(defs)
     sensors = {s.name for s in defs.sensors}
-    assert sensors == {"sftp_D001", "sftp_D002", "eams_operator_alerts", "eams_decisions"}
+    assert sensors == {
+        "sftp_D001",
+        "sftp_D002",
+        "eams_operator_alerts",
+        "eams_decisions",
+        "eams_district_partitions",
+        "eams_upload_requests",
+    }
     job = defs.resolve_job_def("upload_job")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == {
         "upload_file",
@@ -82,10 +92,6 @@ def test_code_location_has_a_sensor_per_district_of_the_database(
         "error_report",
         "district_email",
     }
-    assert (
-        job.get_tags_for_partition_key("D002-20260114T080000000000Z", selected_asset_keys=None)[
-            DISTRICT_TAG
-        ]
-        == "D002"
-    )
+    assert job.get_tags_for_partition_key("D002", selected_asset_keys=None)[DISTRICT_TAG] == "D002"
+    assert {j.name for j in defs.jobs} >= {"upload_job", "reprocess_uploads", "revert_upload_job"}
     sys.modules.pop(module_name, None)

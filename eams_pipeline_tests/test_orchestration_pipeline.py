@@ -13,12 +13,19 @@ import pytest
 
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.sftp import SftpAuthError, SftpHostKeyError
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOADS, UploadRef
+from eams_pipeline.orchestration.partitions import (
+    DISTRICT_TAG,
+    DISTRICTS,
+    UPLOAD_KEY_TAG,
+    UploadRef,
+    build_district_partitions_sensor,
+    upload_run_config,
+)
 from eams_pipeline.orchestration.resources import ArchiveResource, SmtpResource
 from eams_pipeline.orchestration.sensors import build_operator_alert_sensor
 from eams_pipeline.orchestration.settle import SensorState
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline
+from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 
 # values that must never reach an email, the archive in clear or an operator alert
 SECRET_PASSWORD = "Hunter2-Zq81!"
@@ -82,19 +89,25 @@ def test_sensor_waits_for_the_file_to_settle_then_requests_one_run_per_upload(
 
     pipeline.clock.advance(pipeline.settle)
     t3 = pipeline.tick(instance, "D001", t2.cursor)
+    # the tick records the request; the upload requests sensor asks for the run
     request = pipeline.request(t3)
-    key = request.partition_key
-    assert key is not None and request.run_key == key
-    assert UploadRef.parse(key).district == "D001"
-    assert request.tags[DISTRICT_TAG] == "D001"
+    key = upload_key(request)  # tag, run config and partition (the district) agree
+    assert f"requested upload {key}" in str(t3.skip_reason)
+    assert request.run_key == key
+    assert UploadRef.parse(key).district == "D001" and request.partition_key == "D001"
+    assert request.tags[DISTRICT_TAG] == "D001" and request.tags[UPLOAD_KEY_TAG] == key
+    assert request.tags["eams/requested_by"] == "sftp_D001"
+    assert request.run_config == {"resources": {"upload_ref": {"config": {"key": key}}}}
     assert request.tags["eams/file_size"] == str(len(clean_file()))
-    [add] = t3.dynamic_partitions_requests
-    assert add.partitions_def_name == UPLOADS.name and list(add.partition_keys) == [key]
+    # the district's partition key (added if missing; a partition per district, not per upload)
+    [add] = pipeline.last_dispatch.dynamic_partitions_requests
+    assert add.partitions_def_name == DISTRICTS.name and list(add.partition_keys) == ["D001"]
 
     pipeline.clock.advance(pipeline.settle)
     t4 = pipeline.tick(instance, "D001", t3.cursor)  # not claimed yet: no second request
     assert isinstance(t4, dg.SensorResult) and not t4.run_requests
     assert "already requested" in str(t4.skip_reason)
+    assert isinstance(pipeline.dispatch(), dg.SkipReason)  # nothing more to run
 
     stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
     assert pipeline.run_upload(instance, key, stat=stat).success
@@ -108,7 +121,7 @@ def test_sensor_waits_for_the_file_to_settle_then_requests_one_run_per_upload(
     t6 = pipeline.tick(instance, "D001", t5.cursor)
     pipeline.clock.advance(pipeline.settle)
     second = pipeline.request(pipeline.tick(instance, "D001", t6.cursor))
-    assert second.partition_key != key
+    assert upload_key(second) != key and second.partition_key == "D001"
 
 
 def test_sensor_ignores_filepart_and_other_files(
@@ -170,7 +183,23 @@ def test_nightly_district_sensor_waits_for_the_processing_time(
     assert isinstance(t2, dg.SensorResult) and not t2.run_requests
     assert "nightly" in str(t2.skip_reason)
     pipeline.clock.advance(3600)
-    assert pipeline.request(pipeline.tick(instance, "D001", t2.cursor)).partition_key
+    assert upload_key(pipeline.request(pipeline.tick(instance, "D001", t2.cursor)))
+
+
+def test_the_district_partitions_follow_the_locations_districts(
+    instance: dg.DagsterInstance,
+) -> None:
+    sensor = build_district_partitions_sensor(["D001", "D002"])
+    first = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(first, dg.SensorResult) and not first.run_requests
+    [add] = first.dynamic_partitions_requests
+    assert add.partitions_def_name == DISTRICTS.name
+    assert list(add.partition_keys) == ["D001", "D002"]
+    # as the daemon does; a district gone from master data keeps its key (and its history)
+    instance.add_dynamic_partitions(DISTRICTS.name, ["D001", "D002", "D999"])
+    second = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(second, dg.SkipReason)
+    assert instance.get_dynamic_partitions(DISTRICTS.name) == ["D001", "D002", "D999"]
 
 
 # -- the job -------------------------------------------------------------------------------
@@ -179,9 +208,14 @@ def test_nightly_district_sensor_waits_for_the_processing_time(
 def test_clean_upload_end_to_end(pipeline: Pipeline, instance: dg.DagsterInstance) -> None:
     data = clean_file()
     request, result = pipeline.sensor_run(instance, "D001", data)
-    key = request.partition_key
+    key = upload_key(request)
     assert result.success
     assert result.dagster_run.tags[DISTRICT_TAG] == "D001"
+    assert result.dagster_run.tags[UPLOAD_KEY_TAG] == key
+    # every materialization names its upload, in the district's partition
+    for asset in ("upload_file", "upload_outcome", "error_report", "district_email"):
+        assert materialization(result, asset)["upload_key"] == key, asset
+    assert {e.partition for e in result.get_asset_materialization_events()} == {"D001"}
 
     # claimed by a rename into processed/, nothing left in incoming/, no error file; the
     # raw file (clear passwords) left processed/ once archived (EAMS_PROCESSED_RETENTION_DAYS=0)
@@ -242,7 +276,7 @@ def test_upload_with_row_errors_publishes_the_error_file_and_reports_it(
 ) -> None:
     request, result = pipeline.sensor_run(instance, "D002", file_with_errors())
     assert result.success
-    upload = get_upload(pipeline.conn, request.partition_key)
+    upload = get_upload(pipeline.conn, upload_key(request))
     assert upload is not None and upload.status == "partially_processed"
     name = f"students_errors_{upload.upload_id}.csv"
     assert pipeline.files("D002", "errors") == [name]  # no temporary name left behind
@@ -272,7 +306,7 @@ def test_rejected_upload_emails_the_failure_with_the_error_file(
     bad_header = b"School Code,Student ID,Surname\r\n101,STU-77810,Zyxwvutson\r\n"
     request, result = pipeline.sensor_run(instance, "D001", bad_header)
     assert result.success  # a bad file is an outcome, not a crash
-    upload = get_upload(pipeline.conn, request.partition_key)
+    upload = get_upload(pipeline.conn, upload_key(request))
     assert upload is not None and upload.status == "rejected"
     assert pipeline.files("D001", "errors") == [f"students_errors_{upload.upload_id}.csv"]
     [mail] = pipeline.smtp.wait_for(1)
@@ -288,7 +322,7 @@ def test_an_upload_above_the_limit_is_rejected_without_being_downloaded(
     request, result = pipeline.sensor_run(instance, "D001", clean_file())
     assert result.success  # an oversized file is an outcome, not a crash
     assert materialization(result, "upload_file")["too_large"] is True
-    upload = get_upload(pipeline.conn, request.partition_key)
+    upload = get_upload(pipeline.conn, upload_key(request))
     assert upload is not None and upload.status == "rejected"
     assert upload.error_codes == {"FILE_TOO_LARGE": 1}
     assert upload.counts["rows"] == 0
@@ -303,7 +337,7 @@ def test_an_upload_above_the_limit_is_rejected_without_being_downloaded(
     assert not list(pipeline.archive_dir.rglob("*.fernet"))
     assert builders.students(pipeline.conn, "D001") == {}
     # running it again changes nothing and sends nothing more
-    again = pipeline.run_upload(instance, request.partition_key)
+    again = pipeline.run_upload(instance, upload_key(request))
     assert again.success and len(pipeline.smtp.wait_for(1)) == 1
 
 
@@ -315,7 +349,7 @@ def test_a_crash_after_the_claim_is_recovered_by_running_again(
     t1 = pipeline.tick(instance, "D001", None)
     pipeline.clock.advance(pipeline.settle)
     request = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
-    key = request.partition_key
+    key = upload_key(request)
     stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
 
     # the archive cannot be written: the run fails after claiming, before applying
@@ -359,7 +393,7 @@ def test_a_run_cannot_claim_a_file_that_changed_since_the_sensor_saw_it(
     request = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
     pipeline.upload("D001", clean_file(grade="7"), mtime=1_700_000_000)  # replaced meanwhile
     stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
-    result = pipeline.run_upload(instance, request.partition_key, stat=stat, raise_on_error=False)
+    result = pipeline.run_upload(instance, upload_key(request), stat=stat, raise_on_error=False)
     assert not result.success
     assert pipeline.files("D001", "incoming") == ["students.csv"]  # left for the next run
     assert pipeline.files("D001", "processed") == []
@@ -373,19 +407,10 @@ def test_reprocessing_an_old_upload_after_a_newer_one_does_not_roll_students_bac
     t1 = pipeline.tick(instance, "D001", None)
     pipeline.clock.advance(pipeline.settle)
     first = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
-    old_key = first.partition_key
+    old_key = upload_key(first)
     stat = (int(first.tags["eams/file_size"]), int(first.tags["eams/file_mtime"]))
-    instance.add_dynamic_partitions(UPLOADS.name, [old_key])
-    job = pipeline.defs().resolve_job_def("upload_job")
-    partial = job.execute_in_process(
-        partition_key=old_key,
-        instance=instance,
-        asset_selection=[dg.AssetKey("upload_file")],
-        tags={
-            DISTRICT_TAG: "D001",
-            "eams/file_size": str(stat[0]),
-            "eams/file_mtime": str(stat[1]),
-        },
+    partial = pipeline.run_upload(
+        instance, old_key, stat=stat, asset_selection=[dg.AssetKey("upload_file")]
     )
     assert partial.success and get_upload(pipeline.conn, old_key) is None
 
@@ -407,7 +432,7 @@ def test_reprocessing_an_old_upload_after_a_newer_one_does_not_roll_students_bac
 
     # the explicit operator decision applies it
     forced = pipeline.run_upload(
-        instance, old_key, run_config={"ops": {"upload_outcome": {"config": {"allow_older": True}}}}
+        instance, old_key, ops={"upload_outcome": {"config": {"allow_older": True}}}
     )
     assert forced.success
     # applied (SID_B's X row now meets an existing student: STUDENT_EXISTS)
@@ -415,7 +440,7 @@ def test_reprocessing_an_old_upload_after_a_newer_one_does_not_roll_students_bac
     assert builders.students(pipeline.conn, "D001")[SID_A]["grade"] == "5"
 
     # an upload already applied is never applied again, whatever its age
-    newer_key = newer.dagster_run.tags["dagster/partition"]
+    newer_key = newer.dagster_run.tags[UPLOAD_KEY_TAG]
     again = pipeline.run_upload(instance, newer_key)
     assert materialization(again, "upload_outcome")["already_applied"] is True
     assert builders.students(pipeline.conn, "D001")[SID_A]["grade"] == "5"
@@ -449,6 +474,33 @@ def test_a_run_for_an_unknown_partition_of_another_district_is_refused(
     assert pipeline.files("D002", "incoming") == ["students.csv"]
 
 
+def test_a_run_whose_upload_is_not_of_its_district_partition_is_refused(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    pipeline.upload("D002", clean_file())
+    key = UploadRef.new("D001", pipeline.clock.now).key
+    instance.add_dynamic_partitions(DISTRICTS.name, ["D001", "D002"])
+    job = pipeline.defs().resolve_job_def("upload_job")
+    result = job.execute_in_process(
+        partition_key="D002",
+        instance=instance,
+        run_config=upload_run_config(key),
+        tags={"eams/file_size": "1", "eams/file_mtime": "1"},
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = result.get_step_failure_events()
+    assert failure.step_key == "upload_file"
+    assert f"upload {key} is of district D001, not of this run's partition D002" in (
+        failure.step_failure_data.error.message
+    )
+    assert pipeline.files("D002", "incoming") == ["students.csv"]  # nothing claimed
+    # a run without its upload (e.g. a backfill of district partitions) does not start
+    with pytest.raises(dg.DagsterInvalidConfigError, match="upload_ref"):
+        job.execute_in_process(partition_key="D002", instance=instance)
+    assert pipeline.files("D002", "incoming") == ["students.csv"]
+
+
 # -- operator alerts -----------------------------------------------------------------------
 
 
@@ -460,7 +512,7 @@ def _failed_run(pipeline: Pipeline, instance: dg.DagsterInstance) -> dg.ExecuteI
     request = pipeline.request(pipeline.tick(instance, "D001", t1.cursor))
     stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
     result = pipeline.run_upload(
-        instance, request.partition_key, stat=stat, raise_on_error=False, smtp=dead_smtp
+        instance, upload_key(request), stat=stat, raise_on_error=False, smtp=dead_smtp
     )
     assert not result.success
     return result
@@ -488,7 +540,7 @@ def test_a_crashed_run_alerts_the_operators_without_student_data(
     assert "D001" in mail["Subject"] and result.run_id in mail["Subject"]
     body = mail.get_content()
     assert "step district_email: ConnectionRefusedError: [Errno 111]" in body
-    assert "district_email" in body and result.dagster_run.tags["dagster/partition"] in body
+    assert "district_email" in body and result.dagster_run.tags[UPLOAD_KEY_TAG] in body
     assert_no_student_data(body)
 
 

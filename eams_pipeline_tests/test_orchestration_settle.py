@@ -7,7 +7,12 @@ import datetime as dt
 import pytest
 
 from eams_pipeline.io.sftp import RemoteFile
-from eams_pipeline.orchestration.partitions import BadUploadKey, UploadRef, district_tags
+from eams_pipeline.orchestration.partitions import (
+    BadUploadKey,
+    UploadRef,
+    district_tags,
+    upload_tags,
+)
 from eams_pipeline.orchestration.sensors import sensor_name
 from eams_pipeline.orchestration.settle import SensorState, decide, due_time
 
@@ -153,7 +158,8 @@ def test_upload_keys_are_safe_partition_keys_and_parse_back(district: str) -> No
     assert not any(bad in ref.key for bad in ("|", ",", "...", "/", " "))
     assert UploadRef.parse(ref.key) == ref
     assert ref.district == district and ref.received_at == when
-    assert district_tags(ref.key) == {"eams/district": district}
+    assert district_tags(district) == {"eams/district": district}
+    assert upload_tags(ref) == {"eams/district": district, "eams/upload_key": ref.key}
     assert ref.processed_name == f"students_{ref.key}.csv"
 
 

@@ -25,11 +25,9 @@ from eams_pipeline.core.run_retention import (
     cutoff_for,
     decide,
 )
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, PARTITION_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource
 from eams_pipeline.orchestration.run_retention import (
-    PARTITION_TAG,
-    UPLOAD_KEY_TAG,
     build_run_retention_job,
     enforce_run_retention,
 )

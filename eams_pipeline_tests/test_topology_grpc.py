@@ -49,7 +49,7 @@ from eams_pipeline.devtools.demo import (
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.sharding import shard_of
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.conftest import ADMIN_URL
@@ -207,6 +207,11 @@ RUNS_QUERY = (
     " ... on Runs { results { runId status tags { key value } } } } }"
 )
 
+PARTITIONS_QUERY = (
+    '{ assetNodeOrError(assetKey: {path: ["upload_outcome"]}) {'
+    " ... on AssetNode { partitionKeysByDimension { partitionKeys } } } }"
+)
+
 
 def test_upload_flows_through_code_server_daemon_and_webserver(
     conn: psycopg.Connection,
@@ -296,6 +301,8 @@ def test_upload_flows_through_code_server_daemon_and_webserver(
         f"sftp_{SERVED}",
         "eams_operator_alerts",
         "eams_decisions",
+        "eams_district_partitions",
+        "eams_upload_requests",
     }
 
     # -- the daemon is up (its heartbeats are in the shared storage) -------------------------
@@ -342,9 +349,15 @@ def test_upload_flows_through_code_server_daemon_and_webserver(
 
     (run,) = _wait_for("the run to succeed", finished_runs, FLOW_TIMEOUT_SECONDS, processes)
     tags = {t["key"]: t["value"] for t in run["tags"]}
-    assert tags["dagster/partition"] == upload[0][4]
+    assert tags[UPLOAD_KEY_TAG] == upload[0][4] and tags[DISTRICT_TAG] == SERVED
+    assert tags["dagster/partition"] == SERVED  # the upload assets are partitioned by district
     assert tags["dagster/code_location"] == LOCATION
-    assert tags.get("dagster/sensor_name") == f"sftp_{SERVED}"
+    # the partitions are the districts this location serves (the other shard's is not there)
+    node = _graphql(ui_port, PARTITIONS_QUERY)["assetNodeOrError"]
+    assert node["partitionKeysByDimension"][0]["partitionKeys"] == [SERVED]
+    # requested by the district's sensor, started by the location's upload requests sensor
+    assert tags.get("eams/requested_by") == f"sftp_{SERVED}"
+    assert tags.get("dagster/sensor_name") == "eams_upload_requests"
 
     # D003 belongs to the other shard: untouched, no run, no mail for it
     assert (sftp_server.user_dir(DISTRICTS["D003"]) / "incoming" / "students.csv").exists()

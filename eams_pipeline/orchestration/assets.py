@@ -1,4 +1,5 @@
-"""The upload pipeline as four assets partitioned by upload (one dynamic partition each).
+"""The upload pipeline as four assets partitioned by district; a run processes one upload,
+named by its run config (the ``upload_ref`` resource) and tags (see :mod:`.partitions`).
 
     upload_file     claim incoming/students.csv by an atomic rename to processed/, keep an
                     encrypted archive copy of the raw bytes (the basis of every re-run)
@@ -11,7 +12,8 @@ No asset passes data through an IO manager (the raw upload holds passwords): eac
 what it needs from the archive or the database. Every step can run again: a re-execution
 or a backfill reads the archive, not SFTP; an upload already applied is not applied again
 (process_upload returns what was recorded); an upload older than one already applied is
-not applied over it unless the run config says ``allow_older: true``.
+not applied over it unless the run config says ``allow_older: true``. Every
+materialization's metadata names its upload (``upload_key``).
 """
 
 import datetime as dt
@@ -33,12 +35,13 @@ from eams_pipeline.db.districts import District, district_code, get_district
 from eams_pipeline.io.sftp import ERRORS, PROCESSED, SettledRead, SftpFileChangingError
 from eams_pipeline.orchestration.decisions import decision_text, tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
-    DISTRICT_TAG,
+    DISTRICTS,
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
-    UPLOADS,
     UploadRef,
     error_file_name,
+    runs_of_upload,
+    upload_tags,
 )
 from eams_pipeline.orchestration.resources import (
     ArchiveResource,
@@ -46,6 +49,7 @@ from eams_pipeline.orchestration.resources import (
     EngineResource,
     SftpResource,
     SmtpResource,
+    UploadResource,
 )
 from eams_pipeline.orchestration.retention import (
     alert_raw_kept,
@@ -93,16 +97,35 @@ class EmailConfig(dg.Config):
     )
 
 
-def _ref(context: dg.AssetExecutionContext) -> UploadRef:
-    ref = UploadRef.parse(context.partition_key)
-    tags = context.run.tags
-    if tags.get(DISTRICT_TAG) not in (None, ref.district):
+def _ref(context: dg.AssetExecutionContext, upload_ref: UploadResource) -> UploadRef:
+    """The run's upload (run config), checked against its partition (the district) and tags."""
+    ref = upload_ref.ref()
+    if context.partition_key != ref.district:
         raise dg.Failure(
-            f"run tag {DISTRICT_TAG}={tags[DISTRICT_TAG]} does not match upload {ref.key}"
+            f"upload {ref.key} is of district {ref.district}, not of this run's partition "
+            f"{context.partition_key}",
+            allow_retries=False,
         )
-    if DISTRICT_TAG not in tags:  # e.g. an asset backfill: tag the run for the operators
-        context.instance.add_run_tags(context.run.run_id, {DISTRICT_TAG: ref.district})
+    tags = context.run.tags
+    expected = upload_tags(ref)
+    for tag, value in expected.items():
+        if tags.get(tag) not in (None, value):
+            raise dg.Failure(
+                f"run tag {tag}={tags[tag]} does not match upload {ref.key}", allow_retries=False
+            )
+    missing = {tag: value for tag, value in expected.items() if tag not in tags}
+    if missing:  # e.g. launched from the launchpad: tag the run for the runs page's filters
+        context.instance.add_run_tags(context.run.run_id, missing)
     return ref
+
+
+def _names(ref: UploadRef) -> dict[str, object]:
+    """The metadata naming the upload, on every materialization."""
+    return {
+        "upload_key": ref.key,
+        "district": ref.district,
+        "received_at": ref.received_at.isoformat(),
+    }
 
 
 def _load_district(db: DatabaseResource, code: str) -> District:
@@ -130,19 +153,20 @@ def _expected_stat(context: dg.AssetExecutionContext) -> tuple[int, int] | None:
 
 
 @dg.asset(
-    partitions_def=UPLOADS,
+    partitions_def=DISTRICTS,
     group_name=GROUP,
     kinds={"sftp"},
     description="The raw upload: claimed from incoming/ into processed/ and archived encrypted.",
 )
 def upload_file(
     context: dg.AssetExecutionContext,
+    upload_ref: UploadResource,
     db: DatabaseResource,
     sftp: SftpResource,
     archive: ArchiveResource,
     engine: EngineResource,
 ) -> dg.MaterializeResult:
-    ref = _ref(context)
+    ref = _ref(context, upload_ref)
     store = archive.get()
     archived = store.path_for(ref.district, ref.key)
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
@@ -161,8 +185,7 @@ def upload_file(
             context.log.info(f"upload {ref.key} is already {recorded.status}; not read again")
             return dg.MaterializeResult(
                 metadata={
-                    "district": ref.district,
-                    "received_at": ref.received_at.isoformat(),
+                    **_names(ref),
                     "source": f"recorded outcome ({recorded.status}); not archived",
                     "processed_path": processed_rel,
                 }
@@ -186,8 +209,7 @@ def upload_file(
     digest = store.sha256(data)
     return dg.MaterializeResult(
         metadata={
-            "district": ref.district,
-            "received_at": ref.received_at.isoformat(),
+            **_names(ref),
             "bytes": dg.MetadataValue.int(len(data)),
             "sha256": digest,
             "source": source,
@@ -262,8 +284,7 @@ def _too_large(
         )
     return dg.MaterializeResult(
         metadata={
-            "district": ref.district,
-            "received_at": ref.received_at.isoformat(),
+            **_names(ref),
             "bytes": dg.MetadataValue.int(size),
             "too_large": dg.MetadataValue.bool(True),
             "source": source,
@@ -306,7 +327,7 @@ def _claim(context: dg.AssetExecutionContext, session, ref: UploadRef, processed
 
 
 @dg.asset(
-    partitions_def=UPLOADS,
+    partitions_def=DISTRICTS,
     group_name=GROUP,
     deps=[upload_file],
     kinds={"postgres"},
@@ -315,11 +336,12 @@ def _claim(context: dg.AssetExecutionContext, session, ref: UploadRef, processed
 def upload_outcome(
     context: dg.AssetExecutionContext,
     config: ApplyConfig,
+    upload_ref: UploadResource,
     db: DatabaseResource,
     archive: ArchiveResource,
     engine: EngineResource,
 ) -> dg.MaterializeResult:
-    ref = _ref(context)
+    ref = _ref(context, upload_ref)
     store = archive.get()
     path = store.path_for(ref.district, ref.key)
     archive_path: str | None = str(path)
@@ -399,6 +421,7 @@ def upload_outcome(
         )
     return dg.MaterializeResult(
         metadata={
+            **_names(ref),
             "upload_id": dg.MetadataValue.int(result.upload_id or 0),
             "district": ref.district,
             "status": str(result.status),
@@ -462,9 +485,9 @@ def _guard_metadata(trip: dict | None, figures: dict | None) -> dict[str, object
     ),
 )
 def change_guard(
-    context: dg.AssetCheckExecutionContext, db: DatabaseResource
+    context: dg.AssetCheckExecutionContext, db: DatabaseResource, upload_ref: UploadResource
 ) -> dg.AssetCheckResult:
-    key = context.run.tags.get("dagster/partition")
+    key = upload_ref.ref().key
     with db.connect() as conn:
         upload = db_uploads.get_upload(conn, key) if key else None
         code = district_code(conn, upload.district_id) if upload else None
@@ -540,7 +563,7 @@ def _recorded_outcome(
 
 
 @dg.asset(
-    partitions_def=UPLOADS,
+    partitions_def=DISTRICTS,
     group_name=GROUP,
     deps=[upload_outcome],
     kinds={"csv"},
@@ -550,9 +573,12 @@ def _recorded_outcome(
     ),
 )
 def error_report(
-    context: dg.AssetExecutionContext, db: DatabaseResource, sftp: SftpResource
+    context: dg.AssetExecutionContext,
+    upload_ref: UploadResource,
+    db: DatabaseResource,
+    sftp: SftpResource,
 ) -> dg.MaterializeResult:
-    ref = _ref(context)
+    ref = _ref(context, upload_ref)
     upload, result = _recorded_outcome(db, ref)
     errors = result.errors
     district = _load_district(db, ref.district)
@@ -567,6 +593,7 @@ def error_report(
         context.log.info(f"published {published} ({len(errors)} errors)")
     return dg.MaterializeResult(
         metadata={
+            **_names(ref),
             "upload_id": dg.MetadataValue.int(upload.upload_id),
             "status": str(upload.status),
             **{k: dg.MetadataValue.int(upload.counts[k]) for k in COUNT_KEYS},
@@ -603,7 +630,7 @@ def error_preview(errors: pd.DataFrame, limit: int = PREVIEW_ROWS) -> str:
 
 
 @dg.asset(
-    partitions_def=UPLOADS,
+    partitions_def=DISTRICTS,
     group_name=GROUP,
     deps=[error_report],
     kinds={"email"},
@@ -615,14 +642,15 @@ def error_preview(errors: pd.DataFrame, limit: int = PREVIEW_ROWS) -> str:
 def district_email(
     context: dg.AssetExecutionContext,
     config: EmailConfig,
+    upload_ref: UploadResource,
     db: DatabaseResource,
     smtp: SmtpResource,
     sftp: SftpResource,
     archive: ArchiveResource,
 ) -> dg.MaterializeResult:
-    ref = _ref(context)
+    ref = _ref(context, upload_ref)
     upload, result = _recorded_outcome(db, ref)
-    metadata = _email(context, config, db, smtp, ref, upload, result)
+    metadata = {**_names(ref), **_email(context, config, db, smtp, ref, upload, result)}
     metadata.update(_remove_raw_upload(context, db, sftp, smtp, archive, ref))
     return dg.MaterializeResult(metadata=metadata)
 
@@ -646,7 +674,7 @@ def _email(
     if email is None:
         context.log.info(f"upload {ref.key} is {upload.status}: the district is not emailed")
         return {"sent": False, "why": f"{upload.status}: not emailed"}
-    if not config.resend and _already_sent(context, str(upload.status)):
+    if not config.resend and _already_sent(context, ref.key, str(upload.status)):
         context.log.info(f"the email for upload {ref.key} was already sent; not sent again")
         return {"sent": False, "why": "already sent"}
     message, recipients = email
@@ -727,22 +755,25 @@ def _remove_raw_upload(
     }
 
 
-def _already_sent(context: dg.AssetExecutionContext, status: str) -> bool:
+def _already_sent(context: dg.AssetExecutionContext, key: str, status: str) -> bool:
     """Was this outcome's email sent already? (a held upload approved later gets its
-    outcome email: another status; materializations from before had no status)"""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=context.asset_key, asset_partitions=[context.partition_key]
-        ),
-        limit=50,
-    ).records
-    for record in records:
-        materialization = record.asset_materialization
-        sent = materialization.metadata.get("sent") if materialization else None
-        if sent is not None and getattr(sent, "value", sent) is True:
-            was = materialization.metadata.get("status")
-            if was is None or getattr(was, "value", was) == status:
-                return True
+    outcome email: another status; materializations from before had no status). Read from
+    the materializations of this asset in the upload's earlier runs (tagged with the upload
+    key, or, made before the district partitions, with the upload key as partition)."""
+    for run in runs_of_upload(context.instance, key):
+        if run.run_id == context.run.run_id:
+            continue
+        for record in context.instance.get_records_for_run(
+            run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        ).records:
+            materialization = record.asset_materialization
+            if materialization is None or materialization.asset_key != context.asset_key:
+                continue
+            sent = materialization.metadata.get("sent")
+            if sent is not None and getattr(sent, "value", sent) is True:
+                was = materialization.metadata.get("status")
+                if was is None or getattr(was, "value", was) == status:
+                    return True
     return False
 
 

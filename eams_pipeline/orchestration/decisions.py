@@ -26,15 +26,19 @@ import dagster as dg
 
 from eams_pipeline.config import sensor_interval_seconds
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG
+from eams_pipeline.orchestration.partitions import (
+    UPLOAD_KEY_TAG,
+    UploadRef,
+    runs_of_upload,
+    upload_run_request,
+)
 from eams_pipeline.orchestration.resources import DatabaseResource
 
 DECISIONS_SENSOR = "eams_decisions"
 OUTCOME_TAG = "eams/outcome"
 DECISION_TAG = "eams/decision"
 FOLLOW_UP_TAG = "eams/follow_up"  # the status a follow-up run was requested for
-PARTITION_TAG = "dagster/partition"
-# runs of a partition whose tags are kept up to date (an upload has one run, plus one per
+# runs of an upload whose tags are kept up to date (an upload has one run, plus one per
 # re-execution, approval or follow-up)
 MAX_RUNS_TAGGED = 100
 _ACTIVE = [
@@ -68,12 +72,10 @@ def outcome_tags(upload: db_uploads.UploadRow) -> dict[str, str]:
 def tag_upload_runs(
     instance: dg.DagsterInstance, upload: db_uploads.UploadRow, current_run_id: str | None
 ) -> int:
-    """Tag every run of the upload's partition (and the current one) with its outcome and
-    decision; returns how many runs were tagged."""
+    """Tag every run of the upload (and the current one) with its outcome and decision;
+    returns how many runs were tagged."""
     tags = outcome_tags(upload)
-    runs = instance.get_runs(
-        dg.RunsFilter(tags={PARTITION_TAG: upload.upload_key}), limit=MAX_RUNS_TAGGED
-    )
+    runs = runs_of_upload(instance, upload.upload_key)[:MAX_RUNS_TAGGED]
     run_ids = {r.run_id for r in runs if any(r.tags.get(k) != v for k, v in tags.items())}
     if current_run_id:
         run_ids.add(current_run_id)
@@ -83,12 +85,8 @@ def tag_upload_runs(
 
 
 def _busy(instance: dg.DagsterInstance, upload_key: str) -> bool:
-    """Is a run of the upload's partition queued or running? (it reports the status)"""
-    return bool(
-        instance.get_run_ids(
-            dg.RunsFilter(tags={PARTITION_TAG: upload_key}, statuses=_ACTIVE), limit=1
-        )
-    )
+    """Is a run of the upload queued or running? (it reports the status)"""
+    return bool(runs_of_upload(instance, upload_key, statuses=_ACTIVE))
 
 
 def follow_up_requests(
@@ -96,17 +94,17 @@ def follow_up_requests(
 ) -> tuple[list[dg.RunRequest], list[str]]:
     """One run request per upload whose status moved on (its run key: the upload and the
     new status, so a decision gets one follow-up run however often the sensor ticks), none
-    while a run of the partition is queued or running; and the keys left for later."""
+    while a run of the upload is queued or running; and the keys left for later."""
     requests, waiting = [], []
     for u in changed:
         if _busy(instance, u.upload_key):
             waiting.append(u.upload_key)
             continue
         requests.append(
-            dg.RunRequest(
+            upload_run_request(
+                UploadRef.parse(u.upload_key),
                 run_key=f"{u.upload_key}:{u.status}",
-                partition_key=u.upload_key,
-                tags={DISTRICT_TAG: u.district, FOLLOW_UP_TAG: str(u.status)},
+                tags={FOLLOW_UP_TAG: str(u.status)},
             )
         )
     return requests, waiting
@@ -150,7 +148,7 @@ def build_decision_sensor(
             context.log.info(f"a run of {', '.join(waiting)} is in progress: next tick")
         for r in requests:
             context.log.info(
-                f"upload {r.partition_key} is {r.tags[FOLLOW_UP_TAG]} now: follow-up run"
+                f"upload {r.tags[UPLOAD_KEY_TAG]} is {r.tags[FOLLOW_UP_TAG]} now: follow-up run"
             )
         return dg.SensorResult(run_requests=requests)
 

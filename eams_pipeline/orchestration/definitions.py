@@ -1,4 +1,5 @@
-"""Building the code location: assets, the upload job, one sensor per district, alerts."""
+"""Building the code location: assets, the upload job, one sensor per district and the
+sensor starting the uploads' runs, alerts, the district partitions, reprocessing."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from eams_pipeline.config import sensor_interval_seconds
 from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
@@ -18,7 +20,12 @@ from eams_pipeline.orchestration.fleet import (
     build_fleet_status_schedule,
 )
 from eams_pipeline.orchestration.jobs import revert_job, upload_job
-from eams_pipeline.orchestration.resources import default_resources
+from eams_pipeline.orchestration.partitions import (
+    UPLOAD_RESOURCE,
+    build_district_partitions_sensor,
+)
+from eams_pipeline.orchestration.reprocess import build_reprocess_job
+from eams_pipeline.orchestration.resources import UploadResource, default_resources
 from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
 from eams_pipeline.orchestration.run_retention import (
     build_run_retention_job,
@@ -27,8 +34,13 @@ from eams_pipeline.orchestration.run_retention import (
 from eams_pipeline.orchestration.sensors import (
     build_district_sensors,
     build_operator_alert_sensor,
+    sensor_name,
 )
 from eams_pipeline.orchestration.sharding import districts_for_this_location
+from eams_pipeline.orchestration.upload_requests import (
+    DEFAULT_INTERVAL_SECONDS,
+    build_upload_requests_sensor,
+)
 
 
 def district_codes_from_database() -> list[str]:
@@ -63,20 +75,31 @@ def build_definitions(
     retention_job = build_retention_job()
     run_retention_job = build_run_retention_job()
     fleet_job = build_fleet_status_job()
+    reprocess_job = build_reprocess_job()
     resources = resources if resources is not None else default_resources()
+    # the upload of a run of upload_job: run config, given at launch
+    resources = {UPLOAD_RESOURCE: UploadResource.configure_at_launch(), **resources}
     sensor_kwargs.setdefault("resources", resources)
     return dg.Definitions(
         assets=[*UPLOAD_ASSETS, build_fleet_status_asset()],
         asset_checks=UPLOAD_CHECKS,
-        jobs=[upload_job, retention_job, revert_job, run_retention_job, fleet_job],
+        jobs=[upload_job, retention_job, revert_job, reprocess_job, run_retention_job, fleet_job],
         schedules=[
             build_retention_schedule(retention_job),
             build_run_retention_schedule(run_retention_job),
             build_fleet_status_schedule(fleet_job),
         ],
         sensors=[
-            *build_district_sensors(codes, upload_job, **sensor_kwargs),
+            *build_district_sensors(codes, **sensor_kwargs),
+            build_upload_requests_sensor(
+                upload_job,
+                sensor_name_of=sensor_name,
+                resources=resources,
+                # no later than the district sensors tick (the demo's 5 s), at most 15 s
+                interval_seconds=min(DEFAULT_INTERVAL_SECONDS, sensor_interval_seconds()),
+            ),
             build_operator_alert_sensor([upload_job]),
+            build_district_partitions_sensor(codes),
             # none in a run worker (codes is empty there): runs need no sensor
             *([build_decision_sensor(upload_job, codes)] if codes else []),
         ],

@@ -33,9 +33,8 @@ from eams_pipeline.core.fleet import (
 )
 from eams_pipeline.db.fleet import district_facts
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UploadRef
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, upload_key_of_run
 from eams_pipeline.orchestration.resources import DatabaseResource
-from eams_pipeline.orchestration.run_retention import PARTITION_TAG, UPLOAD_KEY_TAG
 
 FLEET_GROUP = "eams_fleet"
 FLEET_JOB_NAME = "fleet_status_job"
@@ -93,17 +92,9 @@ def failed_upload_runs(
         out[code] = FailedRun(
             run_id=run.run_id,
             failed_at=r.update_timestamp,
-            upload_key=run.tags.get(UPLOAD_KEY_TAG) or _upload_key(run.tags.get(PARTITION_TAG)),
+            upload_key=upload_key_of_run(run.tags),
         )
     return out
-
-
-def _upload_key(partition: str | None) -> str | None:
-    """A partition key that is an upload key (runs made while uploads were partitions)."""
-    try:
-        return UploadRef.parse(partition).key if partition else None
-    except ValueError:
-        return None
 
 
 def read_fleet_status(

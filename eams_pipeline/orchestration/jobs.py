@@ -1,30 +1,34 @@
-"""The upload job: the four upload assets, for one upload (partition) per run; the revert
-job: `eams uploads revert` launched from the launchpad."""
+"""The upload job: the four upload assets, for one upload per run (partition: its district;
+the upload: run config and tags, see :mod:`.partitions`); the revert job: `eams uploads
+revert` launched from the launchpad."""
 
 import dagster as dg
 from pydantic import Field
 
 from eams_pipeline import config as eams_config
 from eams_pipeline.orchestration.assets import GROUP
-from eams_pipeline.orchestration.partitions import UPLOADS, district_tags
+from eams_pipeline.orchestration.partitions import DISTRICTS, district_tags
 from eams_pipeline.orchestration.resources import DatabaseResource
 
 UPLOAD_JOB_NAME = "upload_job"
 
-# Every run of an upload is tagged with its district, whoever launches it (sensor, backfill
-# from the job's partitions page, launchpad): dagster.yaml limits runs per district to one.
+# Every run of an upload is tagged with its district, whoever launches it (sensor,
+# reprocess_uploads, launchpad): dagster.yaml limits runs per district to one. The upload
+# itself is the run config `resources: {upload_ref: {config: {key: ...}}}`, required: a run
+# without it (e.g. a backfill of district partitions) is refused before it starts.
 upload_job = dg.define_asset_job(
     UPLOAD_JOB_NAME,
     selection=dg.AssetSelection.groups(GROUP),
     config=dg.PartitionedConfig(
-        partitions_def=UPLOADS,
+        partitions_def=DISTRICTS,
         run_config_for_partition_key_fn=lambda _key: {},
         tags_for_partition_key_fn=district_tags,
     ),
     # the four steps run one after another: in one process, without a subprocess per step
     executor_def=dg.in_process_executor,
     description=(
-        "One upload of one district: claim and archive students.csv, apply it, publish the "
+        "One upload of one district (partition: the district; run config resources.upload_ref"
+        ".config.key: the upload): claim and archive students.csv, apply it, publish the "
         "error report, email the district."
     ),
 )

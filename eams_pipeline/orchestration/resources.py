@@ -1,12 +1,13 @@
 """Every Dagster resource of the code location, thin wrappers over the adapters.
 
-    db       the MY Access database (psycopg)            eams_pipeline.db
-    sftp     the districts' SFTP accounts (paramiko)     eams_pipeline.io.sftp
-    smtp     the mail relay                              eams_pipeline.io.smtp
-    archive  the encrypted archive of raw uploads        eams_pipeline.io.archive
-    engine   the fingerprint secret and password hasher  eams_pipeline.services.process
+    db          the MY Access database (psycopg)            eams_pipeline.db
+    sftp        the districts' SFTP accounts (paramiko)     eams_pipeline.io.sftp
+    smtp        the mail relay                              eams_pipeline.io.smtp
+    archive     the encrypted archive of raw uploads        eams_pipeline.io.archive
+    engine      the fingerprint secret and password hasher  eams_pipeline.services.process
+    upload_ref  the upload a run of upload_job processes    run config, given at launch
 
-:func:`default_resources` wires all five from the environment (``eams_pipeline.config``).
+:func:`default_resources` wires them from the environment (``eams_pipeline.config``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from email.message import EmailMessage
 
 import dagster as dg
 import psycopg
+from pydantic import Field
 
 from eams_pipeline import config
 from eams_pipeline.core.master_data import SftpAccount
@@ -26,6 +28,7 @@ from eams_pipeline.db.connection import connect
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.io.sftp import SftpConnector, SftpSession, shared_pool
 from eams_pipeline.io.smtp import send_email
+from eams_pipeline.orchestration.partitions import UPLOAD_RESOURCE, BadUploadKey, UploadRef
 from eams_pipeline.services.process import Engine
 
 
@@ -134,6 +137,25 @@ class SmtpResource(dg.ConfigurableResource):
         send_email(self.settings(), message)
 
 
+class UploadResource(dg.ConfigurableResource):
+    """The upload a run of ``upload_job`` processes, given at launch: run config
+    ``resources: {upload_ref: {config: {key: D001-20260114T020000123456Z}}}``. The sensors and
+    ``reprocess_uploads`` set it; a re-execution keeps its parent's run config."""
+
+    key: str = Field(
+        description="The upload this run processes, e.g. D001-20260114T020000123456Z "
+        "(its district is the run's partition)."
+    )
+
+    def ref(self) -> UploadRef:
+        try:
+            return UploadRef.parse(self.key)
+        except BadUploadKey as exc:
+            raise dg.Failure(
+                f"run config resources.{UPLOAD_RESOURCE}.config.key: {exc}", allow_retries=False
+            ) from exc
+
+
 def smtp_resource_from_env() -> SmtpResource:
     """An :class:`SmtpResource` from ``EAMS_SMTP_*`` and ``EAMS_MAIL_FROM``."""
     return SmtpResource(**dataclasses.asdict(config.smtp_settings()))
@@ -155,4 +177,5 @@ def default_resources() -> dict[str, object]:
         "smtp": smtp_resource_from_env(),
         "archive": ArchiveResource(),
         "engine": engine,
+        UPLOAD_RESOURCE: UploadResource.configure_at_launch(),
     }

@@ -35,14 +35,10 @@ from eams_pipeline.core.run_retention import (
 )
 from eams_pipeline.db.dagster_storage import delete_check_executions
 from eams_pipeline.db.run_retention import pending_upload_keys
-from eams_pipeline.orchestration.partitions import DISTRICT_TAG
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, upload_key_of_run
 from eams_pipeline.orchestration.resources import DatabaseResource
 
 RUN_RETENTION_JOB_NAME = "run_retention_job"
-# the run tags that name a run's upload: the key itself, or (runs made while uploads were
-# dynamic partitions) the partition; any other value of dagster/partition matches no upload
-UPLOAD_KEY_TAG = "eams/upload_key"
-PARTITION_TAG = "dagster/partition"
 Clock = Callable[[], dt.datetime]
 
 
@@ -53,7 +49,10 @@ def _utcnow() -> dt.datetime:
 def run_facts(record: dg.RunRecord) -> RunFacts:
     run = record.dagster_run
     tags = run.tags
-    keys = tuple(dict.fromkeys(v for v in (tags.get(UPLOAD_KEY_TAG), tags.get(PARTITION_TAG)) if v))
+    # the run's upload: its eams/upload_key tag, or (runs made while uploads were dynamic
+    # partitions) its partition key when that is an upload key
+    key = upload_key_of_run(tags)
+    keys = (key,) if key else ()
     return RunFacts(
         run_id=run.run_id,
         created_at=record.create_timestamp,

@@ -1,7 +1,10 @@
 """Sensors: one per district watching its SFTP incoming/, and the operators' crash alert.
 
 A district sensor only lists and stats ``incoming/`` (it never downloads) and requests one
-run per upload once ``students.csv`` has settled (see :mod:`.settle`). SFTP failures:
+run per upload once ``students.csv`` has settled (see :mod:`.settle`): it records the
+request in the database, and the location's ``eams_upload_requests`` sensor starts the run
+(:mod:`.upload_requests`; a district sensor targets no job, so that the UI does not load
+every district sensor's state on each page of the upload assets). SFTP failures:
 
 - the server cannot be reached (:class:`SftpTransientError`): the tick is skipped with the
   reason and the next tick tries again;
@@ -31,6 +34,7 @@ from eams_pipeline.core.notifications import (
 )
 from eams_pipeline.db import alerts as db_alerts
 from eams_pipeline.db.districts import District, get_district, list_districts
+from eams_pipeline.db.upload_requests import record_sensor_request
 from eams_pipeline.io.sftp import RemoteFile, SftpFileNotFoundError, SftpTransientError
 from eams_pipeline.orchestration.alerts import (
     DIGEST_LIST,
@@ -48,17 +52,23 @@ from eams_pipeline.orchestration.alerts import (
 )
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
-    FILE_MTIME_TAG,
-    FILE_SIZE_TAG,
-    UPLOADS,
     UploadRef,
+    runs_of_upload,
+    upload_key_of_run,
 )
 from eams_pipeline.orchestration.resources import DatabaseResource, SftpResource, SmtpResource
-from eams_pipeline.orchestration.settle import UPLOAD_NAME, Other, SensorState, decide, listed
+from eams_pipeline.orchestration.settle import (
+    UPLOAD_NAME,
+    Other,
+    Requested,
+    SensorState,
+    decide,
+    listed,
+)
+from eams_pipeline.orchestration.upload_requests import UPLOAD_REQUESTS_SENSOR_NAME
 
 Clock = Callable[[], dt.datetime]
 JobLike = Any  # a JobDefinition or the unresolved asset job of define_asset_job
-PARTITION_TAG = "dagster/partition"
 WILL_RETRY_TAG = "dagster/will_retry"
 _MAX_ERROR_LINE = 300
 
@@ -134,7 +144,6 @@ def read_district(db: DatabaseResource, code: str, ttl_seconds: float) -> Distri
 
 def build_district_sensor(
     district_code: str,
-    job: JobLike,
     *,
     interval_seconds: int | None = None,
     settle: float | None = None,
@@ -157,7 +166,6 @@ def build_district_sensor(
 
     @dg.sensor(
         name=sensor_name(district_code),
-        job=job,
         minimum_interval_seconds=interval,
         default_status=default_status,
         description=(
@@ -228,17 +236,7 @@ def build_district_sensor(
             reason = " | ".join([*notes, decision.reason])
             return dg.SensorResult(skip_reason=reason, cursor=cursor)
         context.log.info(decision.reason)
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=request.upload_key,
-                    partition_key=request.upload_key,
-                    tags=_run_tags(district, request.size, request.mtime),
-                )
-            ],
-            dynamic_partitions_requests=[UPLOADS.build_add_request([request.upload_key])],
-            cursor=cursor,
-        )
+        return request_upload(db, district.code, request, cursor)
 
     bound_db, bound_sftp, bound_smtp = (
         (resources.get("db"), resources.get("sftp"), resources.get("smtp"))
@@ -254,7 +252,6 @@ def build_district_sensor(
 
     @dg.sensor(
         name=sensor_name(district_code),
-        job=job,
         minimum_interval_seconds=interval,
         default_status=default_status,
         description=_sensor.description,
@@ -436,31 +433,41 @@ def _send_once(
     return f"{text}; emailed {', '.join(recipients)}", True
 
 
-def _run_tags(district: District, size: int, mtime: int) -> dict[str, str]:
-    return {DISTRICT_TAG: district.code, FILE_SIZE_TAG: str(size), FILE_MTIME_TAG: str(mtime)}
+def request_upload(
+    db: DatabaseResource, district_code: str, request: Requested, cursor: str
+) -> dg.SensorResult:
+    """A settled students.csv: its upload requested (recorded with the file's size and time,
+    which the run's claim checks; the eams_upload_requests sensor starts its run) before the
+    tick's cursor moves on. Recording it again (a tick evaluated twice) changes nothing."""
+    with db.connect() as conn:
+        record_sensor_request(
+            conn, district_code, request.upload_key, request.size, request.mtime
+        )
+    return dg.SensorResult(
+        skip_reason=(
+            f"requested upload {request.upload_key} ({request.size} bytes): its run is started "
+            f"by {UPLOAD_REQUESTS_SENSOR_NAME}"
+        ),
+        cursor=cursor,
+    )
 
 
 def _requested_run_succeeded(context: dg.SensorEvaluationContext, state: SensorState) -> bool:
     """Did a run of the upload last requested succeed (so it claimed that file)?"""
     if state.requested is None or context.instance is None:
         return False
-    runs = context.instance.get_runs(
-        filters=dg.RunsFilter(
-            tags={PARTITION_TAG: state.requested.upload_key},
-            statuses=[dg.DagsterRunStatus.SUCCESS],
-        ),
-        limit=1,
+    runs = runs_of_upload(
+        context.instance, state.requested.upload_key, statuses=[dg.DagsterRunStatus.SUCCESS]
     )
     return bool(runs)
 
 
 def build_district_sensors(
     district_codes: Sequence[str],
-    job: JobLike,
     **kwargs: object,
 ) -> list[dg.SensorDefinition]:
     """One sensor per district (the codes usually come from the districts table)."""
-    return [build_district_sensor(code, job, **kwargs) for code in district_codes]  # type: ignore[arg-type]
+    return [build_district_sensor(code, **kwargs) for code in district_codes]  # type: ignore[arg-type]
 
 
 def build_operator_alert_sensor(
@@ -491,7 +498,7 @@ def build_operator_alert_sensor(
         if not operators:
             context.log.warning("EAMS_OPERATOR_EMAILS is not set: no operator alert sent")
             return dg.SkipReason("EAMS_OPERATOR_EMAILS is not set")
-        upload_key = run.tags.get(PARTITION_TAG)
+        upload_key = upload_key_of_run(run.tags)
         district = run.tags.get(DISTRICT_TAG)
         if district is None and upload_key:
             try:
