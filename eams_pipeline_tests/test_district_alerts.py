@@ -249,7 +249,7 @@ def test_a_name_that_is_not_utf8_is_a_stray_file_and_students_csv_is_still_reque
     pipeline.clock.advance(pipeline.settle)
     request = pipeline.request(pipeline.tick(instance, "D001", t3.cursor))
     stat = (int(request.tags["eams/file_size"]), int(request.tags["eams/file_mtime"]))
-    assert pipeline.run_upload(instance, request.partition_key, stat=stat).success
+    assert pipeline.run_upload(instance, upload_key(request), stat=stat).success
     assert os.listdir(incoming) == [b"Sch\xfclerliste.csv"]  # left alone
     assert len(pipeline.smtp.wait_for(2)) == 2  # the upload's outcome email, no new digest
 

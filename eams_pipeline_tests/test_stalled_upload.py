@@ -26,7 +26,13 @@ from eams_pipeline.io.sftp import SftpConnector
 from eams_pipeline.orchestration.partitions import FILE_MTIME_TAG, FILE_SIZE_TAG
 from eams_pipeline.orchestration.retention import build_retention_job
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import OPERATORS, Pipeline, district, password_env
+from eams_pipeline_tests.orchestration_env import (
+    OPERATORS,
+    Pipeline,
+    district,
+    password_env,
+    upload_key,
+)
 from eams_pipeline_tests.test_orchestration_pipeline import materialization
 
 STUDENTS = [f"S{i:03d}" for i in range(200)]
@@ -107,7 +113,7 @@ def _sensor_request(pipeline: Pipeline, instance: dg.DagsterInstance) -> dg.RunR
 
 def _run(pipeline: Pipeline, instance: dg.DagsterInstance, request: dg.RunRequest):
     stat = (int(request.tags[FILE_SIZE_TAG]), int(request.tags[FILE_MTIME_TAG]))
-    return pipeline.run_upload(instance, request.partition_key, stat=stat)
+    return pipeline.run_upload(instance, upload_key(request), stat=stat)
 
 
 def _statuses(pipeline: Pipeline) -> dict[str, int]:
@@ -131,14 +137,14 @@ def test_a_file_that_grows_after_the_download_is_read_again_once_settled(
     pipeline.sftp.after_read = after_read
     result = _run(pipeline, instance, request)
     assert result.success and writer.done.is_set()
-    upload = get_upload(pipeline.conn, request.partition_key)
+    upload = get_upload(pipeline.conn, upload_key(request))
     assert upload.status == "processed" and upload.counts["rows"] == len(STUDENTS)
     assert upload.deactivated_missing == 0
     assert _statuses(pipeline) == {"active": len(STUDENTS)}
     meta = materialization(result, "upload_file")
     assert meta["bytes"] == len(writer.whole) and meta["waited_for_writer_seconds"] > 0
     archive = Archive(pipeline.archive_dir, pipeline_archive_key())
-    stored = archive.load(str(archive.path_for("D001", request.partition_key)))
+    stored = archive.load(str(archive.path_for("D001", upload_key(request))))
     assert stored == writer.whole
     # the raw file is the archived copy: it leaves processed/ as usual
     assert pipeline.files("D001", "processed") == []
@@ -149,7 +155,7 @@ def test_a_file_finished_after_it_was_applied_is_rejected_cut_and_kept_whole(
     pipeline: Pipeline, instance: dg.DagsterInstance, writer: Writer
 ) -> None:
     request = _sensor_request(pipeline, instance)
-    key = request.partition_key
+    key = upload_key(request)
 
     async def on_open(path: bytes, pflags: int) -> None:
         if b"/errors/" in path:  # the run publishes the error file: archived, applied
