@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -24,6 +24,7 @@ from eams_pipeline.services.progress import LineProgress, Progress, describe_adv
 if TYPE_CHECKING:
     import psycopg
 
+    from eams_pipeline.core.outcome import UploadResult
     from eams_pipeline.services.process import Engine
 
 EXIT_OK, EXIT_FAILURE, EXIT_REJECTED, EXIT_HELD, EXIT_SUPERSEDED = 0, 1, 2, 3, 4
@@ -250,6 +251,12 @@ def process_cmd(
                 err=True,
             )
             error_file = None
+    _report_and_exit(result, error_file)
+
+
+def _report_and_exit(result: UploadResult, error_file: str | None) -> NoReturn:
+    """Print the upload's JSON summary (and why a superseded upload was not applied), then
+    exit by its status."""
     click.echo(json.dumps(result.summary(error_file)))
     if result.superseded_by is not None:
         click.echo(
@@ -589,16 +596,7 @@ def uploads_approve(
             _close(progress)
         error_file = db_uploads.get_upload(conn, upload_key).error_file
         _tell_district(conn, upload_key, no_email=no_email)
-    click.echo(json.dumps(result.summary(error_file)))
-    if result.superseded_by is not None:
-        click.echo(
-            f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
-            f"{result.superseded_by} of {result.district}, received after it and applied first "
-            "(students are never rolled back to an older file). Process the file again if it "
-            "must be applied over that upload.",
-            err=True,
-        )
-    sys.exit(_exit_code(result.status))  # an approval is never held again
+    _report_and_exit(result, error_file)  # an approval is never held again
 
 
 def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
