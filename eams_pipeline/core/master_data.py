@@ -130,6 +130,9 @@ class DistrictSpec:
     # the change guard's limits (core.guard: absent = the defaults, None per rule = off)
     guard: dict[str, float | None] | None = None
     mode: str = "incremental"  # or "full_roster": students absent from the file deactivated
+    # alerted below this many available Enterprise licenses (None: core.licenses' default)
+    low_licenses: int | None = None
+    account_managers: tuple[str, ...] = ()  # in copy of the low-licenses alert
     # the file's line of the district's mapping and of each of its keys (messages only)
     line: int = field(default=0, compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)

@@ -228,16 +228,34 @@ def make_plan(
         errors.append(_flag(df, repeated, code, column, text, value_column))
 
     df = _attach_school(df, snapshot.schools, valid_status)
-    errors.append(
-        _flag(
-            df,
-            df["school_code"].notna() & df["school_id"].isna(),
-            ErrorCode.SCHOOL_NOT_FOUND,
-            "school_code",
-            "School Code {v} is not a participating school of this district.",
-            "school_code",
-        )
+    # one code (SPEC §5), the message says why: closed, the bin, or not the district's
+    not_found = df["school_code"].notna() & df["school_id"].isna()
+    schools = snapshot.schools
+    closed = not_found & df["school_code"].isin(
+        schools.loc[~schools["active"] & ~schools["holding_bin"], "code"].tolist()
     )
+    the_bin = not_found & df["school_code"].isin(
+        schools.loc[schools["holding_bin"], "code"].tolist()
+    )
+    for mask, text in (
+        (
+            not_found & ~closed & ~the_bin,
+            "School Code {v} is not a participating school of this district.",
+        ),
+        (
+            closed,
+            "School Code {v} is a closed school of this district: only a D row may name it "
+            "(to deactivate its students).",
+        ),
+        (
+            the_bin,
+            "School Code {v} is the Enterprise Holding Bin School, which holds the free "
+            "licenses: no student is placed there.",
+        ),
+    ):
+        errors.append(
+            _flag(df, mask, ErrorCode.SCHOOL_NOT_FOUND, "school_code", text, "school_code")
+        )
 
     if snapshot.grades is not None:
         # a D row is exempt: a student who left the participating grades can be deactivated

@@ -32,6 +32,7 @@ from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
 from eams_pipeline.core.retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, district_code, get_district
+from eams_pipeline.db.export import order_licenses
 from eams_pipeline.io.sftp import ERRORS, PROCESSED, SettledRead, SftpFileChangingError
 from eams_pipeline.orchestration.decisions import decision_text, tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
@@ -57,6 +58,7 @@ from eams_pipeline.orchestration.retention import (
     remove_raw_upload,
 )
 from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME, listed
+from eams_pipeline.services.license_alerts import alert_if_licenses_low
 from eams_pipeline.services.notify import recorded_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.progress import LineProgress
@@ -635,8 +637,9 @@ def error_preview(errors: pd.DataFrame, limit: int = PREVIEW_ROWS) -> str:
     deps=[error_report],
     kinds={"email"},
     description=(
-        "The outcome email to the district's contacts (counts, error file path); then the raw "
-        "file leaves processed/ (EAMS_PROCESSED_RETENTION_DAYS=0)."
+        "The outcome email to the district's contacts (counts, licenses, error file path); "
+        "the low-licenses alert when due; then the raw file leaves processed/ "
+        "(EAMS_PROCESSED_RETENTION_DAYS=0)."
     ),
 )
 def district_email(
@@ -651,6 +654,7 @@ def district_email(
     ref = _ref(context, upload_ref)
     upload, result = _recorded_outcome(db, ref)
     metadata = {**_names(ref), **_email(context, config, db, smtp, ref, upload, result)}
+    metadata.update(_license_alert(context, db, smtp, ref, upload))
     metadata.update(_remove_raw_upload(context, db, sftp, smtp, archive, ref))
     return dg.MaterializeResult(metadata=metadata)
 
@@ -668,8 +672,10 @@ def _email(
     # where error_report published the errors (whoever recorded the outcome: a run, or the
     # CLI's approval, which does not know the SFTP site)
     error_file = _error_path(district.sftp_root, upload.upload_id) if result.has_errors else None
+    with db.connect() as conn:
+        licenses = order_licenses(conn, district.code)
     email = recorded_outcome_email(
-        district, upload, result, error_file=error_file, sender=smtp.sender
+        district, upload, result, error_file=error_file, sender=smtp.sender, licenses=licenses
     )
     if email is None:
         context.log.info(f"upload {ref.key} is {upload.status}: the district is not emailed")
@@ -707,6 +713,37 @@ def _email(
         "operators": dg.MetadataValue.int(operators_told),
         "subject": str(message["Subject"]),
     }
+
+
+def _license_alert(
+    context: dg.AssetExecutionContext,
+    db: DatabaseResource,
+    smtp: SmtpResource,
+    ref: UploadRef,
+    upload: db_uploads.UploadRow,
+) -> dict[str, object]:
+    """The low-licenses alert, when the district's Enterprise order is low now or the upload
+    had NO_LICENSE_AVAILABLE rows (once a day, or once per such upload). An alert that
+    cannot be sent is logged, never fails the run: the district's outcome email is out, and
+    the next upload's check tries again (nothing was recorded)."""
+    district = _load_district(db, ref.district)
+    try:
+        with db.connect() as conn:
+            alert = alert_if_licenses_low(
+                conn,
+                district,
+                upload,
+                now=dt.datetime.now(dt.UTC),
+                send=smtp.send,
+                sender=smtp.sender,
+                operators=eams_config.operator_emails(),
+            )
+    except Exception as exc:  # the outcome is recorded and emailed: never fail the run here
+        note = f"low-licenses alert NOT sent ({type(exc).__name__}: {exc})"
+        context.log.error(note)
+        return {"licenses_alert": note, "licenses_alert_sent": False}
+    (context.log.warning if alert.sent else context.log.info)(alert.note)
+    return {"licenses_alert": alert.note, "licenses_alert_sent": alert.sent}
 
 
 def _remove_raw_upload(

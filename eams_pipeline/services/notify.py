@@ -4,8 +4,10 @@ callers send it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from email.message import EmailMessage
 
+from eams_pipeline.core.licenses import OrderLicenses
 from eams_pipeline.core.notifications import build_revert_email, build_upload_email
 from eams_pipeline.core.outcome import FAILURE_STATUSES, UploadResult, UploadStatus
 from eams_pipeline.db.districts import District
@@ -23,13 +25,15 @@ def district_outcome_email(
     upload_key: str,
     error_file: str | None,
     sender: str,
+    licenses: Sequence[OrderLicenses],
     upload: UploadRow | None = None,
 ) -> tuple[EmailMessage, tuple[str, ...]]:
     """The email and its recipients: the contacts, plus the failure contacts when the file
     was rejected or held, and when a held file was decided (they were told it was held).
     `error_file` is the error file's path on the district's SFTP site (None when it is not
-    there: it is then not pointed to). `upload` (the recorded upload) adds the review: why
-    it was held, who approved or discarded it."""
+    there: it is then not pointed to). `licenses`: the district's orders now
+    (db.export.order_licenses), one line each. `upload` (the recorded upload) adds the
+    review: why it was held, who approved or discarded it."""
     file_error = result.file_error
     summary = result.summary(error_file)
     reviewed_by = None
@@ -50,6 +54,7 @@ def district_outcome_email(
         file_error=f"{file_error.code}: {file_error.message}" if file_error else None,
         upload_key=upload_key,
         reviewed_by=reviewed_by,
+        licenses=licenses,
     )
     return message, recipients
 
@@ -61,6 +66,7 @@ def recorded_outcome_email(
     *,
     error_file: str | None,
     sender: str,
+    licenses: Sequence[OrderLicenses],
 ) -> tuple[EmailMessage, tuple[str, ...]] | None:
     """The district's email for what is recorded of the upload now: its outcome (after a
     review: who approved or discarded it), what a revert put back, or None when the district
@@ -77,6 +83,8 @@ def recorded_outcome_email(
             reverted_by=upload.reverted_by or "an operator",
             reverted_at=upload.reverted_at,
             counts=upload.revert_counts or {"restored": 0, "created_deactivated": 0},
+            upload_id=upload.upload_id,
+            licenses=licenses,
         )
         return message, tuple(district.contacts)
     return district_outcome_email(
@@ -85,5 +93,6 @@ def recorded_outcome_email(
         upload_key=upload.upload_key,
         error_file=error_file,
         sender=sender,
+        licenses=licenses,
         upload=upload,
     )
