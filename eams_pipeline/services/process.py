@@ -73,13 +73,13 @@ from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
 from eams_pipeline.db import password_cache
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.db.districts import District, get_district, lock_district
-from eams_pipeline.db.snapshot import (
+from eams_pipeline.db.district_snapshot import (
     load_district_students,
     load_snapshot,
     load_students_versioned,
     students_version,
 )
+from eams_pipeline.db.districts import District, get_district, lock_district
 from eams_pipeline.services.progress import Progress
 
 
