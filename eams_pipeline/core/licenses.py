@@ -10,18 +10,20 @@ query of `eams export licenses`; services.license_alerts sends the alert).
   threshold off.
 - **An upload with NO_LICENSE_AVAILABLE rows** always alerts, whatever the figures: students
   were refused for want of a license.
-- **How often**: at most one alert per district and local day (``district_alerts`` kind
-  ``licenses_low``, subject: the district's local date), except that every upload with
-  NO_LICENSE_AVAILABLE rows alerts once (kind ``no_license_available``, subject: the upload
-  key), even after that day's alert; it then counts as that day's alert.
+- **How often**, as the other district alerts (core.alert_rules): at most one alert per
+  district and local day (``district_alerts`` kind ``licenses_low``, subject: the
+  district's local date), except that every upload with NO_LICENSE_AVAILABLE rows alerts
+  once (kind ``no_license_available``, subject: the upload key), even after that day's
+  alert; it then counts as that day's alert.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from eams_pipeline.core.alert_rules import local_day
 
 LICENSES_LOW = "licenses_low"  # district_alerts kind: the day's alert (subject: local date)
 NO_LICENSE_AVAILABLE_ALERT = "no_license_available"  # kind: per upload (subject: its key)
@@ -94,13 +96,6 @@ def licenses_low(
     if enterprise.available < threshold:
         return LicensesLow(enterprise, threshold, 0, LICENSES_LOW, day, day)
     return None
-
-
-def local_day(now: dt.datetime, timezone: str) -> str:
-    """The district's local date (ISO), the subject of a once-a-day alert."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    return now.astimezone(zoneinfo.ZoneInfo(timezone)).date().isoformat()
 
 
 def license_line(order: OrderLicenses) -> str:

@@ -18,7 +18,7 @@ from eams_pipeline.core.errors import ErrorCode
 from eams_pipeline.core.licenses import LICENSES_LOW, license_line, licenses_low
 from eams_pipeline.core.notifications import build_licenses_low_email
 from eams_pipeline.core.outcome import UploadStatus
-from eams_pipeline.db import alerts as db_alerts
+from eams_pipeline.db import district_alerts as db_alerts
 from eams_pipeline.db.districts import District
 from eams_pipeline.db.export import order_licenses
 from eams_pipeline.db.uploads import UploadRow
