@@ -288,3 +288,30 @@ def test_a_closed_school_is_reported_as_closed_not_as_unknown() -> None:
         "(to deactivate its students).",
     }
     assert "not a participating" not in messages["S1"]
+
+
+# -- the fleet status follows the district's low_licenses ------------------------------------
+
+
+def test_the_fleet_flags_licenses_low_by_the_districts_low_licenses() -> None:
+    from eams_pipeline.core.fleet_ranking import DistrictFacts, FleetState, district_attention
+
+    def low(used: int, low_licenses: int | None) -> bool:
+        facts = DistrictFacts(
+            code="D1",
+            name="District D1",
+            licenses=100,
+            licenses_used=used,
+            enterprise_order="ENT",
+            low_licenses=low_licenses,
+        )
+        return FleetState.LICENSES_LOW in [a.state for a in district_attention(facts, NOON)]
+
+    assert [low(used, None) for used in (95, 96)] == [False, True]  # the default: 5%
+    assert [low(used, 20) for used in (80, 81)] == [False, True]  # under the district's 20
+    assert [low(used, 0) for used in (99, 100)] == [False, False]  # 0: never by count
+    # the fleet and the alert agree
+    for used in range(90, 101):
+        for setting in (None, 0, 3, 20):
+            alert = _low(used=used, low_licenses=setting)
+            assert low(used, setting) == (alert is not None), (used, setting)

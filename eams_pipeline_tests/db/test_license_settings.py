@@ -8,6 +8,7 @@ import psycopg
 
 from eams_pipeline.db.districts import get_district
 from eams_pipeline.db.export import export_licenses, order_licenses
+from eams_pipeline.db.fleet_facts import district_facts
 from eams_pipeline_tests.builders import district_doc, existing_student, load
 
 
@@ -31,3 +32,11 @@ def test_the_email_figures_are_the_exports(conn: psycopg.Connection) -> None:
         ("ENT-D1", True, 1, 9),
         ("REG-D1", False, 1, 3),
     ]
+
+
+def test_the_fleet_reads_the_districts_low_licenses(conn: psycopg.Connection) -> None:
+    load(conn, district_doc(code="D1", licenses=10) | {"low_licenses": 10})
+    load(conn, district_doc(code="D2", licenses=10))
+    [d1, d2] = district_facts(conn)
+    assert (d1.code, d1.low_licenses, d1.licenses, d1.licenses_used) == ("D1", 10, 10, 0)
+    assert (d2.code, d2.low_licenses) == ("D2", None)
