@@ -231,12 +231,16 @@ def make_plan(
     # one code (SPEC §5), the message says why: closed, the bin, or not the district's
     not_found = df["school_code"].notna() & df["school_id"].isna()
     schools = snapshot.schools
-    closed = not_found & df["school_code"].isin(
-        schools.loc[~schools["active"] & ~schools["holding_bin"], "code"].tolist()
-    )
-    the_bin = not_found & df["school_code"].isin(
-        schools.loc[schools["holding_bin"], "code"].tolist()
-    )
+    hit = np.flatnonzero(not_found.to_numpy(dtype=bool, na_value=False))
+    named = df["school_code"].iloc[hit]  # looked up on those rows only
+
+    def naming(codes: pd.Series) -> pd.Series:
+        out = np.zeros(len(df), dtype=bool)
+        out[hit] = named.isin(codes.tolist()).to_numpy(dtype=bool)
+        return pd.Series(out, index=df.index)
+
+    closed = naming(schools.loc[~schools["active"] & ~schools["holding_bin"], "code"])
+    the_bin = naming(schools.loc[schools["holding_bin"], "code"])
     for mask, text in (
         (
             not_found & ~closed & ~the_bin,
