@@ -628,11 +628,16 @@ def build_licenses_low_email(
         f"  {_printable(license_line(order), 300)}",
         "",
         *_wrap(
-            f"You are alerted when fewer than {low.threshold} licenses of the Enterprise order "
-            "are available (low_licenses). A row that activates or adds a student while no "
-            "license is free fails with NO_LICENSE_AVAILABLE and is not applied. To free "
-            "licenses, deactivate the students who left (status D in the nightly file); to "
-            "add licenses to the order, contact your Vantage account manager."
+            (
+                f"You are alerted when fewer than {low.threshold} licenses of the Enterprise "
+                "order are available (low_licenses)."
+                if low.threshold
+                else "You are not alerted by the number of available licenses (low_licenses: 0)."
+            )
+            + " A row that activates or adds a student while no license is free fails with "
+            "NO_LICENSE_AVAILABLE and is not applied. To free licenses, deactivate the "
+            "students who left (status D in the nightly file); to add licenses to the order, "
+            "contact your Vantage account manager."
         ),
         "",
         *_wrap(

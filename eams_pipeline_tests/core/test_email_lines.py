@@ -315,3 +315,19 @@ def test_the_fleet_flags_licenses_low_by_the_districts_low_licenses() -> None:
         for setting in (None, 0, 3, 20):
             alert = _low(used=used, low_licenses=setting)
             assert low(used, setting) == (alert is not None), (used, setting)
+
+
+def test_the_alert_without_a_threshold_does_not_speak_of_fewer_than_zero() -> None:
+    message = build_licenses_low_email(
+        district_code="D001",
+        district_name="Springfield",
+        contacts=["sis@d001.example.org"],
+        account_managers=[],
+        sender="eams@vantage.example",
+        low=_low(used=10, low_licenses=0, no_license_rows=2),
+        upload_key=KEY,
+    )
+    text = " ".join(message.get_content().split())
+    assert "fewer than 0" not in text
+    assert "You are not alerted by the number of available licenses (low_licenses: 0)" in text
+    assert "had 2 rows refused with NO_LICENSE_AVAILABLE" in text
