@@ -15,7 +15,7 @@ from eams_pipeline.core.names import UploadRef
 from eams_pipeline.core.settle import SensorState
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.sftp import SftpAuthError, SftpHostKeyError
-from eams_pipeline.orchestration.district_sensors import build_operator_alert_sensor
+from eams_pipeline.orchestration.failure_sensor import build_operator_alert_sensor
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     DISTRICTS,
