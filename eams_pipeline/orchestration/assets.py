@@ -740,8 +740,7 @@ def _license_alert(
                 district,
                 upload,
                 now=dt.datetime.now(dt.UTC),
-                send=smtp.send,
-                sender=smtp.sender,
+                mailer=smtp,
                 operators=eams_config.operator_emails(),
             )
     except Exception as exc:  # the outcome is recorded and emailed: never fail the run here

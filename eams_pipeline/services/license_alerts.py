@@ -8,9 +8,8 @@ NO_LICENSE_AVAILABLE rows) whatever re-runs, retries or shards do.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from email.message import EmailMessage
 
 import psycopg
 
@@ -22,6 +21,7 @@ from eams_pipeline.db import district_alerts as db_alerts
 from eams_pipeline.db.districts import District
 from eams_pipeline.db.export import order_licenses
 from eams_pipeline.db.uploads import UploadRow
+from eams_pipeline.services.alerting import Mailer
 
 # the statuses whose NO_LICENSE_AVAILABLE rows were planned against the district as it is
 # (applied, or held with the figures an approval would apply); not a superseded file's
@@ -51,15 +51,14 @@ def alert_if_licenses_low(
     upload: UploadRow,
     *,
     now: dt.datetime,
-    send: Callable[[EmailMessage], None],
-    sender: str,
+    mailer: Mailer,
     operators: Sequence[str],
 ) -> LicenseAlert:
     """Send the low-licenses alert the district is due after this upload, if any, once.
 
     ``conn`` must have no transaction open (the alert is recorded and sent in one of its
     own: when sending fails, nothing is recorded and the next upload's check tries again).
-    Raises what ``send`` raises."""
+    Raises what ``mailer.send`` raises."""
     orders = order_licenses(conn, district.code)
     low = licenses_low(
         orders,
@@ -85,7 +84,7 @@ def alert_if_licenses_low(
         district_name=district.name,
         contacts=list(district.contacts),
         account_managers=managers,
-        sender=sender,
+        sender=mailer.sender,
         low=low,
         upload_key=upload.upload_key,
     )
@@ -94,6 +93,6 @@ def alert_if_licenses_low(
             return LicenseAlert(f"{text} (already alerted)")
         if low.kind != LICENSES_LOW:  # it is the day's alert as well
             db_alerts.record_alerts(conn, district.district_id, LICENSES_LOW, [low.day], text)
-        send(message)
+        mailer.send(message)
     recipients = message.get_all("To", []) + message.get_all("Cc", [])
     return LicenseAlert(f"{text}; emailed {', '.join(recipients)}", sent=True)

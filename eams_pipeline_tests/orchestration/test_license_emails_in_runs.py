@@ -16,8 +16,8 @@ import pytest
 
 from eams_pipeline import cli
 from eams_pipeline_tests import builders
+from eams_pipeline_tests.orchestration.test_pipeline import clean_file, materialization
 from eams_pipeline_tests.orchestration_env import OPERATORS, Pipeline, district, upload_key
-from eams_pipeline_tests.test_orchestration_pipeline import clean_file, materialization
 
 CONTACTS = "sis-admin@{code}.example.org, it@{code}.example.org"
 MANAGERS = ["am@vantage.example", "am2@vantage.example"]

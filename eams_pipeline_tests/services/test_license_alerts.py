@@ -6,6 +6,7 @@ when sent."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from email.message import EmailMessage
 
 import psycopg
@@ -23,6 +24,25 @@ NOON = dt.datetime(2026, 1, 14, 18, 0, tzinfo=dt.UTC)  # 12:00 in Chicago
 NEXT_DAY = NOON + dt.timedelta(days=1)
 OPERATORS = ["ops@eams.example.com"]
 MANAGER = "am@vantage.example"
+
+
+@dataclass
+class Relay:
+    """The mail relay as the use case sees it (in Dagster: the SMTP resource)."""
+
+    settings: config.SmtpSettings
+
+    @property
+    def sender(self) -> str:
+        return self.settings.sender
+
+    def send(self, message: EmailMessage) -> None:
+        send_email(self.settings, message)
+
+
+class DownRelay(Relay):
+    def send(self, message: EmailMessage) -> None:
+        raise ConnectionRefusedError("the relay is down")
 
 
 def _district(conn: psycopg.Connection, *, licenses: int, active: int, **keys: object) -> None:
@@ -45,7 +65,6 @@ def _check(
     upload: db_uploads.UploadRow,
     now: dt.datetime = NOON,
 ) -> LicenseAlert:
-    settings = config.SmtpSettings(port=smtp.port)
     district = get_district(conn, "D1")
     assert district is not None
     return alert_if_licenses_low(
@@ -53,8 +72,7 @@ def _check(
         district,
         upload,
         now=now,
-        send=lambda message: send_email(settings, message),
-        sender=settings.sender,
+        mailer=Relay(config.SmtpSettings(port=smtp.port)),
         operators=OPERATORS,
     )
 
@@ -138,13 +156,8 @@ def test_an_alert_that_cannot_be_sent_is_not_recorded(
     upload = _upload(conn, "D1-k1", [])  # a file with no change: 1 available
     district = get_district(conn, "D1")
     assert district is not None
-
-    def refuse(message: EmailMessage) -> None:
-        raise ConnectionRefusedError("the relay is down")
-
+    down = DownRelay(config.SmtpSettings(port=smtp_server.port))
     with pytest.raises(ConnectionRefusedError):
-        alert_if_licenses_low(
-            conn, district, upload, now=NOON, send=refuse, sender="e@x.example", operators=[]
-        )
+        alert_if_licenses_low(conn, district, upload, now=NOON, mailer=down, operators=[])
     assert _recorded(conn) == []
     assert _check(conn, smtp_server, upload).sent  # the next check sends it
