@@ -19,7 +19,7 @@ from eams_pipeline.core.licenses import (
     licenses_low,
 )
 from eams_pipeline.core.notifications import build_licenses_low_email, build_upload_email
-from eams_pipeline.core.plan import DistrictSnapshot, make_plan
+from eams_pipeline.core.plan import DistrictSnapshot, make_plan, match_rows
 from eams_pipeline.core.reading import FileRejected, read_upload
 from eams_pipeline.core.template import HEADER
 from eams_pipeline.core.validation import normalise, validate_rows
@@ -273,9 +273,9 @@ def test_a_closed_school_is_reported_as_closed_not_as_unknown() -> None:
     ]
     parsed = read_upload(csv_bytes(rows))
     errors = concat_errors([parsed.malformed, validate_rows(parsed.rows)])
-    plan = make_plan(
-        normalise(parsed.rows), errors, parsed.total_rows, _snapshot(), fingerprint_key(b"k")
-    )
+    snap, frame = _snapshot(), normalise(parsed.rows)
+    match = match_rows(frame, snap.students)
+    plan = make_plan(frame, errors, parsed.total_rows, snap, match, fingerprint_key(b"k"))
     found = plan.errors[plan.errors["code"] == "SCHOOL_NOT_FOUND"]
     messages = dict(zip(found["student_id"], found["message"], strict=True))
     assert messages == {
