@@ -424,6 +424,20 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+# what an operator should weigh before deciding an upload held by a pause rule
+_PAUSE_HINTS = {
+    "paused": (
+        "it arrived on a day the district's master data pauses (`pauses:`); approve it only "
+        "if the district wants it applied during the pause, else discard it"
+    ),
+    "first_after_pause": (
+        "the first upload after a long pause (a new school year's roster?): compare its "
+        "counts with `eams export students --district {district}` before approving; a wrong "
+        "file (last year's roster, one school only) is best discarded"
+    ),
+}
+
+
 @uploads.command("show")
 @click.argument("upload_key")
 @click.option("--json", "as_json", is_flag=True)
@@ -450,7 +464,11 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
         out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
     if row["guard_trip"]:
         out.append("  HELD by the change guard:")
-        out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
+        for t in row["guard_trip"].get("trips", []):
+            out.append(f"    {t['rule']}: {t['message']}")
+            hint = _PAUSE_HINTS.get(t["rule"])
+            if hint:
+                out.append(f"      hint: {hint.format(district=row['district'])}")
     if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
         key = row["upload_key"]
         file = "" if row["archived"] else " --file PATH_OF_THE_FILE"

@@ -58,6 +58,7 @@ from eams_pipeline.core.outcome import (
     status_of,
 )
 from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.core.pauses import PauseTrip, pause_trip
 from eams_pipeline.core.plan import (
     Plan,
     lower_usernames,
@@ -461,7 +462,8 @@ def process_upload(
     `superseded`, its report computed as a dry run) unless `allow_older` is set.
     `error_file_name(upload_id)` names the error file recorded with the outcome.
 
-    The change guard (core.guard, the district's limits) runs on every accepted file: when
+    The change guard (core.guard, the district's limits; core.pauses, its pauses: the
+    upload's `received_at` in its time zone) runs on every accepted file: when
     a rule trips nothing is applied and the upload is recorded `held` with its counts,
     errors and the rule's figures. A held upload is settled: running it again returns what
     was recorded. `approve_hold` re-plans it against the current database and applies it
@@ -596,7 +598,12 @@ def process_upload(
                 )
                 result.guard_figures = figures.as_dict()
                 if not approve_hold:
-                    result.guard_trip = trip_record(evaluate(district.guard or {}, figures))
+                    result.guard_trip = trip_record(
+                        [
+                            *_pause_trips(conn, district, upload_id, received_at),
+                            *evaluate(district.guard or {}, figures),
+                        ]
+                    )
                 if result.guard_trip is not None:
                     result.status = UploadStatus.HELD
             if record is not None and not superseded and result.status != UploadStatus.HELD:
@@ -655,6 +662,27 @@ def process_upload(
     if prepared.hashed and prepared.hash_seconds > 0:
         result.hash_rate_per_s = prepared.hashed / prepared.hash_seconds
     return result
+
+
+def _pause_trips(
+    conn: psycopg.Connection,
+    district: District,
+    upload_id: int | None,
+    received_at: dt.datetime,
+) -> list[PauseTrip]:
+    """The district's pause rule that holds this upload, if any (core.pauses: the upload's
+    received time in the district's time zone decides). First: it takes precedence."""
+    if not district.pauses:
+        return []
+    trip = pause_trip(
+        received_at,
+        timezone=district.timezone,
+        pauses=district.pauses,
+        last_applied_at=db_uploads.last_applied_received_at(
+            conn, district.district_id, upload_id
+        ),
+    )
+    return [trip] if trip is not None else []
 
 
 def _hashes(
