@@ -12,7 +12,7 @@ import psycopg
 import yaml
 
 from eams_pipeline_tests.builders import csv_bytes, district_doc, row
-from eams_pipeline_tests.test_cli import eams
+from eams_pipeline_tests.cli_runner import eams
 
 
 def _load(tmp_path: Path, url: str, pauses: list[dict]) -> None:

@@ -13,13 +13,15 @@ import dagster as dg
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.orchestration.decisions import OUTCOME_TAG
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import T0, Pipeline, district, upload_key
-from eams_pipeline_tests.test_orchestration_guard import check_result, tags_of
-from eams_pipeline_tests.test_orchestration_pipeline import (
+from eams_pipeline_tests.orchestration_env import (
     SECRET_PASSWORD,
+    T0,
+    Pipeline,
     assert_no_student_data,
     clean_file,
+    district,
     materialization,
+    upload_key,
 )
 
 DISTRICT_MAIL, OPERATORS_MAIL = "sis-admin@d001.example.org", "ops@eams.example.com"
@@ -28,6 +30,17 @@ DISTRICT_MAIL, OPERATORS_MAIL = "sis-admin@d001.example.org", "ops@eams.example.
 def _load(pipeline: Pipeline, code: str, **keys: object) -> None:
     builders.load(pipeline.conn, district(code, pipeline.sftp) | keys)
     pipeline.conn.commit()
+
+
+def check_result(result: dg.ExecuteInProcessResult) -> tuple[bool, dict[str, object], str]:
+    """The change_guard check's evaluation of the run: passed, metadata, description."""
+    [evaluation] = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    metadata = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+    return evaluation.passed, metadata, evaluation.description
 
 
 def _pause(start: str, end: str) -> dict[str, dt.date]:
@@ -62,7 +75,7 @@ def test_an_upload_in_a_pause_is_held_and_the_district_and_operators_are_told(
     assert "HELD, nothing applied: uploads are paused from 2026-01-10 to 2026-01-20" in (
         description
     )
-    assert tags_of(instance, held) == [{OUTCOME_TAG: "held"}]
+    assert instance.get_run_by_id(held.run_id).tags[OUTCOME_TAG] == "held"
     upload = get_upload(pipeline.conn, key)
     assert upload.status == "held" and upload.guard_trip["rule"] == "paused"
     assert upload.guard_trip["trips"][0]["received_on"] == "2026-01-14"
