@@ -5,8 +5,11 @@ pause included, across time zones and daylight-saving changes."""
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eams_pipeline.core.guard import GuardFigures, evaluate, trip_record
 from eams_pipeline.core.pauses import (
@@ -160,3 +163,40 @@ def test_the_missing_window_does_not_count_paused_days() -> None:
     start = unpaused_window_start(due, window, timezone=CHICAGO, pauses=two)
     # 6 hours on the 21st, 24 hours on the 10th would be more than enough: 18 of them
     assert start == at(2026, 8, 10, 11)
+
+
+def _unpaused(start: dt.datetime, end: dt.datetime, timezone: str, pauses) -> dt.timedelta:
+    """The time between two moments that falls on no paused local day, day by day."""
+    tz = zoneinfo.ZoneInfo(timezone)
+    total, day = dt.timedelta(), start.astimezone(tz).date()
+    while True:
+        begin = dt.datetime.combine(day, dt.time(), tzinfo=tz).astimezone(UTC)
+        if begin >= end:
+            return total
+        after = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+        lo, hi = max(begin, start), min(after.astimezone(UTC), end)
+        if hi > lo and not any(p.covers(day) for p in pauses):
+            total += hi - lo
+        day += dt.timedelta(days=1)
+
+
+@given(
+    due_hours=st.integers(0, 24 * 120),
+    starts=st.lists(st.integers(0, 110), max_size=4),
+    lengths=st.lists(st.integers(1, 30), min_size=4, max_size=4),
+    timezone=st.sampled_from([LA, CHICAGO, AUCKLAND, "Europe/London", "UTC"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_window_holds_exactly_24_unpaused_hours_across_dst(
+    due_hours: int, starts: list[int], lengths: list[int], timezone: str
+) -> None:
+    # due moments over a spring and its clock change; pauses anywhere in it
+    due = at(2026, 2, 1) + dt.timedelta(hours=due_hours)
+    pauses = tuple(
+        Pause(D(2026, 1, 1) + dt.timedelta(days=s), D(2026, 1, 1) + dt.timedelta(days=s + n - 1))
+        for s, n in zip(starts, lengths, strict=False)
+    )
+    window = dt.timedelta(hours=24)
+    start = unpaused_window_start(due, window, timezone=timezone, pauses=pauses)
+    assert start <= due - window
+    assert _unpaused(start, due, timezone, pauses) == window
