@@ -172,7 +172,8 @@ def process_cmd(
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
-    `eams uploads approve|discard`), 4 when it was superseded (an upload of the district
+    `eams uploads approve|discard`; the district's `pauses` hold a file received now
+    within one, or the first after a long one), 4 when it was superseded (an upload of the district
     received after it was applied first: nothing applied), 1 on an operational failure.
 
     Progress (each step with its duration; hashing passwords: done/total, rate, ETA) goes
