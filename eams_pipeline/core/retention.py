@@ -62,12 +62,12 @@ def finished(upload: KnownUpload | None) -> bool:
 
 def raw_removable(upload: KnownUpload | None, now: dt.datetime, days: int) -> bool:
     """May the raw file in processed/ go? Finished, in the archive (or rejected: nothing
-    reads a rejected file again, and one too large to download is never archived), and
-    older than ``days``."""
+    reads a rejected file again, and one too large to download is never archived; or a
+    check drop, never archived: its check is recorded), and older than ``days``."""
     return (
         finished(upload)
         and upload is not None
-        and (upload.archived or upload.status == UploadStatus.REJECTED)
+        and (upload.archived or upload.status in (UploadStatus.REJECTED, UploadStatus.CHECKED))
         and now - upload.received_at >= dt.timedelta(days=days)
     )
 

@@ -100,9 +100,11 @@ def get_district(conn: psycopg.Connection, code: str) -> District | None:
     return _from_row(r) if r else None
 
 
-def lock_district(conn: psycopg.Connection, code: str) -> District:
-    """The district, row-locked until the transaction ends."""
-    r = conn.execute(_SELECT + " WHERE code = %s FOR UPDATE", (code,)).fetchone()
+def lock_district(conn: psycopg.Connection, code: str, *, lock: bool = True) -> District:
+    """The district, row-locked until the transaction ends (``lock=False``: read only, for a
+    dry run, which writes nothing and must not keep the district's uploads waiting)."""
+    query = _SELECT + " WHERE code = %s" + (" FOR UPDATE" if lock else "")
+    r = conn.execute(query, (code,)).fetchone()
     if r is None:
         raise UnknownDistrict(f"unknown district {code!r}: load it with `eams setup load` first")
     district = _from_row(r)

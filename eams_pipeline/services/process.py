@@ -72,6 +72,7 @@ from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
 from eams_pipeline.db import password_cache
 from eams_pipeline.db import uploads as db_uploads
+from eams_pipeline.db.connection import snapshot_transaction
 from eams_pipeline.db.districts import District, get_district, lock_district
 from eams_pipeline.db.snapshot import (
     load_district_students,
@@ -456,7 +457,9 @@ def process_upload(
 ) -> UploadResult:
     """Process one upload of a district (see the module docstring).
 
-    With `dry_run` every figure is computed and nothing is written. An upload received
+    With `dry_run` every figure is computed and nothing is written (nor hashed); it takes
+    no lock and reads one REPEATABLE READ snapshot when the connection is idle
+    (the check drops' run and `eams process --dry-run`). An upload received
     before the newest one already applied for the district is not applied (status
     `superseded`, its report computed as a dry run) unless `allow_older` is set.
     `error_file_name(upload_id)` names the error file recorded with the outcome.
@@ -488,9 +491,15 @@ def process_upload(
     prepared = prepared or Prepared()
     content_sha256 = content_sha256 or _sha256(upload.data)
 
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
     with conn.transaction() as tx:
         with clock.step("lock"):
-            district = lock_district(conn, upload.district)
+            if dry_run and idle:
+                # one consistent snapshot of the district, without a lock
+                snapshot_transaction(conn)
+            # a dry run takes no lock (neither the district's nor the usernames'): it never
+            # keeps an upload of the district waiting
+            district = lock_district(conn, upload.district, lock=not dry_run)
             record = None
             if not dry_run:
                 record = db_uploads.ensure_upload(
@@ -566,6 +575,7 @@ def process_upload(
                         own,
                         ahead=pool,
                         username_lower=username_lower,
+                        lock_claimed=not dry_run,
                     )
                 with clock.step("plan"):
                     plan = make_plan(
