@@ -400,7 +400,10 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
     table = [header]
     for r in rows:
         notes = []
-        if r["guard_trip"]:
+        if r.get("checked_as"):  # a check drop: what the file would have come to
+            held = f": {r['guard_trip'].get('rule')}" if r["guard_trip"] else ""
+            notes.append(f"check, would be {r['checked_as']}{held}")
+        elif r["guard_trip"]:
             notes.append("held: " + str(r["guard_trip"].get("rule")))
         if r["decision"]:
             notes.append(f"{r['decision']} by {r['decided_by']}")

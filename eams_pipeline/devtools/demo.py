@@ -45,6 +45,7 @@ from eams_pipeline.db.setup import load_master_data
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
+from eams_pipeline.io.sftp import DISTRICT_DIRS
 
 DEFAULT_STATE_DIR = Path("var/demo")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams_demo"
@@ -387,7 +388,7 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> int:
         sftp.start()
         smtp.start()
         for user in USERS.values():
-            for sub in ("incoming", "errors", "processed"):
+            for sub in DISTRICT_DIRS:
                 (sftp.user_dir(user) / sub).mkdir(parents=True, exist_ok=True)
 
         setup_file = state / "setup.yaml"
@@ -512,7 +513,10 @@ def _print_guide(
     echo(f"    error reports   {url}/assets/error_report  (metadata: counts, codes, preview)")
     echo(f"    sensors         {url}/automation")
     echo(f"  SFTP server       sftp -P {sftp.port} d001@{HOST}   (passwords: {state}/secrets.json)")
-    echo(f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/)")
+    echo(
+        f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/ "
+        "check/ reports/)"
+    )
     echo(
         f"  held for review   D003's upload: {url}/assets/upload_outcome (check change_guard);"
         " eams uploads list --district D003, then approve or discard"
@@ -525,7 +529,8 @@ def _print_guide(
         echo(f"  sample uploads    dropped into incoming/ of {', '.join(dropped)}")
     echo(
         f"  sensors tick every {options.interval_seconds}s; a file is taken after "
-        f"{options.settle_seconds}s unchanged. Drop another students.csv into an incoming/."
+        f"{options.settle_seconds}s unchanged. Drop another students.csv into an incoming/,"
+        " or into a check/ to have it checked only (report in reports/, nothing applied)."
     )
     echo("Press Ctrl-C to stop everything.")
     echo("")
