@@ -7,8 +7,9 @@ Three places keep something of an upload:
   outcome is recorded, after ``processed_days`` (0: as soon as the run succeeds);
 - the encrypted archive ``<district>/<key>.csv.fernet`` (the basis of re-runs, reverts and
   backfills): after ``archive_days``;
-- ``errors/students_errors_<upload id>.csv`` on the SFTP site: after ``error_file_days``
-  (counted from the time the file was written).
+- ``errors/students_errors_<upload id>.csv`` on the SFTP site, and the reports of
+  ``reports/`` (``students_check_<upload key>.csv`` of a check drop): after
+  ``error_file_days`` (counted from the time the file was written).
 
 Nothing an unfinished upload (``received``: a run is on it or crashed) or a ``held`` one
 needs is ever removed, nor a file of an upload the database does not know: those are
@@ -29,6 +30,10 @@ KEEP_STATUSES = frozenset({UploadStatus.RECEIVED, UploadStatus.HELD})
 
 PROCESSED_NAME = re.compile(r"students_(?P<key>[A-Za-z0-9_-]+)\.csv")
 ERROR_FILE_NAME = re.compile(r"students_errors_(?P<id>\d+)\.csv")
+# reports/: students_check_<upload key>.csv (core.names), and other kinds of report
+REPORT_FILE_NAME = re.compile(
+    r"students_(?P<kind>[a-z]+)_(?P<key>[A-Za-z0-9_-]{1,32}-\d{8}T\d{12}Z)\.csv"
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,27 @@ def error_files_to_remove(
         if (
             match
             and finished(uploads_by_id.get(int(match["id"])))
+            and now - f.mtime >= dt.timedelta(days=days)
+        ):
+            out.append(f.name)
+    return sorted(out)
+
+
+def report_files_to_remove(
+    files: Iterable[StoredFile],
+    uploads: Mapping[str, KnownUpload],
+    now: dt.datetime,
+    days: int,
+) -> list[str]:
+    """Names in reports/ to remove (``uploads`` by upload key): an upload's or a check
+    drop's reports (``students_<kind>_<upload key>.csv``) older than ``days``, as its
+    error files (they list students too)."""
+    out = []
+    for f in files:
+        match = REPORT_FILE_NAME.fullmatch(f.name)
+        if (
+            match
+            and finished(uploads.get(match["key"]))
             and now - f.mtime >= dt.timedelta(days=days)
         ):
             out.append(f.name)

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime as dt
 import io
 import json
+import os
 from typing import ClassVar
 
 import dagster as dg
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 from eams_pipeline.core.error_file import HEADER as REPORT_HEADER
@@ -26,6 +29,7 @@ from eams_pipeline.orchestration.decisions import OUTCOME_TAG
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource, EngineResource
+from eams_pipeline.orchestration.retention import build_retention_job
 from eams_pipeline.services.process import Engine
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.orchestration_env import Pipeline
@@ -298,3 +302,33 @@ def test_a_check_and_an_upload_of_the_same_night_neither_block_nor_supersede_eac
     subjects = [m["Subject"] for m in pipeline.smtp.messages]
     assert sum("check result" in s for s in subjects) == 1
     assert any("SUCCESSFUL" in s and upload_key in s for s in subjects)
+
+
+def test_retention_removes_a_checks_raw_file_and_in_time_its_report(
+    pipeline: Pipeline, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EAMS_PROCESSED_RETENTION_DAYS", "3")
+    pipeline.check("D001", builders.csv_bytes([builders.row(NEW_OK, grade="15")]))
+    settle(pipeline, instance)
+    [request] = dispatched(pipeline, 1)
+    key = request.tags[UPLOAD_KEY_TAG]
+    assert pipeline.launch(instance, request).success
+    raw, report = f"students_{key}.csv", f"students_check_{key}.csv"
+    assert pipeline.files("D001", "processed") == [raw]  # kept 3 days, like an upload's
+    received = get_upload(pipeline.conn, key).received_at
+
+    def retention(now: dt.datetime) -> dict[str, list[str]]:
+        result = build_retention_job(clock=lambda: now).execute_in_process(
+            resources=pipeline.resources()
+        )
+        assert result.success
+        return result.output_for_node("enforce_retention")
+
+    assert retention(received + dt.timedelta(days=1))["processed"] == []
+    assert retention(received + dt.timedelta(days=4))["processed"] == [f"/processed/{raw}"]
+    assert pipeline.files("D001", "processed") == []
+    assert pipeline.files("D001", "reports") == [report]
+    old = (received - dt.timedelta(days=100)).timestamp()
+    os.utime(pipeline.user_dir("D001") / "reports" / report, (old, old))
+    assert retention(received + dt.timedelta(days=5))["reports"] == [f"/reports/{report}"]
+    assert pipeline.files("D001", "reports") == []
