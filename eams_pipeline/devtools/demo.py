@@ -38,6 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eams_pipeline.core.master_data import parse_master_data
+from eams_pipeline.core.names import DISTRICT_DIRS
 from eams_pipeline.core.template import HEADER
 from eams_pipeline.db import migrations
 from eams_pipeline.db.connection import create_database_if_missing
@@ -45,7 +46,6 @@ from eams_pipeline.db.setup import load_master_data
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
-from eams_pipeline.io.sftp import DISTRICT_DIRS
 
 DEFAULT_STATE_DIR = Path("var/demo")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams_demo"
@@ -322,8 +322,8 @@ def sample_baseline() -> bytes:
 
 def apply_baseline(conn: psycopg.Connection, secret: str, now: dt.datetime) -> None:
     """Process D003's upload of last night (`eams process`'s code), once."""
+    from eams_pipeline.core.names import make_upload_key
     from eams_pipeline.core.passwords import Argon2Settings, PasswordHasher
-    from eams_pipeline.db.uploads import make_upload_key
     from eams_pipeline.services.process import Engine, Upload, process_upload
 
     exists = conn.execute(

@@ -29,18 +29,24 @@ from contextlib import contextmanager
 import dagster as dg
 
 from eams_pipeline import config as eams_config
-from eams_pipeline.core.names import check_report_name
+from eams_pipeline.core.names import (
+    CHECK,
+    PROCESSED,
+    REPORTS,
+    UPLOAD_NAME,
+    UploadRef,
+    check_report_name,
+)
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadKind, UploadResult
-from eams_pipeline.core.retention import raw_removable
+from eams_pipeline.core.upload_retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, get_district
-from eams_pipeline.io.sftp import CHECK, PROCESSED, REPORTS, SftpFileChangingError
+from eams_pipeline.io.sftp import SftpFileChangingError
 from eams_pipeline.orchestration.assets import EmailConfig, error_preview
 from eams_pipeline.orchestration.decisions import tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
-    UploadRef,
     runs_of_upload,
     upload_tags,
 )
@@ -52,12 +58,11 @@ from eams_pipeline.orchestration.resources import (
     SmtpResource,
     UploadResource,
 )
-from eams_pipeline.orchestration.retention import (
+from eams_pipeline.orchestration.upload_retention_job import (
     alert_raw_kept,
     known_uploads,
     remove_raw_upload,
 )
-from eams_pipeline.orchestration.settle import UPLOAD_NAME
 from eams_pipeline.services.check_drop import (
     NotACheck,
     check_report,

@@ -22,18 +22,18 @@ from eams_pipeline.core.error_file import HEADER as REPORT_HEADER
 from eams_pipeline.core.guard import DEFAULT_THRESHOLDS
 from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.db.districts import lock_district
-from eams_pipeline.db.snapshot import USERNAME_LOCK_ALL
 from eams_pipeline.db.uploads import get_upload
+from eams_pipeline.db.usernames import USERNAME_LOCK_ALL
 from eams_pipeline.orchestration.check_job import CHECK_JOB_NAME
 from eams_pipeline.orchestration.decisions import OUTCOME_TAG
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource, EngineResource
-from eams_pipeline.orchestration.retention import build_retention_job
+from eams_pipeline.orchestration.upload_retention_job import build_retention_job
 from eams_pipeline.services.process import Engine
 from eams_pipeline_tests import builders
+from eams_pipeline_tests.cli_runner import eams
 from eams_pipeline_tests.orchestration_env import Pipeline
-from eams_pipeline_tests.test_cli import eams
 
 PASSWORD = "Check-Pw-7731!"
 IDS = [f"STU-{i:05d}" for i in range(10)]
