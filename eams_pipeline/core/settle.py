@@ -10,6 +10,8 @@ remember next:
   window (observed by the sensor itself: the client may set any modification time);
 - a district with a nightly processing time (``process_at``, local time in the district's
   timezone) waits until the first such time at or after the file settled;
+- ``check/students.csv`` (a check drop: validated, never applied) is watched the same way
+  on its own part of the cursor (:func:`decide_check`), without ``process_at``;
 - one run is requested per upload: while the same file (same size and modification time) is
   still in ``incoming/`` after its run was requested, nothing more is requested, unless
   that run has already succeeded, which means the file there now is a new upload with the

@@ -19,6 +19,10 @@ tags ``eams/kind=check``, ``eams/district`` and ``eams/upload_key`` (run config
 Every step can run again: a recorded check is not run again, and its email is not sent
 twice (``resend`` to send it again). The raw file is never archived: a re-execution reads
 ``processed/`` until the check is recorded.
+
+A check run carries ``eams/district``, so dagster.yaml's one-run-per-district limit queues a
+check and an upload of the same district one after the other (a check hashes nothing: its
+run takes seconds); inside the database a check takes no lock an upload waits for.
 """
 
 import datetime as dt
