@@ -332,3 +332,20 @@ def test_retention_removes_a_checks_raw_file_and_in_time_its_report(
     os.utime(pipeline.user_dir("D001") / "reports" / report, (old, old))
     assert retention(received + dt.timedelta(days=5))["reports"] == [f"/reports/{report}"]
     assert pipeline.files("D001", "reports") == []
+
+
+def test_a_check_is_never_run_as_an_upload(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    pipeline.check("D001", builders.csv_bytes([builders.row(NEW_OK, password=PASSWORD)]))
+    settle(pipeline, instance)
+    [request] = dispatched(pipeline, 1)
+    key = request.tags[UPLOAD_KEY_TAG]
+    assert pipeline.launch(instance, request).success
+    before = state(pipeline.conn)
+    by_hand = pipeline.run_upload(instance, key, raise_on_error=False)  # upload_job, by hand
+    assert not by_hand.success
+    [failure] = [e for e in by_hand.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "is a check drop, not an upload" in failure.event_specific_data.error.message
+    assert state(pipeline.conn) == before
+    assert get_upload(pipeline.conn, key).status == "checked"
