@@ -349,3 +349,27 @@ def test_a_check_is_never_run_as_an_upload(
     assert "is a check drop, not an upload" in failure.event_specific_data.error.message
     assert state(pipeline.conn) == before
     assert get_upload(pipeline.conn, key).status == "checked"
+
+
+def test_a_check_of_a_file_that_would_be_rejected_quotes_its_error(
+    pipeline: Pipeline, instance: dg.DagsterInstance
+) -> None:
+    bad = builders.csv_bytes([builders.row(NEW_OK)]).replace(b"Student ID", b"StudentID", 1)
+    pipeline.check("D001", bad)
+    settle(pipeline, instance)
+    [request] = dispatched(pipeline, 1)
+    key = request.tags[UPLOAD_KEY_TAG]
+    assert pipeline.launch(instance, request).success
+    row = get_upload(pipeline.conn, key)
+    assert (row.status, row.checked_as, row.error_codes) == (
+        "checked",
+        "rejected",
+        {"HEADER_MISMATCH": 1},
+    )
+    [line] = report_rows(pipeline, key)[1:]
+    assert (line[0], line[1], line[3]) == ("1", "", "HEADER_MISMATCH")
+    [message] = pipeline.smtp.wait_for(1)
+    body = " ".join(message.get_content().split())
+    assert message["Subject"].startswith("eAMS check result: the file would be REJECTED,")
+    assert f"Error: HEADER_MISMATCH: {' '.join(line[4].split())}" in body
+    assert "Change guard: not evaluated (the file would be rejected)." in body
