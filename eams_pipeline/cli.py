@@ -453,8 +453,16 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     ]
     if row["deactivated_missing"]:
         out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
+    if row.get("checked_as"):
+        out.append(
+            f"  a check drop: nothing applied; as an upload it would be {row['checked_as']}; "
+            f"report {row['error_file']}"
+        )
     if row["guard_trip"]:
-        out.append("  HELD by the change guard:")
+        checked = row.get("checked_as")
+        out.append(
+            "  the change guard WOULD HOLD it:" if checked else "  HELD by the change guard:"
+        )
         out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
     if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
         key = row["upload_key"]

@@ -227,6 +227,11 @@ def test_a_check_drop_with_row_errors_and_a_guard_trip_applies_nothing_and_email
     assert listed.returncode == 0, listed.stderr
     [line] = [x for x in listed.stdout.splitlines() if x.startswith(key)]
     assert "checked" in line and "would be held: max_deactivated_pct" in line
+    shown = eams("uploads", "show", key, cwd=pipeline.archive_dir.parent, url=pipeline.db_url)
+    assert shown.returncode == 0, shown.stderr
+    assert "a check drop: nothing applied; as an upload it would be held" in shown.stdout
+    assert "the change guard WOULD HOLD it:" in shown.stdout
+    assert "HELD by" not in shown.stdout and "eams uploads approve" not in shown.stdout
 
     # an operator's re-execution neither checks again nor emails again
     again = pipeline.launch(instance, request)
