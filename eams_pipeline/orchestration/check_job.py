@@ -41,12 +41,12 @@ from eams_pipeline.core.names import (
     UploadRef,
     check_report_name,
 )
-from eams_pipeline.core.outcome import COUNT_KEYS, UploadKind, UploadResult
+from eams_pipeline.core.outcome import COUNT_KEYS, UploadKind
 from eams_pipeline.core.upload_retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, get_district
 from eams_pipeline.io.sftp import SftpFileChangingError
-from eams_pipeline.orchestration.assets import EmailConfig, error_preview
+from eams_pipeline.orchestration.assets import EmailConfig
 from eams_pipeline.orchestration.decisions import tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
     FILE_MTIME_TAG,
@@ -210,9 +210,7 @@ def _claim(context: dg.OpExecutionContext, session, ref: UploadRef) -> None:
     context.log.info(f"claimed {CHECK}/{UPLOAD_NAME} as {PROCESSED}/{ref.processed_name}")
 
 
-def _metadata(
-    ref: UploadRef, row: db_uploads.UploadRow, result: UploadResult, published: str
-) -> dict[str, object]:
+def _metadata(ref: UploadRef, row: db_uploads.UploadRow, published: str) -> dict[str, object]:
     trip = row.guard_trip or {}
     meta: dict[str, object] = {
         **_names(ref),
@@ -224,7 +222,8 @@ def _metadata(
         "error_codes": dg.MetadataValue.json(dict(sorted(row.error_codes.items()))),
         "guard": trip.get("message") or "passed",
         "report_file": published,
-        "preview": dg.MetadataValue.md(error_preview(result.errors)),
+        # no preview of the errors (an upload's error_report has one): a check stores no
+        # student data, not even Student IDs in Dagster's event log
     }
     if trip:
         meta["guard_rule"] = str(trip.get("rule"))
@@ -254,10 +253,8 @@ def check_file(
     row = _recorded(db, ref.key)
     if row is not None:
         context.log.info(f"check {ref.key} is already recorded: {row.checked_as}")
-        with db.connect() as conn:
-            result = checked_result(conn, row)
         _tag(context, row)
-        return dg.Output(None, metadata=_metadata(ref, row, result, published))
+        return dg.Output(None, metadata=_metadata(ref, row, published))
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
     limit = eams_config.max_upload_bytes()
     settle = eams_config.settle_seconds()
@@ -298,7 +295,7 @@ def check_file(
         + (f" (the change guard would hold it: {verdict})" if verdict else "")
         + "; nothing applied"
     )
-    return dg.Output(None, metadata=_metadata(ref, row, result, published))
+    return dg.Output(None, metadata=_metadata(ref, row, published))
 
 
 def _tag(context: dg.OpExecutionContext, row: db_uploads.UploadRow) -> None:

@@ -211,6 +211,12 @@ def test_a_check_drop_with_row_errors_and_a_guard_trip_applies_nothing_and_email
         "eams/checked_as": "held",
     }
     assert result.get_asset_materialization_events() == []
+    outputs = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    checked = next(e for e in outputs if e.step_key == "check_file")
+    shown = {k: getattr(v, "value", v) for k, v in checked.event_specific_data.metadata.items()}
+    assert (shown["checked_as"], shown["deactivated"], shown["errors"]) == ("held", 6, 2)
+    for value in (PASSWORD, *IDS, NEW_OK, NEW_BAD):  # no student data in Dagster's log
+        assert value not in json.dumps(shown, default=str)
     latest = instance.get_latest_materialization_event(dg.AssetKey("upload_outcome"))
     assert latest.asset_materialization.partition == "D001"
     assert latest.asset_materialization.metadata["upload_key"].value == first_key
