@@ -1,10 +1,10 @@
 """Sensors: one per district watching its SFTP incoming/, and the operators' crash alert.
 
 A district sensor only lists and stats ``incoming/`` (it never downloads) and requests one
-run per upload once ``students.csv`` has settled (see :mod:`.settle`): it records the
-request in the database, and the location's ``eams_upload_requests`` sensor starts the run
-(:mod:`.upload_requests`; a district sensor targets no job, so that the UI does not load
-every district sensor's state on each page of the upload assets). SFTP failures:
+run per upload once ``students.csv`` has settled (see :mod:`eams_pipeline.core.settle`): it
+records the request in the database, and the location's ``eams_upload_requests`` sensor starts
+the run (:mod:`.upload_request_sensor`; a district sensor targets no job, so that the UI does
+not load every district sensor's state on each page of the upload assets). SFTP failures:
 
 - the server cannot be reached (:class:`SftpTransientError`): the tick is skipped with the
   reason and the next tick tries again;
@@ -27,16 +27,7 @@ from eams_pipeline.config import (
     sensor_interval_seconds,
     settle_seconds,
 )
-from eams_pipeline.core.notifications import (
-    build_failure_email,
-    build_missing_upload_email,
-    build_stray_files_email,
-)
-from eams_pipeline.db import alerts as db_alerts
-from eams_pipeline.db.districts import District, get_district, list_districts
-from eams_pipeline.db.upload_requests import record_sensor_request
-from eams_pipeline.io.sftp import RemoteFile, SftpFileNotFoundError, SftpTransientError
-from eams_pipeline.orchestration.alerts import (
+from eams_pipeline.core.alert_rules import (
     DIGEST_LIST,
     MISNAMED_DIGEST,
     MISNAMED_FILE,
@@ -50,22 +41,21 @@ from eams_pipeline.orchestration.alerts import (
     track_other_files,
     unreported,
 )
-from eams_pipeline.orchestration.partitions import (
-    DISTRICT_TAG,
-    UploadRef,
-    runs_of_upload,
-    upload_key_of_run,
+from eams_pipeline.core.names import UPLOAD_NAME, UploadRef
+from eams_pipeline.core.notifications import (
+    build_failure_email,
+    build_missing_upload_email,
+    build_stray_files_email,
 )
+from eams_pipeline.core.remote_files import RemoteFile
+from eams_pipeline.core.settle import Other, Requested, SensorState, decide, listed
+from eams_pipeline.db import district_alerts as db_alerts
+from eams_pipeline.db.districts import District, get_district, list_districts
+from eams_pipeline.db.upload_requests import record_sensor_request
+from eams_pipeline.io.sftp import SftpFileNotFoundError, SftpTransientError
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, runs_of_upload, upload_key_of_run
 from eams_pipeline.orchestration.resources import DatabaseResource, SftpResource, SmtpResource
-from eams_pipeline.orchestration.settle import (
-    UPLOAD_NAME,
-    Other,
-    Requested,
-    SensorState,
-    decide,
-    listed,
-)
-from eams_pipeline.orchestration.upload_requests import UPLOAD_REQUESTS_SENSOR_NAME
+from eams_pipeline.orchestration.upload_request_sensor import UPLOAD_REQUESTS_SENSOR_NAME
 
 Clock = Callable[[], dt.datetime]
 JobLike = Any  # a JobDefinition or the unresolved asset job of define_asset_job

@@ -25,8 +25,9 @@ import zoneinfo
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from eams_pipeline.io.sftp import RemoteFile, shown_name
-from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME, Other
+from eams_pipeline.core.names import PARTIAL_SUFFIX, UPLOAD_NAME
+from eams_pipeline.core.remote_files import RemoteFile, shown_name
+from eams_pipeline.core.settle import Other
 
 MISSING_UPLOAD = "missing_upload"
 MISNAMED_FILE = "misnamed_file"
