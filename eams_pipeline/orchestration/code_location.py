@@ -14,11 +14,8 @@ from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
 from eams_pipeline.orchestration.decisions import build_decision_sensor
-from eams_pipeline.orchestration.district_sensors import (
-    build_district_sensors,
-    build_operator_alert_sensor,
-    sensor_name,
-)
+from eams_pipeline.orchestration.district_sensors import build_district_sensors, sensor_name
+from eams_pipeline.orchestration.failure_sensor import build_operator_alert_sensor
 from eams_pipeline.orchestration.fleet_status import (
     build_fleet_status_asset,
     build_fleet_status_job,

@@ -13,7 +13,7 @@ import pytest
 from eams_pipeline.core.master_data import SftpAccount
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.io.sftp import SftpConnector, SftpHostKeyError, SftpPool, pool_key
-from eams_pipeline.orchestration.district_sensors import DistrictDirectory
+from eams_pipeline.orchestration.district_directory import DistrictDirectory
 
 pytest_plugins = ["eams_pipeline_tests.fixtures_servers"]
 
