@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from eams_pipeline.core.names import DISTRICT_DIRS
 from eams_pipeline_tests.spec import SPEC_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,9 +25,7 @@ TOUR_WITHIN_LINES = 40  # one screen
 # The first folder of a path that documents name but the checkout does not hold.
 NOT_IN_CHECKOUT = {
     "var": "the demo's state, created by scripts/demo (git-ignored)",
-    "incoming": "a district's SFTP folder",
-    "errors": "a district's SFTP folder",
-    "processed": "a district's SFTP folder",
+    **{folder: "a district's SFTP folder" for folder in DISTRICT_DIRS},
 }
 # Files that documents name by their full name and that are made at run time.
 MADE_AT_RUN_TIME = {
