@@ -172,7 +172,8 @@ def process_cmd(
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
-    `eams uploads approve|discard`), 4 when it was superseded (an upload of the district
+    `eams uploads approve|discard`; the district's `pauses` hold a file received now
+    within one, or the first after a long one), 4 when it was superseded (an upload of the district
     received after it was applied first: nothing applied), 1 on an operational failure.
 
     Progress (each step with its duration; hashing passwords: done/total, rate, ETA) goes
@@ -429,6 +430,20 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+# what an operator should weigh before deciding an upload held by a pause rule
+_PAUSE_HINTS = {
+    "paused": (
+        "it arrived on a day the district's master data pauses (`pauses:`); approve it only "
+        "if the district wants it applied during the pause, else discard it"
+    ),
+    "first_after_pause": (
+        "the first upload after a long pause (a new school year's roster?): compare its "
+        "counts with `eams export students --district {district}` before approving; a wrong "
+        "file (last year's roster, one school only) is best discarded"
+    ),
+}
+
+
 @uploads.command("show")
 @click.argument("upload_key")
 @click.option("--json", "as_json", is_flag=True)
@@ -463,7 +478,11 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
         out.append(
             "  the change guard WOULD HOLD it:" if checked else "  HELD by the change guard:"
         )
-        out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
+        for t in row["guard_trip"].get("trips", []):
+            out.append(f"    {t['rule']}: {t['message']}")
+            hint = _PAUSE_HINTS.get(t["rule"])
+            if hint:
+                out.append(f"      hint: {hint.format(district=row['district'])}")
     if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
         key = row["upload_key"]
         file = "" if row["archived"] else " --file PATH_OF_THE_FILE"
