@@ -44,6 +44,7 @@ from paramiko.ssh_exception import SSHException
 
 from eams_pipeline.config import ConfigError, env_secret
 from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.core.names import REPORTS_DIR
 
 INCOMING = "incoming"
 ERRORS = "errors"
@@ -429,8 +430,9 @@ class SftpSession:
 
     @_mapped
     def ensure_dirs(self) -> None:
-        """Create ``incoming/``, ``errors/`` and ``processed/`` under the root if missing."""
-        for name in (INCOMING, ERRORS, PROCESSED):
+        """Create ``incoming/``, ``errors/``, ``processed/`` and ``reports/`` under the root
+        if missing."""
+        for name in (INCOMING, ERRORS, PROCESSED, REPORTS_DIR):
             path = self.remote_path(name)
             if self._exists(path):
                 continue

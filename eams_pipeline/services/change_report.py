@@ -42,7 +42,7 @@ def reports_of(status: UploadStatus) -> tuple[bool, ...]:
     return ()
 
 
-def change_report(
+def build_change_report(
     conn: psycopg.Connection, upload_key: str, *, revert: bool = False
 ) -> ChangeReport:
     """The change report of the upload (`revert`: of its revert), read in one statement."""
