@@ -510,9 +510,10 @@ def _print_guide(
     echo(f"  Dagster UI        {url}")
     echo(f"    runs            {url}/runs")
     echo(f"    error reports   {url}/assets/error_report  (metadata: counts, codes, preview)")
+    echo(f"    change reports  {url}/assets/change_report  (metadata: lines per change)")
     echo(f"    sensors         {url}/automation")
     echo(f"  SFTP server       sftp -P {sftp.port} d001@{HOST}   (passwords: {state}/secrets.json)")
-    echo(f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/)")
+    echo(f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/ reports/)")
     echo(
         f"  held for review   D003's upload: {url}/assets/upload_outcome (check change_guard);"
         " eams uploads list --district D003, then approve or discard"
