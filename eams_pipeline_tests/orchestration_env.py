@@ -21,10 +21,12 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
-from eams_pipeline.orchestration.definitions import build_definitions
+from eams_pipeline.orchestration.code_location import build_definitions
+from eams_pipeline.orchestration.district_sensors import sensor_name
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import (
     DISTRICTS as DISTRICT_PARTITIONS,
@@ -33,11 +35,10 @@ from eams_pipeline.orchestration.partitions import (
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
     UPLOAD_KEY_TAG,
-    UploadRef,
     upload_run_config,
     upload_tags,
 )
-from eams_pipeline.orchestration.reprocess import REPROCESS_JOB_NAME, build_reprocess_job
+from eams_pipeline.orchestration.reprocess_job import REPROCESS_JOB_NAME, build_reprocess_job
 from eams_pipeline.orchestration.resources import (
     ArchiveResource,
     DatabaseResource,
@@ -45,8 +46,7 @@ from eams_pipeline.orchestration.resources import (
     SftpResource,
     SmtpResource,
 )
-from eams_pipeline.orchestration.sensors import sensor_name
-from eams_pipeline.orchestration.upload_requests import build_upload_requests_sensor
+from eams_pipeline.orchestration.upload_request_sensor import build_upload_requests_sensor
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS

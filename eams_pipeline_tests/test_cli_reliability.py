@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from eams_pipeline.db.uploads import make_upload_key
+from eams_pipeline.core.names import make_upload_key
 from eams_pipeline_tests.builders import csv_bytes, district_doc, load, row, run, students
 
 EXIT_SUPERSEDED = 4

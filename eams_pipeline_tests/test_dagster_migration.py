@@ -14,12 +14,12 @@ import pytest
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
 from eams_pipeline.cli import main
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     DISTRICTS,
     LEGACY_UPLOADS_PARTITIONS,
     UPLOAD_KEY_TAG,
-    UploadRef,
 )
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.orchestration_env import ROOT, Pipeline, upload_key

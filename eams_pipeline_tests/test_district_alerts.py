@@ -9,8 +9,7 @@ import os
 
 import dagster as dg
 
-from eams_pipeline.io.sftp import RemoteFile
-from eams_pipeline.orchestration.alerts import (
+from eams_pipeline.core.alert_rules import (
     MAX_TRACKED,
     mark_reported,
     missing_upload,
@@ -18,8 +17,9 @@ from eams_pipeline.orchestration.alerts import (
     track_other_files,
     unreported,
 )
+from eams_pipeline.core.remote_files import RemoteFile
+from eams_pipeline.core.settle import Other, SensorState
 from eams_pipeline.orchestration.resources import SmtpResource
-from eams_pipeline.orchestration.settle import Other, SensorState
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.orchestration_env import Pipeline, district, upload_key
 from eams_pipeline_tests.test_orchestration_pipeline import clean_file, free_port

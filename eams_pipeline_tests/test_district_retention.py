@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from eams_pipeline.config import ConfigError, retention_settings
-from eams_pipeline.core.retention import (
+from eams_pipeline.core.upload_retention import (
     KnownUpload,
     StoredFile,
     archive_to_remove,
@@ -20,7 +20,7 @@ from eams_pipeline.core.retention import (
 )
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.archive import Archive
-from eams_pipeline.orchestration.retention import build_retention_job
+from eams_pipeline.orchestration.upload_retention_job import build_retention_job
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 from eams_pipeline_tests.test_orchestration_pipeline import (

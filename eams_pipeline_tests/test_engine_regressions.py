@@ -154,8 +154,8 @@ def test_the_districts_students_are_read_back_exactly(conn) -> None:
     order across the columns."""
     import pandas as pd
 
+    from eams_pipeline.db.district_snapshot import load_district_students
     from eams_pipeline.db.districts import get_district
-    from eams_pipeline.db.snapshot import load_district_students
     from eams_pipeline_tests.builders import district_doc, existing_student, load
 
     load(

@@ -13,7 +13,7 @@ import pytest
 from eams_pipeline.core.master_data import SftpAccount
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.io.sftp import SftpConnector, SftpHostKeyError, SftpPool, pool_key
-from eams_pipeline.orchestration.sensors import DistrictDirectory
+from eams_pipeline.orchestration.district_directory import DistrictDirectory
 
 pytest_plugins = ["eams_pipeline_tests.fixtures_servers"]
 
@@ -193,7 +193,7 @@ def test_the_district_directory_reads_every_district_once_per_ttl() -> None:
 
 
 def test_a_run_worker_builds_no_district_sensors(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eams_pipeline.orchestration import definitions
+    from eams_pipeline.orchestration import code_location as definitions
 
     assert not definitions.is_run_worker()  # the test process is not a run worker
     monkeypatch.setattr("sys.argv", ["dagster", "api", "execute_run", "{}"])

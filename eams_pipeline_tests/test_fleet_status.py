@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from dagster._core.storage.tags import MAX_RETRIES_TAG, WILL_RETRY_TAG
 
-from eams_pipeline.core.fleet import (
+from eams_pipeline.core.fleet_ranking import (
     OK,
     DistrictFacts,
     FailedRun,
@@ -33,10 +33,10 @@ from eams_pipeline.core.fleet import (
     nights_without_applied,
 )
 from eams_pipeline.core.outcome import UploadStatus
-from eams_pipeline.db.fleet import _FACTS, district_facts, query_params
+from eams_pipeline.db.fleet_facts import _FACTS, district_facts, query_params
 from eams_pipeline.db.uploads import ensure_upload
-from eams_pipeline.orchestration.definitions import build_definitions
-from eams_pipeline.orchestration.fleet import (
+from eams_pipeline.orchestration.code_location import build_definitions
+from eams_pipeline.orchestration.fleet_status import (
     FLEET_JOB_NAME,
     LICENSES_SUFFICIENT,
     NO_FAILED_UPLOADS,

@@ -35,6 +35,7 @@ from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.orchestration import assets
+from eams_pipeline.orchestration.failure_sensor import WILL_RETRY_TAG, build_operator_alert_sensor
 from eams_pipeline.orchestration.partitions import (
     DISTRICTS,
     FILE_MTIME_TAG,
@@ -44,7 +45,6 @@ from eams_pipeline.orchestration.partitions import (
     upload_run_config,
 )
 from eams_pipeline.orchestration.resources import SmtpResource
-from eams_pipeline.orchestration.sensors import WILL_RETRY_TAG, build_operator_alert_sensor
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.conftest import ADMIN_URL
 from eams_pipeline_tests.fault_worker import (

@@ -11,19 +11,19 @@ import asyncssh
 import dagster as dg
 import pytest
 
+from eams_pipeline.core.names import UploadRef
+from eams_pipeline.core.settle import SensorState
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.sftp import SftpAuthError, SftpHostKeyError
+from eams_pipeline.orchestration.failure_sensor import build_operator_alert_sensor
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     DISTRICTS,
     UPLOAD_KEY_TAG,
-    UploadRef,
     build_district_partitions_sensor,
     upload_run_config,
 )
 from eams_pipeline.orchestration.resources import ArchiveResource, SmtpResource
-from eams_pipeline.orchestration.sensors import build_operator_alert_sensor
-from eams_pipeline.orchestration.settle import SensorState
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 

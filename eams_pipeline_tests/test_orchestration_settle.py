@@ -6,15 +6,11 @@ import datetime as dt
 
 import pytest
 
-from eams_pipeline.io.sftp import RemoteFile
-from eams_pipeline.orchestration.partitions import (
-    BadUploadKey,
-    UploadRef,
-    district_tags,
-    upload_tags,
-)
-from eams_pipeline.orchestration.sensors import sensor_name
-from eams_pipeline.orchestration.settle import SensorState, decide, due_time
+from eams_pipeline.core.names import BadUploadKey, UploadRef
+from eams_pipeline.core.remote_files import RemoteFile
+from eams_pipeline.core.settle import SensorState, decide, due_time
+from eams_pipeline.orchestration.district_sensors import sensor_name
+from eams_pipeline.orchestration.partitions import district_tags, upload_tags
 
 T0 = dt.datetime(2026, 1, 14, 20, 0, 0, tzinfo=dt.UTC)  # 14:00 in America/Chicago
 SETTLE = 60

@@ -382,7 +382,7 @@ def test_the_district_is_not_locked_while_passwords_are_hashed(
 
 
 def _version(conn: psycopg.Connection) -> int:
-    from eams_pipeline.db.snapshot import students_version
+    from eams_pipeline.db.district_snapshot import students_version
 
     (district_id,) = conn.execute("SELECT district_id FROM districts").fetchone()
     version = students_version(conn, district_id)

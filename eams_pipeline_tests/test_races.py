@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from eams_pipeline.core.outcome import UploadResult
-from eams_pipeline.db import snapshot
+from eams_pipeline.db import district_snapshot, usernames
 from eams_pipeline_tests.builders import district_doc, load, row, run, students
 
 
@@ -35,7 +35,7 @@ def _wait_until_blocked(watch: psycopg.Connection, pid: int, seconds: float = 20
 def test_two_districts_creating_the_same_username_end_as_if_serial(
     db_url: str, lock_limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(snapshot, "USERNAME_LOCK_LIMIT", lock_limit)
+    monkeypatch.setattr(usernames, "USERNAME_LOCK_LIMIT", lock_limit)
     with psycopg.connect(db_url) as setup:
         load(setup, district_doc(code="D1"), district_doc(code="D2"))
 
@@ -84,7 +84,7 @@ def test_taken_usernames_are_the_same_found_by_index_probes_or_by_the_planners_j
     USERNAME_TAKEN either way (another district's holder, in another case; a renamed
     student of the district itself; a student's own username is never taken)."""
     monkeypatch.setattr(
-        snapshot, "_probe_by_index", lambda _conn, _n: snapshot._PROBE_SETTINGS if probe else {}
+        usernames, "_probe_by_index", lambda _conn, _n: usernames._PROBE_SETTINGS if probe else {}
     )
     load(conn, district_doc(code="D1"), district_doc(code="D2"))
     assert (
@@ -138,10 +138,10 @@ def test_the_holders_looked_up_beside_the_plan_are_the_ones_looked_up_before_it(
     rows = normalise(read_upload(csv_bytes([row("A1", username="held.NAME"), row("A2")])).rows)
     with conn.transaction():
         district = lock_district(conn, "D1")
-        students = snapshot.load_district_students(conn, district)
-        in_line = snapshot.load_snapshot(conn, district, rows, students).taken_usernames
+        students = district_snapshot.load_district_students(conn, district)
+        in_line = district_snapshot.load_snapshot(conn, district, rows, students).taken_usernames
         with ThreadPoolExecutor(max_workers=1) as pool:
-            beside = snapshot.load_snapshot(conn, district, rows, students, ahead=pool)
+            beside = district_snapshot.load_snapshot(conn, district, rows, students, ahead=pool)
             assert callable(beside.taken_usernames)
             found = beside.taken_usernames()
     assert in_line["username_lower"].tolist() == ["held.name"]
@@ -149,7 +149,7 @@ def test_the_holders_looked_up_beside_the_plan_are_the_ones_looked_up_before_it(
 
 
 def test_more_distinct_than_counts_a_prefix_first_and_all_values_when_it_must() -> None:
-    from eams_pipeline.db.snapshot import _more_distinct_than
+    from eams_pipeline.db.usernames import _more_distinct_than
 
     def series(values: list[str]) -> pd.Series:
         return pd.Series(values, dtype="str")

@@ -10,17 +10,13 @@ import datetime as dt
 import dagster as dg
 import pytest
 
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.db.districts import UnknownDistrict
 from eams_pipeline.db.upload_requests import pending_requests, record_sensor_request
 from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.archive import Archive
-from eams_pipeline.orchestration.partitions import (
-    DISTRICT_TAG,
-    UPLOAD_KEY_TAG,
-    UploadRef,
-    upload_run_config,
-)
-from eams_pipeline.orchestration.upload_requests import REPROCESS_TAG
+from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOAD_KEY_TAG, upload_run_config
+from eams_pipeline.orchestration.upload_request_sensor import REPROCESS_TAG
 from eams_pipeline.services.reprocess import (
     ReprocessRefused,
     Selection,

@@ -27,7 +27,7 @@ from eams_pipeline.core.run_retention import (
 )
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, PARTITION_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource
-from eams_pipeline.orchestration.run_retention import (
+from eams_pipeline.orchestration.run_retention_job import (
     build_run_retention_job,
     enforce_run_retention,
 )

@@ -14,9 +14,9 @@ import asyncssh
 import pytest
 
 from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.core.remote_files import RemoteFile
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.io.sftp import (
-    RemoteFile,
     SftpAuthError,
     SftpError,
     SftpFileChangingError,

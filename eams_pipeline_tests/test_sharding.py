@@ -6,7 +6,7 @@ import psycopg
 import pytest
 
 from eams_pipeline.config import ConfigError
-from eams_pipeline.orchestration.definitions import district_codes_from_database
+from eams_pipeline.orchestration.code_location import district_codes_from_database
 from eams_pipeline.orchestration.sharding import (
     Shard,
     parse_district_list,

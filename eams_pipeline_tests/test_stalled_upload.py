@@ -24,7 +24,7 @@ from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.io.sftp import SftpConnector
 from eams_pipeline.orchestration.partitions import FILE_MTIME_TAG, FILE_SIZE_TAG
-from eams_pipeline.orchestration.retention import build_retention_job
+from eams_pipeline.orchestration.upload_retention_job import build_retention_job
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.orchestration_env import (
     OPERATORS,

@@ -25,7 +25,7 @@ def _query(revert: bool) -> str:
 
     Each history row becomes one line per field whose value differs between `old` and
     `new`: for the upload, its before- and after-image; for its revert, its after-image and
-    what the revert put back (db.revert: the before-image; a student the upload added is
+    what the revert put back (db.revert_statements: the before-image; a student the upload added is
     only deactivated). A student the upload added has its Status line only."""
     if revert:
         old_status, new_status = "h.status_after", "coalesce(h.status_before, 'deactivated')"

@@ -30,20 +30,28 @@ from pydantic import Field
 
 from eams_pipeline import config as eams_config
 from eams_pipeline.core.error_file import render_error_file
-from eams_pipeline.core.names import REPORTS_DIR, change_report_name
+from eams_pipeline.core.names import (
+    ERRORS,
+    PARTIAL_SUFFIX,
+    PROCESSED,
+    REPORTS,
+    UPLOAD_NAME,
+    UploadRef,
+    change_report_name,
+    error_file_name,
+)
 from eams_pipeline.core.notifications import build_held_operator_email
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
-from eams_pipeline.core.retention import raw_removable
+from eams_pipeline.core.settle import listed
+from eams_pipeline.core.upload_retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, district_code, get_district
-from eams_pipeline.io.sftp import ERRORS, PROCESSED, SettledRead, SftpFileChangingError
+from eams_pipeline.io.sftp import SettledRead, SftpFileChangingError
 from eams_pipeline.orchestration.decisions import decision_text, tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
     DISTRICTS,
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
-    UploadRef,
-    error_file_name,
     runs_of_upload,
     upload_tags,
 )
@@ -55,12 +63,11 @@ from eams_pipeline.orchestration.resources import (
     SmtpResource,
     UploadResource,
 )
-from eams_pipeline.orchestration.retention import (
+from eams_pipeline.orchestration.upload_retention_job import (
     alert_raw_kept,
     known_uploads,
     remove_raw_upload,
 )
-from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME, listed
 from eams_pipeline.services.change_report import build_change_report, reports_of
 from eams_pipeline.services.notify import recorded_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
@@ -613,7 +620,7 @@ def error_report(
 
 def _report_path(root: str, upload_key: str, *, revert: bool = False) -> str:
     """A change report's path as the district sees it on its SFTP site."""
-    return posixpath.join(root or "/", REPORTS_DIR, change_report_name(upload_key, revert=revert))
+    return posixpath.join(root or "/", REPORTS, change_report_name(upload_key, revert=revert))
 
 
 @dg.asset(
@@ -654,7 +661,7 @@ def change_report(
     with _session(sftp, district) as session:
         session.ensure_dirs()
         for report in reports:
-            session.put_atomic(f"{REPORTS_DIR}/{report.name}", report.content)
+            session.put_atomic(f"{REPORTS}/{report.name}", report.content)
             path = _report_path(district.sftp_root, ref.key, revert=report.revert)
             context.log.info(f"published {path} ({report.lines} lines)")
             prefix = "revert_" if report.revert else ""

@@ -1,5 +1,5 @@
 """One screen for the fleet: the ``fleet_status`` asset (refreshed by a schedule, every 15
-minutes by default) ranks the districts that need attention (core.fleet), with counts per
+minutes by default) ranks the districts that need attention (core.fleet_ranking), with counts per
 state as numbers the UI plots over time, and asset checks that put the fleet's health on
 the asset graph. ``eams fleet status`` shows the same ranking.
 
@@ -23,7 +23,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from eams_pipeline import config as eams_config
-from eams_pipeline.core.fleet import (
+from eams_pipeline.core.fleet_ranking import (
     DistrictStatus,
     FailedRun,
     FleetState,
@@ -31,7 +31,7 @@ from eams_pipeline.core.fleet import (
     fleet_status,
     markdown_table,
 )
-from eams_pipeline.db.fleet import district_facts
+from eams_pipeline.db.fleet_facts import district_facts
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, upload_key_of_run
 from eams_pipeline.orchestration.resources import DatabaseResource

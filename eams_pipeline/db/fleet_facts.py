@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from eams_pipeline.core.fleet import DistrictFacts, LastUpload
+from eams_pipeline.core.fleet_ranking import DistrictFacts, LastUpload
 from eams_pipeline.core.outcome import APPLIED_STATUSES, UploadStatus
 
 # uploads whose errors/rows say how the district's files go (not rejected: every row is an
@@ -53,7 +53,7 @@ ORDER BY d.code
 
 
 def district_facts(conn: psycopg.Connection, rated: int = 6) -> list[DistrictFacts]:
-    """Every district's facts for core.fleet (``rated``: the newest accepted uploads whose
+    """Every district's facts for core.fleet_ranking (``rated``: the newest accepted uploads whose
     error rates are read, the last one and its baseline)."""
     return [_facts(r) for r in conn.execute(_FACTS, query_params(rated)).fetchall()]
 

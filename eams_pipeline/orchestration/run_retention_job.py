@@ -34,7 +34,7 @@ from eams_pipeline.core.run_retention import (
     decide,
 )
 from eams_pipeline.db.dagster_storage import delete_check_executions
-from eams_pipeline.db.run_retention import pending_upload_keys
+from eams_pipeline.db.run_retention_queries import pending_upload_keys
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, upload_key_of_run
 from eams_pipeline.orchestration.resources import DatabaseResource
 

@@ -1,7 +1,7 @@
 """Reprocessing historical uploads from the Dagster UI: the launchpad job
 ``reprocess_uploads`` (districts and days, or upload keys) records the uploads it selects
 (:mod:`eams_pipeline.services.reprocess`) as upload requests; the ``eams_upload_requests``
-sensor (:mod:`.upload_requests`) then starts one run of upload_job each, in order.
+sensor (:mod:`.upload_request_sensor`) then starts one run of upload_job each, in order.
 
 Each reprocessed upload is a run of its own, as the sensor's would be: partition its
 district, run config its upload (``allow_older`` if the request said so), tags
@@ -17,7 +17,7 @@ from pydantic import Field
 
 from eams_pipeline import config as eams_config
 from eams_pipeline.orchestration.resources import ArchiveResource, DatabaseResource
-from eams_pipeline.orchestration.upload_requests import REPROCESS_TAG
+from eams_pipeline.orchestration.upload_request_sensor import REPROCESS_TAG
 from eams_pipeline.services.reprocess import (
     DEFAULT_MAX_UPLOADS,
     ReprocessRefused,

@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 
 import dagster as dg
 
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.db import upload_requests as db_requests
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
-    UploadRef,
     add_districts_request,
     upload_run_request,
 )

@@ -81,7 +81,7 @@ class FailedRun:
 
 @dataclass(frozen=True)
 class DistrictFacts:
-    """What the database says of one district (one row of db.fleet.district_facts)."""
+    """What the database says of one district (one row of db.fleet_facts.district_facts)."""
 
     code: str
     name: str

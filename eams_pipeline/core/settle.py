@@ -24,11 +24,8 @@ import zoneinfo
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from eams_pipeline.io.sftp import RemoteFile, shown_name
-from eams_pipeline.orchestration.partitions import UploadRef
-
-UPLOAD_NAME = "students.csv"
-PARTIAL_SUFFIX = ".filepart"
+from eams_pipeline.core.names import PARTIAL_SUFFIX, UPLOAD_NAME, UploadRef
+from eams_pipeline.core.remote_files import RemoteFile, shown_name
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,6 @@ from stays true until the transaction commits.
 from __future__ import annotations
 
 import functools
-import io
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 
 import numpy as np
@@ -18,7 +16,6 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from eams_pipeline.core.plan import (
     DistrictSnapshot,
@@ -26,80 +23,9 @@ from eams_pipeline.core.plan import (
     own_usernames,
     student_positions,
 )
-from eams_pipeline.db.connection import local_settings
+from eams_pipeline.db.bulk_copy import copy_out, pandas_type
 from eams_pipeline.db.districts import District
-
-
-def copy_out(
-    conn: psycopg.Connection, query: str, params: tuple, types: dict[str, pa.DataType]
-) -> pd.DataFrame:
-    """COPY a query's result out as CSV and parse it with pyarrow (fast for large results)."""
-    buffer = io.BytesIO()
-    with conn.cursor().copy(f"COPY ({query}) TO STDOUT (FORMAT csv, HEADER true)", params) as cp:
-        for chunk in cp:
-            buffer.write(chunk)
-    if buffer.tell() == 0:
-        return pd.DataFrame({name: pd.Series(dtype=_pandas_type(t)) for name, t in types.items()})
-    buffer.seek(0)
-    table = pacsv.read_csv(
-        buffer,
-        convert_options=pacsv.ConvertOptions(
-            column_types=types,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-            true_values=["t"],
-            false_values=["f"],
-        ),
-    )
-    # nullable integers stay exact (the default would go through float64)
-    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
-
-
-def _pandas_type(t: pa.DataType) -> str:
-    if pa.types.is_integer(t):
-        return "Int64"
-    if pa.types.is_boolean(t):
-        return "bool"
-    return "str"
-
-
-COPY_IN_ROWS = 65_536  # rows converted and sent at a time: the CSV of 1M staged rows is ~0.5 GB
-
-
-def copy_in(
-    conn: psycopg.Connection,
-    table: str,
-    frame: pd.DataFrame,
-    order: np.ndarray | None = None,
-    *,
-    encoded: Iterable[bytes] | None = None,
-) -> None:
-    """COPY a frame into a table (columns by name), as CSV written by pyarrow, slice by
-    slice: memory holds one slice's Arrow table and CSV text, never the whole frame's.
-    `order` (positions in `frame`) sends those rows, in that order, without a sorted or
-    filtered copy of the frame. `encoded`: the same rows already made by encode_csv (the
-    frame then only names the columns)."""
-    if frame.empty:
-        return
-    columns = ", ".join(frame.columns)
-    with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT csv)") as cp:
-        for chunk in encode_csv(frame, order) if encoded is None else encoded:
-            cp.write(chunk)
-
-
-def encode_csv(frame: pd.DataFrame, order: np.ndarray | None = None) -> Iterator[bytes]:
-    """The rows of `frame` (those at `order`, in that order) as COPY's CSV, COPY_IN_ROWS at
-    a time."""
-    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
-    for start in range(0, len(frame) if order is None else len(order), COPY_IN_ROWS):
-        if order is None:
-            part = frame.iloc[start : start + COPY_IN_ROWS]
-        else:
-            part = frame.iloc[order[start : start + COPY_IN_ROWS]]
-        sink = io.BytesIO()
-        pacsv.write_csv(pa.Table.from_pandas(part, preserve_index=False), sink, options)
-        yield sink.getvalue()
-
+from eams_pipeline.db.usernames import lock_usernames, usernames_held_by_others
 
 _STUDENT_TYPES = {
     "student_id": pa.string(),
@@ -147,7 +73,7 @@ def load_district_students(conn: psycopg.Connection, district: District) -> pd.D
     )
     if count == 0:
         return pd.DataFrame(
-            {name: pd.Series(dtype=_pandas_type(t)) for name, t in _STUDENT_TYPES.items()}
+            {name: pd.Series(dtype=pandas_type(t)) for name, t in _STUDENT_TYPES.items()}
         )
     pk, order, school, data_hash, fingerprint = (
         np.frombuffer(n, dtype=">i8").astype(np.int64) for n in numbers
@@ -252,7 +178,7 @@ def load_snapshot(
         }
     )
     lock_usernames(conn, claimed["username_lower"])
-    lookup = functools.partial(_usernames_held_by_others, conn, d, claimed)
+    lookup = functools.partial(usernames_held_by_others, conn, d, claimed)
     return DistrictSnapshot(
         district_id=d,
         enterprise_order_id=district.enterprise_order_id,
@@ -264,93 +190,3 @@ def load_snapshot(
         positions=positions,
         own_usernames=own,
     )
-
-
-# Usernames are unique across districts, whose uploads run concurrently (each holds only
-# its own district's lock). An upload that gives students usernames they do not hold yet
-# locks those usernames (advisory locks held until commit) BEFORE it reads who holds them:
-# a second upload claiming one of them waits until the first commits, then sees it taken
-# (USERNAME_TAKEN), exactly as if the two had run one after the other. Up to
-# USERNAME_LOCK_LIMIT usernames are locked one by one (in sorted order: no deadlock), under
-# a shared lock on the whole namespace; a file claiming more takes the namespace lock
-# exclusively instead, so the locks an upload holds stay bounded (the server's lock table
-# is shared). Two large uploads that both create many students therefore run one after
-# the other; small ones only wait for an upload claiming one of the same usernames.
-USERNAME_LOCK_SPACE = 0x45414D53  # "EAMS": advisory locks (USERNAME_LOCK_SPACE, hashtext(u))
-USERNAME_LOCK_ALL = (0x45414D54, 0)  # the lock on the whole namespace
-USERNAME_LOCK_LIMIT = 256
-
-
-def lock_usernames(conn: psycopg.Connection, usernames_lower: pd.Series) -> None:
-    """Lock the usernames an upload may give to students (lower-cased) until the
-    transaction ends."""
-    lowered = usernames_lower.dropna()
-    if lowered.empty:
-        return
-    if _more_distinct_than(lowered, USERNAME_LOCK_LIMIT):
-        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", USERNAME_LOCK_ALL)
-        return
-    wanted = sorted(set(lowered))
-    conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", USERNAME_LOCK_ALL)
-    conn.execute(
-        "SELECT count(pg_advisory_xact_lock(%s, k)) FROM ("
-        "  SELECT DISTINCT hashtext(u) AS k FROM unnest(%s::text[]) u ORDER BY k"
-        ") keys",
-        (USERNAME_LOCK_SPACE, wanted),
-    )
-
-
-def _more_distinct_than(values: pd.Series, limit: int) -> bool:
-    """Whether `values` holds more than `limit` distinct values: counted on a prefix first
-    (a first night's 1M usernames answer from their first few thousand), on all of them
-    only when the prefix does not say (no Python set of 1M strings either way)."""
-    if len(values) <= limit:
-        return False
-    head = values.iloc[: 16 * (limit + 1)]
-    return head.nunique() > limit or (len(head) < len(values) and values.nunique() > limit)
-
-
-def _usernames_held_by_others(
-    conn: psycopg.Connection, district_id: int, claimed: pd.DataFrame
-) -> pd.DataFrame:
-    """Holders of the claimed usernames (username_lower, student_id: the row's), except
-    each row's own student."""
-    # not deduplicated: a username repeated on the file finds its holder twice, which the
-    # plan takes once (core.plan._username_taken); hashing 1M pairs to save that costs more
-    wanted = claimed.dropna(subset=["username_lower"])
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS file_usernames (username_lower text, student_id text) "
-        "ON COMMIT DELETE ROWS"
-    )
-    conn.execute("TRUNCATE file_usernames")
-    # in the username index's order: its probes then walk it from one leaf to the next
-    # instead of at random
-    order = pc.sort_indices(pa.array(wanted["username_lower"], pa.large_string())).to_numpy()
-    copy_in(conn, "file_usernames", wanted, order)
-    with local_settings(conn, _probe_by_index(conn, len(wanted))):
-        return copy_out(
-            conn,
-            "SELECT f.username_lower, s.district_id, s.student_id FROM file_usernames f "
-            "JOIN students s ON lower(s.username) = f.username_lower "
-            "WHERE NOT (s.district_id = %s AND s.student_id IS NOT DISTINCT FROM f.student_id)",
-            (district_id,),
-            {"username_lower": pa.string(), "district_id": pa.int64(), "student_id": pa.string()},
-        )
-
-
-# Left to itself the planner hashes all of students (every district's: 0.4 s for 900k, in
-# 16 batches spilled to disk at the default work_mem) to find the holders of a night's
-# ~100k new usernames; probing the username index once per file username is 0.2 s, and
-# stays proportional to the file when students holds thousands of districts. When the file
-# claims a good share of the table (a large district's onboarding into a small database),
-# the planner's hash join is left as it is.
-_PROBE_SETTINGS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
-
-
-def _probe_by_index(conn: psycopg.Connection, claimed: int) -> dict[str, str]:
-    """The settings for looking up `claimed` usernames: index probes unless they are more
-    than a quarter of the students table (the planner's estimate of its rows)."""
-    (rows,) = conn.execute(
-        "SELECT reltuples FROM pg_class WHERE oid = 'students'::regclass"
-    ).fetchone()
-    return _PROBE_SETTINGS if claimed * 4 < rows else {}

@@ -14,7 +14,9 @@ from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
 from eams_pipeline.orchestration.decisions import build_decision_sensor
-from eams_pipeline.orchestration.fleet import (
+from eams_pipeline.orchestration.district_sensors import build_district_sensors, sensor_name
+from eams_pipeline.orchestration.failure_sensor import build_operator_alert_sensor
+from eams_pipeline.orchestration.fleet_status import (
     build_fleet_status_asset,
     build_fleet_status_job,
     build_fleet_status_schedule,
@@ -24,22 +26,20 @@ from eams_pipeline.orchestration.partitions import (
     UPLOAD_RESOURCE,
     build_district_partitions_sensor,
 )
-from eams_pipeline.orchestration.reprocess import build_reprocess_job
+from eams_pipeline.orchestration.reprocess_job import build_reprocess_job
 from eams_pipeline.orchestration.resources import UploadResource, default_resources
-from eams_pipeline.orchestration.retention import build_retention_job, build_retention_schedule
-from eams_pipeline.orchestration.run_retention import (
+from eams_pipeline.orchestration.run_retention_job import (
     build_run_retention_job,
     build_run_retention_schedule,
 )
-from eams_pipeline.orchestration.sensors import (
-    build_district_sensors,
-    build_operator_alert_sensor,
-    sensor_name,
-)
 from eams_pipeline.orchestration.sharding import districts_for_this_location
-from eams_pipeline.orchestration.upload_requests import (
+from eams_pipeline.orchestration.upload_request_sensor import (
     DEFAULT_INTERVAL_SECONDS,
     build_upload_requests_sensor,
+)
+from eams_pipeline.orchestration.upload_retention_job import (
+    build_retention_job,
+    build_retention_schedule,
 )
 
 

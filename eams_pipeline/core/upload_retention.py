@@ -18,17 +18,15 @@ left for an operator.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from eams_pipeline.core.names import ERROR_FILE_NAME, PROCESSED_NAME
 from eams_pipeline.core.outcome import UploadStatus
 
 # statuses whose files must stay: the upload is not finished, or waits for an operator
 KEEP_STATUSES = frozenset({UploadStatus.RECEIVED, UploadStatus.HELD})
 
-PROCESSED_NAME = re.compile(r"students_(?P<key>[A-Za-z0-9_-]+)\.csv")
-ERROR_FILE_NAME = re.compile(r"students_errors_(?P<id>\d+)\.csv")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """District alerts: nothing arrived, or the wrong thing arrived. Pure decisions (no Dagster,
-no I/O, the clock passed in); the district sensor sends the emails and records each alert
-in ``district_alerts`` (one row per district, kind and subject) so it goes out once.
+no I/O, the clock passed in); :mod:`eams_pipeline.services.alerting` sends the emails (from
+the district sensor's tick) and records each alert in ``district_alerts`` (one row per
+district, kind and subject) so it goes out once.
 
 - **Missing upload**: a district with ``expected_by`` (local time, its ``timezone``) whose
   last upload was received more than 24 hours before today's ``expected_by`` is alerted
@@ -25,8 +26,9 @@ import zoneinfo
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from eams_pipeline.io.sftp import RemoteFile, shown_name
-from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME, Other
+from eams_pipeline.core.names import PARTIAL_SUFFIX, UPLOAD_NAME
+from eams_pipeline.core.remote_files import RemoteFile, shown_name
+from eams_pipeline.core.settle import Other
 
 MISSING_UPLOAD = "missing_upload"
 MISNAMED_FILE = "misnamed_file"

@@ -1,6 +1,6 @@
 """Retention in Dagster: the raw upload leaves processed/ once safe, and a daily job
 enforces the retention of processed/, the encrypted archive and errors/ (decisions in
-:mod:`eams_pipeline.core.retention`; this module only lists, removes and reports).
+:mod:`eams_pipeline.core.upload_retention`; this module only lists, removes and reports).
 
     remove_raw_upload   called at the end of an upload's run (district_email) when
                         EAMS_PROCESSED_RETENTION_DAYS is 0
@@ -20,8 +20,9 @@ import dagster as dg
 import psycopg
 
 from eams_pipeline import config
+from eams_pipeline.core.names import ERRORS, PROCESSED
 from eams_pipeline.core.notifications import build_raw_file_kept_email
-from eams_pipeline.core.retention import (
+from eams_pipeline.core.upload_retention import (
     KnownUpload,
     RetentionSettings,
     StoredFile,
@@ -30,17 +31,11 @@ from eams_pipeline.core.retention import (
     processed_to_remove,
     raw_removable,
 )
-from eams_pipeline.db import alerts as db_alerts
+from eams_pipeline.db import district_alerts as db_alerts
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, list_districts
 from eams_pipeline.io.archive import Archive, sha256
-from eams_pipeline.io.sftp import (
-    ERRORS,
-    PROCESSED,
-    SftpError,
-    SftpFileNotFoundError,
-    SftpSession,
-)
+from eams_pipeline.io.sftp import SftpError, SftpFileNotFoundError, SftpSession
 from eams_pipeline.orchestration.resources import (
     ArchiveResource,
     DatabaseResource,
