@@ -56,7 +56,7 @@ def d001(sftp_resource: SftpResource, sftp_settings: MakeSettings) -> Iterator[S
         yield session
 
 
-def test_ensure_dirs_creates_the_three_directories_under_the_root(
+def test_ensure_dirs_creates_the_four_directories_under_the_root(
     sftp_server: LoopbackSftpServer, sftp_resource: SftpResource, sftp_settings: MakeSettings
 ) -> None:
     (sftp_server.user_dir("d001") / "district").mkdir(parents=True)
@@ -64,7 +64,7 @@ def test_ensure_dirs_creates_the_three_directories_under_the_root(
         session.ensure_dirs()
         session.ensure_dirs()  # idempotent
     created = sorted(p.name for p in (sftp_server.user_dir("d001") / "district").iterdir())
-    assert created == ["errors", "incoming", "processed"]
+    assert created == ["errors", "incoming", "processed", "reports"]
 
 
 def test_list_incoming_reports_name_size_mtime_of_regular_files(
