@@ -17,7 +17,7 @@ from eams_pipeline_tests.test_orchestration_pipeline import (
     materialization,
 )
 
-FORMULA = "=HYPERLINK(\"http://x.example\",\"y\")"
+FORMULA = '=HYPERLINK("http://x.example","y")'
 
 
 def district_with_students(pipeline: Pipeline) -> None:
