@@ -10,8 +10,7 @@ import dagster as dg
 from eams_pipeline.core.notifications import COUNT_LABELS, build_upload_email
 from eams_pipeline.core.outcome import OUTCOMES
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, district, upload_key
-from eams_pipeline_tests.test_orchestration_pipeline import clean_file
+from eams_pipeline_tests.orchestration_env import Pipeline, clean_file, district, upload_key
 
 KEY = "D001-20260114T020000123456Z"
 

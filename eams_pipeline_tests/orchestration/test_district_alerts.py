@@ -21,8 +21,13 @@ from eams_pipeline.core.remote_files import RemoteFile
 from eams_pipeline.core.settle import Other, SensorState
 from eams_pipeline.orchestration.resources import SmtpResource
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, district, upload_key
-from eams_pipeline_tests.test_orchestration_pipeline import clean_file, free_port
+from eams_pipeline_tests.orchestration_env import (
+    Pipeline,
+    clean_file,
+    district,
+    free_port,
+    upload_key,
+)
 
 SIX = dt.time(6, 0)
 CHICAGO = "America/Chicago"

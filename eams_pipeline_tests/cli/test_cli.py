@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from eams_pipeline.db import migrations
 from eams_pipeline_tests.builders import csv_bytes, district_doc, existing_student, row
+from eams_pipeline_tests.cli_runner import eams
 
 SUMMARY_KEYS = [
     "upload_id",
@@ -31,19 +31,6 @@ SUMMARY_KEYS = [
     "deactivated_missing",
     "guard",
 ]
-
-
-def eams(*args: str, cwd: Path, url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EAMS_DATABASE_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "eams_pipeline.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 The images cannot be built here (no Docker engine, no Kubernetes, no helm): these checks
 keep the files consistent, and render the eAMS chart's templates (deploy/helm/eams) with
-the small subset of Go templates they use; test_topology_grpc.py runs the same processes
-without containers.
+the small subset of Go templates they use; orchestration/test_topology_grpc.py runs the same
+processes without containers.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dagster._core.instance.config import dagster_instance_config
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG
 from eams_pipeline.orchestration.sharding import Shard
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 

@@ -24,8 +24,13 @@ from eams_pipeline.services.reprocess import (
     select_uploads,
 )
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
-from eams_pipeline_tests.test_orchestration_pipeline import SID_A, clean_file, materialization
+from eams_pipeline_tests.orchestration_env import (
+    SID_A,
+    Pipeline,
+    clean_file,
+    materialization,
+    upload_key,
+)
 
 # -- the selection's text --------------------------------------------------------------------
 

@@ -22,8 +22,13 @@ from eams_pipeline.orchestration.partitions import (
     UPLOAD_KEY_TAG,
 )
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import ROOT, Pipeline, upload_key
-from eams_pipeline_tests.test_orchestration_pipeline import clean_file, materialization
+from eams_pipeline_tests.orchestration_env import (
+    ROOT,
+    Pipeline,
+    clean_file,
+    materialization,
+    upload_key,
+)
 
 # -- the model before, as its code location defined it (only what its runs recorded) ------
 

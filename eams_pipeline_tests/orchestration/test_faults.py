@@ -46,7 +46,7 @@ from eams_pipeline.orchestration.partitions import (
 )
 from eams_pipeline.orchestration.resources import SmtpResource
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.conftest import ADMIN_URL
+from eams_pipeline_tests.admin_db import ADMIN_URL
 from eams_pipeline_tests.fault_worker import (
     ENV,
     Worker,

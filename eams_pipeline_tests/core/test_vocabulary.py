@@ -12,7 +12,7 @@ import pytest
 from eams_pipeline.core.errors import ErrorCode
 from eams_pipeline.core.outcome import UploadStatus
 
-PACKAGE = Path(__file__).resolve().parents[1] / "eams_pipeline"
+PACKAGE = Path(__file__).resolve().parents[2] / "eams_pipeline"
 
 
 def _check_values(conn: psycopg.Connection, table: str, constraint: str) -> set[str]:

@@ -33,7 +33,7 @@ from eams_pipeline.orchestration.run_retention_job import (
 )
 from eams_pipeline_tests import builders
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 CUTOFF = NOW - 90 * DAY

@@ -50,7 +50,7 @@ from eams_pipeline.orchestration.partitions import DISTRICT_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource, default_resources
 from eams_pipeline_tests import builders
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
 T = dt.datetime(2026, 1, 14, 12, 0, tzinfo=UTC)  # 06:00 in Chicago
 DAY = dt.timedelta(days=1)

@@ -22,11 +22,12 @@ from eams_pipeline.db.uploads import get_upload
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.orchestration.upload_retention_job import build_retention_job
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
-from eams_pipeline_tests.test_orchestration_pipeline import (
+from eams_pipeline_tests.orchestration_env import (
+    Pipeline,
     clean_file,
     file_with_errors,
     materialization,
+    upload_key,
 )
 
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)

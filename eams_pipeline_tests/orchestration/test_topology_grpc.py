@@ -52,7 +52,7 @@ from eams_pipeline.io.archive import generate_key
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.sharding import shard_of
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.conftest import ADMIN_URL
+from eams_pipeline_tests.admin_db import ADMIN_URL
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
 
 HOST = "127.0.0.1"

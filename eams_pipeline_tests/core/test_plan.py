@@ -1,6 +1,6 @@
 """The plan is pure: tested directly on an in-memory snapshot, without a database, the way
-Dagster's examples test pure ops. (The database tests of `test_transitions.py` and
-`test_licenses.py` check that the apply writes what the plan says.)"""
+Dagster's examples test pure ops. (The database tests of `core/test_transitions.py` and
+`db/test_licenses.py` check that the apply writes what the plan says.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from eams_pipeline.core.plan import DistrictSnapshot, Plan, make_plan
 from eams_pipeline.core.reading import read_upload
 from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline_tests.builders import csv_bytes, row
-from eams_pipeline_tests.test_transitions import CASES
+from eams_pipeline_tests.core.test_transitions import CASES
 
 ENT, REG, OTHER_REG = 1, 2, 3  # order ids
 SCHOOL, BIN = 10, 11  # school ids

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from eams_pipeline_tests.builders import csv_bytes, district_doc, existing_student, row
-from eams_pipeline_tests.test_cli import eams
+from eams_pipeline_tests.cli_runner import eams
 
 IDS = [f"S{i:02d}" for i in range(10)]
 

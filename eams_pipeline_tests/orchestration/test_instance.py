@@ -16,7 +16,7 @@ import yaml
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, UPLOAD_KEY_TAG
 from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sensor_and_run_with_the_shipped_dagster_yaml_on_postgres(

@@ -30,10 +30,10 @@ from eams_pipeline_tests.orchestration_env import (
     OPERATORS,
     Pipeline,
     district,
+    materialization,
     password_env,
     upload_key,
 )
-from eams_pipeline_tests.test_orchestration_pipeline import materialization
 
 STUDENTS = [f"S{i:03d}" for i in range(200)]
 

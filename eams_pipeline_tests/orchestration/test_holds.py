@@ -24,12 +24,13 @@ from eams_pipeline.orchestration.decisions import (
 )
 from eams_pipeline.orchestration.jobs import REVERT_JOB_NAME, upload_job
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
-from eams_pipeline_tests.test_cli import eams
-from eams_pipeline_tests.test_orchestration_pipeline import (
+from eams_pipeline_tests.cli_runner import eams
+from eams_pipeline_tests.orchestration_env import (
     SECRET_PASSWORD,
+    Pipeline,
     assert_no_student_data,
     materialization,
+    upload_key,
 )
 
 IDS = [f"STU-{i:05d}" for i in range(10)]

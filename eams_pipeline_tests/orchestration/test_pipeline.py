@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 from pathlib import Path
 
 import asyncssh
@@ -25,51 +24,18 @@ from eams_pipeline.orchestration.partitions import (
 )
 from eams_pipeline.orchestration.resources import ArchiveResource, SmtpResource
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.orchestration_env import Pipeline, upload_key
-
-# values that must never reach an email, the archive in clear or an operator alert
-SECRET_PASSWORD = "Hunter2-Zq81!"
-SID_A, SID_B, SID_C = "STU-77810", "STU-77811", "STU-77812"
-LAST_NAME = "Zyxwvutson"
-
-
-def clean_file(grade: str = "5") -> bytes:
-    return builders.csv_bytes(
-        [
-            builders.row(SID_A, last_name=LAST_NAME, password=SECRET_PASSWORD, grade=grade),
-            builders.row(SID_B, "X", password=SECRET_PASSWORD),
-        ]
-    )
-
-
-def file_with_errors() -> bytes:
-    return builders.csv_bytes(
-        [
-            builders.row(SID_A, last_name=LAST_NAME, password=SECRET_PASSWORD),
-            builders.row(SID_B, grade="13", password=SECRET_PASSWORD),  # INVALID_GRADE
-            builders.row(SID_C, school_code="999", password=SECRET_PASSWORD),  # SCHOOL_NOT_FOUND
-        ]
-    )
-
-
-def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
-    [event] = [
-        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
-    ]
-    metadata = event.step_materialization_data.materialization.metadata
-    return {k: getattr(v, "value", v) for k, v in metadata.items()}
-
-
-def assert_no_student_data(text: str) -> None:
-    for value in (SECRET_PASSWORD, SID_A, SID_B, SID_C, LAST_NAME):
-        assert value not in text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from eams_pipeline_tests.orchestration_env import (
+    SECRET_PASSWORD,
+    SID_A,
+    SID_B,
+    Pipeline,
+    assert_no_student_data,
+    clean_file,
+    file_with_errors,
+    free_port,
+    materialization,
+    upload_key,
+)
 
 # -- sensors -------------------------------------------------------------------------------
 
