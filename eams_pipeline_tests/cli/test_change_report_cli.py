@@ -11,7 +11,7 @@ import yaml
 
 from eams_pipeline_tests.builders import csv_bytes, district_doc, existing_student, row
 from eams_pipeline_tests.change_history_oracle import expected_lines, read_report
-from eams_pipeline_tests.test_cli import eams
+from eams_pipeline_tests.cli_runner import eams
 
 
 def _district(db_url: str, tmp_path: Path) -> None:

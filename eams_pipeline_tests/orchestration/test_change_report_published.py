@@ -10,11 +10,13 @@ import dagster as dg
 from eams_pipeline.services.revert import revert_upload
 from eams_pipeline_tests import builders
 from eams_pipeline_tests.change_history_oracle import expected_lines, read_report
-from eams_pipeline_tests.orchestration_env import Pipeline, district, upload_key
-from eams_pipeline_tests.test_orchestration_pipeline import (
+from eams_pipeline_tests.orchestration_env import (
     SECRET_PASSWORD,
+    Pipeline,
     assert_no_student_data,
+    district,
     materialization,
+    upload_key,
 )
 
 FORMULA = '=HYPERLINK("http://x.example","y")'
