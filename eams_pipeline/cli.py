@@ -431,7 +431,10 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
     table = [header]
     for r in rows:
         notes = []
-        if r["guard_trip"]:
+        if r.get("checked_as"):  # a check drop: what the file would have come to
+            held = f": {r['guard_trip'].get('rule')}" if r["guard_trip"] else ""
+            notes.append(f"check, would be {r['checked_as']}{held}")
+        elif r["guard_trip"]:
             notes.append("held: " + str(r["guard_trip"].get("rule")))
         if r["decision"]:
             notes.append(f"{r['decision']} by {r['decided_by']}")
@@ -479,8 +482,16 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     ]
     if row["deactivated_missing"]:
         out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
+    if row.get("checked_as"):
+        out.append(
+            f"  a check drop: nothing applied; as an upload it would be {row['checked_as']}; "
+            f"report {row['error_file']}"
+        )
     if row["guard_trip"]:
-        out.append("  HELD by the change guard:")
+        checked = row.get("checked_as")
+        out.append(
+            "  the change guard WOULD HOLD it:" if checked else "  HELD by the change guard:"
+        )
         out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
     if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
         key = row["upload_key"]

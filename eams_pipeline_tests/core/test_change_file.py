@@ -4,6 +4,7 @@ alone when nothing changed; its name; the emails that point to it."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 
 import pandas as pd
@@ -13,6 +14,7 @@ from eams_pipeline.core.change_file import HEADER, Change, render_change_file
 from eams_pipeline.core.error_file import RISKY_LEADING, neutralise_cell, render_error_file
 from eams_pipeline.core.names import change_report_name
 from eams_pipeline.core.notifications import build_revert_email, build_upload_email
+from eams_pipeline.core.upload_retention import KnownUpload, StoredFile, report_files_to_remove
 
 RISKY = ["=1+2", "+1", "-1", "-123", "@SUM(A1)", "|cmd", "%x", "\tx", "\rx", "=a|b", "-1,5"]
 SAFE = ["Smith", "'quoted", "a=b", "1-2", "", "O'Brien, Jr.", 'say "hi"']
@@ -153,3 +155,19 @@ def test_the_revert_email_names_the_revert_report() -> None:
         change_report_path=PATH.replace(".csv", "_revert.csv"),
     ).get_content()
     assert PATH.replace(".csv", "_revert.csv") in body
+
+
+def test_retention_removes_the_change_reports_with_the_error_files() -> None:
+    key = "D001-20260114T020000123456Z"
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    old = now - dt.timedelta(days=40)
+    upload = KnownUpload(1, key, "reverted", old, archived=True)
+    files = [
+        StoredFile(change_report_name(key), old),
+        StoredFile(change_report_name(key, revert=True), old),
+        StoredFile(change_report_name(key, revert=True), now),  # written since: kept
+        StoredFile("students_changes_D001-20260114T020000123456Z_other.csv", old),  # not ours
+    ]
+    assert report_files_to_remove(files, {key: upload}, now, 30) == sorted(
+        [change_report_name(key), change_report_name(key, revert=True)]
+    )
