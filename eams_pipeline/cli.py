@@ -121,7 +121,7 @@ def setup() -> None:
 @setup.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def setup_load(file: Path) -> None:
-    """Load or update master data from FILE.yaml (shape of setup-example.yaml).
+    """Load or update master data from FILE.yaml (shape of examples/districts.yaml).
 
     Loading the same file twice changes nothing; a changed file updates what changed.
     Students under existing_students are created when absent, never overwritten.
@@ -931,7 +931,7 @@ def demo_cmd(
     state_dir: Path, database_url: str, ui_port: int, no_samples: bool, reset: bool
 ) -> None:
     """Run the whole pipeline locally: PostgreSQL databases, loopback SFTP and SMTP
-    servers, two sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
+    servers, three sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
     from eams_pipeline.devtools.demo import DemoOptions, run_demo
 
     options = DemoOptions(

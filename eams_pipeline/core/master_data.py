@@ -1,4 +1,5 @@
-"""The master-data file of `eams setup load` (setup-example.yaml), parsed and checked.
+"""The master-data file of `eams setup load` (the shape of the contract's setup-example.yaml;
+the project's own example is examples/districts.yaml), parsed and checked.
 
 Pure: YAML text in, dataclasses out, or a MasterDataError listing every problem, each
 naming its line, the district and the key. The schema (a YAML loader that keeps lines and
