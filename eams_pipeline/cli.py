@@ -121,7 +121,7 @@ def setup() -> None:
 @setup.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def setup_load(file: Path) -> None:
-    """Load or update master data from FILE.yaml (shape of setup-example.yaml).
+    """Load or update master data from FILE.yaml (shape of examples/districts.yaml).
 
     Loading the same file twice changes nothing; a changed file updates what changed.
     Students under existing_students are created when absent, never overwritten.
@@ -154,6 +154,12 @@ def setup_load(file: Path) -> None:
     help="Where to write the error file (default: ./students_errors_<upload id>.csv).",
 )
 @click.option(
+    "--changes-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the change report (what the applied upload changed, one line per "
+    "student and field) to this file.",
+)
+@click.option(
     "--verbose",
     "-v",
     is_flag=True,
@@ -165,6 +171,7 @@ def process_cmd(
     file: Path,
     dry_run: bool,
     errors_out: Path | None,
+    changes_out: Path | None,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -172,7 +179,8 @@ def process_cmd(
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
-    `eams uploads approve|discard`), 4 when it was superseded (an upload of the district
+    `eams uploads approve|discard`; the district's `pauses` hold a file received now
+    within one, or the first after a long one), 4 when it was superseded (an upload of the district
     received after it was applied first: nothing applied), 1 on an operational failure.
 
     Progress (each step with its duration; hashing passwords: done/total, rate, ETA) goes
@@ -181,6 +189,8 @@ def process_cmd(
     from dataclasses import replace
 
     from eams_pipeline.core.error_file import render_error_file
+    from eams_pipeline.core.names import make_upload_key
+    from eams_pipeline.core.outcome import APPLIED_STATUSES
     from eams_pipeline.io.files import NotARegularFile, read_upload_file
     from eams_pipeline.services.process import (
         Upload,
@@ -205,6 +215,12 @@ def process_cmd(
             "as \\xNN); rename the file and run again. Nothing was read or recorded."
         ) from None
     _check_errors_out(errors_out, file)
+    if changes_out is not None:
+        if dry_run:
+            raise click.ClickException(
+                "--changes-out: a dry run changes nothing, so it has no change report"
+            )
+        _check_output_file("--changes-out", changes_out, file)
     engine = _engine()  # the secret keys' format: before the file is read
     limit = config.max_upload_bytes()
     try:
@@ -212,6 +228,11 @@ def process_cmd(
     except NotARegularFile as exc:
         raise click.ClickException(str(exc)) from exc
     upload = Upload(district=district_code, data=local.data, file_name=file.name)
+    if not dry_run:  # the key the change report is looked up by (process_upload's own else)
+        received_at = dt.datetime.now(dt.UTC)
+        upload = replace(
+            upload, key=make_upload_key(district_code, received_at), received_at=received_at
+        )
     if local.too_large:
         upload = replace(upload, rejection=file_too_large(local.size, limit))
     progress = _progress(verbose=verbose, quiet=quiet)
@@ -253,13 +274,22 @@ def process_cmd(
                 err=True,
             )
             error_file = None
-    _report_and_exit(result, error_file)
+    extra = {}
+    if changes_out is not None:
+        written = None
+        if result.status in APPLIED_STATUSES and upload.key is not None:
+            with connect() as conn:
+                written = _write_change_report(conn, upload.key, changes_out, revert=False)
+        extra["change_report"] = written  # null: nothing was applied (or not written)
+    _report_and_exit(result, error_file, extra)
 
 
-def _report_and_exit(result: UploadResult, error_file: str | None) -> NoReturn:
+def _report_and_exit(
+    result: UploadResult, error_file: str | None, extra: dict[str, object] | None = None
+) -> NoReturn:
     """Print the upload's JSON summary (and why a superseded upload was not applied), then
     exit by its status."""
-    click.echo(json.dumps(result.summary(error_file)))
+    click.echo(json.dumps({**result.summary(error_file), **(extra or {})}))
     if result.superseded_by is not None:
         click.echo(
             f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
@@ -402,7 +432,10 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
     table = [header]
     for r in rows:
         notes = []
-        if r["guard_trip"]:
+        if r.get("checked_as"):  # a check drop: what the file would have come to
+            held = f": {r['guard_trip'].get('rule')}" if r["guard_trip"] else ""
+            notes.append(f"check, would be {r['checked_as']}{held}")
+        elif r["guard_trip"]:
             notes.append("held: " + str(r["guard_trip"].get("rule")))
         if r["decision"]:
             notes.append(f"{r['decision']} by {r['decided_by']}")
@@ -424,6 +457,20 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# what an operator should weigh before deciding an upload held by a pause rule
+_PAUSE_HINTS = {
+    "paused": (
+        "it arrived on a day the district's master data pauses (`pauses:`); approve it only "
+        "if the district wants it applied during the pause, else discard it"
+    ),
+    "first_after_pause": (
+        "the first upload after a long pause (a new school year's roster?): compare its "
+        "counts with `eams export students --district {district}` before approving; a wrong "
+        "file (last year's roster, one school only) is best discarded"
+    ),
+}
 
 
 @uploads.command("show")
@@ -450,9 +497,21 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     ]
     if row["deactivated_missing"]:
         out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
+    if row.get("checked_as"):
+        out.append(
+            f"  a check drop: nothing applied; as an upload it would be {row['checked_as']}; "
+            f"report {row['error_file']}"
+        )
     if row["guard_trip"]:
-        out.append("  HELD by the change guard:")
-        out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
+        checked = row.get("checked_as")
+        out.append(
+            "  the change guard WOULD HOLD it:" if checked else "  HELD by the change guard:"
+        )
+        for t in row["guard_trip"].get("trips", []):
+            out.append(f"    {t['rule']}: {t['message']}")
+            hint = _PAUSE_HINTS.get(t["rule"])
+            if hint:
+                out.append(f"      hint: {hint.format(district=row['district'])}")
     if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
         key = row["upload_key"]
         file = "" if row["archived"] else " --file PATH_OF_THE_FILE"
@@ -611,26 +670,52 @@ def uploads_approve(
 
 def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
     """Refuse an error-file path that could not be written, or that is the upload itself."""
-    target = errors_out if errors_out is not None else Path.cwd() / "students_errors.csv"
-    where = "--errors-out" if errors_out is not None else "the current directory"
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise click.ClickException(f"{where}: the directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise click.ClickException(f"{where}: the directory {parent} is not writable")
     if errors_out is None:
-        return
-    if errors_out.exists():
-        if errors_out.is_dir():
-            raise click.ClickException(f"--errors-out: {errors_out} is a directory")
-        if os.path.samefile(errors_out, upload):
+        _check_directory("the current directory", Path.cwd())
+    else:
+        _check_output_file("--errors-out", errors_out, upload)
+
+
+def _check_directory(where: str, directory: Path) -> None:
+    if not directory.is_dir():
+        raise click.ClickException(f"{where}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise click.ClickException(f"{where}: the directory {directory} is not writable")
+
+
+def _check_output_file(option: str, path: Path, upload: Path | None = None) -> None:
+    """Refuse an output path (`option`'s) that could not be written, or that is the upload."""
+    _check_directory(option, path.parent if str(path.parent) else Path("."))
+    if path.exists():
+        if path.is_dir():
+            raise click.ClickException(f"{option}: {path} is a directory")
+        if upload is not None and os.path.samefile(path, upload):
             raise click.ClickException(
-                f"--errors-out: {errors_out} is the input file; it would be overwritten"
+                f"{option}: {path} is the input file; it would be overwritten"
             )
-        if not os.access(errors_out, os.W_OK):
-            raise click.ClickException(f"--errors-out: {errors_out} is not writable")
-    elif errors_out.resolve() == upload.resolve():
-        raise click.ClickException(f"--errors-out: {errors_out} is the input file")
+        if not os.access(path, os.W_OK):
+            raise click.ClickException(f"{option}: {path} is not writable")
+    elif upload is not None and path.resolve() == upload.resolve():
+        raise click.ClickException(f"{option}: {path} is the input file")
+
+
+def _write_change_report(conn: Any, upload_key: str, path: Path, *, revert: bool) -> str | None:
+    """Write the change report of the upload (or of its revert) to `path`, after its outcome
+    was committed: a failure to write it is a warning, never the command's failure."""
+    from eams_pipeline.services.change_report import build_change_report
+
+    report = build_change_report(conn, upload_key, revert=revert)
+    try:
+        path.write_bytes(report.content)
+    except OSError as exc:
+        click.echo(
+            f"eams: warning: the change report of upload {upload_key} could not be written to "
+            f"{path}: {exc.strerror or exc}. It is built again from the history any time "
+            "(eams uploads revert --changes-dir, or the Dagster change_report asset).",
+            err=True,
+        )
+        return None
+    return str(path)
 
 
 @uploads.command("discard")
@@ -660,10 +745,22 @@ def uploads_discard(upload_key: str, by: str | None, no_email: bool) -> None:
     is_flag=True,
     help="Do not email the district what was put back" + _DAGSTER_EMAILS,
 )
-def uploads_revert(upload_key: str, cascade: bool, by: str | None, no_email: bool) -> None:
+@click.option(
+    "--changes-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the change report of each revert (what it put back) to this directory "
+    "as students_changes_<upload key>_revert.csv.",
+)
+def uploads_revert(
+    upload_key: str, cascade: bool, by: str | None, no_email: bool, changes_dir: Path | None
+) -> None:
     """Put every student the upload changed back as it was before it (one transaction);
     the district is emailed what was put back."""
+    from eams_pipeline.core.names import change_report_name
     from eams_pipeline.services.revert import revert_upload
+
+    if changes_dir is not None:
+        _check_directory("--changes-dir", changes_dir)
 
     with connect() as conn:
         done = revert_upload(
@@ -675,7 +772,20 @@ def uploads_revert(upload_key: str, cascade: bool, by: str | None, no_email: boo
         )
         for r in done:
             _tell_district(conn, r.upload_key, no_email=no_email)
-    click.echo(json.dumps({"reverted": [{"upload_key": r.upload_key, **r.counts} for r in done]}))
+        reports = {}
+        if changes_dir is not None:
+            for r in done:
+                path = changes_dir / change_report_name(r.upload_key, revert=True)
+                reports[r.upload_key] = _write_change_report(conn, r.upload_key, path, revert=True)
+    reverted = [
+        {
+            "upload_key": r.upload_key,
+            **r.counts,
+            **({"change_report": reports[r.upload_key]} if changes_dir is not None else {}),
+        }
+        for r in done
+    ]
+    click.echo(json.dumps({"reverted": reverted}))
 
 
 @cli.group()
@@ -846,7 +956,7 @@ def demo_cmd(
     state_dir: Path, database_url: str, ui_port: int, no_samples: bool, reset: bool
 ) -> None:
     """Run the whole pipeline locally: PostgreSQL databases, loopback SFTP and SMTP
-    servers, two sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
+    servers, three sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
     from eams_pipeline.devtools.demo import DemoOptions, run_demo
 
     options = DemoOptions(

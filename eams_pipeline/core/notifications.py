@@ -17,6 +17,7 @@ from email.utils import formatdate, make_msgid
 
 from eams_pipeline.core.licenses import LicensesLow, OrderLicenses, license_line
 from eams_pipeline.core.outcome import UploadStatus
+from eams_pipeline.core.pauses import FIRST_AFTER_PAUSE, PAUSE_RULES, PAUSED
 from eams_pipeline.core.template import HEADER
 
 COUNT_LABELS = (
@@ -52,6 +53,7 @@ def build_upload_email(
     file_error: str | None = None,
     upload_key: str | None = None,
     reviewed_by: str | None = None,
+    change_report_path: str | None = None,
     licenses: Sequence[OrderLicenses] = (),
 ) -> EmailMessage:
     """The outcome email for one upload, to the district's contacts.
@@ -96,7 +98,7 @@ def build_upload_email(
         raise ValueError(f"unknown upload status {status!r}")
 
     lines = ["Hello,", ""]
-    lines += _result_paragraph(status, district, upload_id, reviewer)
+    lines += _result_paragraph(status, district, upload_id, reviewer, _held_rule(summary))
     lines += _upload_names(upload_key, summary.get("upload_id"))
     reasons = _guard_reasons(summary)
     if reasons and (status in (UploadStatus.HELD, UploadStatus.DISCARDED) or reviewer):
@@ -116,6 +118,8 @@ def build_upload_email(
     lines += _error_codes(summary)
     lines += _license_lines(licenses)
     lines += _error_file_paragraph(status, error_file_path, summary)
+    if change_report_path and status in (UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED):
+        lines += _change_report_paragraph("every change made to your students", change_report_path)
     if status != UploadStatus.PROCESSED and error_file_path:
         lines += [
             "",
@@ -403,12 +407,18 @@ def build_held_operator_email(
 
 
 def _result_paragraph(
-    status: str, district: str, upload_id: object, reviewer: str | None = None
+    status: str,
+    district: str,
+    upload_id: object,
+    reviewer: str | None = None,
+    held_by: str | None = None,
 ) -> list[str]:
+    """The email's first paragraph; `held_by`: the rule that held the upload (the first)."""
     intro = f"The students.csv file uploaded by {district} (upload {upload_id}) was"
+    why = _HELD_BECAUSE.get(held_by or "", _HELD_BECAUSE[""])
     approved = (
-        f"{intro} HELD for review because it would change an unusual share of your "
-        f"students, then APPROVED after review by {reviewer} and applied:"
+        f"{intro} HELD for review because {why}, then APPROVED after review by {reviewer} "
+        "and applied:"
     )
     if status == UploadStatus.REJECTED:
         text = (
@@ -423,17 +433,16 @@ def _result_paragraph(
         )
     elif status == UploadStatus.HELD:
         text = (
-            f"{intro} HELD FOR REVIEW: it would change an unusual share of your students, "
-            "so NOTHING was applied. Our operators will review it and apply or discard it; "
-            "you will get another message. If the file is wrong (for example one school "
-            "only, or every student marked D), upload a corrected file: it replaces this one."
+            f"{intro} HELD FOR REVIEW: {why}, so NOTHING was applied. Our operators will "
+            "review it and apply or discard it; you will get another message. "
+            + _HELD_ADVICE.get(held_by or "", _HELD_ADVICE[""])
         )
     elif status == UploadStatus.DISCARDED:
         by = f" by {reviewer}" if reviewer else ""
         text = (
-            f"{intro} DISCARDED after review{by}: it was held because it would change an "
-            "unusual share of your students, and nothing of it was applied. Please check "
-            "the export from your SIS and upload a corrected file."
+            f"{intro} DISCARDED after review{by}: it was held because {why}, and nothing of "
+            "it was applied. Please check the export from your SIS and upload a corrected "
+            "file."
         )
     elif reviewer:
         text = f"{approved} every row was applied."
@@ -442,14 +451,50 @@ def _result_paragraph(
     return _wrap(text)
 
 
+# why an upload was held, by the rule that held it ("": a rule of the figures)
+_HELD_BECAUSE = {
+    "": "it would change an unusual share of your students",
+    PAUSED: "it arrived while uploads of your district are paused",
+    FIRST_AFTER_PAUSE: (
+        "it is the first file after a long pause, when a wrong file (last year's "
+        "roster, one school only) would do the most damage"
+    ),
+}
+_HELD_ADVICE = {
+    "": (
+        "If the file is wrong (for example one school only, or every student marked D), "
+        "upload a corrected file: it replaces this one."
+    ),
+    PAUSED: (
+        "If it was sent by mistake, nothing needs to be done. If it must be applied "
+        "during the pause, tell eAMS support."
+    ),
+    FIRST_AFTER_PAUSE: (
+        "If the file is wrong (for example last year's roster, or one school only), "
+        "upload a corrected file: it replaces this one."
+    ),
+}
+
+
+def _held_rule(summary: Mapping[str, object]) -> str | None:
+    """The rule that held the upload (the first of its guard record), if any."""
+    trip = summary.get("guard")
+    rule = trip.get("rule") if isinstance(trip, Mapping) else None
+    return rule if isinstance(rule, str) else None
+
+
 # what each rule of the change guard watches, in the district's words
 _RULE_LABELS = {
     "max_deactivated_pct": "many students deactivated",
     "max_updated_pct": "many students updated",
     "max_row_drop_pct": "far fewer rows than usual",
+    PAUSED: "uploads paused",
+    FIRST_AFTER_PAUSE: "first upload after a long pause",
 }
 # a guard rule's figures: counts, percentages and the words of core.guard, nothing else
 _GUARD_TEXT = re.compile(r"[a-z][a-z0-9 ,.%()]{0,300}")
+# a pause rule's words (core.pauses): dates and days, nothing else
+_PAUSE_TEXT = re.compile(r"[a-z][a-z0-9 ,.;()-]{0,300}")
 
 
 def _guard_reasons(summary: Mapping[str, object]) -> list[str]:
@@ -467,10 +512,16 @@ def _guard_reasons(summary: Mapping[str, object]) -> list[str]:
         if rule not in _RULE_LABELS:
             raise ValueError(f"{rule!r} is not a guard rule")
         said = " ".join(str(t.get("message", "")).split())
-        if not _GUARD_TEXT.fullmatch(said):
+        if rule in PAUSE_RULES:
+            if not _PAUSE_TEXT.fullmatch(said):
+                raise ValueError(f"the {rule} message must be dates and days")
+            reason = f"{_RULE_LABELS[rule]} ({rule}): {said}."
+        elif not _GUARD_TEXT.fullmatch(said):
             raise ValueError(f"the {rule} message must be counts and percentages")
+        else:
+            reason = f"{_RULE_LABELS[rule]} ({rule}): the file {said}."
         lines += _wrap(
-            f"{_RULE_LABELS[rule]} ({rule}): the file {said}.",
+            reason,
             initial_indent="  ",
             subsequent_indent="    ",
         )
@@ -538,6 +589,111 @@ def _error_file_paragraph(
     return ["", *_wrap("The error file is not on your SFTP site; eAMS support can send it to you.")]
 
 
+def _change_report_paragraph(what: str, path: str) -> list[str]:
+    return [
+        "",
+        *_wrap(f"The change report with {what}, one line per changed field, is on your SFTP site:"),
+        f"  {path}",
+    ]
+
+
+# what a checked file would have come to, in the subject of its check result
+_CHECK_VERDICTS = {
+    UploadStatus.REJECTED: "the file would be REJECTED",
+    UploadStatus.HELD: "the file would be HELD for review",
+    UploadStatus.PARTIALLY_PROCESSED: "{errors} rows with errors",
+    UploadStatus.PROCESSED: "no errors",
+}
+
+
+def build_check_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    sender: str,
+    upload_key: str,
+    summary: Mapping[str, object],
+    report_path: str,
+    file_error: str | None = None,
+) -> EmailMessage:
+    """The result of a check drop (``check/students.csv``): the engine ran the file as a
+    dry run against MY Access as it is now and applied nothing.
+
+    ``summary`` is the dry run's summary (SPEC §8 keys) whose ``status`` is what the file
+    would have come to as an upload (processed, partially_processed, rejected or held) and
+    whose ``guard`` is the change guard's verdict (None: it would let the file through);
+    ``report_path`` is where the check report was published on the SFTP site;
+    ``file_error`` the file-level error (code and message) of a file that would be
+    rejected. Counts, codes and the guard's figures only: no student data.
+    """
+    if not contacts:
+        raise ValueError(f"district {district_code} has no contact address")
+    status = str(summary.get("status"))
+    if status not in _CHECK_VERDICTS:
+        raise ValueError(f"{status!r} is not what a checked file can come to")
+    district = f"{district_name} ({district_code})"
+    verdict = _CHECK_VERDICTS[UploadStatus(status)].format(errors=_count(summary, "errors"))
+    subject = f"eAMS check result: {verdict}, nothing applied: {district}, check {upload_key}"
+    would_be = {
+        UploadStatus.REJECTED: "REJECTED: nothing of it would be applied.",
+        UploadStatus.HELD: "HELD for review by the change guard: nothing of it would be "
+        "applied until our operators approve it.",
+        UploadStatus.PARTIALLY_PROCESSED: "PARTIALLY processed: the valid rows would be "
+        "applied, the rows with errors would not.",
+        UploadStatus.PROCESSED: "processed SUCCESSFULLY: every row would be applied.",
+    }[UploadStatus(status)]
+    lines = [
+        "Hello,",
+        "",
+        *_wrap(
+            f"The students.csv file that {district} put in check/ (check {upload_key}) was "
+            "CHECKED by the same engine that applies your nightly upload, against your "
+            "students in MY Access as they are now. NOTHING was applied: no student was "
+            "added, changed, activated or deactivated, and no password was stored."
+        ),
+        "",
+        *_wrap(f"Uploaded to incoming/ now, the file would be {would_be}"),
+    ]
+    if status == UploadStatus.REJECTED:
+        error = _file_error_text(summary, file_error)
+        lines += ["", "Error:", *_wrap(error, initial_indent="  ", subsequent_indent="  ")]
+        lines += ["", *_wrap("Change guard: not evaluated (the file would be rejected).")]
+    else:
+        reasons = _guard_reasons(summary)
+        if reasons:
+            lines += ["", "Change guard: it WOULD HOLD the file for review:", *reasons]
+        else:
+            lines += ["", *_wrap("Change guard: it would let the file through.")]
+        lines += ["", "Counts the file would apply:", *_count_table(summary)[1:]]
+        missing = _count(summary, "deactivated_missing")
+        if missing:
+            lines += [f"  {'Deactivated: absent from file':<32}{missing:>8}"]
+    lines += _error_codes(summary)
+    has_errors = status == UploadStatus.REJECTED or _count(summary, "errors") > 0
+    lines += [
+        "",
+        "The check report is on your SFTP site:",
+        f"  {report_path}",
+        *_wrap(
+            "It lists every error with its line number in the checked file."
+            if has_errors
+            else "It holds only the header line: the file has no errors."
+        ),
+        "",
+        *_wrap(
+            "Tonight's upload is checked again against your students as they are then: "
+            "changes made in between (another upload) can change these figures."
+        ),
+        "",
+        "This message contains no student data.",
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
 def build_revert_email(
     *,
     district_code: str,
@@ -548,11 +704,13 @@ def build_revert_email(
     reverted_by: str,
     reverted_at: dt.datetime | None,
     counts: Mapping[str, object],
+    change_report_path: str | None = None,
     upload_id: int | None = None,
     licenses: Sequence[OrderLicenses] = (),
 ) -> EmailMessage:
-    """An operator reverted an applied upload: what was put back (counts only), and the
-    district's licenses now."""
+    """An operator reverted an applied upload: what was put back (counts only; the change
+    report of the revert at ``change_report_path`` on the SFTP site, when it is there), and
+    the district's licenses now."""
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     district = f"{district_name} ({district_code})"
@@ -580,6 +738,11 @@ def build_revert_email(
         ),
         *_upload_names(upload_key, upload_id),
         *_license_lines(licenses),
+        *(
+            _change_report_paragraph("every change the revert made", change_report_path)
+            if change_report_path
+            else []
+        ),
         "",
         "This message contains no student data.",
         *_FOOTER,

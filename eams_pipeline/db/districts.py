@@ -1,7 +1,8 @@
 """The districts the pipeline serves, as master data in the database describes them.
 
 `lock_district` takes a row lock on the district: every writer of a district's students
-(an upload, master data) holds it, so one district's uploads never apply at the same time.
+(an upload, master data) holds it, so one district's uploads never apply at the same time
+(a dry run, e.g. a check drop's, reads without it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import psycopg
 
 from eams_pipeline.core.guard import parse_thresholds
 from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.core.pauses import Pause, parse_stored
 
 
 class UnknownDistrict(LookupError):
@@ -36,6 +38,8 @@ class District:
     grades: tuple[str, ...] | None = None  # participating grades; None: all
     expected_by: dt.time | None = None  # local time the nightly file is due; None: no alert
     failure_contacts: tuple[str, ...] = ()  # also told of rejected or held files
+    # local date ranges without uploads (core.pauses), in date order
+    pauses: tuple[Pause, ...] = ()
     low_licenses: int | None = None  # alerted below this many available (None: 5% default)
     account_managers: tuple[str, ...] = ()  # in copy of the low-licenses alert
 
@@ -54,7 +58,7 @@ _SELECT = """SELECT district_id, code, name, timezone, contacts, process_at,
                     sftp_host, sftp_port, sftp_username, sftp_password_env,
                     sftp_private_key_file, sftp_host_key, sftp_root,
                     encoding, grades, expected_by, failure_contacts, guard, mode,
-                    low_licenses, account_managers
+                    pauses, low_licenses, account_managers
              FROM districts"""
 
 
@@ -62,7 +66,7 @@ def _from_row(r: tuple) -> District:
     district_id, code, name, timezone, contacts, process_at, ent_order, bin_school = r[:8]
     host, port, username, password_env, key_file, host_key, root = r[8:15]
     encoding, grades, expected_by, failure_contacts = r[15:19]
-    guard, mode, low_licenses, account_managers = r[19:23]
+    guard, mode, pauses, low_licenses, account_managers = r[19:24]
     sftp = None
     if host and username:
         sftp = SftpAccount(
@@ -91,6 +95,7 @@ def _from_row(r: tuple) -> District:
         # stored resolved at `eams setup load`; NULL (never loaded since 007): the defaults
         guard=guard if guard is not None else parse_thresholds(None),
         mode=mode or "incremental",
+        pauses=parse_stored(pauses),
         low_licenses=low_licenses,
         account_managers=tuple(account_managers or ()),
     )
@@ -105,9 +110,15 @@ def get_district(conn: psycopg.Connection, code: str) -> District | None:
     return _from_row(r) if r else None
 
 
-def lock_district(conn: psycopg.Connection, code: str) -> District:
-    """The district, row-locked until the transaction ends."""
-    r = conn.execute(_SELECT + " WHERE code = %s FOR UPDATE", (code,)).fetchone()
+def lock_district(conn: psycopg.Connection, code: str, *, lock: bool = True) -> District:
+    """The district, row-locked until the transaction ends (``lock=False``: read only, for a
+    dry run, which writes nothing and must not keep the district's uploads waiting).
+
+    FOR NO KEY UPDATE: two uploads of the district (and master data, FOR UPDATE) exclude
+    each other, while rows that merely reference the district (a check drop's record, an
+    upload request, an alert: their foreign key's KEY SHARE) are not kept waiting."""
+    query = _SELECT + " WHERE code = %s" + (" FOR NO KEY UPDATE" if lock else "")
+    r = conn.execute(query, (code,)).fetchone()
     if r is None:
         raise UnknownDistrict(f"unknown district {code!r}: load it with `eams setup load` first")
     district = _from_row(r)

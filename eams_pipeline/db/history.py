@@ -16,7 +16,7 @@ _UPLOAD_COLUMNS = f"""u.upload_key, u.upload_id, d.code AS district, u.received_
     u.status, {", ".join("u." + k for k in COUNT_KEYS)}, u.deactivated_missing,
     u.error_codes, u.error_file, u.guard_trip, u.guard_figures, u.decision, u.decided_by,
     u.decided_at, u.reverted_by, u.reverted_at, u.revert_counts,
-    u.archive_path IS NOT NULL AS archived"""
+    u.archive_path IS NOT NULL AS archived, u.checked_as"""
 
 DATA_FIELDS = (
     ("last_name", "Last Name"),

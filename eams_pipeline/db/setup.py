@@ -29,6 +29,7 @@ from eams_pipeline.core.master_data import (
     new_student_problems,
     sftp_conflict_problems,
 )
+from eams_pipeline.core.pauses import stored as stored_pauses
 from eams_pipeline.core.validation import normalise
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.db.usernames import lock_usernames
@@ -275,11 +276,11 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
         INSERT INTO districts (code, name, timezone, contacts, process_at, sftp_host, sftp_port,
                                sftp_username, sftp_password_env, sftp_private_key_file,
                                sftp_host_key, sftp_root, encoding, grades, expected_by,
-                               failure_contacts, guard, mode, low_licenses,
+                               failure_contacts, guard, mode, pauses, low_licenses,
                                account_managers)
         VALUES (%(code)s, %(name)s, %(tz)s, %(contacts)s, %(at)s, %(host)s, %(port)s, %(user)s,
                 %(pw)s, %(key)s, %(hk)s, %(root)s, %(encoding)s, %(grades)s, %(expected_by)s,
-                %(failure_contacts)s, %(guard)s, %(mode)s, %(low_licenses)s,
+                %(failure_contacts)s, %(guard)s, %(mode)s, %(pauses)s, %(low_licenses)s,
                 %(account_managers)s)
         ON CONFLICT (code) DO UPDATE SET
             encoding = EXCLUDED.encoding, grades = EXCLUDED.grades,
@@ -290,7 +291,7 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             sftp_password_env = EXCLUDED.sftp_password_env,
             sftp_private_key_file = EXCLUDED.sftp_private_key_file,
             sftp_host_key = EXCLUDED.sftp_host_key, sftp_root = EXCLUDED.sftp_root,
-            guard = EXCLUDED.guard, mode = EXCLUDED.mode,
+            guard = EXCLUDED.guard, mode = EXCLUDED.mode, pauses = EXCLUDED.pauses,
             low_licenses = EXCLUDED.low_licenses,
             account_managers = EXCLUDED.account_managers,
             updated_at = now()
@@ -299,7 +300,7 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
                districts.sftp_password_env, districts.sftp_private_key_file,
                districts.sftp_host_key, districts.sftp_root, districts.encoding,
                districts.grades, districts.expected_by, districts.failure_contacts,
-               districts.guard, districts.mode, districts.low_licenses,
+               districts.guard, districts.mode, districts.pauses, districts.low_licenses,
                districts.account_managers)
           IS DISTINCT FROM
               (EXCLUDED.name, EXCLUDED.timezone, EXCLUDED.contacts, EXCLUDED.process_at,
@@ -307,7 +308,7 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
                EXCLUDED.sftp_password_env, EXCLUDED.sftp_private_key_file,
                EXCLUDED.sftp_host_key, EXCLUDED.sftp_root, EXCLUDED.encoding,
                EXCLUDED.grades, EXCLUDED.expected_by, EXCLUDED.failure_contacts,
-               EXCLUDED.guard, EXCLUDED.mode, EXCLUDED.low_licenses,
+               EXCLUDED.guard, EXCLUDED.mode, EXCLUDED.pauses, EXCLUDED.low_licenses,
                EXCLUDED.account_managers)
         RETURNING district_id
         """,
@@ -330,6 +331,7 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             "failure_contacts": list(d.failure_contacts),
             "guard": json.dumps(d.guard) if d.guard is not None else None,
             "mode": d.mode,
+            "pauses": json.dumps(stored_pauses(d.pauses)),
             "low_licenses": d.low_licenses,
             "account_managers": list(d.account_managers),
         },

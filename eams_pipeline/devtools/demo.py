@@ -4,10 +4,10 @@ It creates (or reuses) a state directory, ``./var/demo`` by default, holding gen
 secrets, the SFTP and mail folders, the encrypted archive and DAGSTER_HOME; creates and
 migrates two databases on the local PostgreSQL (the MY Access database and Dagster's
 storage); starts an SFTP server (asyncssh, one chrooted directory per district) and an SMTP
-server that saves every message to a folder; loads two sample districts whose SFTP accounts
-point at that server; drops a sample upload into each district's ``incoming/`` (one clean,
-one with errors); and runs ``dagster dev`` with fast sensor settings. Ctrl-C or SIGTERM
-stops everything it started.
+server that saves every message to a folder; loads three sample districts whose SFTP
+accounts point at that server; drops a sample upload into each district's ``incoming/`` (one
+clean, one with errors, one held by the change guard); and runs ``dagster dev`` with fast
+sensor settings. Ctrl-C or SIGTERM stops everything it started.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eams_pipeline.core.master_data import parse_master_data
+from eams_pipeline.core.names import DISTRICT_DIRS
 from eams_pipeline.core.template import HEADER
 from eams_pipeline.db import migrations
 from eams_pipeline.db.connection import create_database_if_missing
@@ -210,9 +211,9 @@ def master_data(sftp: LoopbackSftpServer) -> dict:
                 ],
             },
             {
-                # the change guard at its defaults (README): last night's upload (every
-                # student, applied before the demo starts) is the baseline; the sample file
-                # marks most of the district's active students D and is held for review
+                # the change guard at its defaults (docs/safe-uploads.md): last night's
+                # upload (every student, applied before the demo starts) is the baseline; the
+                # sample file marks most of the district's active students D and is held for review
                 "code": "D003",
                 "name": "Ogdenville Public Schools",
                 "timezone": "America/Denver",
@@ -387,7 +388,7 @@ def run_demo(options: DemoOptions, echo: Echo = print) -> int:
         sftp.start()
         smtp.start()
         for user in USERS.values():
-            for sub in ("incoming", "errors", "processed"):
+            for sub in DISTRICT_DIRS:
                 (sftp.user_dir(user) / sub).mkdir(parents=True, exist_ok=True)
 
         setup_file = state / "setup.yaml"
@@ -510,9 +511,13 @@ def _print_guide(
     echo(f"  Dagster UI        {url}")
     echo(f"    runs            {url}/runs")
     echo(f"    error reports   {url}/assets/error_report  (metadata: counts, codes, preview)")
+    echo(f"    change reports  {url}/assets/change_report  (metadata: lines per change)")
     echo(f"    sensors         {url}/automation")
     echo(f"  SFTP server       sftp -P {sftp.port} d001@{HOST}   (passwords: {state}/secrets.json)")
-    echo(f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/)")
+    echo(
+        f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/ "
+        "check/ reports/)"
+    )
     echo(
         f"  held for review   D003's upload: {url}/assets/upload_outcome (check change_guard);"
         " eams uploads list --district D003, then approve or discard"
@@ -525,7 +530,8 @@ def _print_guide(
         echo(f"  sample uploads    dropped into incoming/ of {', '.join(dropped)}")
     echo(
         f"  sensors tick every {options.interval_seconds}s; a file is taken after "
-        f"{options.settle_seconds}s unchanged. Drop another students.csv into an incoming/."
+        f"{options.settle_seconds}s unchanged. Drop another students.csv into an incoming/,"
+        " or into a check/ to have it checked only (report in reports/, nothing applied)."
     )
     echo("Press Ctrl-C to stop everything.")
     echo("")

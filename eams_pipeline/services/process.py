@@ -59,6 +59,7 @@ from eams_pipeline.core.outcome import (
     status_of,
 )
 from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.core.pauses import PauseTrip, pause_trip
 from eams_pipeline.core.plan import (
     Plan,
     RowMatch,
@@ -71,6 +72,7 @@ from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
 from eams_pipeline.db import password_cache
 from eams_pipeline.db import uploads as db_uploads
+from eams_pipeline.db.connection import snapshot_transaction
 from eams_pipeline.db.district_snapshot import (
     load_district_students,
     load_snapshot,
@@ -444,12 +446,15 @@ def process_upload(
 ) -> UploadResult:
     """Process one upload of a district (see the module docstring).
 
-    With `dry_run` every figure is computed and nothing is written. An upload received
+    With `dry_run` every figure is computed and nothing is written (nor hashed); it takes
+    no lock and reads one REPEATABLE READ snapshot when the connection is idle
+    (the check drops' run and `eams process --dry-run`). An upload received
     before the newest one already applied for the district is not applied (status
     `superseded`, its report computed as a dry run) unless `allow_older` is set.
     `error_file_name(upload_id)` names the error file recorded with the outcome.
 
-    The change guard (core.guard, the district's limits) runs on every accepted file: when
+    The change guard (core.guard, the district's limits; core.pauses, its pauses: the
+    upload's `received_at` in its time zone) runs on every accepted file: when
     a rule trips nothing is applied and the upload is recorded `held` with its counts,
     errors and the rule's figures. A held upload is settled: running it again returns what
     was recorded. `approve_hold` re-plans it against the current database and applies it
@@ -464,9 +469,15 @@ def process_upload(
     prepared, content_sha256 = _phase_one(
         conn, upload, engine, prepared, dry_run=dry_run, approve_hold=approve_hold, clock=clock
     )
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
     with conn.transaction() as tx:
         with clock.step("lock"):
-            district = lock_district(conn, upload.district)
+            if dry_run and idle:
+                # one consistent snapshot of the district, without a lock
+                snapshot_transaction(conn)
+            # a dry run takes no lock (neither the district's nor the usernames'): it never
+            # keeps an upload of the district waiting
+            district = lock_district(conn, upload.district, lock=not dry_run)
             record = None if dry_run else _ensure_record(conn, district, upload, content_sha256)
             if record is not None and _settled(record, approve_hold, allow_older):
                 return db_uploads.recorded_result(conn, record, upload.district)
@@ -636,10 +647,10 @@ def _outcome(
             inputs.read.rejection,
             read=upload.rejection is None,
         )
-    plan = _plan(conn, district, inputs, engine, clock)
+    plan = _plan(conn, district, inputs, engine, clock, lock_claimed=record is not None)
     result = _from_plan(upload.district, upload_id, plan)
     if not superseded:
-        _guard(conn, district, upload_id, inputs.students, plan, result, approve_hold)
+        _guard(conn, district, upload, upload_id, inputs.students, plan, result, approve_hold)
     if record is not None and not superseded and result.status != UploadStatus.HELD:
         plan = _released(plan, inputs, prepared)
         _apply(conn, district, record, plan, result, inputs, prepared, engine, clock)
@@ -647,9 +658,16 @@ def _outcome(
 
 
 def _plan(
-    conn: psycopg.Connection, district: District, inputs: _Inputs, engine: Engine, clock: _Clock
+    conn: psycopg.Connection,
+    district: District,
+    inputs: _Inputs,
+    engine: Engine,
+    clock: _Clock,
+    *,
+    lock_claimed: bool,
 ) -> Plan:
-    """The snapshot under the lock and the plan made from it."""
+    """The snapshot under the lock and the plan made from it (`lock_claimed`: lock the
+    usernames the file claims; not for a dry run)."""
     read = inputs.read
     # on threads: the rows' data fingerprints, unless phase 1 made them, while the
     # snapshot's queries wait on the database (they release the GIL); the holders of
@@ -660,7 +678,15 @@ def _plan(
             hashing = pool.submit(data_fingerprint, read.rows)
         with clock.step("snapshot"):
             match = inputs.match or match_rows(read.rows, inputs.students)
-            snapshot = load_snapshot(conn, district, read.rows, inputs.students, match, ahead=pool)
+            snapshot = load_snapshot(
+                conn,
+                district,
+                read.rows,
+                inputs.students,
+                match,
+                ahead=pool,
+                lock_claimed=lock_claimed,
+            )
         with clock.step("plan"):
             return make_plan(
                 read.rows,
@@ -680,6 +706,7 @@ def _plan(
 def _guard(
     conn: psycopg.Connection,
     district: District,
+    upload: Upload,
     upload_id: int | None,
     students: pd.DataFrame,
     plan: Plan,
@@ -687,7 +714,8 @@ def _guard(
     approve_hold: bool,
 ) -> None:
     """The change guard's figures (recorded with the result) and, unless approving a held
-    upload, whether a rule trips: the result is then held."""
+    upload, whether a rule trips: the result is then held. The district's pauses
+    (core.pauses: the upload's received time in its time zone) come first."""
     figures = GuardFigures(
         active_before=int((students["status"] == "active").sum()),
         students_before=len(students),
@@ -700,9 +728,35 @@ def _guard(
     )
     result.guard_figures = figures.as_dict()
     if not approve_hold:
-        result.guard_trip = trip_record(evaluate(district.guard or {}, figures))
+        result.guard_trip = trip_record(
+            [
+                *_pause_trips(conn, district, upload_id, upload.received_at),
+                *evaluate(district.guard or {}, figures),
+            ]
+        )
     if result.guard_trip is not None:
         result.status = UploadStatus.HELD
+
+
+def _pause_trips(
+    conn: psycopg.Connection,
+    district: District,
+    upload_id: int | None,
+    received_at: dt.datetime,
+) -> list[PauseTrip]:
+    """The district's pause rule that holds this upload, if any (core.pauses: the upload's
+    received time in the district's time zone decides). First: it takes precedence."""
+    if not district.pauses:
+        return []
+    trip = pause_trip(
+        received_at,
+        timezone=district.timezone,
+        pauses=district.pauses,
+        last_applied_at=db_uploads.last_applied_received_at(
+            conn, district.district_id, upload_id
+        ),
+    )
+    return [trip] if trip is not None else []
 
 
 def _released(plan: Plan, inputs: _Inputs, prepared: Prepared) -> Plan:

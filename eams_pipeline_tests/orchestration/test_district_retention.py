@@ -1,4 +1,4 @@
-"""Retention (issue 10 §2): clear-text passwords do not stay on SFTP, and the retention job
+"""Retention: clear-text passwords do not stay on SFTP, and the retention job
 removes old raw files, error files and archive copies, but nothing a received or held
 upload needs. Decisions tested directly; the job against the real SFTP server."""
 
@@ -155,7 +155,12 @@ def test_the_retention_job_removes_only_what_it_may(
 
     # a day later: nothing is old enough
     soon = _retention(pipeline, received + DAY)
-    assert soon.success and _removed(soon) == {"processed": [], "errors": [], "archive": []}
+    assert soon.success and _removed(soon) == {
+        "processed": [],
+        "errors": [],
+        "reports": [],
+        "archive": [],
+    }
 
     # four days later: the first raw file goes; the held upload keeps its raw file
     later = _retention(pipeline, received + 4 * DAY)

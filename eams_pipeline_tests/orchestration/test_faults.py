@@ -1,4 +1,4 @@
-"""Faults on the Dagster path (issue 7 §4): the run worker killed, SFTP and SMTP servers
+"""Faults on the Dagster path: the run worker killed, SFTP and SMTP servers
 going away, PostgreSQL restarting. Real servers on 127.0.0.1 and the shipped dagster.yaml
 (PostgreSQL run storage, run retries). Every test ends with the same guarantees:
 
@@ -58,7 +58,7 @@ from eams_pipeline_tests.orchestration_env import OPERATORS, DagsterStorage, Pip
 
 SID_A, SID_B, SID_C = "STU-88101", "STU-88102", "STU-88103"
 RETRY_NUMBER_TAG = "dagster/retry_number"
-STEPS = ["upload_file", "upload_outcome", "error_report", "district_email"]
+STEPS = ["upload_file", "upload_outcome", "error_report", "change_report", "district_email"]
 
 
 def asset_steps(events: list) -> list[str]:
