@@ -124,3 +124,26 @@ def student_history(
             }
         )
     return out
+
+
+def student_known(conn: psycopg.Connection, district_code: str, student_id: str) -> bool:
+    """Has the district ever had this student (students are deactivated, never deleted)?"""
+    return (
+        conn.execute(
+            """SELECT 1 FROM students s JOIN districts d USING (district_id)
+               WHERE d.code = %s AND s.student_id = %s""",
+            (district_code, student_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def last_uploads(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    """Each district's newest upload (by time received): its key, time and status."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT DISTINCT ON (d.code) d.code, u.upload_key, u.received_at, u.status
+               FROM districts d JOIN uploads u USING (district_id)
+               ORDER BY d.code, u.received_at DESC, u.upload_id DESC"""
+        ).fetchall()
+    return {r.pop("code"): r for r in rows}
