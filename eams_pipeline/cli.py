@@ -918,9 +918,11 @@ def _require_district(conn: psycopg.Connection, district_code: str) -> None:
         return
     codes = district_codes(conn)
     by_folded = {c.casefold(): c for c in codes}
+    folded = district_code.casefold()
     close = [
         by_folded[c]
-        for c in difflib.get_close_matches(district_code.casefold(), by_folded, n=3, cutoff=0.6)
+        for c in ([folded] if folded in by_folded else [])
+        or difflib.get_close_matches(folded, by_folded, n=3, cutoff=0.6)
     ]
     hint = (
         f"; did you mean {', '.join(close)}?"
@@ -942,8 +944,11 @@ def _write_csv(header: tuple[str, ...], rows: list[tuple]) -> None:
 
 def error(message: str, exit_code: int = EXIT_FAILURE) -> int:
     """The one way `eams` reports a failure: `eams: error: <message>` on stderr (cut at
-    MESSAGE_LIMIT characters); returns the exit code."""
-    click.echo(f"eams: error: {_capped(message)}", err=True)
+    MESSAGE_LIMIT characters; a line the message goes on to, e.g. libpq's hint, indented
+    under it); returns the exit code."""
+    lines = [line.strip() for line in _capped(message).splitlines()]
+    first, *rest = [line for line in lines if line] or ["failed"]
+    click.echo("\n".join([f"eams: error: {first}", *(f"  {line}" for line in rest)]), err=True)
     return exit_code
 
 

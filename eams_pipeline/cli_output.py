@@ -95,6 +95,8 @@ def upload_summary(
     status = UploadStatus(summary["status"])
     headline = _HEADLINES[status]
     if dry_run:
+        if not headline.split()[0].isupper():  # "would be processed", "would be HELD"
+            headline = headline[0].lower() + headline[1:]
         lines = [f"Dry run for {summary['district']} (nothing was changed): would be {headline}"]
     else:
         name = f"upload {upload_key}" if upload_key else f"upload id {summary['upload_id']}"
