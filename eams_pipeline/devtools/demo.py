@@ -76,8 +76,9 @@ class DemoOptions:
 
 
 def repo_root() -> Path:
-    """The directory holding dagster.yaml and workspace.yaml (the checkout)."""
-    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
+    """The directory holding dagster.yaml and workspace.yaml (the checkout): the nearest
+    folder above this module that has them, else the current directory."""
+    for candidate in (*Path(__file__).resolve().parents, Path.cwd()):
         if (candidate / "dagster.yaml").is_file() and (candidate / "workspace.yaml").is_file():
             return candidate
     raise FileNotFoundError("run the demo from the eams-pipeline checkout (no dagster.yaml)")
