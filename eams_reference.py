@@ -2,7 +2,7 @@
 
 Written from SPEC.md and the README's "Decisions where the spec is silent", one record at
 a time, so that a reader can check it against the contract line by line. It is the
-oracle the vectorised engine is compared with (test_reference_equivalence.py) and the
+oracle the vectorised engine is compared with (services/test_reference_equivalence.py) and the
 baseline a benchmark times. No pandas, no database: the stdlib `csv` module and `re`.
 
     state = DistrictState(code="D1", enterprise_order="ENT-D1", schools=..., orders=...,

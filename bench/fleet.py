@@ -381,7 +381,7 @@ def cpu():
 t0 = cpu()
 import dagster  # noqa
 t1 = cpu()
-import eams_pipeline.orchestration.definitions as d
+import eams_pipeline.orchestration.code_location as d
 t2 = cpu()
 defs = d.build_definitions()
 t3 = cpu()
@@ -393,9 +393,9 @@ print(json.dumps({"start_and_import_dagster": t1, "import_eams": t2 - t1,
 TICK_PROBE = r"""
 import json, sys, time
 import dagster as dg
-from eams_pipeline.orchestration.definitions import build_definitions
+from eams_pipeline.orchestration.code_location import build_definitions
 from eams_pipeline.orchestration.resources import default_resources, SftpResource
-from eams_pipeline.orchestration.sensors import build_district_sensors
+from eams_pipeline.orchestration.district_sensors import build_district_sensors
 codes, rounds, old = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "old"
 res = default_resources()
 if old:  # as before: a new SSH connection and the district's row every tick, and Dagster
@@ -719,7 +719,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         w_start, snap0 = time.time(), sampler.snapshot()
         time.sleep(args.idle_seconds)
         w_end, snap1 = time.time(), sampler.snapshot()
-        from eams_pipeline.orchestration.sensors import sensor_name
+        from eams_pipeline.orchestration.district_sensors import sensor_name
 
         names = [sensor_name(code(i)) for i in range(n)]
         ticks = sensor_ticks(dagster_url, w_start, w_end)

@@ -136,8 +136,8 @@ def fill(url: str, districts: int, days: int, seed: int) -> dict[str, int]:
 
 
 def measure(url: str, repeat: int) -> dict[str, Any]:
-    from eams_pipeline.core.fleet import fleet_status
-    from eams_pipeline.db.fleet import _FACTS, district_facts, query_params
+    from eams_pipeline.core.fleet_ranking import fleet_status
+    from eams_pipeline.db.fleet_facts import _FACTS, district_facts, query_params
 
     query, rank = [], []
     with psycopg.connect(url) as conn:

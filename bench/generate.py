@@ -32,8 +32,8 @@ import yaml
 from eams_pipeline.core.fingerprints import data_fingerprint, fingerprint_key, password_fingerprint
 from eams_pipeline.core.master_data import parse_master_data
 from eams_pipeline.core.template import COLUMNS, HEADER
+from eams_pipeline.db.bulk_copy import copy_in
 from eams_pipeline.db.setup import load_master_data, recount_licenses
-from eams_pipeline.db.snapshot import copy_in
 
 SEED = 20_260_917
 SECRET = b"be9c" * 16  # the documented format (hexadecimal); never in production

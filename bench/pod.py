@@ -39,12 +39,8 @@ def rss(field):
 import dagster as dg
 import eams_pipeline.definitions
 from eams_pipeline.orchestration.assets import upload_file, upload_outcome
-from eams_pipeline.orchestration.partitions import (
-    DISTRICTS,
-    UploadRef,
-    upload_run_config,
-    upload_tags,
-)
+from eams_pipeline.orchestration.partitions import DISTRICTS, upload_run_config, upload_tags
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.orchestration.resources import default_resources
 
 loaded = rss("VmRSS:")
@@ -79,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench import generate
     from bench.run import _dbname, _recreate, prepare
-    from eams_pipeline.db.uploads import make_upload_key
+    from eams_pipeline.core.names import make_upload_key
     from eams_pipeline.io.archive import Archive, generate_key
 
     def log(msg: str) -> None:

@@ -366,7 +366,7 @@ def simulate(
     args: argparse.Namespace, url: str, eams_url: str, home: Path, with_retention: bool
 ) -> dict[str, Any]:
     from eams_pipeline.orchestration.partitions import DISTRICT_TAG
-    from eams_pipeline.orchestration.run_retention import UPLOAD_KEY_TAG, enforce_run_retention
+    from eams_pipeline.orchestration.run_retention_job import UPLOAD_KEY_TAG, enforce_run_retention
 
     job, assets = template_job()
     defs = dg.Definitions(assets=assets, jobs=[job])
@@ -434,7 +434,7 @@ def simulate(
 
 def catch_up(url: str, eams_url: str, home: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The first retention run on the instance that had none for the year."""
-    from eams_pipeline.orchestration.run_retention import enforce_run_retention
+    from eams_pipeline.orchestration.run_retention_job import enforce_run_retention
 
     with instance_on(url, home) as instance, psycopg.connect(eams_url) as eams:
         now = YEAR_START + dt.timedelta(days=args.days - 1, hours=22)

@@ -160,12 +160,12 @@ def request_upload(process_context: Any, defs: Any, i: int, received_at: dt.date
     from dagster._core.utils import make_new_run_id
     from dagster._daemon.sensor import _submit_run_request
 
+    from eams_pipeline.core.names import UploadRef
+    from eams_pipeline.core.settle import Requested
+    from eams_pipeline.orchestration.district_sensors import request_upload as sensor_request
     from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
-    from eams_pipeline.orchestration.partitions import UploadRef
     from eams_pipeline.orchestration.resources import DatabaseResource
-    from eams_pipeline.orchestration.sensors import request_upload as sensor_request
-    from eams_pipeline.orchestration.settle import Requested
-    from eams_pipeline.orchestration.upload_requests import UPLOAD_REQUESTS_SENSOR_NAME
+    from eams_pipeline.orchestration.upload_request_sensor import UPLOAD_REQUESTS_SENSOR_NAME
 
     instance = process_context.instance
     code = district_code(i)
@@ -385,9 +385,9 @@ class Upload:
         from dagster._core.storage.dagster_run import DagsterRunStatus
         from dagster._record import copy
 
+        from eams_pipeline.core.names import UploadRef
         from eams_pipeline.orchestration.partitions import (
             PARTITION_TAG,
-            UploadRef,
             upload_run_config,
             upload_tags,
         )
@@ -852,7 +852,7 @@ def run_upload_events(instance: Any, run_id: str, template: Template, n: int) ->
 
     run = instance.get_run_by_id(run_id)
     key = run.tags["eams/upload_key"]
-    from eams_pipeline.orchestration.partitions import UploadRef
+    from eams_pipeline.core.names import UploadRef
 
     ref = UploadRef.parse(key)
     upload = Upload(template, ref.district, ref.received_at, n, run_id=run_id, t0=time.time(),
@@ -970,7 +970,7 @@ def year_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             echo(f"built in {result['build_s']} s: {json.dumps(result['storage'])}")
 
             # -- 3. the UI's queries ----------------------------------------------------------
-            from eams_pipeline.orchestration.partitions import UploadRef
+            from eams_pipeline.core.names import UploadRef
 
             last = district_code(n - 1)
             last_key = UploadRef.new(

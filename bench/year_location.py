@@ -4,7 +4,7 @@ queries timed are Dagster's)."""
 
 import os
 
-from eams_pipeline.orchestration.definitions import build_definitions
+from eams_pipeline.orchestration.code_location import build_definitions
 
 
 def district_code(i: int) -> str:

@@ -233,7 +233,7 @@ def process_cmd(
     from dataclasses import replace
 
     from eams_pipeline.core.error_file import render_error_file
-    from eams_pipeline.db.uploads import make_upload_key
+    from eams_pipeline.core.names import error_file_name, make_upload_key
     from eams_pipeline.io.files import NotARegularFile, read_upload_file
     from eams_pipeline.services.process import (
         Upload,
@@ -245,7 +245,7 @@ def process_cmd(
     def error_path(upload_id: int | None) -> str:
         if errors_out is not None:
             return str(errors_out)
-        return f"students_errors_{upload_id}.csv"
+        return error_file_name(upload_id)
 
     # Everything that could stop the command after the upload is committed is checked first.
     try:
@@ -525,6 +525,7 @@ def uploads_approve(
     """Apply a held upload as it would have been applied, re-planned against the current
     database. Prints its summary as `eams process` does (exit codes too). Progress on
     stderr as `eams process` (on a terminal, or with --verbose)."""
+    from eams_pipeline.core.names import error_file_name
     from eams_pipeline.db import uploads as db_uploads
     from eams_pipeline.services.review import approve
 
@@ -554,7 +555,7 @@ def uploads_approve(
                 engine,
                 decided_by=_operator(by),
                 allow_older=allow_older,
-                error_file_name=lambda _id: record.error_file or f"students_errors_{_id}.csv",
+                error_file_name=lambda _id: record.error_file or error_file_name(_id),
                 progress=progress,
             )
         finally:
@@ -835,8 +836,8 @@ def fleet_status_cmd(as_json: bool, top: int | None) -> None:
     last upload failed or rejected, held, stale, missing past expected_by, error rate
     rising, licenses low; counts per state. Failed runs are read from the Dagster instance
     when DAGSTER_HOME is set."""
-    from eams_pipeline.core.fleet import fleet_status
-    from eams_pipeline.db.fleet import district_facts
+    from eams_pipeline.core.fleet_ranking import fleet_status
+    from eams_pipeline.db.fleet_facts import district_facts
 
     now = dt.datetime.now(dt.UTC)
     with connect() as conn:
@@ -845,7 +846,7 @@ def fleet_status_cmd(as_json: bool, top: int | None) -> None:
     if config.dagster_home():  # Dagster is imported only then
         import dagster as dg
 
-        from eams_pipeline.orchestration.fleet import failed_upload_runs
+        from eams_pipeline.orchestration.fleet_status import failed_upload_runs
 
         with dg.DagsterInstance.get() as instance:
             failed, runs_read = failed_upload_runs(instance, now), True

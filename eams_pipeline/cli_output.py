@@ -20,7 +20,7 @@ from eams_pipeline.core.outcome import COUNT_KEYS, OUTCOMES, UploadStatus
 from eams_pipeline.services.progress import Progress, describe_advance
 
 if TYPE_CHECKING:
-    from eams_pipeline.core.fleet import FleetStatus
+    from eams_pipeline.core.fleet_ranking import FleetStatus
 
 # the first line of an upload's summary, by status
 _HEADLINES = {

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported where used: `eams --help` needs neither argon2 nor pandas
     from eams_pipeline.core.passwords import Argon2Settings
-    from eams_pipeline.core.retention import RetentionSettings
+    from eams_pipeline.core.upload_retention import RetentionSettings
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams"
 DEFAULT_ARCHIVE_DIR = "./var/archive"
@@ -321,7 +321,7 @@ def retention_settings() -> RetentionSettings:
     as its run succeeded), ``EAMS_ARCHIVE_RETENTION_DAYS`` (default 400: a school year and
     more of re-runs, reverts and backfills), ``EAMS_ERROR_FILE_RETENTION_DAYS`` (default 90).
     """
-    from eams_pipeline.core.retention import RetentionSettings
+    from eams_pipeline.core.upload_retention import RetentionSettings
 
     settings = RetentionSettings(
         processed_days=env_int("EAMS_PROCESSED_RETENTION_DAYS", DEFAULT_PROCESSED_RETENTION_DAYS),

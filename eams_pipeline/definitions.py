@@ -5,7 +5,7 @@ code location loads: after adding a district, reload the code location in the UI
 """
 
 from eams_pipeline import run_worker
-from eams_pipeline.orchestration.definitions import build_definitions
+from eams_pipeline.orchestration.code_location import build_definitions
 
 defs = build_definitions()
 run_worker.resume()  # a run worker's collector, paused since its start (run_worker.py)

@@ -33,7 +33,7 @@ def district_doc(
     """A district with schools 101, 102, a closed 900 and the bin; one regular order.
 
     The change guard is off unless `guard` says otherwise (None: the README's defaults):
-    the engine's tests change most of their few students on purpose; test_guard.py tests it.
+    the engine's tests change most of their few students on purpose; core/test_guard.py tests it.
     """
     schools = [
         {"code": f"{code}-HB", "name": "Enterprise Holding Bin School"},

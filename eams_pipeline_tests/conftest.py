@@ -23,8 +23,7 @@ os.environ.setdefault("EAMS_ARGON2_MEMORY_KIB", "256")
 os.environ.setdefault("EAMS_ARGON2_TIME_COST", "1")
 
 from eams_pipeline.db import migrations
-
-ADMIN_URL = os.environ.get("EAMS_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+from eams_pipeline_tests.admin_db import ADMIN_URL
 
 pytest_plugins = ["eams_pipeline_tests.fixtures_servers", "eams_pipeline_tests.orchestration_env"]
 

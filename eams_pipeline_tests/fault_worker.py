@@ -42,7 +42,7 @@ def worker_config(db_url: str, archive_dir: str, smtp_port: int) -> str:
 
 def upload_job() -> dg.JobDefinition:
     """The upload job with the test pipeline's resources (from $EAMS_FAULT_PIPELINE)."""
-    from eams_pipeline.orchestration.definitions import build_definitions
+    from eams_pipeline.orchestration.code_location import build_definitions
     from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
     from eams_pipeline.orchestration.resources import (
         ArchiveResource,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +22,12 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
-from eams_pipeline.orchestration.definitions import build_definitions
+from eams_pipeline.orchestration.code_location import build_definitions
+from eams_pipeline.orchestration.district_sensors import sensor_name
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import (
     DISTRICTS as DISTRICT_PARTITIONS,
@@ -33,11 +36,10 @@ from eams_pipeline.orchestration.partitions import (
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
     UPLOAD_KEY_TAG,
-    UploadRef,
     upload_run_config,
     upload_tags,
 )
-from eams_pipeline.orchestration.reprocess import REPROCESS_JOB_NAME, build_reprocess_job
+from eams_pipeline.orchestration.reprocess_job import REPROCESS_JOB_NAME, build_reprocess_job
 from eams_pipeline.orchestration.resources import (
     ArchiveResource,
     DatabaseResource,
@@ -45,10 +47,9 @@ from eams_pipeline.orchestration.resources import (
     SftpResource,
     SmtpResource,
 )
-from eams_pipeline.orchestration.sensors import sensor_name
-from eams_pipeline.orchestration.upload_requests import build_upload_requests_sensor
+from eams_pipeline.orchestration.upload_request_sensor import build_upload_requests_sensor
 from eams_pipeline_tests import builders
-from eams_pipeline_tests.conftest import ADMIN_URL
+from eams_pipeline_tests.admin_db import ADMIN_URL
 from eams_pipeline_tests.fixtures_servers import SFTP_PASSWORDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -373,3 +374,49 @@ def module_dagster_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator
             with dg.DagsterInstance.get():
                 pass
         yield storage
+
+
+# -- what the orchestration tests share ------------------------------------------------
+
+# values that must never reach an email, the archive in clear or an operator alert
+SECRET_PASSWORD = "Hunter2-Zq81!"
+SID_A, SID_B, SID_C = "STU-77810", "STU-77811", "STU-77812"
+LAST_NAME = "Zyxwvutson"
+
+
+def clean_file(grade: str = "5") -> bytes:
+    return builders.csv_bytes(
+        [
+            builders.row(SID_A, last_name=LAST_NAME, password=SECRET_PASSWORD, grade=grade),
+            builders.row(SID_B, "X", password=SECRET_PASSWORD),
+        ]
+    )
+
+
+def file_with_errors() -> bytes:
+    return builders.csv_bytes(
+        [
+            builders.row(SID_A, last_name=LAST_NAME, password=SECRET_PASSWORD),
+            builders.row(SID_B, grade="13", password=SECRET_PASSWORD),  # INVALID_GRADE
+            builders.row(SID_C, school_code="999", password=SECRET_PASSWORD),  # SCHOOL_NOT_FOUND
+        ]
+    )
+
+
+def materialization(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    [event] = [
+        e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
+    ]
+    metadata = event.step_materialization_data.materialization.metadata
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def assert_no_student_data(text: str) -> None:
+    for value in (SECRET_PASSWORD, SID_A, SID_B, SID_C, LAST_NAME):
+        assert value not in text
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

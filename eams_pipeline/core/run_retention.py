@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from eams_pipeline.core.outcome import UploadStatus
 
-# statuses of uploads whose runs are never deleted (core.retention keeps their files too)
+# statuses of uploads whose runs are never deleted (core.upload_retention keeps their files too)
 KEEP_UPLOAD_STATUSES = frozenset({UploadStatus.RECEIVED, UploadStatus.HELD})
 
 # why a candidate run was kept

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 from eams_pipeline.core.outcome import FINAL_STATUSES, UploadStatus
 from eams_pipeline.core.plan import Plan, lower_usernames
 from eams_pipeline.db import password_cache
+from eams_pipeline.db.bulk_copy import copy_in, encode_csv
 from eams_pipeline.db.connection import local_settings
-from eams_pipeline.db.snapshot import copy_in, encode_csv
 
 _CREATE_STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS stage_updates (

@@ -13,8 +13,8 @@ import pandas as pd
 import psycopg
 import pyarrow as pa
 
+from eams_pipeline.db.bulk_copy import copy_in, copy_out
 from eams_pipeline.db.connection import local_settings
-from eams_pipeline.db.snapshot import copy_in, copy_out
 
 _KEYS = """CREATE TEMP TABLE IF NOT EXISTS password_keys (
     k bigint NOT NULL, student_id text NOT NULL, password_fp bigint NOT NULL

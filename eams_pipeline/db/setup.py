@@ -31,7 +31,7 @@ from eams_pipeline.core.master_data import (
 )
 from eams_pipeline.core.validation import normalise
 from eams_pipeline.db.districts import list_districts
-from eams_pipeline.db.snapshot import lock_usernames
+from eams_pipeline.db.usernames import lock_usernames
 
 # one `eams setup load` at a time: its checks read what another load could be writing
 _SETUP_LOCK = 0x45414D55

@@ -59,12 +59,6 @@ class UploadRow:
         return self.status == UploadStatus.HELD or self.was_held_superseded
 
 
-def make_upload_key(district_code: str, received_at: dt.datetime) -> str:
-    """`<district>-<UTC time to the microsecond>`: safe as a Dagster partition key."""
-    stamp = received_at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{district_code}-{stamp}"
-
-
 _SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_KEYS)},
                      error_codes, error_file, content_sha256, archive_path, district_id,
                      guard_trip, guard_figures, deactivated_missing, decision, decided_by,

@@ -380,8 +380,8 @@ def sample_baseline() -> bytes:
 
 def apply_baseline(conn: psycopg.Connection, secret: str, now: dt.datetime) -> None:
     """Process D003's upload of last night (`eams process`'s code), once."""
+    from eams_pipeline.core.names import make_upload_key
     from eams_pipeline.core.passwords import Argon2Settings, PasswordHasher
-    from eams_pipeline.db.uploads import make_upload_key
     from eams_pipeline.services.process import Engine, Upload, process_upload
 
     exists = conn.execute(

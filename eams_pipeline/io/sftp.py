@@ -44,10 +44,8 @@ from paramiko.ssh_exception import SSHException
 
 from eams_pipeline.config import ConfigError, env_secret
 from eams_pipeline.core.master_data import SftpAccount
-
-INCOMING = "incoming"
-ERRORS = "errors"
-PROCESSED = "processed"
+from eams_pipeline.core.names import ERRORS, INCOMING, PROCESSED
+from eams_pipeline.core.remote_files import RemoteFile
 
 _KEY_ERRORS = (SSHException, UnknownKeyType, UnsupportedAlgorithm)
 # Host key algorithms that a pinned key of the given type can be verified with.
@@ -94,42 +92,6 @@ class SettledRead:
     stat: RemoteFile  # its size and time as read
     waited: float = 0.0  # seconds waited for it to stop changing (0: it had not changed)
     seen: tuple[str, ...] = ()  # what was seen changing, for the log
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """A directory entry as stat reports it; the content is not downloaded.
-
-    ``name`` is the name's bytes as UTF-8, a byte that is not UTF-8 kept as a lone surrogate
-    (``surrogateescape``, as :func:`os.fsdecode`): a server passes names as raw bytes, and a
-    file named in Latin-1 must not stop the listing. Show it with :attr:`shown`."""
-
-    name: str
-    size: int
-    mtime: int  # epoch seconds
-
-    @property
-    def shown(self) -> str:
-        return shown_name(self.name)
-
-
-def shown_name(name: str, limit: int = 200) -> str:
-    """A remote name as it can be shown in a log, an email or the database: printable
-    characters as they are, a byte that is not UTF-8 as ``\\xNN``, a control or invisible
-    character as ``\\xNN``/``\\uNNNN``, a backslash doubled; cut at ``limit`` characters."""
-    out = []
-    for char in name:
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the undecodable byte
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char == "\\":
-            out.append("\\\\")
-        elif char.isprintable() and not 0xD800 <= code <= 0xDFFF:
-            out.append(char)
-        else:
-            out.append(char.encode("unicode_escape").decode("ascii"))
-    text = "".join(out)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class _SftpClient(paramiko.SFTPClient):

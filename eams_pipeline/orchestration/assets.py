@@ -27,19 +27,26 @@ from pydantic import Field
 
 from eams_pipeline import config as eams_config
 from eams_pipeline.core.error_file import render_error_file
+from eams_pipeline.core.names import (
+    ERRORS,
+    PARTIAL_SUFFIX,
+    PROCESSED,
+    UPLOAD_NAME,
+    UploadRef,
+    error_file_name,
+)
 from eams_pipeline.core.notifications import build_held_operator_email
 from eams_pipeline.core.outcome import COUNT_KEYS, UploadResult, UploadStatus
-from eams_pipeline.core.retention import raw_removable
+from eams_pipeline.core.settle import listed
+from eams_pipeline.core.upload_retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, district_code, get_district
-from eams_pipeline.io.sftp import ERRORS, PROCESSED, SettledRead, SftpFileChangingError
+from eams_pipeline.io.sftp import SettledRead, SftpFileChangingError
 from eams_pipeline.orchestration.decisions import decision_text, tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
     DISTRICTS,
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
-    UploadRef,
-    error_file_name,
     runs_of_upload,
     upload_tags,
 )
@@ -51,12 +58,11 @@ from eams_pipeline.orchestration.resources import (
     SmtpResource,
     UploadResource,
 )
-from eams_pipeline.orchestration.retention import (
+from eams_pipeline.orchestration.upload_retention_job import (
     alert_raw_kept,
     known_uploads,
     remove_raw_upload,
 )
-from eams_pipeline.orchestration.settle import PARTIAL_SUFFIX, UPLOAD_NAME, listed
 from eams_pipeline.services.notify import recorded_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.progress import LineProgress

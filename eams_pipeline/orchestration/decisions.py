@@ -25,10 +25,10 @@ from typing import Any
 import dagster as dg
 
 from eams_pipeline.config import sensor_interval_seconds
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.orchestration.partitions import (
     UPLOAD_KEY_TAG,
-    UploadRef,
     runs_of_upload,
     upload_run_request,
 )

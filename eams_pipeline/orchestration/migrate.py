@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from eams_pipeline.core.names import UploadRef
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     PARTITION_TAG,
     UPLOAD_KEY_TAG,
-    UploadRef,
     upload_key_of_run,
 )
 

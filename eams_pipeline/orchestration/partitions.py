@@ -15,7 +15,7 @@
   concurrency limit of dagster.yaml). Every materialization's metadata names it.
 
 An upload key is ``<district code>-<UTC time to the microsecond>``, e.g.
-``D001-20260114T020000000000Z`` (``eams_pipeline.db.uploads.make_upload_key``): the time
+``D001-20260114T020000000000Z`` (``eams_pipeline.core.names.make_upload_key``): the time
 the pipeline took the file in.
 
 Before this model, each upload was a partition of the dynamic partitions ``uploads``
@@ -25,15 +25,12 @@ Before this model, each upload was a partition of the dynamic partitions ``uploa
 
 from __future__ import annotations
 
-import datetime as dt
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
-from eams_pipeline.db.uploads import make_upload_key
+from eams_pipeline.core.names import UploadRef, is_upload_key
 
 DISTRICTS = dg.DynamicPartitionsDefinition(name="districts")
 # the partitions of the model before: one per upload (kept in storage, no longer used)
@@ -48,43 +45,6 @@ PARTITION_TAG = "dagster/partition"
 
 # the resource holding the run's upload (run config ``resources: {upload_ref: {config: {key}}}``)
 UPLOAD_RESOURCE = "upload_ref"
-
-_KEY = re.compile(r"(?P<district>[A-Za-z0-9_-]{1,32})-(?P<stamp>\d{8}T\d{12}Z)")
-
-
-class BadUploadKey(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class UploadRef:
-    """What an upload key says: the district and the time the upload was received."""
-
-    key: str
-    district: str
-    received_at: dt.datetime
-
-    @classmethod
-    def parse(cls, key: str) -> UploadRef:
-        match = _KEY.fullmatch(key)
-        if match is None:
-            raise BadUploadKey(
-                f"{key!r} is not an upload key (<district>-<YYYYMMDDTHHMMSSffffffZ>)"
-            )
-        received_at = dt.datetime.strptime(match["stamp"], "%Y%m%dT%H%M%S%fZ").replace(
-            tzinfo=dt.UTC
-        )
-        return cls(key=key, district=match["district"], received_at=received_at)
-
-    @classmethod
-    def new(cls, district: str, received_at: dt.datetime) -> UploadRef:
-        return cls.parse(make_upload_key(district, received_at))
-
-    @property
-    def processed_name(self) -> str:
-        """The file's name in ``processed/`` once claimed."""
-        return f"students_{self.key}.csv"
-
 
 def district_tags(partition_key: str) -> dict[str, str]:
     """The run tags of a run of a district partition (the per-district concurrency limit)."""
@@ -133,7 +93,7 @@ def upload_key_of_run(tags: Mapping[str, str]) -> str | None:
     if key:
         return key
     legacy = tags.get(PARTITION_TAG)
-    if legacy and _KEY.fullmatch(legacy):
+    if legacy and is_upload_key(legacy):
         return legacy
     return None
 
@@ -180,8 +140,3 @@ def build_district_partitions_sensor(
         return dg.SensorResult(dynamic_partitions_requests=[add_districts_request(missing)])
 
     return _sensor
-
-
-def error_file_name(upload_id: int) -> str:
-    """SPEC §5: the error file's name in the district's ``errors/`` directory."""
-    return f"students_errors_{upload_id}.csv"

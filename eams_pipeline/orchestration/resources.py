@@ -23,12 +23,13 @@ from pydantic import Field
 
 from eams_pipeline import config
 from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.core.names import BadUploadKey, UploadRef
 from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.db.connection import connect
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.io.sftp import SftpConnector, SftpSession, shared_pool
 from eams_pipeline.io.smtp import send_email
-from eams_pipeline.orchestration.partitions import UPLOAD_RESOURCE, BadUploadKey, UploadRef
+from eams_pipeline.orchestration.partitions import UPLOAD_RESOURCE
 from eams_pipeline.services.process import Engine
 
 

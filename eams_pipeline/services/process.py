@@ -51,6 +51,7 @@ from eams_pipeline.core.fingerprints import (
     recognised_by_previous,
 )
 from eams_pipeline.core.guard import BASELINE_UPLOADS, GuardFigures, evaluate, trip_record
+from eams_pipeline.core.names import make_upload_key
 from eams_pipeline.core.outcome import (
     OUTCOMES,
     UploadResult,
@@ -72,13 +73,13 @@ from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
 from eams_pipeline.db import password_cache
 from eams_pipeline.db import uploads as db_uploads
-from eams_pipeline.db.districts import District, get_district, lock_district
-from eams_pipeline.db.snapshot import (
+from eams_pipeline.db.district_snapshot import (
     load_district_students,
     load_snapshot,
     load_students_versioned,
     students_version,
 )
+from eams_pipeline.db.districts import District, get_district, lock_district
 from eams_pipeline.services.progress import Progress
 
 
@@ -477,7 +478,7 @@ def process_upload(
         # one key for both phases (phase 1 looks up whether the upload is settled)
         upload = replace(
             upload,
-            key=db_uploads.make_upload_key(upload.district, received_at),
+            key=make_upload_key(upload.district, received_at),
             received_at=received_at,
         )
     content_sha256 = None

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from eams_pipeline.core.names import make_upload_key
 from eams_pipeline.db import upload_requests as db_requests
 from eams_pipeline.db.districts import District, list_districts
-from eams_pipeline.db.uploads import make_upload_key
 from eams_pipeline.io.archive import Archive
 
 DEFAULT_MAX_UPLOADS = 1000

@@ -1,5 +1,5 @@
 """`eams uploads revert`: put every student an upload changed back as it was before it,
-in one transaction under the district's lock (db.revert does the set-based work).
+in one transaction under the district's lock (db.revert_statements does the set-based work).
 
 Refused when a later applied upload changed any of the same students (named in the
 message), unless `cascade`: then those later uploads (and theirs, transitively) are
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import psycopg
 
 from eams_pipeline.core.outcome import APPLIED_STATUSES
-from eams_pipeline.db import revert as db_revert
+from eams_pipeline.db import revert_statements as db_revert
 from eams_pipeline.db.districts import district_code, lock_district
 
 

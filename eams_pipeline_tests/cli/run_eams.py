@@ -1,5 +1,5 @@
-"""Running the real `eams` command: with pipes (as a script runs it) or on a
-pseudo-terminal (as a person runs it), answering its prompts there."""
+"""Running the real `eams` command on a pseudo-terminal, as a person runs it, answering its
+prompts there (`cli_runner.eams` runs it with pipes, as a script does)."""
 
 from __future__ import annotations
 
@@ -19,24 +19,9 @@ from pathlib import Path
 import yaml
 
 from eams_pipeline_tests.builders import district_doc
+from eams_pipeline_tests.cli_runner import eams
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
-
-
-def eams(
-    *args: str, cwd: Path, url: str, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """`eams ARGS` with standard input, output and error on pipes (not a terminal)."""
-    return subprocess.run(
-        [sys.executable, "-m", "eams_pipeline.cli", *args],
-        cwd=cwd,
-        env={**os.environ, "EAMS_DATABASE_URL": url},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @dataclass

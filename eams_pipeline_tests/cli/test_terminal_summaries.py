@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from eams_pipeline_tests.builders import csv_bytes, district_doc, existing_student, row
-from eams_pipeline_tests.cli.run_eams import eams, eams_on_terminal, load_districts
+from eams_pipeline_tests.cli.run_eams import eams_on_terminal, load_districts
+from eams_pipeline_tests.cli_runner import eams
 
 IDS = [f"S{i:02d}" for i in range(10)]
 SUMMARY_KEYS = [
