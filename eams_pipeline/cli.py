@@ -459,6 +459,7 @@ def _tell_district(conn: Any, upload_key: str, *, no_email: bool) -> None:
     from eams_pipeline.db import uploads as db_uploads
     from eams_pipeline.db.districts import district_code, get_district
     from eams_pipeline.io.smtp import send_email
+    from eams_pipeline.services import wiring
     from eams_pipeline.services.notify import recorded_outcome_email
 
     upload = db_uploads.get_upload(conn, upload_key)
@@ -480,7 +481,7 @@ def _tell_district(conn: Any, upload_key: str, *, no_email: bool) -> None:
         return
     result = db_uploads.recorded_result(conn, upload, code)
     try:
-        settings = config.smtp_settings()
+        settings = wiring.mail_relay()
         email = recorded_outcome_email(
             district, upload, result, error_file=None, sender=settings.sender
         )
@@ -537,9 +538,9 @@ def uploads_approve(
         if file is not None:
             data = file.read_bytes()
         elif record.archive_path:
-            from eams_pipeline.io.archive import Archive
+            from eams_pipeline.services import wiring
 
-            archive = Archive(config.archive_dir(), config.archive_keys())
+            archive = wiring.archive()
             data = archive.load(record.archive_path, record.content_sha256)
         else:
             raise click.ClickException(
@@ -897,17 +898,9 @@ def demo_cmd(
 
 
 def _engine() -> Engine:
-    from eams_pipeline.core.passwords import PasswordHasher
-    from eams_pipeline.services.process import Engine
+    from eams_pipeline.services import wiring
 
-    previous = config.previous_secret_key()
-    return Engine(
-        secret=config.secret_key(),
-        previous_secrets=(previous,) if previous else (),
-        hasher=PasswordHasher(config.argon2_settings()),
-        hash_batch_size=config.hash_batch_size(),
-        hash_cache_days=config.hash_cache_days(),
-    )
+    return wiring.engine()
 
 
 def _require_district(conn: psycopg.Connection, district_code: str) -> None:

@@ -220,7 +220,10 @@ def archive_dir(override: str | None = None) -> Path:
     return Path(override or env_str("EAMS_ARCHIVE_DIR") or DEFAULT_ARCHIVE_DIR)
 
 
-def archive_keys(key_env: str = "EAMS_ARCHIVE_KEY") -> str:
+ARCHIVE_KEY_ENV = "EAMS_ARCHIVE_KEY"
+
+
+def archive_keys(key_env: str = ARCHIVE_KEY_ENV) -> str:
     """The comma-separated Fernet keys in ``key_env`` (or ``key_env``_FILE)."""
     keys = env_secret(key_env)
     if not keys:
@@ -237,7 +240,7 @@ class SmtpSettings:
     """The mail relay. The password is never a setting: ``password_env`` names the variable."""
 
     host: str = "127.0.0.1"
-    port: int = 25
+    port: int = SMTP_DEFAULT_PORTS["none"]
     security: str = "none"  # none | starttls | ssl (implicit TLS)
     username: str | None = None
     password_env: str | None = None
@@ -252,20 +255,20 @@ def smtp_settings() -> SmtpSettings:
     ``EAMS_SMTP_USERNAME``, ``EAMS_SMTP_PASSWORD_ENV`` (the variable holding the password,
     default ``EAMS_SMTP_PASSWORD``), ``EAMS_SMTP_CA_FILE``, ``EAMS_SMTP_TIMEOUT_SECONDS``,
     ``EAMS_MAIL_FROM``."""
-    security = (env_str("EAMS_SMTP_SECURITY", "none") or "none").strip().lower()
+    security = (env_str("EAMS_SMTP_SECURITY") or SmtpSettings.security).strip().lower()
     if security not in SMTP_SECURITY_MODES:
         raise ConfigError(
             f"EAMS_SMTP_SECURITY must be one of {', '.join(SMTP_SECURITY_MODES)}, "
             f"got {security!r}"
         )
     return SmtpSettings(
-        host=env_str("EAMS_SMTP_HOST", "127.0.0.1") or "127.0.0.1",
+        host=env_str("EAMS_SMTP_HOST") or SmtpSettings.host,
         port=env_int("EAMS_SMTP_PORT", SMTP_DEFAULT_PORTS[security]),
         security=security,
         username=env_str("EAMS_SMTP_USERNAME"),
         password_env=env_str("EAMS_SMTP_PASSWORD_ENV", SMTP_DEFAULT_PASSWORD_ENV),
-        sender=env_str("EAMS_MAIL_FROM", DEFAULT_MAIL_FROM) or DEFAULT_MAIL_FROM,
-        timeout_seconds=env_int("EAMS_SMTP_TIMEOUT_SECONDS", 30),
+        sender=env_str("EAMS_MAIL_FROM") or SmtpSettings.sender,
+        timeout_seconds=env_int("EAMS_SMTP_TIMEOUT_SECONDS", SmtpSettings.timeout_seconds),
         ca_file=env_str("EAMS_SMTP_CA_FILE"),
     )
 

@@ -62,10 +62,6 @@ class DistrictSnapshot:
               (or a function returning it: the database lookup, still running while
               the plan decides what does not depend on it)
     grades: the district's participating grades (normalised: K, 1..12); None: every grade
-    positions: for each row of the upload the snapshot was read for, its student's position
-               in `students` (student_positions; -1: none); None: the plan looks them up
-    own_usernames: for each of those rows, whether its username is already its stored
-               student's (own_usernames); None: the plan computes it
     """
 
     district_id: int
@@ -75,8 +71,6 @@ class DistrictSnapshot:
     students: pd.DataFrame
     taken_usernames: pd.DataFrame | Callable[[], pd.DataFrame]
     grades: frozenset[str] | None = None
-    positions: np.ndarray | None = None
-    own_usernames: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -134,101 +128,96 @@ def make_plan(
     row_errors: pd.DataFrame,
     total_rows: int,
     snapshot: DistrictSnapshot,
+    match: RowMatch,
     fingerprint_key: str,
     *,
     full_roster: bool = False,
     password_fps: np.ndarray | None = None,
     data_hashes: np.ndarray | None = None,
-    username_lower: pa.Array | None = None,
-    repeated_ids: np.ndarray | None = None,
     previous_keys: Sequence[str] = (),
     recognised: np.ndarray | None = None,
 ) -> Plan:
     """Decide every row. `rows` are the normalised well-formed rows (indexed by `row`),
-    `row_errors` the errors found so far (malformed rows and column rules). With
-    `full_roster` the district's active students absent from the file are deactivated too.
+    `row_errors` the errors found so far (malformed rows and column rules), `match` the
+    rows matched to the snapshot's students (match_rows). With `full_roster` the
+    district's active students absent from the file are deactivated too.
     `password_fps` (password_fingerprint of these rows), `data_hashes` (their
-    data_fingerprint), `username_lower` (lower_usernames of them), `repeated_ids`
-    (repeated_student_ids of them, at the snapshot's positions) and `recognised`
-    (recognised_by_previous of them against the snapshot's students) are computed unless
-    the caller has them.
+    data_fingerprint) and `recognised` (recognised_by_previous of them against the
+    snapshot's students) are computed unless the caller has them.
 
     `previous_keys`: fingerprint keys of earlier server secrets. A row whose password is
     its stored student's under one of them is the stored password: it is decided as such
     (unchanged, quiet when nothing else differs) and listed in `Plan.rekeyed`, so that the
     apply moves the stored fingerprint to `fingerprint_key`."""
     df = rows.copy(deep=False)  # copy-on-write: the caller's frame is never changed
-    errors = [row_errors]
-    if username_lower is None:
-        username_lower = lower_usernames(df["username"])
-    positions = snapshot.positions
-    if positions is None:
-        positions = student_positions(df["student_id"], snapshot.students)
-    own = snapshot.own_usernames
-    if own is None:
-        own = own_usernames(username_lower, snapshot.students, positions)
-    if repeated_ids is None:
-        repeated_ids = repeated_student_ids(df["student_id"], positions)
-    repeated_names = repeated_usernames(username_lower, own, snapshot.students, positions)
     if password_fps is None:
         password_fps = password_fingerprint(df["student_id"], df["password"], fingerprint_key)
     if data_hashes is None:
         data_hashes = data_fingerprint(df)
-    rekey_rows, rekeyed = None, None
-    if previous_keys or recognised is not None:
-        password_fps, rekey_rows, rekeyed = _previous_keys(
-            df, snapshot.students, positions, password_fps, previous_keys, recognised
-        )
-
+    password_fps, rekey = _recognise_previous_keys(
+        df, snapshot.students, match.positions, password_fps, previous_keys, recognised
+    )
     # The quiet rows (on a nightly file, most of them) are unchanged and break no rule by
     # construction (_quiet): they are counted, and only the other rows are decided below.
-    quiet = _quiet(
-        df,
-        row_errors,
-        snapshot,
-        positions,
-        own,
-        repeated_ids | repeated_names,
-        password_fps,
-        data_hashes,
-    )
+    quiet = _quiet(df, row_errors, snapshot, match, password_fps, data_hashes)
     if quiet.any():
         rest = ~quiet
-        df = df[rest]
-        username_lower = username_lower.filter(pa.array(rest))
-        positions, repeated_ids, repeated_names = (
-            positions[rest],
-            repeated_ids[rest],
-            repeated_names[rest],
-        )
+        df, match = df[rest], match.select(rest)
         password_fps, data_hashes = password_fps[rest], data_hashes[rest]
-    df["username_lower"] = pd.Series(username_lower, index=df.index, dtype="str")
-    # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
-    valid_id = _passes_column_rules(df, row_errors, "student_id")
-    valid_username = _passes_column_rules(df, row_errors, "username")
-    valid_status = _passes_column_rules(df, row_errors, "status")
-    # a Username is never quoted: a swapped export puts the password there (README, Security)
-    for repeated, column, code, text, value_column in (
-        (
-            repeated_ids,
-            "student_id",
+    df["username_lower"] = pd.Series(match.username_lower, index=df.index, dtype="str")
+    # each step, in this order, attaches its decision columns to df and returns its errors
+    errors = [
+        row_errors,
+        *_repeated_in_file(df, match),
+        *_check_schools(df, snapshot, row_errors),
+        *_decide_transitions(df, snapshot, match.positions, row_errors),
+        _check_usernames(df, snapshot, row_errors),
+        _check_passwords(df),
+    ]
+    no_license, applied = _grant_licenses(df, concat_errors(errors), snapshot.bin_available)
+    errors.append(no_license)
+    _changes(df, applied, snapshot.enterprise_order_id, password_fps, data_hashes)
+    all_errors = concat_errors(errors)
+    df.loc[_in_rows(df, all_errors["row"].to_numpy()), "outcome"] = "errors"
+    plan = _finish(df, all_errors, total_rows, quiet=int(quiet.sum()))
+    plan = _with_rekeyed(plan, rekey)
+    if full_roster:
+        plan = with_missing(plan, snapshot, rows, row_errors)
+    return plan
+
+
+def _repeated_in_file(df: pd.DataFrame, match: RowMatch) -> list[pd.DataFrame]:
+    """DUPLICATE_STUDENT_ID and DUPLICATE_USERNAME: a value on more than one row of the file.
+    A Username is never quoted: a swapped export puts the password there (README, Security)."""
+    return [
+        _flag(
+            df,
+            pd.Series(match.repeated_ids, index=df.index),
             ErrorCode.DUPLICATE_STUDENT_ID,
+            "student_id",
             "Student ID {v} appears on more than one row of the file.",
             "student_id",
         ),
-        (
-            repeated_names,
-            "username",
+        _flag(
+            df,
+            pd.Series(match.repeated_usernames, index=df.index),
             ErrorCode.DUPLICATE_USERNAME,
+            "username",
             "The same Username (letter case aside) appears on more than one row of the file.",
             None,
         ),
-    ):
-        repeated = pd.Series(repeated, index=df.index)
-        errors.append(_flag(df, repeated, code, column, text, value_column))
+    ]
 
-    df = _attach_school(df, snapshot.schools, valid_status)
-    errors.append(
+
+def _check_schools(
+    df: pd.DataFrame, snapshot: DistrictSnapshot, row_errors: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """Each row's school (`school_id`, attached to df): SCHOOL_NOT_FOUND, and
+    GRADE_NOT_PARTICIPATING when the district names its grades."""
+    # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
+    deactivating = _passes_column_rules(df, row_errors, "status") & (df["status"] == "D")
+    _attach_school(df, snapshot.schools, deactivating)
+    errors = [
         _flag(
             df,
             df["school_code"].notna() & df["school_id"].isna(),
@@ -237,14 +226,13 @@ def make_plan(
             "School Code {v} is not a participating school of this district.",
             "school_code",
         )
-    )
-
+    ]
     if snapshot.grades is not None:
         # a D row is exempt: a student who left the participating grades can be deactivated
         outside = (
             _passes_column_rules(df, row_errors, "grade")
             & ~df["grade"].isin(sorted(snapshot.grades))
-            & ~(valid_status & (df["status"] == "D"))
+            & ~deactivating
         )
         listed = ", ".join(g for g in ("K", *map(str, range(1, 13))) if g in snapshot.grades)
         errors.append(
@@ -259,76 +247,98 @@ def make_plan(
                 "grade",
             )
         )
+    return errors
 
-    df = _attach_student(df, snapshot, positions)
-    df = _attach_transition(df, valid_id & valid_status)
+
+def _decide_transitions(
+    df: pd.DataFrame, snapshot: DistrictSnapshot, positions: np.ndarray, row_errors: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """Each row's stored student and its transition (columns attached to df), and the rows
+    whose transition is an error: STUDENT_EXISTS, STUDENT_NOT_FOUND."""
+    decidable = _passes_column_rules(df, row_errors, "student_id") & _passes_column_rules(
+        df, row_errors, "status"
+    )
+    _attach_student(df, snapshot, positions)
+    _attach_transition(df, decidable)
     has_transition_error = df["transition_error"].notna()
-    for code, text in (
-        (ErrorCode.STUDENT_EXISTS, "Student ID {v} already exists (status X)."),
-        (ErrorCode.STUDENT_NOT_FOUND, "Student ID {v} does not exist (D and I need one)."),
-    ):
-        errors.append(
-            _flag(
-                df,
-                has_transition_error & (df["transition_error"] == code.value),
-                code,
-                "status",
-                text,
-                "student_id",
-            )
-        )
-
-    taken = _username_taken(df, snapshot) & valid_username
-    errors.append(
+    return [
         _flag(
             df,
-            taken,
-            ErrorCode.USERNAME_TAKEN,
-            "username",
-            "This Username belongs to another student (usernames are unique in all of"
-            " MY Access, letter case aside).",
-            None,
-        )
-    )
-
-    creates = df["case"].isin(CREATING_CASES)
-    errors.append(
-        _flag(
-            df,
-            creates & df["password"].isna(),
-            ErrorCode.PASSWORD_REQUIRED,
-            "password",
-            "Password is required to create a student.",
-            None,
-        )
-    )
-
-    so_far = concat_errors(errors)
-    ok = ~_in_rows(df, so_far["row"].to_numpy()) & df["case"].gt(0)
-    df = _licenses(df, ok, snapshot.bin_available)
-    errors.append(
-        _flag(
-            df,
-            ok & ~df["license_granted"],
-            ErrorCode.NO_LICENSE_AVAILABLE,
+            has_transition_error & (df["transition_error"] == code.value),
+            code,
             "status",
-            "No license is available in the Enterprise Holding Bin School for this student.",
-            None,
+            text,
+            "student_id",
         )
-    )
-    applied = ok & df["license_granted"]
+        for code, text in (
+            (ErrorCode.STUDENT_EXISTS, "Student ID {v} already exists (status X)."),
+            (ErrorCode.STUDENT_NOT_FOUND, "Student ID {v} does not exist (D and I need one)."),
+        )
+    ]
 
-    df = _changes(df, applied, snapshot.enterprise_order_id, password_fps, data_hashes)
-    all_errors = concat_errors(errors)
-    df.loc[_in_rows(df, all_errors["row"].to_numpy()), "outcome"] = "errors"
-    plan = _finish(df, all_errors, total_rows, quiet=int(quiet.sum()))
-    if rekeyed is not None:
-        # a row that ends as an error changes nothing, its fingerprint included
-        failed = plan.rows.index[(plan.rows["outcome"] == "errors").to_numpy()]
-        plan = replace(plan, rekeyed=rekeyed[~np.isin(rekey_rows, failed)].reset_index(drop=True))
-    if full_roster:
-        plan = with_missing(plan, snapshot, rows, row_errors)
-    return plan
+
+def _check_usernames(
+    df: pd.DataFrame, snapshot: DistrictSnapshot, row_errors: pd.DataFrame
+) -> pd.DataFrame:
+    """USERNAME_TAKEN: a valid username another student holds (in any district)."""
+    return _flag(
+        df,
+        _username_taken(df, snapshot) & _passes_column_rules(df, row_errors, "username"),
+        ErrorCode.USERNAME_TAKEN,
+        "username",
+        "This Username belongs to another student (usernames are unique in all of"
+        " MY Access, letter case aside).",
+        None,
+    )
+
+
+def _check_passwords(df: pd.DataFrame) -> pd.DataFrame:
+    """PASSWORD_REQUIRED: a row that creates a student without a password."""
+    return _flag(
+        df,
+        df["case"].isin(CREATING_CASES) & df["password"].isna(),
+        ErrorCode.PASSWORD_REQUIRED,
+        "password",
+        "Password is required to create a student.",
+        None,
+    )
+
+
+def _grant_licenses(
+    df: pd.DataFrame, so_far: pd.DataFrame, bin_available: int
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The licenses of the rows without an error so far: NO_LICENSE_AVAILABLE for the
+    acquisitions the bin cannot serve, and the rows that apply."""
+    ok = ~_in_rows(df, so_far["row"].to_numpy()) & df["case"].gt(0)
+    _licenses(df, ok, bin_available)
+    no_license = _flag(
+        df,
+        ok & ~df["license_granted"],
+        ErrorCode.NO_LICENSE_AVAILABLE,
+        "status",
+        "No license is available in the Enterprise Holding Bin School for this student.",
+        None,
+    )
+    return no_license, ok & df["license_granted"]
+
+
+@dataclass(frozen=True)
+class _Rekey:
+    """The rows recognised by a previous key (by `row`) and their students' fingerprints to
+    move to the current key (Plan.rekeyed's frame)."""
+
+    rows: np.ndarray
+    rekeyed: pd.DataFrame
+
+
+def _with_rekeyed(plan: Plan, rekey: _Rekey | None) -> Plan:
+    """The plan with the fingerprints to move: a row that ends as an error changes
+    nothing, its fingerprint included."""
+    if rekey is None:
+        return plan
+    failed = plan.rows.index[(plan.rows["outcome"] == "errors").to_numpy()]
+    kept = rekey.rekeyed[~np.isin(rekey.rows, failed)].reset_index(drop=True)
+    return replace(plan, rekeyed=kept)
 
 
 def stored_password_fingerprints(
@@ -342,17 +352,19 @@ def stored_password_fingerprints(
     return values[positions], present[positions]
 
 
-def _previous_keys(
+def _recognise_previous_keys(
     df: pd.DataFrame,
     students: pd.DataFrame,
     positions: np.ndarray,
     password_fps: np.ndarray,
     previous_keys: Sequence[str],
     recognised: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame | None]:
+) -> tuple[np.ndarray, _Rekey | None]:
     """The rows' password fingerprints as the plan compares them (a row recognised by a
-    previous key gets its stored one: the same password), the recognised rows (by `row`)
-    and their students' fingerprints to move to the current key."""
+    previous key gets its stored one: the same password), and the recognised rows with
+    their students' fingerprints to move to the current key (None: none)."""
+    if not previous_keys and recognised is None:
+        return password_fps, None
     stored, has_stored = stored_password_fingerprints(students, positions)
     if recognised is None:
         recognised = recognised_by_previous(
@@ -360,25 +372,23 @@ def _previous_keys(
         )
     at = np.flatnonzero(recognised)
     if len(at) == 0:
-        return password_fps, None, None
+        return password_fps, None
     pk = students["student_pk"].to_numpy(dtype="int64")[positions[at]]
-    rekeyed = _rekeyed(pk, stored[at], password_fps[at])
-    return np.where(recognised, stored, password_fps), df.index.to_numpy()[at], rekeyed
+    rekey = _Rekey(df.index.to_numpy()[at], _rekeyed(pk, stored[at], password_fps[at]))
+    return np.where(recognised, stored, password_fps), rekey
 
 
 def _quiet(
     df: pd.DataFrame,
     row_errors: pd.DataFrame,
     snapshot: DistrictSnapshot,
-    positions: np.ndarray,
-    own: np.ndarray,
-    repeated: np.ndarray,
+    match: RowMatch,
     password_fps: np.ndarray,
     data_hashes: np.ndarray,
 ) -> np.ndarray:
     """The rows that change nothing and can break no rule, decided from integers: a row of a
-    stored student (`positions`) on the Enterprise order, whose Student ID and (own,
-    `own`) username are on no other row (`repeated`), breaking no column rule, whose
+    stored student (`match.positions`) on the Enterprise order, whose Student ID and (own)
+    username are on no other row, breaking no column rule, whose
     status flag keeps the student as it is (transitions 1 and 6 for an active student,
     9 and 12 for a deactivated one: no license moves), at an open school of the district
     (a participating grade, when the district names them), with the stored data
@@ -390,8 +400,8 @@ def _quiet(
     n = len(df)
     if len(students) == 0 or n == 0:
         return np.zeros(n, dtype=bool)
-    known = positions >= 0
-    at = np.where(known, positions, 0)
+    known = match.positions >= 0
+    at = np.where(known, match.positions, 0)
 
     def stored(column: str) -> tuple[np.ndarray, np.ndarray]:  # values at `at`, present
         values = students[column]
@@ -406,8 +416,9 @@ def _quiet(
     password = df["password"].notna().to_numpy()
     quiet = (
         known
-        & own
-        & ~repeated
+        & match.own_usernames
+        & ~match.repeated_ids
+        & ~match.repeated_usernames
         & ~_in_rows(df, row_errors["row"].to_numpy())
         & (order == snapshot.enterprise_order_id)
         & keeps
@@ -574,6 +585,51 @@ def repeated_usernames(
     return out
 
 
+@dataclass(frozen=True)
+class RowMatch:
+    """The rows of an upload matched to the district's stored students: computed once per
+    upload (match_rows) and passed down to each step that needs it (the hashing's
+    selection, the username locks, the plan). One entry per row, in the rows' order.
+
+    positions:          the row's stored student: its position in `students`, -1: none
+    username_lower:     the row's username lower-cased (lower_usernames)
+    own_usernames:      whether that username is already its stored student's
+    repeated_ids:       whether its Student ID is on another row of the file too
+    repeated_usernames: whether its username (letter case aside) is on another row too
+    """
+
+    positions: np.ndarray
+    username_lower: pa.Array
+    own_usernames: np.ndarray
+    repeated_ids: np.ndarray
+    repeated_usernames: np.ndarray
+
+    def select(self, keep: np.ndarray) -> RowMatch:
+        """The match of the rows under `keep` (a mask over the rows)."""
+        return RowMatch(
+            positions=self.positions[keep],
+            username_lower=self.username_lower.filter(pa.array(keep)),
+            own_usernames=self.own_usernames[keep],
+            repeated_ids=self.repeated_ids[keep],
+            repeated_usernames=self.repeated_usernames[keep],
+        )
+
+
+def match_rows(rows: pd.DataFrame, students: pd.DataFrame) -> RowMatch:
+    """Each of `rows` (student_id, username) matched to `students` (student_id,
+    username_lower: load_district_students): Arrow hash lookups and integer counts."""
+    username_lower = lower_usernames(rows["username"])
+    positions = student_positions(rows["student_id"], students)
+    own = own_usernames(username_lower, students, positions)
+    return RowMatch(
+        positions=positions,
+        username_lower=username_lower,
+        own_usernames=own,
+        repeated_ids=repeated_student_ids(rows["student_id"], positions),
+        repeated_usernames=repeated_usernames(username_lower, own, students, positions),
+    )
+
+
 def repeated_values(values: pd.Series) -> np.ndarray:
     """True where a (non-null) value appears on more than one row."""
     encoded = pc.dictionary_encode(_arrow(values))
@@ -617,7 +673,7 @@ def _flag(
 
 
 def _attach_school(
-    df: pd.DataFrame, schools: pd.DataFrame, valid_status: pd.Series
+    df: pd.DataFrame, schools: pd.DataFrame, deactivating: pd.Series
 ) -> pd.DataFrame:
     """The row's school: an active school of the district, never the bin; a closed school
     only for a D row (its students must still be deactivated and their licenses returned)."""
@@ -631,8 +687,8 @@ def _attach_school(
 
     open_school = lookup(schools[schools["active"]])
     closed_school = lookup(schools[~schools["active"]])
-    deactivating = (valid_status & (df["status"] == "D")).to_numpy()
-    school = np.where((open_school >= 0) | ~deactivating, open_school, closed_school)
+    closed_ok = deactivating.to_numpy()
+    school = np.where((open_school >= 0) | ~closed_ok, open_school, closed_school)
     df["school_id"] = pd.arrays.IntegerArray(np.maximum(school, 0), school < 0)
     return df
 

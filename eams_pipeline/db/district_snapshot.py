@@ -17,12 +17,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from eams_pipeline.core.plan import (
-    DistrictSnapshot,
-    lower_usernames,
-    own_usernames,
-    student_positions,
-)
+from eams_pipeline.core.plan import DistrictSnapshot, RowMatch
 from eams_pipeline.db.bulk_copy import copy_out, pandas_type
 from eams_pipeline.db.districts import District
 from eams_pipeline.db.usernames import lock_usernames, usernames_held_by_others
@@ -133,15 +128,11 @@ def load_snapshot(
     district: District,
     rows: pd.DataFrame,
     students: pd.DataFrame,
-    positions: np.ndarray | None = None,
-    own: np.ndarray | None = None,
+    match: RowMatch,
     ahead: Executor | None = None,
-    username_lower: pa.Array | None = None,
 ) -> DistrictSnapshot:
     """The district's state for a plan of `rows`, given its `students` (read by
-    load_district_students; `positions`: core.plan.student_positions of the rows in them,
-    `own`: core.plan.own_usernames of the rows and `username_lower`:
-    core.plan.lower_usernames of the rows, when already computed for them).
+    load_district_students) and the rows' `match` to them (core.plan.match_rows).
 
     With `ahead`, the holders of the file's new usernames are looked up on it: the
     snapshot's taken_usernames is then the function that waits for them, and the
@@ -162,18 +153,12 @@ def load_snapshot(
             "holding_bin": pa.bool_(),
         },
     )
-    if positions is None:
-        positions, own = student_positions(rows["student_id"], students), None
-    if username_lower is None:
-        username_lower = lower_usernames(rows["username"])
-    if own is None:
-        own = own_usernames(username_lower, students, positions)
     # no one else can hold a row's own username: on a nightly file that leaves only the
     # new and renamed students' usernames to lock and to look up in the database
-    at = np.flatnonzero(~own)
+    at = np.flatnonzero(~match.own_usernames)
     claimed = pd.DataFrame(
         {
-            "username_lower": pd.Series(username_lower.take(at), dtype="str"),
+            "username_lower": pd.Series(match.username_lower.take(at), dtype="str"),
             "student_id": rows["student_id"].iloc[at].to_numpy(),
         }
     )
@@ -187,6 +172,4 @@ def load_snapshot(
         students=students,
         taken_usernames=lookup() if ahead is None else ahead.submit(lookup).result,
         grades=frozenset(district.grades) if district.grades is not None else None,
-        positions=positions,
-        own_usernames=own,
     )

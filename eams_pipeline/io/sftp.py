@@ -216,13 +216,7 @@ class SftpSession:
     @_mapped
     def list_incoming(self) -> list[RemoteFile]:
         """Regular files in ``incoming/``, sorted by name (stat only, nothing downloaded)."""
-        entries = self._client.listdir_attr(self.remote_path(INCOMING))
-        files = [
-            RemoteFile(name=e.filename, size=int(e.st_size or 0), mtime=int(e.st_mtime or 0))
-            for e in entries
-            if e.st_mode is None or stat.S_ISREG(e.st_mode)
-        ]
-        return sorted(files, key=lambda f: f.name)
+        return _regular_files(self._client.listdir_attr(self.remote_path(INCOMING)))
 
     @_mapped
     def list_dir(self, directory: str) -> list[RemoteFile]:
@@ -232,12 +226,7 @@ class SftpSession:
             entries = self._client.listdir_attr(self.remote_path(directory))
         except FileNotFoundError:
             return []
-        files = [
-            RemoteFile(name=e.filename, size=int(e.st_size or 0), mtime=int(e.st_mtime or 0))
-            for e in entries
-            if e.st_mode is None or stat.S_ISREG(e.st_mode)
-        ]
-        return sorted(files, key=lambda f: f.name)
+        return _regular_files(entries)
 
     @_mapped
     def remove(self, directory: str, name: str) -> bool:
@@ -408,6 +397,16 @@ class SftpSession:
         except FileNotFoundError:
             return False
         return True
+
+
+def _regular_files(entries: list[SFTPAttributes]) -> list[RemoteFile]:
+    """The regular files of a directory listing, sorted by name."""
+    files = [
+        RemoteFile(name=e.filename, size=int(e.st_size or 0), mtime=int(e.st_mtime or 0))
+        for e in entries
+        if e.st_mode is None or stat.S_ISREG(e.st_mode)
+    ]
+    return sorted(files, key=lambda f: f.name)
 
 
 def _same(a: RemoteFile, b: RemoteFile) -> bool:

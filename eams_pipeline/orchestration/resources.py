@@ -7,7 +7,9 @@
     engine      the fingerprint secret and password hasher  eams_pipeline.services.process
     upload_ref  the upload a run of upload_job processes    run config, given at launch
 
-:func:`default_resources` wires them from the environment (``eams_pipeline.config``).
+:func:`default_resources` wires them from the environment (``eams_pipeline.config``); the
+engine, the archive and the mail relay are built by ``eams_pipeline.services.wiring``, as
+the CLI builds them.
 """
 
 from __future__ import annotations
@@ -24,12 +26,12 @@ from pydantic import Field
 from eams_pipeline import config
 from eams_pipeline.core.master_data import SftpAccount
 from eams_pipeline.core.names import BadUploadKey, UploadRef
-from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.db.connection import connect
 from eams_pipeline.io.archive import Archive
 from eams_pipeline.io.sftp import SftpConnector, SftpSession, shared_pool
 from eams_pipeline.io.smtp import send_email
 from eams_pipeline.orchestration.partitions import UPLOAD_RESOURCE
+from eams_pipeline.services import wiring
 from eams_pipeline.services.process import Engine
 
 
@@ -51,10 +53,10 @@ class ArchiveResource(dg.ConfigurableResource):
     """
 
     directory: str | None = None
-    key_env: str = "EAMS_ARCHIVE_KEY"
+    key_env: str = config.ARCHIVE_KEY_ENV
 
     def get(self) -> Archive:
-        return Archive(config.archive_dir(self.directory), config.archive_keys(self.key_env))
+        return wiring.archive(self.directory, self.key_env)
 
 
 class EngineResource(dg.ConfigurableResource):
@@ -74,14 +76,7 @@ class EngineResource(dg.ConfigurableResource):
         config.check_secret_keys(self.secret_key_env, self.previous_secret_key_env)
 
     def get(self) -> Engine:
-        previous = config.previous_secret_key(self.previous_secret_key_env)
-        return Engine(
-            secret=config.secret_key(self.secret_key_env),
-            previous_secrets=(previous,) if previous else (),
-            hasher=PasswordHasher(config.argon2_settings()),
-            hash_batch_size=config.hash_batch_size(),
-            hash_cache_days=config.hash_cache_days(),
-        )
+        return wiring.engine(self.secret_key_env, self.previous_secret_key_env)
 
 
 class SftpResource(dg.ConfigurableResource):
@@ -93,12 +88,13 @@ class SftpResource(dg.ConfigurableResource):
     (EAMS_SFTP_IDLE_SECONDS when unset; 0 closes every connection after use).
     """
 
-    connect_timeout_seconds: float = 10
-    banner_timeout_seconds: float = 10
-    auth_timeout_seconds: float = 10
-    operation_timeout_seconds: float = 30
-    connect_attempts: int = 2  # attempts on transient connection errors
-    retry_wait_seconds: float = 1
+    # the connector's own defaults (io.sftp)
+    connect_timeout_seconds: float = SftpConnector.connect_timeout_seconds
+    banner_timeout_seconds: float = SftpConnector.banner_timeout_seconds
+    auth_timeout_seconds: float = SftpConnector.auth_timeout_seconds
+    operation_timeout_seconds: float = SftpConnector.operation_timeout_seconds
+    connect_attempts: int = SftpConnector.connect_attempts
+    retry_wait_seconds: float = SftpConnector.retry_wait_seconds
     idle_timeout_seconds: float | None = None
 
     def connector(self) -> SftpConnector:
@@ -122,13 +118,13 @@ class SmtpResource(dg.ConfigurableResource):
     """An SMTP relay. ``security`` is ``none``, ``starttls`` or ``ssl`` (implicit TLS); the
     password is in the environment variable named by ``password_env``."""
 
-    host: str = "127.0.0.1"
-    port: int = 25
-    security: str = "none"
+    host: str = config.SmtpSettings.host
+    port: int = config.SmtpSettings.port
+    security: str = config.SmtpSettings.security
     username: str | None = None
     password_env: str | None = None
-    sender: str = config.DEFAULT_MAIL_FROM
-    timeout_seconds: float = 30
+    sender: str = config.SmtpSettings.sender
+    timeout_seconds: float = config.SmtpSettings.timeout_seconds
     ca_file: str | None = None
 
     def settings(self) -> config.SmtpSettings:
@@ -159,7 +155,7 @@ class UploadResource(dg.ConfigurableResource):
 
 def smtp_resource_from_env() -> SmtpResource:
     """An :class:`SmtpResource` from ``EAMS_SMTP_*`` and ``EAMS_MAIL_FROM``."""
-    return SmtpResource(**dataclasses.asdict(config.smtp_settings()))
+    return SmtpResource(**dataclasses.asdict(wiring.mail_relay()))
 
 
 def _fields_of(resource: dg.ConfigurableResource, target: type) -> dict[str, object]:

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 import psycopg
-import pyarrow as pa
 from psycopg.pq import TransactionStatus
 
+from eams_pipeline.config import DEFAULT_HASH_BATCH_SIZE, DEFAULT_HASH_CACHE_DAYS
 from eams_pipeline.core.encoding import decode_upload
 from eams_pipeline.core.errors import ErrorCode, concat_errors, error_frame
 from eams_pipeline.core.fingerprints import (
@@ -61,12 +61,10 @@ from eams_pipeline.core.outcome import (
 from eams_pipeline.core.passwords import PasswordHasher
 from eams_pipeline.core.plan import (
     Plan,
-    lower_usernames,
+    RowMatch,
     make_plan,
-    own_usernames,
-    repeated_student_ids,
+    match_rows,
     stored_password_fingerprints,
-    student_positions,
 )
 from eams_pipeline.core.reading import FileRejected, ParsedFile, count_data_records, read_upload
 from eams_pipeline.core.validation import normalise, validate_rows
@@ -122,10 +120,6 @@ def file_too_large(size: int, limit: int) -> FileRejected:
         f"The file is too large: {size:,} bytes; at most {limit:,} bytes are accepted. "
         "Nothing was read or applied.",
     )
-
-
-DEFAULT_HASH_BATCH_SIZE = 500
-DEFAULT_HASH_CACHE_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -190,7 +184,7 @@ class _Read:
 class Prepared:
     """What phase 1 leaves for the apply: the file read and validated, the district's
     students as read before the lock (with their version: the apply reuses them only when
-    it finds the same version under the lock), each row's position among them and its
+    it finds the same version under the lock), each row's match to them and its
     password fingerprint, and how many passwords it hashed into the cache (in how long)."""
 
     read: _Read | None = None
@@ -199,10 +193,7 @@ class Prepared:
     content_sha256: str | None = None  # of the bytes read: the apply reuses `read` only for them
     students: pd.DataFrame | None = None
     students_version: int | None = None
-    positions: np.ndarray | None = None  # core.plan.student_positions of read.rows in students
-    own_usernames: np.ndarray | None = None  # core.plan.own_usernames of read.rows
-    username_lower: pa.Array | None = None  # core.plan.lower_usernames of read.rows
-    repeated_ids: np.ndarray | None = None  # core.plan.repeated_student_ids at positions
+    match: RowMatch | None = None  # core.plan.match_rows of read.rows and students
     password_fps: np.ndarray | None = None  # password_fingerprint of read.rows
     data_hashes: np.ndarray | None = None  # data_fingerprint of read.rows
     # recognised_by_previous of read.rows against `students` (None: no previous secret)
@@ -285,11 +276,10 @@ def prepare_upload(
         if read.rows is None:
             return prepared
         with clock.step("match"):  # what is left to wait of it
-            prepared.positions, prepared.own_usernames, prepared.username_lower = matched.result()
+            prepared.match = matched.result()
     prepared.students, prepared.students_version = students, version
     prepared.cache_in_use = cached
     with clock.step("hash_select"):
-        prepared.repeated_ids = repeated_student_ids(read.rows["student_id"], prepared.positions)
         todo = _to_hash_ahead(conn, district, read, prepared, engine)
     with clock.step("hash"):  # only the hashing and the commits of its batches
         start = time.perf_counter()
@@ -314,14 +304,10 @@ def _read_district_ahead(
     return version, students, cached
 
 
-def _match(rows: pd.DataFrame, stored: Future) -> tuple[np.ndarray, np.ndarray, pa.Array]:
-    """Each row's stored student (core.plan.student_positions) and whether its username is
-    that student's own already (core.plan.own_usernames), once the students are in; and the
-    rows' usernames lower-cased (for the plan too)."""
-    username_lower = lower_usernames(rows["username"])
-    students = stored.result()[1]
-    positions = student_positions(rows["student_id"], students)
-    return positions, own_usernames(username_lower, students, positions), username_lower
+def _match(rows: pd.DataFrame, stored: Future) -> RowMatch:
+    """The rows matched to the district's students (core.plan.match_rows), once these are
+    in."""
+    return match_rows(rows, stored.result()[1])
 
 
 def _fingerprints(rows: pd.DataFrame, secret: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -340,14 +326,15 @@ def _to_hash_ahead(
     """The passwords the apply is likely to need hashed (student_id, password_fp,
     password): on rows without a column-rule error, whose Student ID is on one row only,
     and whose fingerprint is neither the stored student's (prepared.students at
-    prepared.positions; with a previous secret, or its fingerprint under that secret:
-    prepared.recognised) nor cached (the cache is asked only when the district has any)."""
+    prepared.match's positions; with a previous secret, or its fingerprint under that
+    secret: prepared.recognised) nor cached (the cache is asked only when the district has
+    any)."""
     assert read.rows is not None and read.column_errors is not None
-    assert prepared.students is not None and prepared.positions is not None
-    assert prepared.password_fps is not None and prepared.repeated_ids is not None
-    rows, fps = read.rows, prepared.password_fps
+    assert prepared.students is not None and prepared.match is not None
+    assert prepared.password_fps is not None
+    rows, fps, match = read.rows, prepared.password_fps, prepared.match
     # locally first: on a nightly file nearly every password is the stored one
-    stored_fp, known = stored_password_fingerprints(prepared.students, prepared.positions)
+    stored_fp, known = stored_password_fingerprints(prepared.students, match.positions)
     same = known & (stored_fp == fps)
     previous_keys = engine.previous_keys
     if previous_keys:  # only the rows whose fingerprint differs are fingerprinted again
@@ -358,7 +345,7 @@ def _to_hash_ahead(
     candidate = (
         rows["password"].notna().to_numpy(dtype=bool)
         & rows["student_id"].notna().to_numpy(dtype=bool)
-        & ~prepared.repeated_ids
+        & ~match.repeated_ids
         & ~rows.index.isin(read.column_errors["row"].to_numpy())
         & ~same
     )
@@ -473,184 +460,327 @@ def process_upload(
     transaction), else it runs here when the connection is idle and this is no dry run.
     """
     clock = _Clock(progress or Progress())
-    received_at = upload.received_at or dt.datetime.now(dt.UTC)
-    if upload.key is None and not dry_run:
-        # one key for both phases (phase 1 looks up whether the upload is settled)
-        upload = replace(
-            upload,
-            key=make_upload_key(upload.district, received_at),
-            received_at=received_at,
-        )
-    content_sha256 = None
-    if prepared is None and not dry_run and conn.info.transaction_status == TransactionStatus.IDLE:
-        # phase 1 computes the digest (beside the parsing) when it reads the file
-        prepared = prepare_upload(conn, upload, engine, approve_hold=approve_hold, clock=clock)
-        content_sha256 = prepared.content_sha256
-    prepared = prepared or Prepared()
-    content_sha256 = content_sha256 or _sha256(upload.data)
-
+    upload = _stamped(upload, dry_run=dry_run)
+    prepared, content_sha256 = _phase_one(
+        conn, upload, engine, prepared, dry_run=dry_run, approve_hold=approve_hold, clock=clock
+    )
     with conn.transaction() as tx:
         with clock.step("lock"):
             district = lock_district(conn, upload.district)
-            record = None
-            if not dry_run:
-                record = db_uploads.ensure_upload(
-                    conn,
-                    district.district_id,
-                    upload.key,
-                    file_name=upload.file_name,
-                    content_sha256=content_sha256,
-                    received_at=received_at,
-                    archive_path=upload.archive_path,
-                )
-                approving = approve_hold and record.approvable
-                if approving and record.was_held_superseded and not allow_older:
-                    approving = False  # a newer upload superseded it: allow_older decides
-                if record.is_final and not approving:
-                    return db_uploads.recorded_result(conn, record, upload.district)
-
-        read = prepared.read
-        positions, own, password_fps, data_hashes, ahead = None, None, None, None, None
-        username_lower, repeated_ids, recognised = None, None, None
-        if (
-            read is not None
-            and read.encoding == district.encoding
-            and prepared.content_sha256 == content_sha256
-        ):
-            password_fps, data_hashes = prepared.password_fps, prepared.data_hashes
-            username_lower, ahead = prepared.username_lower, prepared.hashes
-            if prepared.students is not None and prepared.students_version == students_version(
-                conn, district.district_id
-            ):
-                # nothing was written to the district's students since phase 1 read them
-                students, positions = prepared.students, prepared.positions
-                own, repeated_ids = prepared.own_usernames, prepared.repeated_ids
-                recognised = prepared.recognised
-            else:
-                with clock.step("load"):
-                    students = load_district_students(conn, district)
-        else:
-            # The district's students stream in from the database (a thread: the connection
-            # is the thread's alone until .result()) while this thread parses and validates.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
-                stored_students = pool.submit(load_district_students, conn, district)
-                read = _read(upload, district.encoding, clock)
-                students = stored_students.result()
-        parsed, rejection, text = read.parsed, read.rejection, read.text
-        rows, column_errors = read.rows, read.column_errors
-
-        superseded_by = (
-            db_uploads.newer_applied(conn, district.district_id, record)
-            if record is not None and rejection is None and not allow_older
-            else None
+            record = None if dry_run else _ensure_record(conn, district, upload, content_sha256)
+            if record is not None and _settled(record, approve_hold, allow_older):
+                return db_uploads.recorded_result(conn, record, upload.district)
+        inputs = _inputs(conn, district, upload, prepared, content_sha256, clock)
+        superseded_by = _newer_applied(conn, district, record, inputs, allow_older)
+        result = _outcome(
+            conn,
+            district,
+            record,
+            upload,
+            inputs,
+            prepared,
+            engine,
+            clock,
+            superseded=superseded_by is not None,
+            approve_hold=approve_hold,
         )
-        superseded = superseded_by is not None
-        upload_id = record.upload_id if record is not None else None
-
-        if rejection is not None:
-            result = _rejected(
-                upload.district, text, upload_id, rejection, read=upload.rejection is None
-            )
-        else:
-            # on threads: the rows' data fingerprints, unless phase 1 made them, while the
-            # snapshot's queries wait on the database (they release the GIL); the holders of
-            # the file's new usernames, looked up while the plan starts
-            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="eams-plan") as pool:
-                hashing = None if data_hashes is not None else pool.submit(data_fingerprint, rows)
-                with clock.step("snapshot"):
-                    snapshot = load_snapshot(
-                        conn,
-                        district,
-                        rows,
-                        students,
-                        positions,
-                        own,
-                        ahead=pool,
-                        username_lower=username_lower,
-                    )
-                with clock.step("plan"):
-                    plan = make_plan(
-                        rows,
-                        concat_errors([parsed.malformed, column_errors]),
-                        parsed.total_rows,
-                        snapshot,
-                        fingerprint_key(engine.secret),
-                        full_roster=district.mode == "full_roster",
-                        password_fps=password_fps,
-                        data_hashes=data_hashes if hashing is None else hashing.result(),
-                        username_lower=username_lower,
-                        repeated_ids=repeated_ids,
-                        previous_keys=engine.previous_keys,
-                        recognised=recognised,
-                    )
-            result = _from_plan(upload.district, upload_id, plan)
-            if not superseded:
-                figures = GuardFigures(
-                    active_before=int((snapshot.students["status"] == "active").sum()),
-                    students_before=len(snapshot.students),
-                    deactivated=plan.counts["deactivated"] + plan.deactivated_missing,
-                    updated=plan.counts["updated"],
-                    rows=plan.counts["rows"],
-                    recent_rows=db_uploads.recent_applied_rows(
-                        conn, district.district_id, upload_id, BASELINE_UPLOADS
-                    ),
-                )
-                result.guard_figures = figures.as_dict()
-                if not approve_hold:
-                    result.guard_trip = trip_record(evaluate(district.guard or {}, figures))
-                if result.guard_trip is not None:
-                    result.status = UploadStatus.HELD
-            if record is not None and not superseded and result.status != UploadStatus.HELD:
-                # Released before the apply's peak (its hashes and the rows it writes), as the
-                # apply reads none of them: the plan's decision columns, the file's rows as
-                # read and the district's students (the plan's changes carry what it needs)
-                plan = replace(plan, rows=plan.rows.iloc[:0])
-                snapshot = students = positions = own = None
-                rows = parsed = read = column_errors = None
-                prepared.read = prepared.students = prepared.positions = None
-                prepared.own_usernames = prepared.username_lower = prepared.repeated_ids = None
-                prepared.password_fps = prepared.data_hashes = None
-                password_fps = data_hashes = username_lower = repeated_ids = None
-                # the rows whose password the apply writes: hashed here; the apply removes
-                # their cache rows (db/apply.py forget_used_hashes)
-                changed = plan.changes.loc[
-                    plan.changes["password_changed"], ["student_id", "password_fp", "password"]
-                ]
-                with clock.step("hash_inline"):
-                    hashes, inline, result.cached_hashes = _hashes(
-                        conn, district.district_id, changed, engine.hasher, ahead
-                    )
-                    result.hashed_passwords = prepared.hashed + inline
-                    ahead = prepared.hashes = None  # in `hashes` now: not twice in memory
-                with clock.step("apply"):
-                    result.rekeyed_passwords = db_apply.apply_plan(
-                        conn, district.district_id, record.upload_id, plan, hashes
-                    )
-
         if record is None:
             raise psycopg.Rollback(tx)  # a dry run leaves no trace
-        if superseded:
-            result.status = UploadStatus.SUPERSEDED
-            result.superseded_by = superseded_by
-        with clock.step("record"):
-            db_apply.record_errors(conn, record.upload_id, result.errors)
-            db_apply.record_outcome(
-                conn,
-                record.upload_id,
-                result.status,
-                result.counts,
-                result.error_codes,
-                error_file_name(record.upload_id)
-                if error_file_name and result.has_errors
-                else None,
-                deactivated_missing=result.deactivated_missing,
-                guard_trip=result.guard_trip,
-                guard_figures=result.guard_figures,
+        _record(conn, district, record, result, superseded_by, error_file_name, clock)
+    return _timed(result, clock, prepared)
+
+
+def _stamped(upload: Upload, *, dry_run: bool) -> Upload:
+    """The upload with its time of arrival (default: now) and, unless a dry run, its key:
+    one key for both phases (phase 1 looks up whether the upload is settled)."""
+    received_at = upload.received_at or dt.datetime.now(dt.UTC)
+    key = upload.key
+    if key is None and not dry_run:
+        key = make_upload_key(upload.district, received_at)
+    return replace(upload, key=key, received_at=received_at)
+
+
+def _phase_one(
+    conn: psycopg.Connection,
+    upload: Upload,
+    engine: Engine,
+    prepared: Prepared | None,
+    *,
+    dry_run: bool,
+    approve_hold: bool,
+    clock: _Clock,
+) -> tuple[Prepared, str]:
+    """Phase 1, unless the caller did it or it cannot run (a dry run, a transaction
+    open), and the digest of the upload's content (phase 1 computes it beside the
+    parsing)."""
+    content_sha256 = None
+    if prepared is None and not dry_run and conn.info.transaction_status == TransactionStatus.IDLE:
+        prepared = prepare_upload(conn, upload, engine, approve_hold=approve_hold, clock=clock)
+        content_sha256 = prepared.content_sha256
+    return prepared or Prepared(), content_sha256 or _sha256(upload.data)
+
+
+def _ensure_record(
+    conn: psycopg.Connection, district: District, upload: Upload, content_sha256: str
+) -> db_uploads.UploadRow:
+    """The upload's record (made on its first run), under the district's lock."""
+    return db_uploads.ensure_upload(
+        conn,
+        district.district_id,
+        upload.key,
+        file_name=upload.file_name,
+        content_sha256=content_sha256,
+        received_at=upload.received_at,
+        archive_path=upload.archive_path,
+    )
+
+
+def _settled(record: db_uploads.UploadRow, approve_hold: bool, allow_older: bool) -> bool:
+    """Whether the recorded upload stays as it is: settled, and not a held upload being
+    approved (one that a newer upload superseded only with `allow_older`)."""
+    approving = approve_hold and record.approvable
+    if approving and record.was_held_superseded and not allow_older:
+        approving = False  # a newer upload superseded it: allow_older decides
+    return record.is_final and not approving
+
+
+@dataclass
+class _Inputs:
+    """What the plan is made from: the file read and validated, the district's students
+    and, from phase 1 when they still hold, each row's match to them, the rows'
+    fingerprints and the passwords already hashed (by row). Emptied before the apply."""
+
+    read: _Read | None
+    students: pd.DataFrame | None = None
+    match: RowMatch | None = None  # None: matched in the snapshot step
+    password_fps: np.ndarray | None = None
+    data_hashes: np.ndarray | None = None
+    recognised: np.ndarray | None = None
+    ahead: pd.Series | None = None
+
+
+def _inputs(
+    conn: psycopg.Connection,
+    district: District,
+    upload: Upload,
+    prepared: Prepared,
+    content_sha256: str,
+    clock: _Clock,
+) -> _Inputs:
+    """Phase 1's file, fingerprints and hashes when it read these bytes in the district's
+    encoding, with its students and matches when nothing was written to the district's
+    students since (same version); otherwise read here."""
+    read = prepared.read
+    if read is None or read.encoding != district.encoding or (
+        prepared.content_sha256 != content_sha256
+    ):
+        # The district's students stream in from the database (a thread: the connection
+        # is the thread's alone until .result()) while this thread parses and validates.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eams-snapshot") as pool:
+            stored_students = pool.submit(load_district_students, conn, district)
+            read = _read(upload, district.encoding, clock)
+            return _Inputs(read, stored_students.result())
+    inputs = _Inputs(
+        read,
+        password_fps=prepared.password_fps,
+        data_hashes=prepared.data_hashes,
+        ahead=prepared.hashes,
+    )
+    if prepared.students is not None and prepared.students_version == students_version(
+        conn, district.district_id
+    ):
+        # nothing was written to the district's students since phase 1 read them
+        inputs.students, inputs.match = prepared.students, prepared.match
+        inputs.recognised = prepared.recognised
+    else:
+        with clock.step("load"):
+            inputs.students = load_district_students(conn, district)
+    return inputs
+
+
+def _newer_applied(
+    conn: psycopg.Connection,
+    district: District,
+    record: db_uploads.UploadRow | None,
+    inputs: _Inputs,
+    allow_older: bool,
+) -> str | None:
+    """The newer upload of the district already applied that supersedes this one, if any
+    (not for a dry run, a rejected file or with `allow_older`)."""
+    if record is None or inputs.read.rejection is not None or allow_older:
+        return None
+    return db_uploads.newer_applied(conn, district.district_id, record)
+
+
+def _outcome(
+    conn: psycopg.Connection,
+    district: District,
+    record: db_uploads.UploadRow | None,
+    upload: Upload,
+    inputs: _Inputs,
+    prepared: Prepared,
+    engine: Engine,
+    clock: _Clock,
+    *,
+    superseded: bool,
+    approve_hold: bool,
+) -> UploadResult:
+    """The result of a rejected file, else of the plan: held when the change guard trips,
+    applied when neither held nor superseded (nor a dry run)."""
+    upload_id = record.upload_id if record is not None else None
+    if inputs.read.rejection is not None:
+        return _rejected(
+            upload.district,
+            inputs.read.text,
+            upload_id,
+            inputs.read.rejection,
+            read=upload.rejection is None,
+        )
+    plan = _plan(conn, district, inputs, engine, clock)
+    result = _from_plan(upload.district, upload_id, plan)
+    if not superseded:
+        _guard(conn, district, upload_id, inputs.students, plan, result, approve_hold)
+    if record is not None and not superseded and result.status != UploadStatus.HELD:
+        plan = _released(plan, inputs, prepared)
+        _apply(conn, district, record, plan, result, inputs, prepared, engine, clock)
+    return result
+
+
+def _plan(
+    conn: psycopg.Connection, district: District, inputs: _Inputs, engine: Engine, clock: _Clock
+) -> Plan:
+    """The snapshot under the lock and the plan made from it."""
+    read = inputs.read
+    # on threads: the rows' data fingerprints, unless phase 1 made them, while the
+    # snapshot's queries wait on the database (they release the GIL); the holders of
+    # the file's new usernames, looked up while the plan starts
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="eams-plan") as pool:
+        hashing = None
+        if inputs.data_hashes is None:
+            hashing = pool.submit(data_fingerprint, read.rows)
+        with clock.step("snapshot"):
+            match = inputs.match or match_rows(read.rows, inputs.students)
+            snapshot = load_snapshot(conn, district, read.rows, inputs.students, match, ahead=pool)
+        with clock.step("plan"):
+            return make_plan(
+                read.rows,
+                concat_errors([read.parsed.malformed, read.column_errors]),
+                read.parsed.total_rows,
+                snapshot,
+                match,
+                fingerprint_key(engine.secret),
+                full_roster=district.mode == "full_roster",
+                password_fps=inputs.password_fps,
+                data_hashes=inputs.data_hashes if hashing is None else hashing.result(),
+                previous_keys=engine.previous_keys,
+                recognised=inputs.recognised,
             )
-            if result.status != UploadStatus.REJECTED and not superseded:
-                result.superseded_held = db_uploads.supersede_held(
-                    conn, district.district_id, record
-                )
+
+
+def _guard(
+    conn: psycopg.Connection,
+    district: District,
+    upload_id: int | None,
+    students: pd.DataFrame,
+    plan: Plan,
+    result: UploadResult,
+    approve_hold: bool,
+) -> None:
+    """The change guard's figures (recorded with the result) and, unless approving a held
+    upload, whether a rule trips: the result is then held."""
+    figures = GuardFigures(
+        active_before=int((students["status"] == "active").sum()),
+        students_before=len(students),
+        deactivated=plan.counts["deactivated"] + plan.deactivated_missing,
+        updated=plan.counts["updated"],
+        rows=plan.counts["rows"],
+        recent_rows=db_uploads.recent_applied_rows(
+            conn, district.district_id, upload_id, BASELINE_UPLOADS
+        ),
+    )
+    result.guard_figures = figures.as_dict()
+    if not approve_hold:
+        result.guard_trip = trip_record(evaluate(district.guard or {}, figures))
+    if result.guard_trip is not None:
+        result.status = UploadStatus.HELD
+
+
+def _released(plan: Plan, inputs: _Inputs, prepared: Prepared) -> Plan:
+    """Released before the apply's peak (its hashes and the rows it writes), as the apply
+    reads none of them: the plan's decision columns, the file's rows as read, the
+    district's students, the matches and fingerprints (the plan's changes carry what the
+    apply needs). Phase 1's hashes stay for the apply."""
+    inputs.read = inputs.students = inputs.match = None
+    inputs.password_fps = inputs.data_hashes = inputs.recognised = None
+    prepared.read = prepared.students = prepared.match = None
+    prepared.password_fps = prepared.data_hashes = None
+    return replace(plan, rows=plan.rows.iloc[:0])
+
+
+def _apply(
+    conn: psycopg.Connection,
+    district: District,
+    record: db_uploads.UploadRow,
+    plan: Plan,
+    result: UploadResult,
+    inputs: _Inputs,
+    prepared: Prepared,
+    engine: Engine,
+    clock: _Clock,
+) -> None:
+    """The hashes of the passwords the apply writes (phase 1's, the cache's, the rest
+    hashed here), then the apply."""
+    # the rows whose password the apply writes: hashed here; the apply removes their
+    # cache rows (db/apply.py forget_used_hashes)
+    changed = plan.changes.loc[
+        plan.changes["password_changed"], ["student_id", "password_fp", "password"]
+    ]
+    with clock.step("hash_inline"):
+        hashes, inline, result.cached_hashes = _hashes(
+            conn, district.district_id, changed, engine.hasher, inputs.ahead
+        )
+        result.hashed_passwords = prepared.hashed + inline
+        inputs.ahead = prepared.hashes = None  # in `hashes` now: not twice in memory
+    with clock.step("apply"):
+        result.rekeyed_passwords = db_apply.apply_plan(
+            conn, district.district_id, record.upload_id, plan, hashes
+        )
+
+
+def _record(
+    conn: psycopg.Connection,
+    district: District,
+    record: db_uploads.UploadRow,
+    result: UploadResult,
+    superseded_by: str | None,
+    error_file_name: Callable[[int | None], str] | None,
+    clock: _Clock,
+) -> None:
+    """Record the outcome with the upload (and its errors); an upload that was not
+    superseded nor rejected supersedes the district's older held ones."""
+    superseded = superseded_by is not None
+    if superseded:
+        result.status = UploadStatus.SUPERSEDED
+        result.superseded_by = superseded_by
+    with clock.step("record"):
+        db_apply.record_errors(conn, record.upload_id, result.errors)
+        db_apply.record_outcome(
+            conn,
+            record.upload_id,
+            result.status,
+            result.counts,
+            result.error_codes,
+            error_file_name(record.upload_id) if error_file_name and result.has_errors else None,
+            deactivated_missing=result.deactivated_missing,
+            guard_trip=result.guard_trip,
+            guard_figures=result.guard_figures,
+        )
+        if result.status != UploadStatus.REJECTED and not superseded:
+            result.superseded_held = db_uploads.supersede_held(conn, district.district_id, record)
+
+
+def _timed(result: UploadResult, clock: _Clock, prepared: Prepared) -> UploadResult:
+    """The result with each step's seconds and the hashing's rate."""
     result.timings = clock.timings
     result.cpu_timings = clock.cpu
     if prepared.hashed and prepared.hash_seconds > 0:

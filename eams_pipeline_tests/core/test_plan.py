@@ -11,7 +11,7 @@ import pytest
 
 from eams_pipeline.core.errors import concat_errors
 from eams_pipeline.core.fingerprints import fingerprint_key
-from eams_pipeline.core.plan import DistrictSnapshot, Plan, make_plan
+from eams_pipeline.core.plan import DistrictSnapshot, Plan, make_plan, match_rows
 from eams_pipeline.core.reading import read_upload
 from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline_tests.builders import csv_bytes, row
@@ -74,7 +74,8 @@ def stored(student_id: str, status: str, order: int, pk: int = 1) -> dict:
 def plan_of(rows: list[dict[str, str]], snap: DistrictSnapshot) -> Plan:
     parsed = read_upload(csv_bytes(rows))
     errors = concat_errors([parsed.malformed, validate_rows(parsed.rows)])
-    return make_plan(normalise(parsed.rows), errors, parsed.total_rows, snap, KEY)
+    rows = normalise(parsed.rows)
+    return make_plan(rows, errors, parsed.total_rows, snap, match_rows(rows, snap.students), KEY)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"case{c['case']}-{c['order_before']}" for c in CASES])
@@ -302,3 +303,34 @@ def test_rows_named_by_errors_are_found_in_any_index() -> None:
     shuffled = ascending.iloc[[3, 0, 4, 1, 2]]  # not the file's order: a hash lookup then
     assert _in_rows(shuffled, np.array([9, 2])).tolist() == [False, False, True, True, False]
     assert _in_rows(ascending.iloc[0:0], np.array([1])).tolist() == []
+
+
+def test_match_rows_computes_the_whole_match_once() -> None:
+    """match_rows: each row's stored student, lower-cased and own username, repeated
+    Student IDs and usernames, in one value; select keeps the whole file's flags."""
+    import numpy as np
+
+    students = pd.DataFrame(
+        {
+            "student_id": pd.Series(["S1", "S2"], dtype="str"),
+            "username_lower": pd.Series(["ann", "bob"], dtype="str"),
+        }
+    )
+    rows = pd.DataFrame(
+        {
+            "student_id": pd.Series(["S1", "N1", "S2", "N1", None], dtype="str"),
+            "username": pd.Series(["Ann", "ANN", "new.bob", "zed", None], dtype="str"),
+        }
+    )
+    match = match_rows(rows, students)
+    assert match.positions.tolist() == [0, -1, 1, -1, -1]
+    assert match.username_lower.to_pylist() == ["ann", "ann", "new.bob", "zed", None]
+    assert match.own_usernames.tolist() == [True, False, False, False, False]
+    assert match.repeated_ids.tolist() == [False, True, False, True, False]
+    assert match.repeated_usernames.tolist() == [True, True, False, False, False]
+    kept = match.select(np.array([False, True, False, True, True]))
+    assert kept.positions.tolist() == [-1, -1, -1]
+    assert kept.username_lower.to_pylist() == ["ann", "zed", None]
+    assert kept.repeated_ids.tolist() == [True, True, False]
+    assert kept.repeated_usernames.tolist() == [True, False, False]
+    assert kept.own_usernames.tolist() == [False, False, False]

@@ -128,6 +128,7 @@ def test_the_holders_looked_up_beside_the_plan_are_the_ones_looked_up_before_it(
     when it gets to USERNAME_TAKEN): the same frame as looked up in line."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from eams_pipeline.core.plan import match_rows
     from eams_pipeline.core.reading import read_upload
     from eams_pipeline.core.validation import normalise
     from eams_pipeline.db.districts import lock_district
@@ -139,9 +140,11 @@ def test_the_holders_looked_up_beside_the_plan_are_the_ones_looked_up_before_it(
     with conn.transaction():
         district = lock_district(conn, "D1")
         students = district_snapshot.load_district_students(conn, district)
-        in_line = district_snapshot.load_snapshot(conn, district, rows, students).taken_usernames
+        match = match_rows(rows, students)
+        snap = district_snapshot.load_snapshot
+        in_line = snap(conn, district, rows, students, match).taken_usernames
         with ThreadPoolExecutor(max_workers=1) as pool:
-            beside = district_snapshot.load_snapshot(conn, district, rows, students, ahead=pool)
+            beside = snap(conn, district, rows, students, match, ahead=pool)
             assert callable(beside.taken_usernames)
             found = beside.taken_usernames()
     assert in_line["username_lower"].tolist() == ["held.name"]
