@@ -32,6 +32,7 @@ _HEADLINES = {
     UploadStatus.DISCARDED: "Discarded (nothing applied)",
     UploadStatus.REVERTED: "Reverted",
     UploadStatus.RECEIVED: "Received (no outcome yet)",
+    UploadStatus.CHECKED: "Checked (a check drop: nothing applied)",
 }
 _GUARD_SHORT = {
     "max_deactivated_pct": "deactivated",
@@ -93,7 +94,7 @@ def upload_summary(
     error's message of a rejected file; `approve_file`: the file to name in the approve
     command (an upload that has no archive copy); `decided`: e.g. "approved by alice"."""
     status = UploadStatus(summary["status"])
-    headline = _HEADLINES[status]
+    headline = _HEADLINES.get(status, str(status))
     if dry_run:
         if not headline.split()[0].isupper():  # "would be processed", "would be HELD"
             headline = headline[0].lower() + headline[1:]
@@ -212,7 +213,10 @@ def uploads_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     body = []
     for r in rows:
         notes = []
-        if r["guard_trip"]:
+        if r.get("checked_as"):  # a check drop: what the file would have come to
+            held = f": {r['guard_trip'].get('rule')}" if r["guard_trip"] else ""
+            notes.append(f"check, would be {r['checked_as']}{held}")
+        elif r["guard_trip"]:
             notes.append("held: " + str(r["guard_trip"].get("rule")))
         if r["decision"]:
             notes.append(f"{r['decision']} by {r['decided_by']}")
@@ -244,8 +248,16 @@ def upload_details(row: dict[str, Any]) -> list[str]:
     ]
     if row["deactivated_missing"]:
         out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
+    if row.get("checked_as"):
+        out.append(
+            f"  a check drop: nothing applied; as an upload it would be {row['checked_as']}; "
+            f"report {row['error_file']}"
+        )
     if row["guard_trip"]:
-        out.append("  HELD by the change guard:")
+        checked = row.get("checked_as")
+        out.append(
+            "  the change guard WOULD HOLD it:" if checked else "  HELD by the change guard:"
+        )
         out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
     if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
         out += approve_discard_commands(

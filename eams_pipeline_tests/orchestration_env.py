@@ -22,10 +22,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from eams_pipeline.core.names import UploadRef
+from eams_pipeline.core.names import DISTRICT_DIRS, UploadRef
 from eams_pipeline.devtools.sftp_server import LoopbackSftpServer
 from eams_pipeline.devtools.smtp_server import LoopbackSmtpServer
 from eams_pipeline.io.archive import generate_key
+from eams_pipeline.orchestration.check_job import CHECK_JOB_NAME
 from eams_pipeline.orchestration.code_location import build_definitions
 from eams_pipeline.orchestration.district_sensors import sensor_name
 from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
@@ -115,7 +116,7 @@ class Pipeline:
     def __post_init__(self) -> None:
         for user, password in SFTP_PASSWORDS.items():
             os.environ[password_env(user)] = password
-            for sub in ("incoming", "errors", "processed"):
+            for sub in DISTRICT_DIRS:
                 (self.sftp.user_dir(user) / sub).mkdir(parents=True, exist_ok=True)
         builders.load(self.conn, *(district(code, self.sftp) for code in DISTRICTS))
         self.conn.commit()
@@ -149,6 +150,14 @@ class Pipeline:
 
     def upload(self, code: str, data: bytes, name: str = "students.csv", mtime: int = 0) -> Path:
         path = self.user_dir(code) / "incoming" / name
+        path.write_bytes(data)
+        if mtime:
+            os.utime(path, (mtime, mtime))
+        return path
+
+    def check(self, code: str, data: bytes, mtime: int = 0) -> Path:
+        """Drop a students.csv into the district's check/ (a check drop)."""
+        path = self.user_dir(code) / "check" / "students.csv"
         path.write_bytes(data)
         if mtime:
             os.utime(path, (mtime, mtime))
@@ -233,7 +242,19 @@ class Pipeline:
         self, instance: dg.DagsterInstance, request: dg.RunRequest, **resources: object
     ) -> dg.ExecuteInProcessResult:
         """What the daemon does with a run request of upload_job: its partition (added if
-        missing), run config and tags, as given."""
+        missing), run config and tags, as given (a request of check_upload: its run config
+        and tags)."""
+        if request.job_name == CHECK_JOB_NAME:
+            return (
+                self.defs(**resources)
+                .resolve_job_def(CHECK_JOB_NAME)
+                .execute_in_process(
+                    instance=instance,
+                    run_config=request.run_config,
+                    tags=request.tags,
+                    raise_on_error=False,
+                )
+            )
         if not instance.has_dynamic_partition(DISTRICT_PARTITIONS.name, request.partition_key):
             instance.add_dynamic_partitions(DISTRICT_PARTITIONS.name, [request.partition_key])
         job = self.defs(**resources).resolve_job_def(UPLOAD_JOB_NAME)

@@ -2,8 +2,10 @@
 key, the raw file's name once claimed and the error file's name.
 
     incoming/students.csv             the district writes here (``*.filepart``: in progress)
+    check/students.csv                a check drop: validated as a dry run, never applied
     processed/students_<key>.csv      the raw file once claimed, until retention removes it
     errors/students_errors_<id>.csv   the error file (SPEC §5: named by upload id)
+    reports/students_check_<key>.csv  a check drop's report (the error file's columns)
 
 An upload key is ``<district>-<UTC time received, to the microsecond>``, e.g.
 ``D001-20260115T020000123456Z``: unique per district, ordered by time, and safe as a Dagster
@@ -20,6 +22,10 @@ from dataclasses import dataclass
 INCOMING = "incoming"
 ERRORS = "errors"
 PROCESSED = "processed"
+CHECK = "check"  # students.csv to check only (a dry run, nothing applied)
+REPORTS = "reports"  # reports the pipeline publishes (a check drop's)
+# the directories of a district's root, created when missing
+DISTRICT_DIRS = (INCOMING, ERRORS, PROCESSED, CHECK, REPORTS)
 
 UPLOAD_NAME = "students.csv"
 PARTIAL_SUFFIX = ".filepart"  # WinSCP's temporary name while a transfer is in progress
@@ -27,6 +33,10 @@ PARTIAL_SUFFIX = ".filepart"  # WinSCP's temporary name while a transfer is in p
 _KEY = re.compile(r"(?P<district>[A-Za-z0-9_-]{1,32})-(?P<stamp>\d{8}T\d{12}Z)")
 PROCESSED_NAME = re.compile(r"students_(?P<key>[A-Za-z0-9_-]+)\.csv")
 ERROR_FILE_NAME = re.compile(r"students_errors_(?P<id>\d+)\.csv")
+# reports/: students_check_<upload key>.csv, and other kinds of report of an upload
+REPORT_FILE_NAME = re.compile(
+    r"students_(?P<kind>[a-z]+)_(?P<key>[A-Za-z0-9_-]{1,32}-\d{8}T\d{12}Z)\.csv"
+)
 
 
 class BadUploadKey(ValueError):
@@ -82,3 +92,9 @@ def error_file_name(upload_id: int | None) -> str:
     """SPEC §5: the error file's name in the district's ``errors/`` directory (and the
     CLI's default local name; ``dry-run`` for a dry run, which has no upload id)."""
     return f"students_errors_{upload_id if upload_id is not None else 'dry-run'}.csv"
+
+
+def check_report_name(upload_key: str) -> str:
+    """A check drop's report in the district's ``reports/`` directory: the error file's
+    columns (SPEC §5), only the header when the file is clean."""
+    return f"students_check_{upload_key}.csv"

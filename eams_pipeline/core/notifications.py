@@ -491,6 +491,103 @@ def _error_file_paragraph(
     return ["", *_wrap("The error file is not on your SFTP site; eAMS support can send it to you.")]
 
 
+# what a checked file would have come to, in the subject of its check result
+_CHECK_VERDICTS = {
+    UploadStatus.REJECTED: "the file would be REJECTED",
+    UploadStatus.HELD: "the file would be HELD for review",
+    UploadStatus.PARTIALLY_PROCESSED: "{errors} rows with errors",
+    UploadStatus.PROCESSED: "no errors",
+}
+
+
+def build_check_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    sender: str,
+    upload_key: str,
+    summary: Mapping[str, object],
+    report_path: str,
+    file_error: str | None = None,
+) -> EmailMessage:
+    """The result of a check drop (``check/students.csv``): the engine ran the file as a
+    dry run against MY Access as it is now and applied nothing.
+
+    ``summary`` is the dry run's summary (SPEC §8 keys) whose ``status`` is what the file
+    would have come to as an upload (processed, partially_processed, rejected or held) and
+    whose ``guard`` is the change guard's verdict (None: it would let the file through);
+    ``report_path`` is where the check report was published on the SFTP site;
+    ``file_error`` the file-level error (code and message) of a file that would be
+    rejected. Counts, codes and the guard's figures only: no student data.
+    """
+    if not contacts:
+        raise ValueError(f"district {district_code} has no contact address")
+    status = str(summary.get("status"))
+    if status not in _CHECK_VERDICTS:
+        raise ValueError(f"{status!r} is not what a checked file can come to")
+    district = f"{district_name} ({district_code})"
+    verdict = _CHECK_VERDICTS[UploadStatus(status)].format(errors=_count(summary, "errors"))
+    subject = f"eAMS check result: {verdict}, nothing applied: {district}, check {upload_key}"
+    would_be = {
+        UploadStatus.REJECTED: "REJECTED: nothing of it would be applied.",
+        UploadStatus.HELD: "HELD for review by the change guard: nothing of it would be "
+        "applied until our operators approve it.",
+        UploadStatus.PARTIALLY_PROCESSED: "PARTIALLY processed: the valid rows would be "
+        "applied, the rows with errors would not.",
+        UploadStatus.PROCESSED: "processed SUCCESSFULLY: every row would be applied.",
+    }[UploadStatus(status)]
+    lines = [
+        "Hello,",
+        "",
+        *_wrap(
+            f"The students.csv file that {district} put in check/ (check {upload_key}) was "
+            "CHECKED by the same engine that applies your nightly upload, against your "
+            "students in MY Access as they are now. NOTHING was applied: no student was "
+            "added, changed, activated or deactivated, and no password was stored."
+        ),
+        "",
+        *_wrap(f"Uploaded to incoming/ now, the file would be {would_be}"),
+    ]
+    if status == UploadStatus.REJECTED:
+        error = _file_error_text(summary, file_error)
+        lines += ["", "Error:", *_wrap(error, initial_indent="  ", subsequent_indent="  ")]
+        lines += ["", *_wrap("Change guard: not evaluated (the file would be rejected).")]
+    else:
+        reasons = _guard_reasons(summary)
+        if reasons:
+            lines += ["", "Change guard: it WOULD HOLD the file for review:", *reasons]
+        else:
+            lines += ["", *_wrap("Change guard: it would let the file through.")]
+        lines += ["", "Counts the file would apply:", *_count_table(summary)[1:]]
+        missing = _count(summary, "deactivated_missing")
+        if missing:
+            lines += [f"  {'Deactivated: absent from file':<32}{missing:>8}"]
+    lines += _error_codes(summary)
+    has_errors = status == UploadStatus.REJECTED or _count(summary, "errors") > 0
+    lines += [
+        "",
+        "The check report is on your SFTP site:",
+        f"  {report_path}",
+        *_wrap(
+            "It lists every error with its line number in the checked file."
+            if has_errors
+            else "It holds only the header line: the file has no errors."
+        ),
+        "",
+        *_wrap(
+            "Tonight's upload is checked again against your students as they are then: "
+            "changes made in between (another upload) can change these figures."
+        ),
+        "",
+        "This message contains no student data.",
+        "",
+        "-- ",
+        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+    ]
+    return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
 def build_revert_email(
     *,
     district_code: str,

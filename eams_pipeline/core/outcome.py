@@ -21,6 +21,15 @@ class UploadStatus(StrEnum):
     HELD = "held"  # the change guard tripped: nothing applied until approved
     DISCARDED = "discarded"  # a held upload an operator discarded: nothing applied
     REVERTED = "reverted"  # applied, then put back by `eams uploads revert`
+    CHECKED = "checked"  # a check drop (check/students.csv): a dry run, nothing applied
+
+
+class UploadKind(StrEnum):
+    """What a district's students.csv asks for: applied (``incoming/``) or only checked
+    (``check/``: the engine's dry run, a report and an email, nothing applied)."""
+
+    UPLOAD = "upload"
+    CHECK = "check"
 
 
 # the statuses whose outcome is final: processing the upload again changes nothing
@@ -33,6 +42,7 @@ SETTLED_STATUSES = FINAL_STATUSES | {
     UploadStatus.HELD,
     UploadStatus.DISCARDED,
     UploadStatus.REVERTED,
+    UploadStatus.CHECKED,
 }
 # the statuses whose email also goes to the district's failure contacts
 FAILURE_STATUSES = frozenset({UploadStatus.REJECTED, UploadStatus.HELD})

@@ -10,6 +10,8 @@ remember next:
   window (observed by the sensor itself: the client may set any modification time);
 - a district with a nightly processing time (``process_at``, local time in the district's
   timezone) waits until the first such time at or after the file settled;
+- ``check/students.csv`` (a check drop: validated, never applied) is watched the same way
+  on its own part of the cursor (:func:`decide_check`), without ``process_at``;
 - one run is requested per upload: while the same file (same size and modification time) is
   still in ``incoming/`` after its run was requested, nothing more is requested, unless
   that run has already succeeded, which means the file there now is a new upload with the
@@ -22,9 +24,9 @@ import datetime as dt
 import json
 import zoneinfo
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from eams_pipeline.core.names import PARTIAL_SUFFIX, UPLOAD_NAME, UploadRef
+from eams_pipeline.core.names import CHECK, PARTIAL_SUFFIX, UPLOAD_NAME, UploadRef
 from eams_pipeline.core.remote_files import RemoteFile, shown_name
 
 
@@ -69,6 +71,14 @@ class SensorState:
     requested: Requested | None = None
     others: dict[str, Other] = field(default_factory=dict)
     digest_day: str | None = None
+    # check/students.csv (a check drop), watched and requested as incoming/'s file is
+    check_watched: Watched | None = None
+    check_requested: Requested | None = None
+
+    @property
+    def check(self) -> SensorState:
+        """The check drop's part, as a state :func:`decide` reads."""
+        return SensorState(watched=self.check_watched, requested=self.check_requested)
 
     def to_cursor(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -83,11 +93,15 @@ class SensorState:
             requested = raw.get("requested")
             others = raw.get("others") or {}
             digest_day = raw.get("digest_day")
+            check_watched = raw.get("check_watched")
+            check_requested = raw.get("check_requested")
             return cls(
                 watched=Watched(**watched) if watched else None,
                 requested=Requested(**requested) if requested else None,
                 others={str(key): Other(**w) for key, w in others.items()},
                 digest_day=str(digest_day) if digest_day else None,
+                check_watched=Watched(**check_watched) if check_watched else None,
+                check_requested=Requested(**check_requested) if check_requested else None,
             )
         except (ValueError, TypeError, AttributeError):
             return cls()  # an unreadable cursor: start watching afresh
@@ -176,6 +190,46 @@ def decide(
         f"{UPLOAD_NAME} ({current.size} bytes) settled: requesting upload {ref.key}",
         ignored,
     )
+
+
+def decide_check(
+    files: Sequence[RemoteFile],
+    state: SensorState,
+    now: dt.datetime,
+    *,
+    district: str,
+    settle_seconds: float,
+    requested_run_succeeded: bool = False,
+    upload_key: str | None = None,
+) -> Decision:
+    """The decision for ``check/`` (a check drop: validated, never applied): :func:`decide`
+    on the cursor's check part (``state.check``; the returned state is that part), without
+    ``process_at`` (a check is answered as soon as its file has settled). ``upload_key``:
+    the upload requested in the same tick, whose key the check's must not be (both are
+    taken at ``now``): the check's is then a microsecond later."""
+    decision = decide(
+        files,
+        state.check,
+        now,
+        district=district,
+        settle_seconds=settle_seconds,
+        requested_run_succeeded=requested_run_succeeded,
+    )
+    request = decision.request
+    if request is not None and request.upload_key == upload_key:
+        later = UploadRef.new(district, now.astimezone(dt.UTC) + dt.timedelta(microseconds=1))
+        request = replace(request, upload_key=later.key)
+        decision = replace(decision, state=SensorState(requested=request), request=request)
+    if request is not None:
+        reason = (
+            f"{CHECK}/{UPLOAD_NAME} ({request.size} bytes) settled: requesting check "
+            f"{request.upload_key}"
+        )
+    elif decision.reason.startswith("no incoming/"):
+        reason = f"no {CHECK}/{UPLOAD_NAME}"
+    else:
+        reason = f"{CHECK}/: {decision.reason}"
+    return replace(decision, reason=reason)
 
 
 def listed(names: Sequence[str], limit: int = 5, width: int = 60) -> str:

@@ -7,8 +7,9 @@ Three places keep something of an upload:
   outcome is recorded, after ``processed_days`` (0: as soon as the run succeeds);
 - the encrypted archive ``<district>/<key>.csv.fernet`` (the basis of re-runs, reverts and
   backfills): after ``archive_days``;
-- ``errors/students_errors_<upload id>.csv`` on the SFTP site: after ``error_file_days``
-  (counted from the time the file was written).
+- ``errors/students_errors_<upload id>.csv`` on the SFTP site, and the reports of
+  ``reports/`` (``students_check_<upload key>.csv`` of a check drop): after
+  ``error_file_days`` (counted from the time the file was written).
 
 Nothing an unfinished upload (``received``: a run is on it or crashed) or a ``held`` one
 needs is ever removed, nor a file of an upload the database does not know: those are
@@ -21,12 +22,11 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from eams_pipeline.core.names import ERROR_FILE_NAME, PROCESSED_NAME
+from eams_pipeline.core.names import ERROR_FILE_NAME, PROCESSED_NAME, REPORT_FILE_NAME
 from eams_pipeline.core.outcome import UploadStatus
 
 # statuses whose files must stay: the upload is not finished, or waits for an operator
 KEEP_STATUSES = frozenset({UploadStatus.RECEIVED, UploadStatus.HELD})
-
 
 
 @dataclass(frozen=True)
@@ -60,12 +60,12 @@ def finished(upload: KnownUpload | None) -> bool:
 
 def raw_removable(upload: KnownUpload | None, now: dt.datetime, days: int) -> bool:
     """May the raw file in processed/ go? Finished, in the archive (or rejected: nothing
-    reads a rejected file again, and one too large to download is never archived), and
-    older than ``days``."""
+    reads a rejected file again, and one too large to download is never archived; or a
+    check drop, never archived: its check is recorded), and older than ``days``."""
     return (
         finished(upload)
         and upload is not None
-        and (upload.archived or upload.status == UploadStatus.REJECTED)
+        and (upload.archived or upload.status in (UploadStatus.REJECTED, UploadStatus.CHECKED))
         and now - upload.received_at >= dt.timedelta(days=days)
     )
 
@@ -98,6 +98,27 @@ def error_files_to_remove(
         if (
             match
             and finished(uploads_by_id.get(int(match["id"])))
+            and now - f.mtime >= dt.timedelta(days=days)
+        ):
+            out.append(f.name)
+    return sorted(out)
+
+
+def report_files_to_remove(
+    files: Iterable[StoredFile],
+    uploads: Mapping[str, KnownUpload],
+    now: dt.datetime,
+    days: int,
+) -> list[str]:
+    """Names in reports/ to remove (``uploads`` by upload key): an upload's or a check
+    drop's reports (``students_<kind>_<upload key>.csv``) older than ``days``, as its
+    error files (they list students too)."""
+    out = []
+    for f in files:
+        match = REPORT_FILE_NAME.fullmatch(f.name)
+        if (
+            match
+            and finished(uploads.get(match["key"]))
             and now - f.mtime >= dt.timedelta(days=days)
         ):
             out.append(f.name)

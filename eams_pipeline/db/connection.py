@@ -111,3 +111,10 @@ def _masked(exc: psycopg.Error, url: str, *, named: bool = False) -> psycopg.Err
         name = "EAMS_DATABASE_URL" if named else "the database URL"
         message = f"{name} is not a valid connection string: {message}"
     return type(exc)(message)
+
+
+def snapshot_transaction(conn: psycopg.Connection) -> None:
+    """Make the transaction just begun one REPEATABLE READ snapshot (a dry run's: its reads
+    agree with each other without any lock; it writes only temporary tables and is rolled
+    back). Must be its first statement."""
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

@@ -59,7 +59,9 @@ def claim_alert(
 
 
 def last_received(conn: psycopg.Connection, district_id: int) -> dt.datetime | None:
-    """When the district's newest upload was received (None: never)."""
+    """When the district's newest upload was received (None: never); a check drop is no
+    upload."""
     return conn.execute(
-        "SELECT max(received_at) FROM uploads WHERE district_id = %s", (district_id,)
+        "SELECT max(received_at) FROM uploads WHERE district_id = %s AND status <> 'checked'",
+        (district_id,),
     ).fetchone()[0]

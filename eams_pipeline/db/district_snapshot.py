@@ -130,13 +130,17 @@ def load_snapshot(
     students: pd.DataFrame,
     match: RowMatch,
     ahead: Executor | None = None,
+    lock_claimed: bool = True,
 ) -> DistrictSnapshot:
     """The district's state for a plan of `rows`, given its `students` (read by
     load_district_students) and the rows' `match` to them (core.plan.match_rows).
 
     With `ahead`, the holders of the file's new usernames are looked up on it: the
     snapshot's taken_usernames is then the function that waits for them, and the
-    connection is that lookup's alone until the plan has called it."""
+    connection is that lookup's alone until the plan has called it.
+
+    `lock_claimed`: lock the usernames the file gives to students (lock_usernames); a dry
+    run, which writes nothing, does not (it must not keep other uploads waiting)."""
     d = district.district_id
     bin_available = conn.execute(
         "SELECT size - used FROM orders WHERE order_id = %s", (district.enterprise_order_id,)
@@ -162,7 +166,8 @@ def load_snapshot(
             "student_id": rows["student_id"].iloc[at].to_numpy(),
         }
     )
-    lock_usernames(conn, claimed["username_lower"])
+    if lock_claimed:
+        lock_usernames(conn, claimed["username_lower"])
     lookup = functools.partial(usernames_held_by_others, conn, d, claimed)
     return DistrictSnapshot(
         district_id=d,

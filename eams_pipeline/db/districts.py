@@ -1,7 +1,8 @@
 """The districts the pipeline serves, as master data in the database describes them.
 
 `lock_district` takes a row lock on the district: every writer of a district's students
-(an upload, master data) holds it, so one district's uploads never apply at the same time.
+(an upload, master data) holds it, so one district's uploads never apply at the same time
+(a dry run, e.g. a check drop's, reads without it).
 """
 
 from __future__ import annotations
@@ -104,9 +105,15 @@ def get_district(conn: psycopg.Connection, code: str) -> District | None:
     return _from_row(r) if r else None
 
 
-def lock_district(conn: psycopg.Connection, code: str) -> District:
-    """The district, row-locked until the transaction ends."""
-    r = conn.execute(_SELECT + " WHERE code = %s FOR UPDATE", (code,)).fetchone()
+def lock_district(conn: psycopg.Connection, code: str, *, lock: bool = True) -> District:
+    """The district, row-locked until the transaction ends (``lock=False``: read only, for a
+    dry run, which writes nothing and must not keep the district's uploads waiting).
+
+    FOR NO KEY UPDATE: two uploads of the district (and master data, FOR UPDATE) exclude
+    each other, while rows that merely reference the district (a check drop's record, an
+    upload request, an alert: their foreign key's KEY SHARE) are not kept waiting."""
+    query = _SELECT + " WHERE code = %s" + (" FOR NO KEY UPDATE" if lock else "")
+    r = conn.execute(query, (code,)).fetchone()
     if r is None:
         raise UnknownDistrict(f"unknown district {code!r}: load it with `eams setup load` first")
     district = _from_row(r)

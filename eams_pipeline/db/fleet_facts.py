@@ -8,8 +8,9 @@ from eams_pipeline.core.fleet_ranking import DistrictFacts, LastUpload
 from eams_pipeline.core.outcome import APPLIED_STATUSES, UploadStatus
 
 # uploads whose errors/rows say how the district's files go (not rejected: every row is an
-# error; not received: no counts yet)
-UNRATED_STATUSES = (UploadStatus.RECEIVED, UploadStatus.REJECTED)
+# error; not received: no counts yet; not a check drop: not a night's file). Check drops
+# are no uploads: the fleet reads none of them.
+UNRATED_STATUSES = (UploadStatus.RECEIVED, UploadStatus.REJECTED, UploadStatus.CHECKED)
 
 # Each LATERAL walks uploads_district_received_idx of one district from its newest upload
 # and stops at the first rows it needs; held uploads come from uploads_held_idx (sql/020).
@@ -23,7 +24,7 @@ SELECT d.code, d.name, d.timezone, d.expected_by, d.created_at,
 FROM districts d
 LEFT JOIN LATERAL (
     SELECT u.upload_key, u.status, u.received_at, u.error_codes FROM uploads u
-    WHERE u.district_id = d.district_id
+    WHERE u.district_id = d.district_id AND u.status <> 'checked'
     ORDER BY u.received_at DESC, u.upload_id DESC LIMIT 1
 ) last ON true
 LEFT JOIN LATERAL (

@@ -9,14 +9,14 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from eams_pipeline.core.outcome import COUNT_KEYS
+from eams_pipeline.core.outcome import COUNT_KEYS, UploadStatus
 from eams_pipeline.db.uploads import load_errors
 
 _UPLOAD_COLUMNS = f"""u.upload_key, u.upload_id, d.code AS district, u.received_at, u.applied_at,
     u.status, {", ".join("u." + k for k in COUNT_KEYS)}, u.deactivated_missing,
     u.error_codes, u.error_file, u.guard_trip, u.guard_figures, u.decision, u.decided_by,
     u.decided_at, u.reverted_by, u.reverted_at, u.revert_counts,
-    u.archive_path IS NOT NULL AS archived"""
+    u.archive_path IS NOT NULL AS archived, u.checked_as"""
 
 DATA_FIELDS = (
     ("last_name", "Last Name"),
@@ -139,11 +139,14 @@ def student_known(conn: psycopg.Connection, district_code: str, student_id: str)
 
 
 def last_uploads(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
-    """Each district's newest upload (by time received): its key, time and status."""
+    """Each district's newest upload (by time received; a check drop is no upload): its
+    key, time and status."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT DISTINCT ON (d.code) d.code, u.upload_key, u.received_at, u.status
                FROM districts d JOIN uploads u USING (district_id)
-               ORDER BY d.code, u.received_at DESC, u.upload_id DESC"""
+               WHERE u.status <> %s
+               ORDER BY d.code, u.received_at DESC, u.upload_id DESC""",
+            (str(UploadStatus.CHECKED),),
         ).fetchall()
     return {r.pop("code"): r for r in rows}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from eams_pipeline.core.outcome import SETTLED_STATUSES, UploadStatus
+from eams_pipeline.core.outcome import SETTLED_STATUSES, UploadKind, UploadStatus
 from eams_pipeline.db.districts import UnknownDistrict
 
 
@@ -27,6 +27,7 @@ class UploadRequest:
     file_mtime: int | None
     reprocess_run: str | None  # reprocess_uploads' request: the run that asked
     allow_older: bool
+    kind: UploadKind = UploadKind.UPLOAD  # check: a check drop (check_upload, not upload_job)
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,21 @@ class RecordedUpload:
 
 
 def record_sensor_request(
-    conn: psycopg.Connection, district_code: str, upload_key: str, file_size: int, file_mtime: int
+    conn: psycopg.Connection,
+    district_code: str,
+    upload_key: str,
+    file_size: int,
+    file_mtime: int,
+    kind: UploadKind = UploadKind.UPLOAD,
 ) -> bool:
-    """Record the upload a district sensor saw settle; False if it was recorded already.
-    Raises :class:`UnknownDistrict` if the district is not in the database."""
+    """Record the upload (or check drop: ``kind``) a district sensor saw settle; False if
+    it was recorded already. Raises :class:`UnknownDistrict` if the district is not in the
+    database."""
     cur = conn.execute(
-        """INSERT INTO upload_requests (district_id, upload_key, file_size, file_mtime)
-           SELECT district_id, %s, %s, %s FROM districts WHERE code = %s
+        """INSERT INTO upload_requests (district_id, upload_key, file_size, file_mtime, kind)
+           SELECT district_id, %s, %s, %s, %s FROM districts WHERE code = %s
            ON CONFLICT (upload_key) WHERE reprocess_run IS NULL DO NOTHING""",
-        (upload_key, file_size, file_mtime, district_code),
+        (upload_key, file_size, file_mtime, str(kind), district_code),
     )
     if cur.rowcount == 1:
         return True
@@ -91,12 +98,12 @@ def pending_requests(
     """The requests recorded after ``after_request_id``, in the order they were recorded."""
     rows = conn.execute(
         """SELECT r.request_id, d.code, r.upload_key, r.file_size, r.file_mtime,
-                  r.reprocess_run, r.allow_older
+                  r.reprocess_run, r.allow_older, r.kind
            FROM upload_requests r JOIN districts d USING (district_id)
            WHERE r.request_id > %s ORDER BY r.request_id LIMIT %s""",
         (after_request_id, limit),
     ).fetchall()
-    return [UploadRequest(*r) for r in rows]
+    return [UploadRequest(*r[:7], kind=UploadKind(r[7])) for r in rows]
 
 
 def recorded_uploads(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import psycopg
+from psycopg.types.json import Jsonb
 
 from eams_pipeline.core.errors import ErrorCode, error_frame
 from eams_pipeline.core.outcome import (
@@ -43,6 +44,8 @@ class UploadRow:
     revert_counts: dict | None = None
     # the status its Dagster partition last showed (None: never run in Dagster)
     reported_status: str | None = None
+    # a check drop (status checked): what the file would have come to as an upload
+    checked_as: UploadStatus | None = None
 
     @property
     def is_final(self) -> bool:
@@ -62,7 +65,8 @@ class UploadRow:
 _SELECT = f"""SELECT upload_id, upload_key, status, received_at, {", ".join(COUNT_KEYS)},
                      error_codes, error_file, content_sha256, archive_path, district_id,
                      guard_trip, guard_figures, deactivated_missing, decision, decided_by,
-                     decided_at, reverted_by, reverted_at, revert_counts, reported_status
+                     decided_at, reverted_by, reverted_at, revert_counts, reported_status,
+                     checked_as
               FROM uploads"""
 
 
@@ -89,6 +93,7 @@ def _row(r: tuple) -> UploadRow:
         reverted_at=r[23],
         revert_counts=r[24],
         reported_status=r[25],
+        checked_as=UploadStatus(r[26]) if r[26] else None,
     )
 
 
@@ -120,6 +125,57 @@ def ensure_upload(
         raise ValueError(
             f"upload {upload_key} was recorded with other content "
             f"(sha256 {upload.content_sha256}, now {content_sha256})"
+        )
+    return upload
+
+
+def record_check(
+    conn: psycopg.Connection,
+    district_id: int,
+    upload_key: str,
+    *,
+    file_name: str,
+    content_sha256: str,
+    received_at: dt.datetime,
+    result: UploadResult,
+    report_file: str,
+) -> UploadRow:
+    """Record a check drop once, at its end: status ``checked``, what the file would have
+    come to (``result.status``), its counts, error codes and the change guard's verdict.
+    Its error lines name students and are not stored, except a file-level error (no
+    student: the email quotes it). Recording it again keeps the first record."""
+    cur = conn.execute(
+        f"""INSERT INTO uploads (district_id, upload_key, file_name, content_sha256, received_at,
+                                status, checked_as, {", ".join(COUNT_KEYS)}, error_codes,
+                                error_file, deactivated_missing, guard_trip, guard_figures)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, {", ".join(["%s"] * len(COUNT_KEYS))},
+                   %s, %s, %s, %s, %s)
+           ON CONFLICT (upload_key) DO NOTHING""",
+        (
+            district_id,
+            upload_key,
+            file_name,
+            content_sha256,
+            received_at,
+            str(UploadStatus.CHECKED),
+            str(result.status),
+            *(int(result.counts[k]) for k in COUNT_KEYS),
+            Jsonb(result.error_codes),
+            report_file,
+            int(result.deactivated_missing),
+            Jsonb(result.guard_trip) if result.guard_trip is not None else None,
+            Jsonb(result.guard_figures) if result.guard_figures is not None else None,
+        ),
+    )
+    upload = get_upload(conn, upload_key)
+    assert upload is not None
+    if cur.rowcount == 1 and result.file_error is not None:
+        e = result.file_error
+        conn.execute(
+            """INSERT INTO upload_errors (upload_id, seq, line_number, student_id, column_name,
+                                          error_code, message)
+               VALUES (%s, 0, %s, NULL, NULL, %s, %s)""",
+            (upload.upload_id, max(1, int(e.line)), str(e.code), e.message),
         )
     return upload
 
@@ -210,7 +266,7 @@ def recorded_result(
     """What was recorded for an upload, as the engine returned it the first time."""
     errors = load_errors(conn, record.upload_id)
     file_error = None
-    if record.status == UploadStatus.REJECTED and len(errors):
+    if UploadStatus.REJECTED in (record.status, record.checked_as) and len(errors):
         first = errors.iloc[0]
         file_error = FileRejected(ErrorCode(first["code"]), int(first["line"]), first["message"])
     return UploadResult(

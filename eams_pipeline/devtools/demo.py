@@ -42,6 +42,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from eams_pipeline.core.master_data import parse_master_data
+from eams_pipeline.core.names import DISTRICT_DIRS
 from eams_pipeline.core.template import HEADER
 from eams_pipeline.db import migrations
 from eams_pipeline.db.connection import create_database_if_missing
@@ -451,7 +452,7 @@ def _run_locked(options: DemoOptions, state: Path, root: Path, echo: Echo) -> in
         sftp.start()
         smtp.start()
         for user in USERS.values():
-            for sub in ("incoming", "errors", "processed"):
+            for sub in DISTRICT_DIRS:
                 (sftp.user_dir(user) / sub).mkdir(parents=True, exist_ok=True)
 
         setup_file = state / "setup.yaml"
@@ -576,7 +577,10 @@ def _print_guide(
     echo(f"    error reports   {url}/assets/error_report  (metadata: counts, codes, preview)")
     echo(f"    sensors         {url}/automation")
     echo(f"  SFTP server       sftp -P {sftp.port} d001@{HOST}   (passwords: {state}/secrets.json)")
-    echo(f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/)")
+    echo(
+        f"    district dirs   {sftp_dir}/d001, d002, d003 (incoming/ errors/ processed/ "
+        "check/ reports/)"
+    )
     echo(
         f"  held for review   D003's upload: {url}/assets/upload_outcome (check change_guard);"
         " eams uploads list --district D003, then approve or discard"
@@ -589,7 +593,8 @@ def _print_guide(
         echo(f"  sample uploads    dropped into incoming/ of {', '.join(dropped)}")
     echo(
         f"  sensors tick every {options.interval_seconds}s; a file is taken after "
-        f"{options.settle_seconds}s unchanged. Drop another students.csv into an incoming/."
+        f"{options.settle_seconds}s unchanged. Drop another students.csv into an incoming/,"
+        " or into a check/ to have it checked only (report in reports/, nothing applied)."
     )
     echo("Press Ctrl-C to stop everything.")
     echo("")

@@ -44,7 +44,7 @@ from paramiko.ssh_exception import SSHException
 
 from eams_pipeline.config import ConfigError, env_secret
 from eams_pipeline.core.master_data import SftpAccount
-from eams_pipeline.core.names import ERRORS, INCOMING, PROCESSED
+from eams_pipeline.core.names import CHECK, DISTRICT_DIRS, INCOMING, PROCESSED
 from eams_pipeline.core.remote_files import RemoteFile
 
 _KEY_ERRORS = (SSHException, UnknownKeyType, UnsupportedAlgorithm)
@@ -238,14 +238,17 @@ class SftpSession:
         return True
 
     @_mapped
-    def claim(self, name: str, processed_name: str) -> str:
-        """Move ``incoming/<name>`` to ``processed/<processed_name>`` by one atomic rename.
+    def claim(self, name: str, processed_name: str, source: str = INCOMING) -> str:
+        """Move ``<source>/<name>`` (``incoming/`` or ``check/``) to
+        ``processed/<processed_name>`` by one atomic rename.
 
         Returns the new path relative to the root. Raises :class:`SftpFileNotFoundError`
         when the source is gone (someone else claimed it) and :class:`SftpFileExistsError`
         when the target already exists (it would otherwise be overwritten).
         """
-        source = self.remote_path(f"{INCOMING}/{self._plain_name(name)}")
+        if source not in (INCOMING, CHECK):
+            raise SftpPathError(f"{source!r}: files are claimed from {INCOMING}/ or {CHECK}/")
+        source = self.remote_path(f"{source}/{self._plain_name(name)}")
         target_rel = f"{PROCESSED}/{self._plain_name(processed_name)}"
         target = self.remote_path(target_rel)
         if self._exists(target):
@@ -380,8 +383,9 @@ class SftpSession:
 
     @_mapped
     def ensure_dirs(self) -> None:
-        """Create ``incoming/``, ``errors/`` and ``processed/`` under the root if missing."""
-        for name in (INCOMING, ERRORS, PROCESSED):
+        """Create the district's directories under the root if missing (DISTRICT_DIRS:
+        ``incoming/``, ``errors/``, ``processed/``, ``check/``, ``reports/``)."""
+        for name in DISTRICT_DIRS:
             path = self.remote_path(name)
             if self._exists(path):
                 continue

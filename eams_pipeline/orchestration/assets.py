@@ -185,6 +185,12 @@ def upload_file(
     else:
         with db.connect() as conn:
             recorded = db_uploads.get_upload(conn, ref.key)
+        if recorded is not None and recorded.status == UploadStatus.CHECKED:
+            raise dg.Failure(
+                f"{ref.key} is a check drop, not an upload: nothing of it is ever applied "
+                "(its run is one of check_upload)",
+                allow_retries=False,
+            )
         if recorded is not None and recorded.is_final:
             # settled without an archive copy (FILE_TOO_LARGE: never downloaded), its raw
             # file possibly removed since: nothing is read again, upload_outcome reports it

@@ -1,5 +1,6 @@
-"""Building the code location: assets, the upload job, one sensor per district and the
-sensor starting the uploads' runs, alerts, the district partitions, reprocessing."""
+"""Building the code location: assets, the upload job, the check drops' job, one sensor per
+district and the sensor starting the uploads' and checks' runs, alerts, the district
+partitions, reprocessing."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from eams_pipeline.config import sensor_interval_seconds
 from eams_pipeline.db.connection import connect
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.orchestration.assets import UPLOAD_ASSETS, UPLOAD_CHECKS
+from eams_pipeline.orchestration.check_job import check_job
 from eams_pipeline.orchestration.decisions import build_decision_sensor
 from eams_pipeline.orchestration.district_sensors import build_district_sensors, sensor_name
 from eams_pipeline.orchestration.failure_sensor import build_operator_alert_sensor
@@ -83,7 +85,15 @@ def build_definitions(
     return dg.Definitions(
         assets=[*UPLOAD_ASSETS, build_fleet_status_asset()],
         asset_checks=UPLOAD_CHECKS,
-        jobs=[upload_job, retention_job, revert_job, reprocess_job, run_retention_job, fleet_job],
+        jobs=[
+            upload_job,
+            check_job,
+            retention_job,
+            revert_job,
+            reprocess_job,
+            run_retention_job,
+            fleet_job,
+        ],
         schedules=[
             build_retention_schedule(retention_job),
             build_run_retention_schedule(run_retention_job),
@@ -93,12 +103,13 @@ def build_definitions(
             *build_district_sensors(codes, **sensor_kwargs),
             build_upload_requests_sensor(
                 upload_job,
+                check=check_job,
                 sensor_name_of=sensor_name,
                 resources=resources,
                 # no later than the district sensors tick (the demo's 5 s), at most 15 s
                 interval_seconds=min(DEFAULT_INTERVAL_SECONDS, sensor_interval_seconds()),
             ),
-            build_operator_alert_sensor([upload_job]),
+            build_operator_alert_sensor([upload_job, check_job]),
             build_district_partitions_sensor(codes),
             # none in a run worker (codes is empty there): runs need no sensor
             *([build_decision_sensor(upload_job, codes)] if codes else []),

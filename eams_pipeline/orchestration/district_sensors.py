@@ -1,10 +1,11 @@
-"""The district sensors: one per district watching its SFTP incoming/.
+"""The district sensors: one per district watching its SFTP incoming/ (and check/).
 
-A district sensor only lists and stats ``incoming/`` (it never downloads) and requests one
-run per upload once ``students.csv`` has settled (see :mod:`eams_pipeline.core.settle`): it
-records the request in the database, and the location's ``eams_upload_requests`` sensor starts
-the run (:mod:`.upload_request_sensor`; a district sensor targets no job, so that the UI does
-not load every district sensor's state on each page of the upload assets). SFTP failures:
+A district sensor only lists and stats ``incoming/`` and ``check/`` (it never downloads) and
+requests one run per upload (per check drop) once ``students.csv`` has settled (see
+:mod:`eams_pipeline.core.settle`): it records the request in the database, and the
+location's ``eams_upload_requests`` sensor starts the run (:mod:`.upload_request_sensor`; a
+district sensor targets no job, so that the UI does not load every district sensor's state
+on each page of the upload assets). SFTP failures:
 
 - the server cannot be reached (:class:`SftpTransientError`): the tick is skipped with the
   reason and the next tick tries again;
@@ -20,8 +21,9 @@ import dagster as dg
 
 from eams_pipeline.config import district_cache_seconds, sensor_interval_seconds, settle_seconds
 from eams_pipeline.core.alert_rules import track_other_files
-from eams_pipeline.core.names import UPLOAD_NAME
-from eams_pipeline.core.settle import Requested, SensorState, decide, listed
+from eams_pipeline.core.names import CHECK, UPLOAD_NAME
+from eams_pipeline.core.outcome import UploadKind
+from eams_pipeline.core.settle import Requested, SensorState, decide, decide_check, listed
 from eams_pipeline.db.upload_requests import record_sensor_request
 from eams_pipeline.io.sftp import SftpFileNotFoundError, SftpTransientError
 from eams_pipeline.orchestration.district_directory import read_district
@@ -69,8 +71,9 @@ def build_district_sensor(
         minimum_interval_seconds=interval,
         default_status=default_status,
         description=(
-            f"Watches district {district_code}'s SFTP incoming/ for students.csv; requests one "
-            f"run per upload once it has been unchanged for {settle_window:g}s."
+            f"Watches district {district_code}'s SFTP incoming/ and check/ for students.csv; "
+            f"requests one run per upload (per check drop) once it has been unchanged for "
+            f"{settle_window:g}s."
         ),
         tags={"eams/district": district_code},
     )
@@ -97,6 +100,7 @@ def build_district_sensor(
         try:
             with sftp.session(district.sftp) as session:
                 files = session.list_incoming()
+                check_files = session.list_dir(CHECK)  # [] when there is no check/
         except SftpTransientError as exc:
             return dg.SkipReason(f"SFTP server unreachable, trying again next tick: {exc}")
         except SftpFileNotFoundError:
@@ -113,8 +117,19 @@ def build_district_sensor(
             timezone=district.timezone,
             requested_run_succeeded=_requested_run_succeeded(context, state),
         )
+        check = decide_check(
+            check_files,
+            state,
+            now,
+            district=district.code,
+            settle_seconds=settle_window,
+            requested_run_succeeded=_requested_run_succeeded(context, state.check),
+            upload_key=decision.request.upload_key if decision.request else None,
+        )
         if decision.ignored:
             context.log.info(f"left alone in incoming/: {listed(decision.ignored, 10)}")
+        if check.ignored:
+            context.log.info(f"left alone in {CHECK}/: {listed(check.ignored, 10)}")
         waiting = any(f.name == UPLOAD_NAME for f in files) or state.requested is not None
         alerts = send_district_alerts(
             db.connect,
@@ -129,14 +144,26 @@ def build_district_sensor(
         )
         notes = alerts.notes
         cursor = replace(
-            decision.state, others=alerts.others, digest_day=alerts.digest_day
+            decision.state,
+            others=alerts.others,
+            digest_day=alerts.digest_day,
+            check_watched=check.state.watched,
+            check_requested=check.state.requested,
         ).to_cursor()
-        request = decision.request
-        if request is None:
-            reason = " | ".join([*notes, decision.reason])
+        requests = [
+            (kind, d.request)
+            for kind, d in ((UploadKind.UPLOAD, decision), (UploadKind.CHECK, check))
+            if d.request is not None
+        ]
+        # check/ is mentioned only when something is (or was) there
+        check_said = [check.reason] if check_files or state.check != SensorState() else []
+        if not requests:
+            reason = " | ".join([*notes, decision.reason, *check_said])
             return dg.SensorResult(skip_reason=reason, cursor=cursor)
-        context.log.info(decision.reason)
-        return request_upload(db, district.code, request, cursor)
+        for d in (decision, check):
+            if d.request is not None:
+                context.log.info(d.reason)
+        return request_uploads(db, district.code, requests, cursor)
 
     bound_db, bound_sftp, bound_smtp = (
         (resources.get("db"), resources.get("sftp"), resources.get("smtp"))
@@ -166,24 +193,39 @@ def build_district_sensor(
 def request_upload(
     db: DatabaseResource, district_code: str, request: Requested, cursor: str
 ) -> dg.SensorResult:
-    """A settled students.csv: its upload requested (recorded with the file's size and time,
-    which the run's claim checks; the eams_upload_requests sensor starts its run) before the
-    tick's cursor moves on. Recording it again (a tick evaluated twice) changes nothing."""
+    """A settled incoming/students.csv: its upload requested (see :func:`request_uploads`)."""
+    return request_uploads(db, district_code, [(UploadKind.UPLOAD, request)], cursor)
+
+
+def request_uploads(
+    db: DatabaseResource,
+    district_code: str,
+    requests: Sequence[tuple[UploadKind, Requested]],
+    cursor: str,
+) -> dg.SensorResult:
+    """Settled students.csv files (incoming/'s upload, check/'s check drop): each requested
+    (recorded with the file's size and time, which the run's claim checks; the
+    eams_upload_requests sensor starts its run) before the tick's cursor moves on.
+    Recording one again (a tick evaluated twice) changes nothing."""
     with db.connect() as conn:
-        record_sensor_request(
-            conn, district_code, request.upload_key, request.size, request.mtime
-        )
+        for kind, request in requests:
+            record_sensor_request(
+                conn, district_code, request.upload_key, request.size, request.mtime, kind
+            )
+    said = "; ".join(
+        f"requested {'upload' if kind == UploadKind.UPLOAD else 'check'} {request.upload_key} "
+        f"({request.size} bytes)"
+        for kind, request in requests
+    )
     return dg.SensorResult(
-        skip_reason=(
-            f"requested upload {request.upload_key} ({request.size} bytes): its run is started "
-            f"by {UPLOAD_REQUESTS_SENSOR_NAME}"
-        ),
+        skip_reason=f"{said}: its run is started by {UPLOAD_REQUESTS_SENSOR_NAME}",
         cursor=cursor,
     )
 
 
 def _requested_run_succeeded(context: dg.SensorEvaluationContext, state: SensorState) -> bool:
-    """Did a run of the upload last requested succeed (so it claimed that file)?"""
+    """Did a run of the upload (or check drop: ``state.check``) last requested succeed (so
+    it claimed that file)?"""
     if state.requested is None or context.instance is None:
         return False
     runs = runs_of_upload(

@@ -71,10 +71,13 @@ def upload_run_request(
     run_key: str,
     tags: Mapping[str, str] | None = None,
     ops: Mapping[str, Any] | None = None,
+    job_name: str | None = None,
 ) -> dg.RunRequest:
-    """The run of one upload: its district's partition, its upload as run config and tags."""
+    """The run of one upload: its district's partition, its upload as run config and tags
+    (``job_name``: the upload job's, for a sensor that targets more than one job)."""
     return dg.RunRequest(
         run_key=run_key,
+        job_name=job_name,
         partition_key=ref.district,
         run_config=upload_run_config(ref.key, ops),
         tags={**(tags or {}), **upload_tags(ref)},

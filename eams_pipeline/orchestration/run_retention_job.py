@@ -27,6 +27,7 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from pydantic import Field
 
 from eams_pipeline import config as eams_config
+from eams_pipeline.core.outcome import UploadKind
 from eams_pipeline.core.run_retention import (
     Decision,
     RunFacts,
@@ -35,10 +36,13 @@ from eams_pipeline.core.run_retention import (
 )
 from eams_pipeline.db.dagster_storage import delete_check_executions
 from eams_pipeline.db.run_retention_queries import pending_upload_keys
+from eams_pipeline.orchestration.check_job import KIND_TAG
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, upload_key_of_run
 from eams_pipeline.orchestration.resources import DatabaseResource
 
 RUN_RETENTION_JOB_NAME = "run_retention_job"
+# how many of a district's newest runs are read to find its newest upload run among checks
+CHECK_LOOKAHEAD = 20
 Clock = Callable[[], dt.datetime]
 
 
@@ -64,9 +68,9 @@ def run_facts(record: dg.RunRecord) -> RunFacts:
 
 
 class NewestRuns:
-    """The newest run of each district (tag eams/district) or job, asked of the instance
-    once per group and remembered for the job run (a run created meanwhile is newer than
-    every candidate anyway)."""
+    """The newest upload run of each district (tag eams/district; not a check drop's run) or
+    job, asked of the instance once per group and remembered for the job run (a run created
+    meanwhile is newer than every candidate anyway)."""
 
     def __init__(self, instance: dg.DagsterInstance) -> None:
         self._instance = instance
@@ -78,16 +82,24 @@ class NewestRuns:
             if group in self._known:
                 continue
             kind, name = group
-            filters = (
-                dg.RunsFilter(tags={DISTRICT_TAG: name})
-                if kind == "district"
-                else dg.RunsFilter(job_name=name)
-            )
-            ids = self._instance.get_run_ids(filters=filters, limit=1)
+            if kind == "district":
+                newest = self._newest_upload_run(name)
+            else:
+                ids = self._instance.get_run_ids(filters=dg.RunsFilter(job_name=name), limit=1)
+                newest = ids[0] if ids else None
             self.lookups += 1
-            if ids:
-                self._known[group] = ids[0]
+            if newest is not None:
+                self._known[group] = newest
         return self._known
+
+    def _newest_upload_run(self, district: str) -> str | None:
+        """The district's newest run that is not a check drop's (a check is no upload: the
+        district keeps its last upload's run); None when the newest CHECK_LOOKAHEAD runs
+        are all checks (the district's runs are then all kept this time)."""
+        runs = self._instance.get_runs(
+            filters=dg.RunsFilter(tags={DISTRICT_TAG: district}), limit=CHECK_LOOKAHEAD
+        )
+        return next((r.run_id for r in runs if r.tags.get(KIND_TAG) != UploadKind.CHECK), None)
 
 
 @dataclass

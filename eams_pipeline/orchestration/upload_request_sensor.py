@@ -1,5 +1,6 @@
 """The runs of uploads: one sensor per code location, ``eams_upload_requests``, turns the
-upload requests recorded in the database (sql/019) into runs of ``upload_job``.
+upload requests recorded in the database (sql/019) into runs of ``upload_job``, and the
+check drops' requests (kind ``check``, sql/021) into runs of ``check_upload``.
 
 Who records requests: a district sensor, for the students.csv it saw settle (it targets no
 job itself: 2,000 sensors targeting the upload assets' job would make the Dagster UI load
@@ -23,12 +24,16 @@ from collections.abc import Callable, Mapping
 import dagster as dg
 
 from eams_pipeline.core.names import UploadRef
+from eams_pipeline.core.outcome import UploadKind
 from eams_pipeline.db import upload_requests as db_requests
+from eams_pipeline.orchestration.check_job import CHECK_JOB_NAME, check_job, check_tags
+from eams_pipeline.orchestration.jobs import UPLOAD_JOB_NAME
 from eams_pipeline.orchestration.partitions import (
     DISTRICT_TAG,
     FILE_MTIME_TAG,
     FILE_SIZE_TAG,
     add_districts_request,
+    upload_run_config,
     upload_run_request,
 )
 from eams_pipeline.orchestration.resources import DatabaseResource
@@ -42,11 +47,25 @@ DEFAULT_BATCH = 200  # run requests per tick at most
 
 
 def run_request_for(request: db_requests.UploadRequest, requested_by: str) -> dg.RunRequest:
-    """The run of one recorded request (``requested_by``: the district sensor's name)."""
+    """The run of one recorded request (``requested_by``: the district sensor's name): a run
+    of ``check_upload`` for a check drop, else of ``upload_job``."""
     ref = UploadRef.parse(request.upload_key)
+    if request.kind == UploadKind.CHECK:
+        return dg.RunRequest(
+            run_key=request.upload_key,
+            job_name=CHECK_JOB_NAME,
+            run_config=upload_run_config(request.upload_key),
+            tags={
+                FILE_SIZE_TAG: str(request.file_size),
+                FILE_MTIME_TAG: str(request.file_mtime),
+                REQUESTED_BY_TAG: requested_by,
+                **check_tags(ref),
+            },
+        )
     if request.reprocess_run is None:
         return upload_run_request(
             ref,
+            job_name=UPLOAD_JOB_NAME,
             run_key=request.upload_key,
             tags={
                 DISTRICT_TAG: request.district,
@@ -57,6 +76,7 @@ def run_request_for(request: db_requests.UploadRequest, requested_by: str) -> dg
         )
     return upload_run_request(
         ref,
+        job_name=UPLOAD_JOB_NAME,
         run_key=f"reprocess:{request.reprocess_run}:{request.upload_key}",
         tags={REPROCESS_TAG: request.reprocess_run},
         ops={"upload_outcome": {"config": {"allow_older": True}}} if request.allow_older else None,
@@ -66,6 +86,7 @@ def run_request_for(request: db_requests.UploadRequest, requested_by: str) -> dg
 def build_upload_requests_sensor(
     job: object,
     *,
+    check: object = check_job,
     sensor_name_of: Callable[[str], str],
     interval_seconds: int = DEFAULT_INTERVAL_SECONDS,
     batch: int = DEFAULT_BATCH,
@@ -73,7 +94,8 @@ def build_upload_requests_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     resources: Mapping[str, object] | None = None,
 ) -> dg.SensorDefinition:
-    """The sensor requesting a run of ``job`` per recorded upload request, for the districts
+    """The sensor requesting a run of ``job`` per recorded upload request (of ``check``, the
+    check drops' job, per recorded check drop), for the districts
     this location serves (``serves``; default: EAMS_DISTRICT_SHARD/EAMS_DISTRICTS).
     ``sensor_name_of``: a district's sensor name (the tag naming who requested a run).
     With ``resources`` holding the location's ``db``, the sensor uses it directly."""
@@ -108,14 +130,15 @@ def build_upload_requests_sensor(
 
     description = (
         "Starts one upload_job run per upload requested by a district sensor (a settled "
-        "students.csv) or by reprocess_uploads, in the order requested."
+        "incoming/students.csv) or by reprocess_uploads, and one check_upload run per check "
+        "drop (a settled check/students.csv), in the order requested."
     )
     bound = (resources or {}).get("db")
     if isinstance(bound, DatabaseResource):
 
         @dg.sensor(
             name=UPLOAD_REQUESTS_SENSOR_NAME,
-            job=job,  # type: ignore[arg-type]
+            jobs=[job, check],  # type: ignore[list-item]
             minimum_interval_seconds=interval_seconds,
             default_status=default_status,
             description=description,
@@ -127,7 +150,7 @@ def build_upload_requests_sensor(
 
     @dg.sensor(
         name=UPLOAD_REQUESTS_SENSOR_NAME,
-        job=job,  # type: ignore[arg-type]
+        jobs=[job, check],  # type: ignore[list-item]
         minimum_interval_seconds=interval_seconds,
         default_status=default_status,
         description=description,

@@ -20,7 +20,7 @@ import dagster as dg
 import psycopg
 
 from eams_pipeline import config
-from eams_pipeline.core.names import ERRORS, PROCESSED
+from eams_pipeline.core.names import ERRORS, PROCESSED, REPORTS
 from eams_pipeline.core.notifications import build_raw_file_kept_email
 from eams_pipeline.core.upload_retention import (
     KnownUpload,
@@ -30,6 +30,7 @@ from eams_pipeline.core.upload_retention import (
     error_files_to_remove,
     processed_to_remove,
     raw_removable,
+    report_files_to_remove,
 )
 from eams_pipeline.db import district_alerts as db_alerts
 from eams_pipeline.db import uploads as db_uploads
@@ -194,7 +195,7 @@ def enforce_district(
     files kept because they differ from their archived copy."""
     by_key = {u.key: u for u in uploads}
     by_id = {u.upload_id: u for u in uploads}
-    removed: dict[str, list[str]] = {"processed": [], "errors": [], "archive": []}
+    removed: dict[str, list[str]] = {"processed": [], "errors": [], "reports": [], "archive": []}
     kept: list[RawKept] = []
     if session is not None:
         root = district.sftp_root.rstrip("/")
@@ -211,6 +212,11 @@ def enforce_district(
         ):
             if session.remove(ERRORS, name):
                 removed["errors"].append(f"{root}/{ERRORS}/{name}")
+        for name in report_files_to_remove(
+            _stored(session.list_dir(REPORTS)), by_key, now, settings.error_file_days
+        ):
+            if session.remove(REPORTS, name):
+                removed["reports"].append(f"{root}/{REPORTS}/{name}")
     # the archive goes last: a raw file in processed/ is only removed while archived
     for key in archive_to_remove(archive.keys(district.code), by_key, now, settings.archive_days):
         if archive.remove(district.code, key):
@@ -223,7 +229,8 @@ def build_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
         name="enforce_retention",
         description=(
             "Removes raw uploads from processed/ (EAMS_PROCESSED_RETENTION_DAYS), error files "
-            "from errors/ (EAMS_ERROR_FILE_RETENTION_DAYS) and encrypted archive copies "
+            "from errors/ and reports from reports/ (EAMS_ERROR_FILE_RETENTION_DAYS) and "
+            "encrypted archive copies "
             "(EAMS_ARCHIVE_RETENTION_DAYS); never anything of a received or held upload."
         ),
     )
@@ -237,7 +244,7 @@ def build_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
         settings = config.retention_settings()
         store = archive.get()
         now = clock()
-        totals: dict[str, list[str]] = {"processed": [], "errors": [], "archive": []}
+        totals: dict[str, list[str]] = {"processed": [], "errors": [], "reports": [], "archive": []}
         failures = []
         kept_notes: list[str] = []
         with db.connect() as conn:

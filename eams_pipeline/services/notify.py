@@ -12,8 +12,9 @@ from eams_pipeline.db.districts import District
 from eams_pipeline.db.uploads import UploadRow
 
 # outcomes the district is not told of: superseded (an older file, never applied: the
-# newer one's email says what was applied), received (no outcome yet)
-NOT_EMAILED = frozenset({UploadStatus.SUPERSEDED, UploadStatus.RECEIVED})
+# newer one's email says what was applied), received (no outcome yet); checked (a check
+# drop: its check result is sent by its own run, services.check)
+NOT_EMAILED = frozenset({UploadStatus.SUPERSEDED, UploadStatus.RECEIVED, UploadStatus.CHECKED})
 
 
 def district_outcome_email(

@@ -71,6 +71,7 @@ from eams_pipeline.core.validation import normalise, validate_rows
 from eams_pipeline.db import apply as db_apply
 from eams_pipeline.db import password_cache
 from eams_pipeline.db import uploads as db_uploads
+from eams_pipeline.db.connection import snapshot_transaction
 from eams_pipeline.db.district_snapshot import (
     load_district_students,
     load_snapshot,
@@ -444,7 +445,9 @@ def process_upload(
 ) -> UploadResult:
     """Process one upload of a district (see the module docstring).
 
-    With `dry_run` every figure is computed and nothing is written. An upload received
+    With `dry_run` every figure is computed and nothing is written (nor hashed); it takes
+    no lock and reads one REPEATABLE READ snapshot when the connection is idle
+    (the check drops' run and `eams process --dry-run`). An upload received
     before the newest one already applied for the district is not applied (status
     `superseded`, its report computed as a dry run) unless `allow_older` is set.
     `error_file_name(upload_id)` names the error file recorded with the outcome.
@@ -464,9 +467,15 @@ def process_upload(
     prepared, content_sha256 = _phase_one(
         conn, upload, engine, prepared, dry_run=dry_run, approve_hold=approve_hold, clock=clock
     )
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
     with conn.transaction() as tx:
         with clock.step("lock"):
-            district = lock_district(conn, upload.district)
+            if dry_run and idle:
+                # one consistent snapshot of the district, without a lock
+                snapshot_transaction(conn)
+            # a dry run takes no lock (neither the district's nor the usernames'): it never
+            # keeps an upload of the district waiting
+            district = lock_district(conn, upload.district, lock=not dry_run)
             record = None if dry_run else _ensure_record(conn, district, upload, content_sha256)
             if record is not None and _settled(record, approve_hold, allow_older):
                 return db_uploads.recorded_result(conn, record, upload.district)
@@ -636,7 +645,7 @@ def _outcome(
             inputs.read.rejection,
             read=upload.rejection is None,
         )
-    plan = _plan(conn, district, inputs, engine, clock)
+    plan = _plan(conn, district, inputs, engine, clock, lock_claimed=record is not None)
     result = _from_plan(upload.district, upload_id, plan)
     if not superseded:
         _guard(conn, district, upload_id, inputs.students, plan, result, approve_hold)
@@ -647,9 +656,16 @@ def _outcome(
 
 
 def _plan(
-    conn: psycopg.Connection, district: District, inputs: _Inputs, engine: Engine, clock: _Clock
+    conn: psycopg.Connection,
+    district: District,
+    inputs: _Inputs,
+    engine: Engine,
+    clock: _Clock,
+    *,
+    lock_claimed: bool,
 ) -> Plan:
-    """The snapshot under the lock and the plan made from it."""
+    """The snapshot under the lock and the plan made from it (`lock_claimed`: lock the
+    usernames the file claims; not for a dry run)."""
     read = inputs.read
     # on threads: the rows' data fingerprints, unless phase 1 made them, while the
     # snapshot's queries wait on the database (they release the GIL); the holders of
@@ -660,7 +676,15 @@ def _plan(
             hashing = pool.submit(data_fingerprint, read.rows)
         with clock.step("snapshot"):
             match = inputs.match or match_rows(read.rows, inputs.students)
-            snapshot = load_snapshot(conn, district, read.rows, inputs.students, match, ahead=pool)
+            snapshot = load_snapshot(
+                conn,
+                district,
+                read.rows,
+                inputs.students,
+                match,
+                ahead=pool,
+                lock_claimed=lock_claimed,
+            )
         with clock.step("plan"):
             return make_plan(
                 read.rows,

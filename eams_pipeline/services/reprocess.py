@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from eams_pipeline.core.names import make_upload_key
+from eams_pipeline.core.outcome import UploadStatus
 from eams_pipeline.db import upload_requests as db_requests
 from eams_pipeline.db.districts import District, list_districts
 from eams_pipeline.io.archive import Archive
@@ -255,6 +256,8 @@ def _why_not(c: Candidate, horizon: dt.datetime, archive_days: int) -> str | Non
         return (
             f"received {c.received_at:%Y-%m-%d}, past the archive retention ({archive_days} days)"
         )
+    if c.status == UploadStatus.CHECKED:
+        return "a check drop: checked only, never applied"
     if not c.archived and not c.final:
         return "not archived and without a recorded outcome: nothing to run it from"
     return None

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from eams_pipeline.core.errors import ErrorCode
-from eams_pipeline.core.outcome import UploadStatus
+from eams_pipeline.core.outcome import UploadKind, UploadStatus
 
 PACKAGE = Path(__file__).resolve().parents[2] / "eams_pipeline"
 
@@ -30,12 +30,19 @@ def _check_values(conn: psycopg.Connection, table: str, constraint: str) -> set[
     [
         ("uploads", "uploads_status_check", UploadStatus),
         ("upload_errors", "upload_errors_error_code_check", ErrorCode),
+        ("upload_requests", "upload_requests_kind_check", UploadKind),
     ],
 )
 def test_the_databases_check_lists_the_enum(
     conn: psycopg.Connection, table: str, constraint: str, enum: type
 ) -> None:
     assert _check_values(conn, table, constraint) == {m.value for m in enum}
+
+
+def test_a_check_is_recorded_as_what_an_upload_can_come_to(conn: psycopg.Connection) -> None:
+    values = _check_values(conn, "uploads", "uploads_checked_as_check")
+    assert values == {"processed", "partially_processed", "rejected", "held"}
+    assert values <= {m.value for m in UploadStatus}
 
 
 def test_only_config_reads_the_environment() -> None:

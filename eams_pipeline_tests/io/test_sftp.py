@@ -50,13 +50,13 @@ def _user_file(server: LoopbackSftpServer, user: str, rel: str, data: bytes) -> 
 
 @pytest.fixture
 def d001(sftp_resource: SftpResource, sftp_settings: MakeSettings) -> Iterator[SftpSession]:
-    """An open session of d001 with its three directories created."""
+    """An open session of d001 with its directories created."""
     with sftp_resource.session(sftp_settings("d001")) as session:
         session.ensure_dirs()
         yield session
 
 
-def test_ensure_dirs_creates_the_three_directories_under_the_root(
+def test_ensure_dirs_creates_the_districts_directories_under_the_root(
     sftp_server: LoopbackSftpServer, sftp_resource: SftpResource, sftp_settings: MakeSettings
 ) -> None:
     (sftp_server.user_dir("d001") / "district").mkdir(parents=True)
@@ -64,7 +64,7 @@ def test_ensure_dirs_creates_the_three_directories_under_the_root(
         session.ensure_dirs()
         session.ensure_dirs()  # idempotent
     created = sorted(p.name for p in (sftp_server.user_dir("d001") / "district").iterdir())
-    assert created == ["errors", "incoming", "processed"]
+    assert created == ["check", "errors", "incoming", "processed", "reports"]
 
 
 def test_list_incoming_reports_name_size_mtime_of_regular_files(
@@ -170,6 +170,20 @@ def test_claim_is_one_rename_and_the_source_disappears(
     assert target.stat().st_ino == inode  # renamed, not copied
     assert d001.read(new_path) == b"h\n1\n"
     assert not d001.exists("incoming/students.csv")
+
+
+def test_claim_from_check_moves_the_check_drop_and_nothing_else(
+    sftp_server: LoopbackSftpServer, d001
+) -> None:
+    upload = _user_file(sftp_server, "d001", "incoming/students.csv", b"upload")
+    check = _user_file(sftp_server, "d001", "check/students.csv", b"check")
+    assert d001.claim("students.csv", "students_c.csv", source="check") == (
+        "processed/students_c.csv"
+    )
+    assert not check.exists() and upload.read_bytes() == b"upload"
+    assert d001.read("processed/students_c.csv") == b"check"
+    with pytest.raises(SftpPathError, match="incoming/ or check/"):
+        d001.claim("students.csv", "x.csv", source="errors")
 
 
 def test_claim_fails_when_the_source_is_gone(sftp_server: LoopbackSftpServer, d001) -> None:

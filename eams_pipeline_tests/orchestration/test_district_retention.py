@@ -155,7 +155,12 @@ def test_the_retention_job_removes_only_what_it_may(
 
     # a day later: nothing is old enough
     soon = _retention(pipeline, received + DAY)
-    assert soon.success and _removed(soon) == {"processed": [], "errors": [], "archive": []}
+    assert soon.success and _removed(soon) == {
+        "processed": [],
+        "errors": [],
+        "reports": [],
+        "archive": [],
+    }
 
     # four days later: the first raw file goes; the held upload keeps its raw file
     later = _retention(pipeline, received + 4 * DAY)

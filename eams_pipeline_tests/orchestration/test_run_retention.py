@@ -25,6 +25,7 @@ from eams_pipeline.core.run_retention import (
     cutoff_for,
     decide,
 )
+from eams_pipeline.orchestration.check_job import KIND_TAG
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, PARTITION_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource
 from eams_pipeline.orchestration.run_retention_job import (
@@ -290,3 +291,27 @@ def test_the_shipped_instance_bounds_its_ticks_like_its_runs(
     assert all(0 < d <= days for s, d in schedule.items() if s != TickStatus.STARTED)
     assert sensor[TickStatus.SKIPPED] == 1
     assert sensor[TickStatus.SUCCESS] == days and sensor[TickStatus.FAILURE] == days
+
+
+def test_a_districts_last_upload_run_is_kept_over_its_later_check_runs(
+    pg_instance: dg.DagsterInstance, conn: psycopg.Connection
+) -> None:
+    _uploads(conn, {"D001-20260101T000000000000Z": "processed"})
+    upload = _materialize(
+        pg_instance, {DISTRICT_TAG: "D001", UPLOAD_KEY_TAG: "D001-20260101T000000000000Z"}
+    )
+    checks = [
+        _materialize(
+            pg_instance,
+            {DISTRICT_TAG: "D001", UPLOAD_KEY_TAG: key, KIND_TAG: "check"},  # check_upload's
+        )
+        for key in ("D001-20260102T000000000000Z", "D001-20260103T000000000000Z")
+    ]
+    time.sleep(0.05)
+    cutoff = dt.datetime.now(dt.UTC)
+    report = enforce_run_retention(
+        pg_instance, conn, now=cutoff + 90 * DAY, days=90, batch_size=10
+    )
+    left = {r.dagster_run.run_id for r in pg_instance.get_run_records()}
+    assert upload in left and not left & set(checks)
+    assert report.deleted == 2
