@@ -1,4 +1,4 @@
-"""The fleet benchmark: many districts on one deployment (issue 12).
+"""The fleet benchmark: many districts on one deployment.
 
     .venv/bin/python -m bench.fleet --districts 2000 --idle-seconds 600 --burst 500
 

@@ -69,7 +69,8 @@ DEFAULT_SCENARIOS = (
     "nightly-100k-aged",
     "onboarding-1m",
 )
-# issue 11: without hashing, median of the per-run ratios to a raw COPY of the same file
+# the goals on an aged database: without hashing, median of the per-run ratios to a raw COPY
+# of the same file
 RATIO_GOALS = {
     "nightly-1m-aged": 4.0,
     "replay-aged": 2.0,

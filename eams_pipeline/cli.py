@@ -162,7 +162,7 @@ def setup() -> None:
 @setup.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def setup_load(file: Path) -> None:
-    """Load or update master data from FILE.yaml (shape of setup-example.yaml).
+    """Load or update master data from FILE.yaml (shape of examples/districts.yaml).
 
     Loading the same file twice changes nothing; a changed file updates what changed.
     Students under existing_students are created when absent, never overwritten.
@@ -219,8 +219,10 @@ def process_cmd(
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
-    `eams uploads approve|discard`), 4 when it was superseded (an upload of the district
-    received after it was applied first: nothing applied), 1 on an operational failure.
+    `eams uploads approve|discard`; the district's `pauses` hold a file received now
+    within one, or the first after a long one), 4 when it was superseded (an upload of the
+    district received after it was applied first: nothing applied), 1 on an operational
+    failure.
 
     On a terminal: a few lines (status, counts, error codes, the error file, the guard's
     rule and the approve/discard commands when held). With --json, or when standard
@@ -884,7 +886,7 @@ def demo_cmd(
     state_dir: Path, database_url: str, ui_port: int, no_samples: bool, reset: bool
 ) -> None:
     """Run the whole pipeline locally: PostgreSQL databases, loopback SFTP and SMTP
-    servers, two sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
+    servers, three sample districts with sample uploads, and `dagster dev`. Ctrl-C stops it."""
     from eams_pipeline.devtools.demo import DemoOptions, run_demo
 
     options = DemoOptions(

@@ -40,6 +40,32 @@ _GUARD_SHORT = {
     "max_row_drop_pct": "row drop",
 }
 
+# what an operator should weigh before deciding an upload held by a pause rule
+_PAUSE_HINTS = {
+    "paused": (
+        "it arrived on a day the district's master data pauses (`pauses:`); approve it only "
+        "if the district wants it applied during the pause, else discard it"
+    ),
+    "first_after_pause": (
+        "the first upload after a long pause (a new school year's roster?): compare its "
+        "counts with `eams export students --district {district}` before approving; a wrong "
+        "file (last year's roster, one school only) is best discarded"
+    ),
+}
+
+
+def guard_trip_lines(
+    trips: list[dict[str, Any]], district: str, indent: str, label: str = ""
+) -> list[str]:
+    """Each rule that held an upload with its figures, and what to weigh for a pause rule."""
+    out = []
+    for t in trips:
+        out.append(f"{indent}{label}{t['rule']}: {t['message']}")
+        hint = _PAUSE_HINTS.get(t["rule"])
+        if hint:
+            out.append(f"{indent}  hint: {hint.format(district=district)}")
+    return out
+
 
 def when(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%MZ") if value else ""
@@ -123,7 +149,7 @@ def upload_summary(
     guard = summary.get("guard")
     if guard:
         trips = guard.get("trips") or [guard]
-        lines += [f"  guard rule {t['rule']}: {t['message']}" for t in trips]
+        lines += guard_trip_lines(trips, summary["district"], "  ", "guard rule ")
     if superseded_by:
         lines.append(
             f"  superseded by upload {superseded_by}, received after it and applied first "
@@ -258,7 +284,7 @@ def upload_details(row: dict[str, Any]) -> list[str]:
         out.append(
             "  the change guard WOULD HOLD it:" if checked else "  HELD by the change guard:"
         )
-        out += [f"    {t['rule']}: {t['message']}" for t in row["guard_trip"].get("trips", [])]
+        out += guard_trip_lines(row["guard_trip"].get("trips", []), row["district"], "    ")
     if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
         out += approve_discard_commands(
             row["upload_key"],

@@ -189,8 +189,8 @@ DEFAULT_HASH_CACHE_DAYS = 7
 
 def hash_batch_size() -> int:
     """EAMS_HASH_BATCH_SIZE: passwords hashed (before the apply) and committed together into
-    the hash cache; a crash loses at most one batch. Default 500 (~5 s of argon2id on two
-    cores at the OWASP minimum)."""
+    the hash cache; a crash loses at most one batch. Default 500 (a few seconds of argon2id
+    on two cores at the OWASP minimum: bench/RESULTS.md, "Figures behind the documents")."""
     value = env_int("EAMS_HASH_BATCH_SIZE", DEFAULT_HASH_BATCH_SIZE)
     if value < 1:
         raise ConfigError(f"EAMS_HASH_BATCH_SIZE must be at least 1, got {value}")
@@ -311,7 +311,7 @@ def operator_emails() -> list[str]:
     return [a.strip() for a in raw.split(",") if a.strip()]
 
 
-# --- retention (issue 10 §2) ------------------------------------------------------------
+# --- retention: raw uploads, archive copies, error files ---------------------------------
 
 DEFAULT_PROCESSED_RETENTION_DAYS = 0
 DEFAULT_ARCHIVE_RETENTION_DAYS = 400

@@ -3,9 +3,9 @@
 A run worker (the child a code server spawns for a run, or ``dagster api execute_run`` in a
 run container or pod) imports Dagster, its storage and this pipeline before its first step:
 about a million objects, which the collector walks again and again while they are created,
-and again at every full collection during the run. Measured on a 20-row upload
-(bench/fleet.py, "overhead"): 4.3 s of CPU per run, 2.9-3.0 s with the collector paused
-until the code location is loaded and what was loaded frozen.
+and again at every full collection during the run. Pausing the collector until the code
+location is loaded, and freezing what was loaded, takes about a third off a small run's CPU
+(bench/fleet.py, "overhead"; the figures are in bench/RESULTS.md, "A small run's CPU").
 
 So, in a run worker only:
 

@@ -7,7 +7,8 @@ district, kind and subject) so it goes out once.
   last upload was received more than 24 hours before today's ``expected_by`` is alerted
   once that day (subject: the local date), from ``expected_by`` until the end of that day.
   A ``students.csv`` waiting in incoming/ (settling, or waiting for ``process_at``) counts as
-  received.
+  received. Silent on the district's paused days (``pauses``, core.pauses), and the 24
+  hours do not count paused time: the first day after a pause looks back to before it.
 - **Stray files** (misnamed): a file in incoming/ that is neither ``students.csv`` nor an
   upload in progress (``*.filepart``), unchanged for the settle window as the sensor saw it,
   is reported in a digest: at most one email per district and local day (kind
@@ -27,6 +28,7 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from eams_pipeline.core.names import PARTIAL_SUFFIX, UPLOAD_NAME
+from eams_pipeline.core.pauses import Pause, pause_on, unpaused_window_start
 from eams_pipeline.core.remote_files import RemoteFile, shown_name
 from eams_pipeline.core.settle import Other
 
@@ -55,6 +57,7 @@ def missing_upload(
     last_received: dt.datetime | None,
     file_waiting: bool,
     alerted: Container[str] = (),
+    pauses: Sequence[Pause] = (),
 ) -> MissingUpload | None:
     """The missing-upload alert to send now, if any (see the module docstring)."""
     if expected_by is None or file_waiting:
@@ -66,9 +69,9 @@ def missing_upload(
     due = dt.datetime.combine(local.date(), expected_by.replace(tzinfo=None), tzinfo=tz)
     # a local time that does not exist (clocks jump forward) normalises through UTC
     due = due.astimezone(dt.UTC).astimezone(tz)
-    if now < due:
+    if now < due or pause_on(pauses, local.date()) is not None:
         return None
-    since = due - WINDOW
+    since = unpaused_window_start(due, WINDOW, timezone=timezone, pauses=pauses)
     if last_received is not None and last_received >= since:
         return None
     subject = local.date().isoformat()

@@ -34,9 +34,9 @@ def _fingerprint(columns: list[pd.Series], key: str) -> np.ndarray:
     hold the separator itself (it never does in practice), every value of every row is
     escaped first. The joined values are hashed as UTF-8 bytes objects: pandas hashes a str
     by encoding it to UTF-8 first, so the hashes are the same, and bytes are made and
-    hashed ~5x faster (no decoding, no encoding). Chunk by chunk: the joined text and its
-    bytes objects (~300 MB for 1M rows) never exist for the whole file at once, so the same
-    memory serves every chunk instead of new pages for all of them."""
+    hashed several times faster (no decoding, no encoding). Chunk by chunk: the joined text
+    and its bytes objects (hundreds of MB for 1M rows) never exist for the whole file at
+    once, so the same memory serves every chunk instead of new pages for all of them."""
     arrays = [pa.array(c, type=pa.string(), from_pandas=True) for c in columns]
     escape = any(_holds_separator(a) for a in arrays)
     n = len(columns[0])

@@ -19,14 +19,21 @@ incremental files, and a small district's ordinary night (2 of its 2 students de
 5-row file after a 10-row one) is a large share of very little. A rule whose base is zero
 cannot trip, and nothing is held before the district has an applied upload: its first
 applied upload sets the baseline.
+
+Two more rules come from the district's pauses (core.pauses: `paused`,
+`first_after_pause`); they hold whatever the figures, and are kept in the same record.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eams_pipeline.core.pauses import PauseTrip
 
 RULES = ("max_deactivated_pct", "max_updated_pct", "max_row_drop_pct")
 MIN_COUNT = "min_count"
@@ -193,8 +200,9 @@ def evaluate(thresholds: dict[str, float | None], f: GuardFigures) -> list[Guard
     return trips
 
 
-def trip_record(trips: list[GuardTrip]) -> dict[str, Any] | None:
-    """What is stored in uploads.guard_trip: the first rule and every rule that tripped."""
+def trip_record(trips: Sequence[GuardTrip | PauseTrip]) -> dict[str, Any] | None:
+    """What is stored in uploads.guard_trip: the first rule and every rule that tripped
+    (a pause rule, core.pauses, comes first: it takes precedence)."""
     if not trips:
         return None
     return {

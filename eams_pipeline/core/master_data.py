@@ -1,4 +1,5 @@
-"""The master-data file of `eams setup load` (setup-example.yaml), parsed and checked.
+"""The master-data file of `eams setup load` (the shape of the contract's setup-example.yaml;
+the project's own example is examples/districts.yaml), parsed and checked.
 
 Pure: YAML text in, dataclasses out, or a MasterDataError listing every problem, each
 naming its line, the district and the key. The schema (a YAML loader that keeps lines and
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import datetime as dt
+
+    from eams_pipeline.core.pauses import Pause
 
 
 @dataclass(frozen=True, order=True)
@@ -130,6 +133,8 @@ class DistrictSpec:
     # the change guard's limits (core.guard: absent = the defaults, None per rule = off)
     guard: dict[str, float | None] | None = None
     mode: str = "incremental"  # or "full_roster": students absent from the file deactivated
+    # date ranges (local, inclusive) without uploads: held `paused`, no missing alert
+    pauses: tuple[Pause, ...] = ()
     # the file's line of the district's mapping and of each of its keys (messages only)
     line: int = field(default=0, compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)

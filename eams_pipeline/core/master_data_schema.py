@@ -50,6 +50,7 @@ from eams_pipeline.core.master_data import (
     normalise_root,
     sftp_conflict_problems,
 )
+from eams_pipeline.core.pauses import Pause, overlaps
 from eams_pipeline.core.template import COLUMNS, DISPLAY_NAME
 from eams_pipeline.core.validation import (
     CONTROL_CHARACTERS,
@@ -123,7 +124,18 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> YamlList:
     return YamlList(node.start_mark.line + 1, items, [c.start_mark.line + 1 for c in node.value])
 
 
+def _timestamp(loader: _Loader, node: yaml.ScalarNode) -> Any:
+    """An unquoted date (2026-06-15) or date and time: what SafeLoader makes of it, or the
+    text itself when it is no such day (2026-02-30 made yaml.load raise a bare ValueError):
+    the key's own rule then names it and its line."""
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
 _Loader.add_constructor("tag:yaml.org,2002:map", _mapping)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _sequence)
 # `<<` is a plain (and unknown) key here, never a merge of another mapping
 _Loader.add_constructor("tag:yaml.org,2002:merge", lambda loader, node: node.value)
@@ -165,6 +177,8 @@ def _shown(value: Any) -> str:
         return "nothing (null)"
     if isinstance(value, int | float):
         return f"the number {value}"
+    if isinstance(value, dt.date):  # YAML reads an unquoted 2026-06-15 as a date
+        return f"the date {value.isoformat()}"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -232,6 +246,28 @@ def _clock(value: Any) -> dt.time | None:
     raise ValueError(f'must be a local time "HH:MM", got {_shown(value)}')
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _date(value: Any) -> dt.date:
+    """A local date: unquoted `2026-06-15` (YAML reads it as a date) or the same text quoted.
+    Not a date and time, a number or another spelling (`06/15/2026`, `20260615`)."""
+    if isinstance(value, dt.datetime):
+        raise ValueError(
+            f"must be a date YYYY-MM-DD without a time of day, got {value.isoformat(' ')}"
+        )
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value.strip()):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"must be a date YYYY-MM-DD, got {visible(repr(value), 40)}: there is no such day"
+            ) from None
+    raise ValueError(f"must be a date YYYY-MM-DD, got {_shown(value)}")
+
+
 def _grade_order(grades: list[str]) -> tuple[str, ...]:
     return tuple(g for g in GRADE_ORDER if g in set(grades))
 
@@ -263,6 +299,7 @@ Emails = Annotated[list[Email], BeforeValidator(_none_is_empty)]
 Count = Annotated[int, Field(ge=0, le=2_147_483_647)]
 Grade = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_grade)]
 ClockTime = Annotated[dt.time | None, BeforeValidator(_clock)]
+Date = Annotated[dt.date, BeforeValidator(_date)]
 # a student's column: text as an upload's value, trimmed, empty = absent; the column rules
 # are the upload's own (validate_rows), run once on the students of all districts
 Column = Annotated[str | None, AfterValidator(lambda v: v or None)]
@@ -316,6 +353,11 @@ class _Student(_Strict):
     status: Literal["active", "deactivated"] = "active"
 
 
+class _Pause(_Strict):
+    start: Date = Field(alias="from")
+    end: Date = Field(alias="to")
+
+
 class _District(_Strict):
     code: DistrictCode
     name: Text
@@ -336,6 +378,7 @@ class _District(_Strict):
     ] = None
     guard: Any = None  # core.guard's own loader
     mode: Literal["incremental", "full_roster"] = "incremental"
+    pauses: Annotated[list[_Pause], BeforeValidator(_none_is_empty)] = []
 
 
 # the model of each kind of mapping, by its path in a district (list indexes left out)
@@ -346,6 +389,7 @@ _MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     ("regular_orders",): _RegularOrder,
     ("schools",): _School,
     ("existing_students",): _Student,
+    ("pauses",): _Pause,
 }
 # lists of named things: how a message names an item, and by which key
 _ITEMS = {
@@ -565,7 +609,8 @@ def _problem(at: _Locator, error: Any) -> Problem:
     if error["type"] == "extra_forbidden":
         line, who, _ = at(loc)
         model = _MODELS.get(tuple(p for p in loc[:-1] if not isinstance(p, int)), _District)
-        return Problem(line, who, _known_keys_message(loc[-1], sorted(model.model_fields)))
+        known = sorted(f.alias or name for name, f in model.model_fields.items())
+        return Problem(line, who, _known_keys_message(loc[-1], known))
     line, who, key = at(loc)
     return Problem(line, who, _described(error, key))
 
@@ -618,6 +663,7 @@ def _checked(
         problems.append(at.problem(("guard",), str(exc)))
         guard = None
     students = _students(m, at, problems, grades)
+    pauses = _pauses(m, at, problems)
 
     def line(*loc: Any) -> int:
         return at(loc)[0]
@@ -662,9 +708,37 @@ def _checked(
         failure_contacts=tuple(m.failure_contacts),
         guard=guard,
         mode=m.mode,
+        pauses=pauses,
         line=raw.line,
         lines={k: v for k, v in raw.lines.items() if isinstance(k, str)},
     )
+
+
+def _pauses(m: _District, at: _Locator, problems: list[Problem]) -> tuple[Pause, ...]:
+    """The district's pauses in date order: each from <= to, no day in two pauses."""
+    valid: list[tuple[int, Pause]] = []
+    for j, p in enumerate(m.pauses):
+        if p.start > p.end:
+            problems.append(
+                at.problem(
+                    ("pauses", j, "to"),
+                    f"pauses[{j}]: to {p.end} is before from {p.start}: a pause runs from its "
+                    "first day to its last (both included)",
+                )
+            )
+        else:
+            valid.append((j, Pause(p.start, p.end)))
+    listed = [p for _, p in valid]
+    for a, b in overlaps(listed):
+        (i, first), (j, second) = valid[a], valid[b]
+        problems.append(
+            at.problem(
+                ("pauses", j),
+                f"pauses[{j}] ({second}) overlaps pauses[{i}] ({first}, line "
+                f"{at(('pauses', i))[0]}): give each day in one pause only",
+            )
+        )
+    return tuple(sorted(listed))
 
 
 def _students(

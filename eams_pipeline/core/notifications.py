@@ -16,6 +16,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from eams_pipeline.core.outcome import UploadStatus
+from eams_pipeline.core.pauses import FIRST_AFTER_PAUSE, PAUSE_RULES, PAUSED
 
 COUNT_LABELS = (
     ("added", "Students added"),
@@ -81,7 +82,7 @@ def build_upload_email(
         raise ValueError(f"unknown upload status {status!r}")
 
     lines = ["Hello,", ""]
-    lines += _result_paragraph(status, district, upload_id, reviewer)
+    lines += _result_paragraph(status, district, upload_id, reviewer, _held_rule(summary))
     reasons = _guard_reasons(summary)
     if reasons and (status in (UploadStatus.HELD, UploadStatus.DISCARDED) or reviewer):
         lines += ["", "Why it was held:", *reasons]
@@ -356,12 +357,18 @@ def build_held_operator_email(
 
 
 def _result_paragraph(
-    status: str, district: str, upload_id: object, reviewer: str | None = None
+    status: str,
+    district: str,
+    upload_id: object,
+    reviewer: str | None = None,
+    held_by: str | None = None,
 ) -> list[str]:
+    """The email's first paragraph; `held_by`: the rule that held the upload (the first)."""
     intro = f"The students.csv file uploaded by {district} (upload {upload_id}) was"
+    why = _HELD_BECAUSE.get(held_by or "", _HELD_BECAUSE[""])
     approved = (
-        f"{intro} HELD for review because it would change an unusual share of your "
-        f"students, then APPROVED after review by {reviewer} and applied:"
+        f"{intro} HELD for review because {why}, then APPROVED after review by {reviewer} "
+        "and applied:"
     )
     if status == UploadStatus.REJECTED:
         text = (
@@ -376,17 +383,16 @@ def _result_paragraph(
         )
     elif status == UploadStatus.HELD:
         text = (
-            f"{intro} HELD FOR REVIEW: it would change an unusual share of your students, "
-            "so NOTHING was applied. Our operators will review it and apply or discard it; "
-            "you will get another message. If the file is wrong (for example one school "
-            "only, or every student marked D), upload a corrected file: it replaces this one."
+            f"{intro} HELD FOR REVIEW: {why}, so NOTHING was applied. Our operators will "
+            "review it and apply or discard it; you will get another message. "
+            + _HELD_ADVICE.get(held_by or "", _HELD_ADVICE[""])
         )
     elif status == UploadStatus.DISCARDED:
         by = f" by {reviewer}" if reviewer else ""
         text = (
-            f"{intro} DISCARDED after review{by}: it was held because it would change an "
-            "unusual share of your students, and nothing of it was applied. Please check "
-            "the export from your SIS and upload a corrected file."
+            f"{intro} DISCARDED after review{by}: it was held because {why}, and nothing of "
+            "it was applied. Please check the export from your SIS and upload a corrected "
+            "file."
         )
     elif reviewer:
         text = f"{approved} every row was applied."
@@ -395,14 +401,50 @@ def _result_paragraph(
     return _wrap(text)
 
 
+# why an upload was held, by the rule that held it ("": a rule of the figures)
+_HELD_BECAUSE = {
+    "": "it would change an unusual share of your students",
+    PAUSED: "it arrived while uploads of your district are paused",
+    FIRST_AFTER_PAUSE: (
+        "it is the first file after a long pause, when a wrong file (last year's "
+        "roster, one school only) would do the most damage"
+    ),
+}
+_HELD_ADVICE = {
+    "": (
+        "If the file is wrong (for example one school only, or every student marked D), "
+        "upload a corrected file: it replaces this one."
+    ),
+    PAUSED: (
+        "If it was sent by mistake, nothing needs to be done. If it must be applied "
+        "during the pause, tell eAMS support."
+    ),
+    FIRST_AFTER_PAUSE: (
+        "If the file is wrong (for example last year's roster, or one school only), "
+        "upload a corrected file: it replaces this one."
+    ),
+}
+
+
+def _held_rule(summary: Mapping[str, object]) -> str | None:
+    """The rule that held the upload (the first of its guard record), if any."""
+    trip = summary.get("guard")
+    rule = trip.get("rule") if isinstance(trip, Mapping) else None
+    return rule if isinstance(rule, str) else None
+
+
 # what each rule of the change guard watches, in the district's words
 _RULE_LABELS = {
     "max_deactivated_pct": "many students deactivated",
     "max_updated_pct": "many students updated",
     "max_row_drop_pct": "far fewer rows than usual",
+    PAUSED: "uploads paused",
+    FIRST_AFTER_PAUSE: "first upload after a long pause",
 }
 # a guard rule's figures: counts, percentages and the words of core.guard, nothing else
 _GUARD_TEXT = re.compile(r"[a-z][a-z0-9 ,.%()]{0,300}")
+# a pause rule's words (core.pauses): dates and days, nothing else
+_PAUSE_TEXT = re.compile(r"[a-z][a-z0-9 ,.;()-]{0,300}")
 
 
 def _guard_reasons(summary: Mapping[str, object]) -> list[str]:
@@ -420,10 +462,16 @@ def _guard_reasons(summary: Mapping[str, object]) -> list[str]:
         if rule not in _RULE_LABELS:
             raise ValueError(f"{rule!r} is not a guard rule")
         said = " ".join(str(t.get("message", "")).split())
-        if not _GUARD_TEXT.fullmatch(said):
+        if rule in PAUSE_RULES:
+            if not _PAUSE_TEXT.fullmatch(said):
+                raise ValueError(f"the {rule} message must be dates and days")
+            reason = f"{_RULE_LABELS[rule]} ({rule}): {said}."
+        elif not _GUARD_TEXT.fullmatch(said):
             raise ValueError(f"the {rule} message must be counts and percentages")
+        else:
+            reason = f"{_RULE_LABELS[rule]} ({rule}): the file {said}."
         lines += _wrap(
-            f"{_RULE_LABELS[rule]} ({rule}): the file {said}.",
+            reason,
             initial_indent="  ",
             subsequent_indent="    ",
         )

@@ -514,12 +514,12 @@ def _positions(values: pa.Array, value_set: pa.Array) -> np.ndarray:
 def student_positions(student_ids: pd.Series, students: pd.DataFrame) -> np.ndarray:
     """Each row's stored student: its position in `students` (Student IDs are unique
     there), -1 for none. Computed once per upload and shared (hashing, username locks,
-    plan): the one lookup of 1M rows in 1M students costs ~0.3 s."""
+    plan): one Arrow hash lookup of the file's rows in the district's students."""
     return _positions(_arrow(student_ids), _arrow(students["student_id"]))
 
 
 def _as_text(coded: pd.Series) -> pd.Series:
-    """A categorical column as plain text (by one Arrow take; `astype` is ~6x slower)."""
+    """A categorical column as plain text (by one Arrow take, much faster than `astype`)."""
     codes = coded.cat.codes.to_numpy()
     categories = pa.array(coded.cat.categories.to_numpy(dtype=object), pa.string())
     text = pc.take(categories, pa.array(codes, mask=codes < 0))

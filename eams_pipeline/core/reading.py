@@ -547,7 +547,7 @@ def _parse_with_arrow(
                 # value is UTF-8 and pyarrow need not check it again
                 check_utf8=False,
                 # pandas keeps text as large_string: a `string` column would be cast to it
-                # (new offsets and data: 0.02-0.25 s for 1M rows, mostly fresh pages)
+                # (new offsets and data for every column, mostly on fresh pages)
                 column_types={c: pa.large_string() for c in COLUMNS},
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,

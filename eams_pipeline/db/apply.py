@@ -115,11 +115,11 @@ def _in_username_order(changes: pd.DataFrame, new: np.ndarray) -> np.ndarray:
 
 def _new_keys(conn: psycopg.Connection, n: int) -> np.ndarray:
     """`n` keys from the students sequence, ascending, as one binary aggregate (a row per
-    key was 0.7 s of Python for 1M). The new students get them in the order they are
-    written: the username index's (see insert_new_students). Knowing the keys up front lets
-    the new students and their history be written straight from the plan, without reading
-    them back."""
-    # the sequence is looked up once: pg_get_serial_sequence per row was 0.25 s of 0.28 s
+    key cost Python far more for 1M keys: bench/RESULTS.md). The new students get them in
+    the order they are written: the username index's (see insert_new_students). Knowing the
+    keys up front lets the new students and their history be written straight from the
+    plan, without reading them back."""
+    # the sequence is looked up once: pg_get_serial_sequence per row was nearly all the time
     (packed,) = conn.execute(
         """WITH s AS MATERIALIZED (
                SELECT pg_get_serial_sequence('students', 'student_pk')::regclass AS seq)
@@ -145,9 +145,8 @@ def insert_new_students(
     one leaf after the other instead of at random; the new keys go to the right end of the
     primary key one after the other; and the table's pages hold the new students in key
     order, so the history's key check (sql/010), which probes them in key order, and a
-    later UPDATE in key order read each page once. On onboarding-1m (server time, same
-    data): COPY students 10.5 -> 8.3 s and history 5.9 -> 3.5 s against keys in file
-    order."""
+    later UPDATE in key order read each page once (the effect on onboarding-1m, against
+    keys in file order: bench/RESULTS.md)."""
     if len(keyed.new) == 0:
         return
     copy_in(conn, "students", _new_students(district_id, keyed), keyed.new, encoded=encoded)
@@ -223,8 +222,8 @@ class Ahead(NamedTuple):
 
 def encode_ahead(district_id: int, upload_id: int, keyed: Keyed, executor: Executor) -> Ahead:
     """The new students' rows and their history as COPY data, made on `executor` while the
-    server runs the UPDATE of the changed students: Python's share of those COPYs (~0.25 s
-    for 100k new students) then runs on the other core, beside PostgreSQL's. Only on a
+    server runs the UPDATE of the changed students: Python's share of those COPYs then
+    runs on the other core, beside PostgreSQL's. Only on a
     night with both (on an onboarding night there is no UPDATE to hide it behind, and the
     COPY streams its rows as it makes them)."""
     if keyed.staged == 0 or not 0 < len(keyed.new) <= AHEAD_MAX_ROWS:

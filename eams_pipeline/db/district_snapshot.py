@@ -52,17 +52,18 @@ FROM students WHERE district_id = %s"""
 def load_district_students(conn: psycopg.Connection, district: District) -> pd.DataFrame:
     """What the plan needs of every student of the district, in one row of columns.
 
-    Not a COPY: COPY TO sends one protocol message per row, and reading 900k of them is
-    ~1 s of Python holding the GIL, which competes with the file's parsing that runs at
+    Not a COPY: COPY TO sends one protocol message per row, and reading 900k of them costs
+    Python about a second holding the GIL, which competes with the file's parsing that runs at
     the same time. The server aggregates each column into one value instead (one pass, the
     same row order in every aggregate): the numbers as 8-byte big-endian binaries
-    (`int8send`, read by numpy without parsing text: 0.65 s of server time for 900k
-    students against 1.05 s for the same as CSV text), the Student IDs and usernames as
+    (`int8send`, read by numpy without parsing text, cheaper for the server than the same
+    as CSV text), the Student IDs and usernames as
     line-separated text (a CHECK keeps line breaks out of both: sql/002, sql/011), and one
     byte of flags per student (active; no password fingerprint). The usernames are
     lower-cased here, by the kernel that lower-cases the file's (core.plan.lower_usernames):
-    the same for the ASCII a CHECK holds them to, and `lower()` was 0.17 s of the query's
-    0.9 s of server time for 1M students, on the path the match waits for."""
+    the same for the ASCII a CHECK holds them to, and `lower()` was a fifth of the query's
+    server time, on the path the match waits for (figures: bench/RESULTS.md, "Figures
+    behind the documents")."""
     count, ids, usernames, *numbers, flags = (
         conn.cursor(binary=True).execute(_STUDENTS_QUERY, (district.district_id,)).fetchone()
     )

@@ -14,6 +14,7 @@ import psycopg
 
 from eams_pipeline.core.guard import parse_thresholds
 from eams_pipeline.core.master_data import SftpAccount
+from eams_pipeline.core.pauses import Pause, parse_stored
 
 
 class UnknownDistrict(LookupError):
@@ -37,6 +38,8 @@ class District:
     grades: tuple[str, ...] | None = None  # participating grades; None: all
     expected_by: dt.time | None = None  # local time the nightly file is due; None: no alert
     failure_contacts: tuple[str, ...] = ()  # also told of rejected or held files
+    # local date ranges without uploads (core.pauses), in date order
+    pauses: tuple[Pause, ...] = ()
 
     @property
     def failure_recipients(self) -> tuple[str, ...]:
@@ -52,7 +55,8 @@ _SELECT = """SELECT district_id, code, name, timezone, contacts, process_at,
                     enterprise_order_id, holding_bin_school_id,
                     sftp_host, sftp_port, sftp_username, sftp_password_env,
                     sftp_private_key_file, sftp_host_key, sftp_root,
-                    encoding, grades, expected_by, failure_contacts, guard, mode
+                    encoding, grades, expected_by, failure_contacts, guard, mode,
+                    pauses
              FROM districts"""
 
 
@@ -60,7 +64,7 @@ def _from_row(r: tuple) -> District:
     district_id, code, name, timezone, contacts, process_at, ent_order, bin_school = r[:8]
     host, port, username, password_env, key_file, host_key, root = r[8:15]
     encoding, grades, expected_by, failure_contacts = r[15:19]
-    guard, mode = r[19:21]
+    guard, mode, pauses = r[19:22]
     sftp = None
     if host and username:
         sftp = SftpAccount(
@@ -89,6 +93,7 @@ def _from_row(r: tuple) -> District:
         # stored resolved at `eams setup load`; NULL (never loaded since 007): the defaults
         guard=guard if guard is not None else parse_thresholds(None),
         mode=mode or "incremental",
+        pauses=parse_stored(pauses),
     )
 
 

@@ -39,8 +39,8 @@ def to_hash(conn: psycopg.Connection, district_id: int, keys: pd.DataFrame) -> p
     keeps the subquery a per-key SubPlan): the cache is a table every night fills and
     empties, and until a VACUUM its index is mostly dead entries, which the planner's
     join, sure from the statistics that the district has next to nothing cached, reads
-    all of for the district (10k keys on a cache of 1.4k live and 100k dead rows: 1.05 s
-    against 0.03 s by probes)."""
+    all of for the district (the probes are much faster on such a cache: bench/RESULTS.md,
+    "Figures behind the documents")."""
     if keys.empty:
         return pd.Series([], dtype="int64")
     probe = "OFFSET 0" if len(keys) <= PROBE_MAX_KEYS else ""
@@ -152,12 +152,11 @@ def forget(
     failed row's, one changed in between) stay until they expire.
 
     The new students' keys are not sent: 1M Student IDs and fingerprints as array
-    parameters were ~1.5-2.5 s of Python on an onboarding. The rows are found by one hash
+    parameters cost seconds of Python on an onboarding. The rows are found by one hash
     join (forced: the statistics of tables just loaded would have the planner probe the
-    cache once per row, 8.8 s for 1M) and deleted by row id in the table's order (a TID scan
-    sorts its list), so each page of the cache is read and dirtied once, where a DELETE
-    driven by the join visits them at random (onboarding-1m, server side: 3.2-4.0 s ->
-    ~2 s)."""
+    cache once per row, far slower for 1M) and deleted by row id in the table's order (a
+    TID scan sorts its list), so each page of the cache is read and dirtied once, where a
+    DELETE driven by the join visits them at random (figures: bench/RESULTS.md)."""
     first, last = new_keys if new_keys is not None else (0, -1)
     if first > last and not student_ids:
         return 0

@@ -29,6 +29,7 @@ from eams_pipeline.core.master_data import (
     new_student_problems,
     sftp_conflict_problems,
 )
+from eams_pipeline.core.pauses import stored as stored_pauses
 from eams_pipeline.core.validation import normalise
 from eams_pipeline.db.districts import list_districts
 from eams_pipeline.db.usernames import lock_usernames
@@ -275,10 +276,10 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
         INSERT INTO districts (code, name, timezone, contacts, process_at, sftp_host, sftp_port,
                                sftp_username, sftp_password_env, sftp_private_key_file,
                                sftp_host_key, sftp_root, encoding, grades, expected_by,
-                               failure_contacts, guard, mode)
+                               failure_contacts, guard, mode, pauses)
         VALUES (%(code)s, %(name)s, %(tz)s, %(contacts)s, %(at)s, %(host)s, %(port)s, %(user)s,
                 %(pw)s, %(key)s, %(hk)s, %(root)s, %(encoding)s, %(grades)s, %(expected_by)s,
-                %(failure_contacts)s, %(guard)s, %(mode)s)
+                %(failure_contacts)s, %(guard)s, %(mode)s, %(pauses)s)
         ON CONFLICT (code) DO UPDATE SET
             encoding = EXCLUDED.encoding, grades = EXCLUDED.grades,
             expected_by = EXCLUDED.expected_by, failure_contacts = EXCLUDED.failure_contacts,
@@ -288,21 +289,21 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             sftp_password_env = EXCLUDED.sftp_password_env,
             sftp_private_key_file = EXCLUDED.sftp_private_key_file,
             sftp_host_key = EXCLUDED.sftp_host_key, sftp_root = EXCLUDED.sftp_root,
-            guard = EXCLUDED.guard, mode = EXCLUDED.mode,
+            guard = EXCLUDED.guard, mode = EXCLUDED.mode, pauses = EXCLUDED.pauses,
             updated_at = now()
         WHERE (districts.name, districts.timezone, districts.contacts, districts.process_at,
                districts.sftp_host, districts.sftp_port, districts.sftp_username,
                districts.sftp_password_env, districts.sftp_private_key_file,
                districts.sftp_host_key, districts.sftp_root, districts.encoding,
                districts.grades, districts.expected_by, districts.failure_contacts,
-               districts.guard, districts.mode)
+               districts.guard, districts.mode, districts.pauses)
           IS DISTINCT FROM
               (EXCLUDED.name, EXCLUDED.timezone, EXCLUDED.contacts, EXCLUDED.process_at,
                EXCLUDED.sftp_host, EXCLUDED.sftp_port, EXCLUDED.sftp_username,
                EXCLUDED.sftp_password_env, EXCLUDED.sftp_private_key_file,
                EXCLUDED.sftp_host_key, EXCLUDED.sftp_root, EXCLUDED.encoding,
                EXCLUDED.grades, EXCLUDED.expected_by, EXCLUDED.failure_contacts,
-               EXCLUDED.guard, EXCLUDED.mode)
+               EXCLUDED.guard, EXCLUDED.mode, EXCLUDED.pauses)
         RETURNING district_id
         """,
         {
@@ -324,6 +325,7 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             "failure_contacts": list(d.failure_contacts),
             "guard": json.dumps(d.guard) if d.guard is not None else None,
             "mode": d.mode,
+            "pauses": json.dumps(stored_pauses(d.pauses)),
         },
     ).fetchone()
     changed = {"districts": 1 if row else 0}

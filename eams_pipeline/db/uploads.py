@@ -211,6 +211,20 @@ def recent_applied_rows(
     return tuple(int(r[0]) for r in rows)
 
 
+def last_applied_received_at(
+    conn: psycopg.Connection, district_id: int, upload_id: int | None
+) -> dt.datetime | None:
+    """When the district's newest applied upload (other than this one) was received, or
+    None: the pause rules (core.pauses) ask whether one was applied since a pause ended."""
+    r = conn.execute(
+        """SELECT received_at FROM uploads WHERE district_id = %s
+               AND upload_id IS DISTINCT FROM %s AND status = ANY(%s)
+           ORDER BY received_at DESC LIMIT 1""",
+        (district_id, upload_id, sorted(str(s) for s in APPLIED_STATUSES)),
+    ).fetchone()
+    return r[0] if r else None
+
+
 def supersede_held(conn: psycopg.Connection, district_id: int, upload: UploadRow) -> list[str]:
     """Held uploads received before `upload` (accepted: applied or held itself) become
     superseded: they can no longer be approved over newer data without allow_older."""

@@ -84,12 +84,13 @@ def usernames_held_by_others(
         )
 
 
-# Left to itself the planner hashes all of students (every district's: 0.4 s for 900k, in
-# 16 batches spilled to disk at the default work_mem) to find the holders of a night's
-# ~100k new usernames; probing the username index once per file username is 0.2 s, and
-# stays proportional to the file when students holds thousands of districts. When the file
-# claims a good share of the table (a large district's onboarding into a small database),
-# the planner's hash join is left as it is.
+# Left to itself the planner hashes all of students (every district's, in batches spilled
+# to disk at the default work_mem) to find the holders of a night's ~100k new usernames;
+# probing the username index once per file username is about twice as fast (figures:
+# bench/RESULTS.md, "Figures behind the documents"), and stays proportional to the file
+# when students holds thousands of districts. When the file claims a good share of the
+# table (a large district's onboarding into a small database), the planner's hash join is
+# left as it is.
 _PROBE_SETTINGS = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
 
 

@@ -4,10 +4,10 @@ It creates (or reuses) a state directory, ``./var/demo`` by default, holding gen
 secrets, the SFTP and mail folders, the encrypted archive and DAGSTER_HOME; creates and
 migrates two databases on the local PostgreSQL (the MY Access database and Dagster's
 storage); starts an SFTP server (asyncssh, one chrooted directory per district) and an SMTP
-server that saves every message to a folder; loads two sample districts whose SFTP accounts
-point at that server; drops a sample upload into each district's ``incoming/`` (one clean,
-one with errors); and runs ``dagster dev`` with fast sensor settings. Ctrl-C or SIGTERM
-stops everything it started.
+server that saves every message to a folder; loads three sample districts whose SFTP
+accounts point at that server; drops a sample upload into each district's ``incoming/`` (one
+clean, one with errors, one held by the change guard); and runs ``dagster dev`` with fast
+sensor settings. Ctrl-C or SIGTERM stops everything it started.
 
 One demo per state directory: it holds ``<state>/demo.lock`` (``fcntl.flock``, its PID
 inside) for its lifetime, and a second one refuses to start, naming the lock and the PID.
@@ -270,9 +270,9 @@ def master_data(sftp: LoopbackSftpServer) -> dict:
                 ],
             },
             {
-                # the change guard at its defaults (README): last night's upload (every
-                # student, applied before the demo starts) is the baseline; the sample file
-                # marks most of the district's active students D and is held for review
+                # the change guard at its defaults (docs/safe-uploads.md): last night's
+                # upload (every student, applied before the demo starts) is the baseline; the
+                # sample file marks most of the district's active students D and is held for review
                 "code": "D003",
                 "name": "Ogdenville Public Schools",
                 "timezone": "America/Denver",

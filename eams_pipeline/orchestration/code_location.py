@@ -70,7 +70,7 @@ def build_definitions(
         codes = list(district_codes)
     elif is_run_worker():
         # A run needs its job, not the district sensors: no districts query and no 2,000
-        # sensor definitions in every run worker (~0.5 s of CPU per run with 2,000 districts).
+        # sensor definitions in every run worker (bench/RESULTS.md, "Fleet": CPU per run).
         codes = []
     else:
         codes = district_codes_from_database()

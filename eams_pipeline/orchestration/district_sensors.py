@@ -59,8 +59,9 @@ def build_district_sensor(
 
     With ``resources`` (the code location's ``db``, ``sftp`` and ``smtp``), the sensor uses
     those objects directly: Dagster then builds no resources for a tick (initialising three
-    configurable resources costs ~8 ms of CPU, more than the tick's own work, 2,000 sensors
-    times every interval). Without, it takes them as Dagster resources (tests, one-offs).
+    configurable resources costs more CPU than the tick's own work, 2,000 sensors times every
+    interval: bench/RESULTS.md, "Fleet"). Without, it takes them as Dagster resources
+    (tests, one-offs).
     """
     interval = interval_seconds if interval_seconds is not None else sensor_interval_seconds()
     settle_window = settle if settle is not None else settle_seconds()

@@ -97,6 +97,7 @@ def send_district_alerts(
             timezone=district.timezone,
             last_received=None,
             file_waiting=file_waiting,
+            pauses=district.pauses,
         )
         is not None
     )
@@ -110,6 +111,7 @@ def send_district_alerts(
             last_received=db_alerts.last_received(conn, district.district_id),
             file_waiting=file_waiting,
             alerted=db_alerts.alerted(conn, district.district_id, MISSING_UPLOAD),
+            pauses=district.pauses,
         )
         if new:
             # reported already (a reset cursor, a reload, another shard layout): not again

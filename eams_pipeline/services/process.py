@@ -59,6 +59,7 @@ from eams_pipeline.core.outcome import (
     status_of,
 )
 from eams_pipeline.core.passwords import PasswordHasher
+from eams_pipeline.core.pauses import PauseTrip, pause_trip
 from eams_pipeline.core.plan import (
     Plan,
     RowMatch,
@@ -452,7 +453,8 @@ def process_upload(
     `superseded`, its report computed as a dry run) unless `allow_older` is set.
     `error_file_name(upload_id)` names the error file recorded with the outcome.
 
-    The change guard (core.guard, the district's limits) runs on every accepted file: when
+    The change guard (core.guard, the district's limits; core.pauses, its pauses: the
+    upload's `received_at` in its time zone) runs on every accepted file: when
     a rule trips nothing is applied and the upload is recorded `held` with its counts,
     errors and the rule's figures. A held upload is settled: running it again returns what
     was recorded. `approve_hold` re-plans it against the current database and applies it
@@ -648,7 +650,7 @@ def _outcome(
     plan = _plan(conn, district, inputs, engine, clock, lock_claimed=record is not None)
     result = _from_plan(upload.district, upload_id, plan)
     if not superseded:
-        _guard(conn, district, upload_id, inputs.students, plan, result, approve_hold)
+        _guard(conn, district, upload, upload_id, inputs.students, plan, result, approve_hold)
     if record is not None and not superseded and result.status != UploadStatus.HELD:
         plan = _released(plan, inputs, prepared)
         _apply(conn, district, record, plan, result, inputs, prepared, engine, clock)
@@ -704,6 +706,7 @@ def _plan(
 def _guard(
     conn: psycopg.Connection,
     district: District,
+    upload: Upload,
     upload_id: int | None,
     students: pd.DataFrame,
     plan: Plan,
@@ -711,7 +714,8 @@ def _guard(
     approve_hold: bool,
 ) -> None:
     """The change guard's figures (recorded with the result) and, unless approving a held
-    upload, whether a rule trips: the result is then held."""
+    upload, whether a rule trips: the result is then held. The district's pauses
+    (core.pauses: the upload's received time in its time zone) come first."""
     figures = GuardFigures(
         active_before=int((students["status"] == "active").sum()),
         students_before=len(students),
@@ -724,9 +728,35 @@ def _guard(
     )
     result.guard_figures = figures.as_dict()
     if not approve_hold:
-        result.guard_trip = trip_record(evaluate(district.guard or {}, figures))
+        result.guard_trip = trip_record(
+            [
+                *_pause_trips(conn, district, upload_id, upload.received_at),
+                *evaluate(district.guard or {}, figures),
+            ]
+        )
     if result.guard_trip is not None:
         result.status = UploadStatus.HELD
+
+
+def _pause_trips(
+    conn: psycopg.Connection,
+    district: District,
+    upload_id: int | None,
+    received_at: dt.datetime,
+) -> list[PauseTrip]:
+    """The district's pause rule that holds this upload, if any (core.pauses: the upload's
+    received time in the district's time zone decides). First: it takes precedence."""
+    if not district.pauses:
+        return []
+    trip = pause_trip(
+        received_at,
+        timezone=district.timezone,
+        pauses=district.pauses,
+        last_applied_at=db_uploads.last_applied_received_at(
+            conn, district.district_id, upload_id
+        ),
+    )
+    return [trip] if trip is not None else []
 
 
 def _released(plan: Plan, inputs: _Inputs, prepared: Prepared) -> Plan:

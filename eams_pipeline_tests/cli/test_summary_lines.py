@@ -53,3 +53,18 @@ def test_guard_limits_in_a_cell() -> None:
     assert guard_text({**DEFAULT_THRESHOLDS, "max_deactivated_pct": 12.5}).startswith(
         "deactivated 12.5%, "
     )
+
+
+def test_a_file_held_by_a_pause_says_what_to_weigh() -> None:
+    trip = {"rule": "paused", "message": "received on 2026-12-24, in the pause winter"}
+    lines = upload_summary(
+        _summary("held", rows=1, unchanged=1, guard={**trip, "trips": [trip]}),
+        upload_key="D1-k",
+        approve_file="students.csv",
+    )
+    assert lines[2:4] == [
+        "  guard rule paused: received on 2026-12-24, in the pause winter",
+        "    hint: it arrived on a day the district's master data pauses (`pauses:`); approve "
+        "it only if the district wants it applied during the pause, else discard it",
+    ]
+    assert "    eams uploads approve D1-k --file students.csv --by YOUR_NAME" in lines

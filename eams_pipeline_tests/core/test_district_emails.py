@@ -1,4 +1,4 @@
-"""Emails that read right (issue 10 §4): the upload key, no error file on success, no word
+"""Emails that read right: the upload key, no error file on success, no word
 cut, consistent counts, failure contacts for rejected files (the last on the real servers)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Files real SIS exports produce (issue 10 §3): encodings, participating grades, closed
+"""Files real SIS exports produce: encodings, participating grades, closed
 schools, IGNORE, and master data with keys the loader does not know."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The change guard (issue 9 §1) and full-roster mode (§2), on a real PostgreSQL."""
+"""The change guard and full-roster mode, on a real PostgreSQL."""
 
 from __future__ import annotations
 

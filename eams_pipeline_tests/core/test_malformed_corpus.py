@@ -1,4 +1,4 @@
-"""Malformed files (issue 7): whatever the bytes, the reader returns rows or a FileRejected
+"""Malformed files: whatever the bytes, the reader returns rows or a FileRejected
 with a line, never an exception; no record is lost or merged silently.
 
 The corpus is generated here, case by case; each case states its outcome: a rejection

@@ -1,4 +1,4 @@
-"""The reader's fast path (issue 11): the bit-mask quote-parity scan against a plain
+"""The reader's fast path: the bit-mask quote-parity scan against a plain
 reference, and the rest of read_upload against the csv module on larger, step-crossing
 inputs.
 

@@ -1,4 +1,4 @@
-"""Retention (issue 10 §2): clear-text passwords do not stay on SFTP, and the retention job
+"""Retention: clear-text passwords do not stay on SFTP, and the retention job
 removes old raw files, error files and archive copies, but nothing a received or held
 upload needs. Decisions tested directly; the job against the real SFTP server."""
 

@@ -1,4 +1,4 @@
-"""Faults on the Dagster path (issue 7 §4): the run worker killed, SFTP and SMTP servers
+"""Faults on the Dagster path: the run worker killed, SFTP and SMTP servers
 going away, PostgreSQL restarting. Real servers on 127.0.0.1 and the shipped dagster.yaml
 (PostgreSQL run storage, run retries). Every test ends with the same guarantees:
 

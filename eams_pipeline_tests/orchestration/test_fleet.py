@@ -1,5 +1,5 @@
 """A fleet of districts: pooled SFTP connections (real loopback server) and the cached
-district settings the sensors read (issue 12)."""
+district settings the sensors read."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Passwords hashed before the apply transaction (issue 11): durable batches, a crash in the
+"""Passwords hashed before the apply transaction: durable batches, a crash in the
 middle of hashing followed by a re-run, hashes changed in between, held files, progress."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reverting an upload (issue 9 §3) on a real PostgreSQL: the pre-upload state of every
+"""Reverting an upload on a real PostgreSQL: the pre-upload state of every
 student comes back, licenses stay consistent, conflicts refuse unless cascaded."""
 
 from __future__ import annotations
