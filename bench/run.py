@@ -5,7 +5,9 @@ then runs every measurement in its own subprocess so that each peak RSS is its o
 
     engine     `eams_pipeline.services.process.process_upload` (the code path of `eams process` and
                the Dagster job) on a database re-created from the template, then the error
-               file rendered as `eams process` does;
+               file rendered as `eams process` does, then the change report built from the
+               history and written (services.change_report, as the change_report asset and
+               `eams process --changes-out` do; timed apart, not in the upload's figure);
     reference  `eams_reference.reference_process` on a sample of the file;
     hashing    real argon2id (OWASP parameters) on 1 and on 2 worker threads.
 
@@ -383,7 +385,9 @@ def _rss_steps():  # a Progress (imported late)
 def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> dict[str, Any]:
     from bench.generate import DISTRICT, SECRET
     from eams_pipeline.core.error_file import render_error_file
+    from eams_pipeline.core.outcome import APPLIED_STATUSES
     from eams_pipeline.core.passwords import Argon2Settings, PasswordHasher
+    from eams_pipeline.services.change_report import build_change_report
     from eams_pipeline.services.process import Engine, Upload, process_upload
 
     workers = os.cpu_count() or 1
@@ -409,6 +413,15 @@ def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> di
             error_path.write_bytes(render_error_file(result.errors))
         t2 = time.perf_counter()
         rss.finished("error_file", t2 - t1)
+        change_lines, change_bytes, change_query_s = 0, 0, 0.0
+        rss.started("change_report")
+        if result.status in APPLIED_STATUSES:
+            report = build_change_report(conn, upload_key)
+            (Path(out_dir) / report.name).write_bytes(report.content)
+            change_lines, change_bytes = report.lines, len(report.content)
+            change_query_s = report.seconds
+        t3 = time.perf_counter()
+        rss.finished("change_report", t3 - t2)
     rss_steps = rss.stop()
     steps = dict(result.timings)
     # the apply's seconds that are not this process's CPU: PostgreSQL's time for the writes
@@ -416,6 +429,11 @@ def worker_engine(url: str, file_path: str, upload_key: str, out_dir: str) -> di
     steps["commit"] = max(0.0, (t1 - t0) - sum(result.timings.values()))
     steps["error_file"] = t2 - t1
     return {
+        # the change report alone (query, rendering, write), after the upload
+        "change_report_s": round(t3 - t2, 4),
+        "change_report_build_s": round(change_query_s, 4),
+        "change_report_lines": change_lines,
+        "change_report_bytes": change_bytes,
         "rows": result.counts["rows"],
         "status": str(result.status),
         "counts": result.counts,
@@ -590,6 +608,15 @@ def _summarise(runs: list[dict[str, Any]], commands: list[dict[str, Any]]) -> di
         "counts": runs[0]["counts"],
         "error_codes": runs[0]["error_codes"],
         "load_avg_before": [r["load_avg_before"] for r in runs],
+        # the change report alone, after the upload (not in the figures above)
+        "change_report": {
+            "lines": runs[0]["change_report_lines"],
+            "bytes": runs[0]["change_report_bytes"],
+            "runs_s": [r["change_report_s"] for r in runs],
+            "median_s": _median([r["change_report_s"] for r in runs]),
+            "median_to_upload": _median([r["change_report_to_upload"] for r in runs]),
+            "median_to_copy": _median([r["change_report_to_copy"] for r in runs]),
+        },
     }
     if commands:
         out["command"] = {
@@ -675,12 +702,20 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         res["raw_copy_s"] = round(copy_s, 4)
         res["without_hashing_s"] = round(res["end_to_end_s"] - res["steps"].get("hash", 0.0), 4)
         res["ratio"] = round(res["without_hashing_s"] / copy_s, 2)
+        res["change_report_to_upload"] = round(res["change_report_s"] / res["without_hashing_s"], 3)
+        res["change_report_to_copy"] = round(res["change_report_s"] / copy_s, 2)
         c = res["steps"]
         log(
             f"  {label} run {i + 1}: {res['without_hashing_s']:.2f} s without hashing, raw COPY "
             f"{copy_s:.2f} s, x{res['ratio']} ("
             + ", ".join(f"{k} {v:.2f}" for k, v in c.items() if v >= 0.005)
             + f"), RSS {res['peak_rss_mib']:.0f} MiB, load {load:.2f}"
+        )
+        log(
+            f"    change report: {res['change_report_s']:.2f} s for "
+            f"{res['change_report_lines']:,} lines ({res['change_report_bytes'] / 2**20:.1f} MiB)"
+            f", x{res['change_report_to_upload']} the upload, x{res['change_report_to_copy']} "
+            "the raw COPY"
         )
         log(
             "    RSS MiB by step (peak/end): "
@@ -760,6 +795,8 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
     ref = s.get("nightly-1m", {}).get("reference")
     if ref:
         out["nightly-1m_speedup_ge_15x"] = ref["speedup_per_row"] >= SPEEDUP_GOAL
+    for name in s:  # the change report must not double an upload's time
+        out[f"{name}_change_report_lt_upload"] = s[name]["change_report"]["median_to_upload"] < 1
     for name in s:
         out[f"{name}_licenses_consistent"] = s[name]["db_after"]["licenses_consistent"]
     for name in ("replay", "replay-aged"):
@@ -814,6 +851,12 @@ def print_table(report: dict[str, Any]) -> None:
             f"{s['db_after']['licenses_consistent']}; runs without hashing "
             f"{s['runs_without_hashing_s']}, ratios {s['runs_ratio']}; PostgreSQL's time in "
             f"the apply alone: x{s['median_apply_db_ratio']} the raw COPY"
+        )
+        cr = s["change_report"]
+        print(
+            f"  change report: {cr['lines']:,} lines, {cr['bytes'] / 2**20:.1f} MiB, "
+            f"{cr['median_s']:.2f} s (runs {cr['runs_s']}): x{cr['median_to_upload']} the "
+            f"upload without hashing, x{cr['median_to_copy']} the raw COPY"
         )
         ref = s.get("reference")
         if ref:

@@ -199,6 +199,12 @@ def setup_load(file: Path) -> None:
     help="Where to write the error file (default: ./students_errors_<upload id>.csv).",
 )
 @click.option(
+    "--changes-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the change report (what the applied upload changed, one line per "
+    "student and field) to this file.",
+)
+@click.option(
     "--verbose",
     "-v",
     is_flag=True,
@@ -211,6 +217,7 @@ def process_cmd(
     file: Path,
     dry_run: bool,
     errors_out: Path | None,
+    changes_out: Path | None,
     verbose: bool,
     quiet: bool,
     as_json: bool,
@@ -236,6 +243,7 @@ def process_cmd(
 
     from eams_pipeline.core.error_file import render_error_file
     from eams_pipeline.core.names import error_file_name, make_upload_key
+    from eams_pipeline.core.outcome import APPLIED_STATUSES
     from eams_pipeline.io.files import NotARegularFile, read_upload_file
     from eams_pipeline.services.process import (
         Upload,
@@ -259,6 +267,12 @@ def process_cmd(
         ) from None
     if errors_out is not None or not dry_run:  # a dry run writes no file of its own
         _check_errors_out(errors_out, file)
+    if changes_out is not None:
+        if dry_run:
+            raise click.ClickException(
+                "--changes-out: a dry run changes nothing, so it has no change report"
+            )
+        _check_output_file("--changes-out", changes_out, file)
     engine = _engine()  # the secret keys' format: before the file is read
     limit = config.max_upload_bytes()
     progress = _progress(verbose=verbose, quiet=quiet)
@@ -316,9 +330,17 @@ def process_cmd(
                 err=True,
             )
             error_file = None
+    extra = {}
+    if changes_out is not None:
+        written = None
+        if result.status in APPLIED_STATUSES and upload.key is not None:
+            with connect() as conn:
+                written = _write_change_report(conn, upload.key, changes_out, revert=False)
+        extra["change_report"] = written  # null: nothing was applied (or not written)
     _report_and_exit(
         result,
         error_file,
+        extra,
         as_json=as_json,
         upload_key=upload.key,
         dry_run=dry_run,
@@ -329,6 +351,7 @@ def process_cmd(
 def _report_and_exit(
     result: UploadResult,
     error_file: str | None,
+    extra: dict[str, object] | None = None,
     *,
     as_json: bool,
     upload_key: str | None,
@@ -337,8 +360,9 @@ def _report_and_exit(
     decided: str | None = None,
 ) -> NoReturn:
     """Print the upload's summary (for a person, or the JSON object with why a superseded
-    upload was not applied on stderr), then exit by its status."""
-    summary = result.summary(error_file)
+    upload was not applied on stderr; `extra`: more keys, e.g. the change report's path),
+    then exit by its status."""
+    summary = {**result.summary(error_file), **(extra or {})}
     if _human(as_json):
         from eams_pipeline import cli_output
 
@@ -577,26 +601,52 @@ def uploads_approve(
 
 def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
     """Refuse an error-file path that could not be written, or that is the upload itself."""
-    target = errors_out if errors_out is not None else Path.cwd() / "students_errors.csv"
-    where = "--errors-out" if errors_out is not None else "the current directory"
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise click.ClickException(f"{where}: the directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise click.ClickException(f"{where}: the directory {parent} is not writable")
     if errors_out is None:
-        return
-    if errors_out.exists():
-        if errors_out.is_dir():
-            raise click.ClickException(f"--errors-out: {errors_out} is a directory")
-        if os.path.samefile(errors_out, upload):
+        _check_directory("the current directory", Path.cwd())
+    else:
+        _check_output_file("--errors-out", errors_out, upload)
+
+
+def _check_directory(where: str, directory: Path) -> None:
+    if not directory.is_dir():
+        raise click.ClickException(f"{where}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise click.ClickException(f"{where}: the directory {directory} is not writable")
+
+
+def _check_output_file(option: str, path: Path, upload: Path | None = None) -> None:
+    """Refuse an output path (`option`'s) that could not be written, or that is the upload."""
+    _check_directory(option, path.parent if str(path.parent) else Path("."))
+    if path.exists():
+        if path.is_dir():
+            raise click.ClickException(f"{option}: {path} is a directory")
+        if upload is not None and os.path.samefile(path, upload):
             raise click.ClickException(
-                f"--errors-out: {errors_out} is the input file; it would be overwritten"
+                f"{option}: {path} is the input file; it would be overwritten"
             )
-        if not os.access(errors_out, os.W_OK):
-            raise click.ClickException(f"--errors-out: {errors_out} is not writable")
-    elif errors_out.resolve() == upload.resolve():
-        raise click.ClickException(f"--errors-out: {errors_out} is the input file")
+        if not os.access(path, os.W_OK):
+            raise click.ClickException(f"{option}: {path} is not writable")
+    elif upload is not None and path.resolve() == upload.resolve():
+        raise click.ClickException(f"{option}: {path} is the input file")
+
+
+def _write_change_report(conn: Any, upload_key: str, path: Path, *, revert: bool) -> str | None:
+    """Write the change report of the upload (or of its revert) to `path`, after its outcome
+    was committed: a failure to write it is a warning, never the command's failure."""
+    from eams_pipeline.services.change_report import build_change_report
+
+    report = build_change_report(conn, upload_key, revert=revert)
+    try:
+        path.write_bytes(report.content)
+    except OSError as exc:
+        click.echo(
+            f"eams: warning: the change report of upload {upload_key} could not be written to "
+            f"{path}: {exc.strerror or exc}. It is built again from the history any time "
+            "(eams uploads revert --changes-dir, or the Dagster change_report asset).",
+            err=True,
+        )
+        return None
+    return str(path)
 
 
 @uploads.command("discard")
@@ -642,6 +692,12 @@ def uploads_discard(upload_key: str, by: str | None, no_email: bool, as_json: bo
     help="Show what would be put back (the same statements, rolled back); change nothing.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option(
+    "--changes-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write the change report of each revert (what it put back) to this directory "
+    "as students_changes_<upload key>_revert.csv.",
+)
 @_json_option
 def uploads_revert(
     upload_key: str,
@@ -650,6 +706,7 @@ def uploads_revert(
     no_email: bool,
     dry_run: bool,
     yes: bool,
+    changes_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Put every student the upload changed back as it was before it (one transaction);
@@ -657,7 +714,15 @@ def uploads_revert(
 
     On a terminal it first shows what would be put back and asks for confirmation
     (unless --yes); when standard input or output is not a terminal it does not ask."""
+    from eams_pipeline.core.names import change_report_name
     from eams_pipeline.services.revert import revert_upload
+
+    if changes_dir is not None:
+        if dry_run:
+            raise click.ClickException(
+                "--changes-dir: a dry run changes nothing, so it has no change report"
+            )
+        _check_directory("--changes-dir", changes_dir)
 
     def revert(*, dry: bool, expected: list[str] | None = None) -> list[dict[str, Any]]:
         done = revert_upload(
@@ -701,6 +766,12 @@ def uploads_revert(
         done = revert(dry=False, expected=expected)
         for r in done:
             _tell_district(conn, r["upload_key"], no_email=no_email)
+        if changes_dir is not None:
+            for r in done:
+                path = changes_dir / change_report_name(r["upload_key"], revert=True)
+                r["change_report"] = _write_change_report(
+                    conn, r["upload_key"], path, revert=True
+                )
     show(done, dry=False, key="reverted")
 
 

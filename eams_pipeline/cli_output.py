@@ -146,6 +146,8 @@ def upload_summary(
         lines.append(f"  error file: {summary['error_file']}")
     elif dry_run and summary["error_codes"]:
         lines.append("  error file: not written (a dry run writes one with --errors-out PATH)")
+    if "change_report" in summary:  # --changes-out
+        lines.append(f"  change report: {summary['change_report'] or 'not written'}")
     guard = summary.get("guard")
     if guard:
         trips = guard.get("trips") or [guard]
@@ -190,6 +192,8 @@ def revert_summary(
                 "    licenses available: "
                 + ", ".join(f"{order} {change:+,}" for order, change in moves.items())
             )
+        if "change_report" in r:  # --changes-dir
+            lines.append(f"    change report: {r['change_report'] or 'not written'}")
     return lines
 
 

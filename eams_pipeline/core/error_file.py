@@ -11,15 +11,26 @@ import io
 
 import pandas as pd
 from defusedcsv import csv as safe_csv
+from defusedcsv.csv import _escape as _defused_cell
 
 HEADER = ("Line Number", "Student ID", "Column", "Error Code", "Message")
 _ALWAYS_NEUTRALISE = ("\t", "\r", "-", "+")
+
+
+# every leading character either rule acts on (defusedcsv's: = + - @ | %): a cell starting
+# with none of them is never changed (the change report neutralises only the cells that do)
+RISKY_LEADING = frozenset("=+-@|%\t\r")
 
 
 def _cell(value: object) -> object:
     if isinstance(value, str) and value.startswith(_ALWAYS_NEUTRALISE):
         return "'" + value
     return value
+
+
+def neutralise_cell(value: str) -> str:
+    """One text cell as the error file writes it: ours, then defusedcsv's rule."""
+    return _defused_cell(_cell(value))
 
 
 def render_error_file(errors: pd.DataFrame) -> bytes:

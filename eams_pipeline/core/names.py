@@ -1,11 +1,13 @@
 """The names of things, in one place: the district's SFTP directories and files, the upload
-key, the raw file's name once claimed and the error file's name.
+key, the raw file's name once claimed, the error file's and the change report's names.
 
     incoming/students.csv             the district writes here (``*.filepart``: in progress)
     check/students.csv                a check drop: validated as a dry run, never applied
     processed/students_<key>.csv      the raw file once claimed, until retention removes it
     errors/students_errors_<id>.csv   the error file (SPEC §5: named by upload id)
     reports/students_check_<key>.csv  a check drop's report (the error file's columns)
+    reports/students_changes_<key>.csv         what the applied upload changed
+    reports/students_changes_<key>_revert.csv  what its revert put back
 
 An upload key is ``<district>-<UTC time received, to the microsecond>``, e.g.
 ``D001-20260115T020000123456Z``: unique per district, ordered by time, and safe as a Dagster
@@ -23,7 +25,7 @@ INCOMING = "incoming"
 ERRORS = "errors"
 PROCESSED = "processed"
 CHECK = "check"  # students.csv to check only (a dry run, nothing applied)
-REPORTS = "reports"  # reports the pipeline publishes (a check drop's)
+REPORTS = "reports"  # reports the pipeline publishes (change reports, checks)
 # the directories of a district's root, created when missing
 DISTRICT_DIRS = (INCOMING, ERRORS, PROCESSED, CHECK, REPORTS)
 
@@ -33,9 +35,10 @@ PARTIAL_SUFFIX = ".filepart"  # WinSCP's temporary name while a transfer is in p
 _KEY = re.compile(r"(?P<district>[A-Za-z0-9_-]{1,32})-(?P<stamp>\d{8}T\d{12}Z)")
 PROCESSED_NAME = re.compile(r"students_(?P<key>[A-Za-z0-9_-]+)\.csv")
 ERROR_FILE_NAME = re.compile(r"students_errors_(?P<id>\d+)\.csv")
-# reports/: students_check_<upload key>.csv, and other kinds of report of an upload
+# reports/: students_check_<upload key>.csv, students_changes_<upload key>[_revert].csv and
+# other kinds of report of an upload
 REPORT_FILE_NAME = re.compile(
-    r"students_(?P<kind>[a-z]+)_(?P<key>[A-Za-z0-9_-]{1,32}-\d{8}T\d{12}Z)\.csv"
+    r"students_(?P<kind>[a-z]+)_(?P<key>[A-Za-z0-9_-]{1,32}-\d{8}T\d{12}Z)(?:_revert)?\.csv"
 )
 
 
@@ -98,3 +101,9 @@ def check_report_name(upload_key: str) -> str:
     """A check drop's report in the district's ``reports/`` directory: the error file's
     columns (SPEC §5), only the header when the file is clean."""
     return f"students_check_{upload_key}.csv"
+
+
+def change_report_name(upload_key: str, *, revert: bool = False) -> str:
+    """The change report of an upload (`students_changes_<upload key>.csv`), or of its revert
+    (`students_changes_<upload key>_revert.csv`), in ``reports/``."""
+    return f"students_changes_{upload_key}{'_revert' if revert else ''}.csv"

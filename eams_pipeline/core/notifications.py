@@ -43,6 +43,7 @@ def build_upload_email(
     file_error: str | None = None,
     upload_key: str | None = None,
     reviewed_by: str | None = None,
+    change_report_path: str | None = None,
 ) -> EmailMessage:
     """The outcome email for one upload, to the district's contacts.
 
@@ -105,6 +106,8 @@ def build_upload_email(
             lines += [f"  {'Deactivated: absent from file':<32}{missing:>8}"]
     lines += _error_codes(summary)
     lines += _error_file_paragraph(status, error_file_path, summary)
+    if change_report_path and status in (UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED):
+        lines += _change_report_paragraph("every change made to your students", change_report_path)
     if status != UploadStatus.PROCESSED and error_file_path:
         lines += [
             "",
@@ -539,6 +542,14 @@ def _error_file_paragraph(
     return ["", *_wrap("The error file is not on your SFTP site; eAMS support can send it to you.")]
 
 
+def _change_report_paragraph(what: str, path: str) -> list[str]:
+    return [
+        "",
+        *_wrap(f"The change report with {what}, one line per changed field, is on your SFTP site:"),
+        f"  {path}",
+    ]
+
+
 # what a checked file would have come to, in the subject of its check result
 _CHECK_VERDICTS = {
     UploadStatus.REJECTED: "the file would be REJECTED",
@@ -646,8 +657,10 @@ def build_revert_email(
     reverted_by: str,
     reverted_at: dt.datetime | None,
     counts: Mapping[str, object],
+    change_report_path: str | None = None,
 ) -> EmailMessage:
-    """An operator reverted an applied upload: what was put back (counts only)."""
+    """An operator reverted an applied upload: what was put back (counts only; the change
+    report of the revert at ``change_report_path`` on the SFTP site, when it is there)."""
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     district = f"{district_name} ({district_code})"
@@ -672,6 +685,11 @@ def build_revert_email(
             "their accounts, deactivated (their usernames stay reserved). If the reverted "
             "changes came from wrong data in your SIS, correct it there before the next "
             "upload, or they may be applied again."
+        ),
+        *(
+            _change_report_paragraph("every change the revert made", change_report_path)
+            if change_report_path
+            else []
         ),
         "",
         "This message contains no student data.",

@@ -8,7 +8,8 @@ Three places keep something of an upload:
 - the encrypted archive ``<district>/<key>.csv.fernet`` (the basis of re-runs, reverts and
   backfills): after ``archive_days``;
 - ``errors/students_errors_<upload id>.csv`` on the SFTP site, and the reports of
-  ``reports/`` (``students_check_<upload key>.csv`` of a check drop): after
+  ``reports/`` (``students_check_<upload key>.csv`` of a check drop, an upload's change
+  reports ``students_changes_<upload key>[_revert].csv``): after
   ``error_file_days`` (counted from the time the file was written).
 
 Nothing an unfinished upload (``received``: a run is on it or crashed) or a ``held`` one

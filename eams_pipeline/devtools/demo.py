@@ -575,6 +575,7 @@ def _print_guide(
     echo(f"  Dagster UI        {url}")
     echo(f"    runs            {url}/runs")
     echo(f"    error reports   {url}/assets/error_report  (metadata: counts, codes, preview)")
+    echo(f"    change reports  {url}/assets/change_report  (metadata: lines per change)")
     echo(f"    sensors         {url}/automation")
     echo(f"  SFTP server       sftp -P {sftp.port} d001@{HOST}   (passwords: {state}/secrets.json)")
     echo(

@@ -1,4 +1,4 @@
-"""The upload pipeline as four assets partitioned by district; a run processes one upload,
+"""The upload pipeline as five assets partitioned by district; a run processes one upload,
 named by its run config (the ``upload_ref`` resource) and tags (see :mod:`.partitions`).
 
     upload_file     claim incoming/students.csv by an atomic rename to processed/, keep an
@@ -6,6 +6,9 @@ named by its run config (the ``upload_ref`` resource) and tags (see :mod:`.parti
     upload_outcome  validate and apply: process_upload, the same code as `eams process`
     error_report    publish errors/students_errors_<upload id>.csv (temporary name, rename);
                     metadata: counts, errors per code, a preview
+    change_report   publish reports/students_changes_<upload key>.csv: what the applied
+                    upload changed, one line per changed field (and, once it is reverted,
+                    ..._revert.csv: what the revert put back); metadata: lines per change
     district_email  the outcome email of SPEC §7 to the district's contacts
 
 No asset passes data through an IO manager (the raw upload holds passwords): each reads
@@ -31,8 +34,10 @@ from eams_pipeline.core.names import (
     ERRORS,
     PARTIAL_SUFFIX,
     PROCESSED,
+    REPORTS,
     UPLOAD_NAME,
     UploadRef,
+    change_report_name,
     error_file_name,
 )
 from eams_pipeline.core.notifications import build_held_operator_email
@@ -63,6 +68,7 @@ from eams_pipeline.orchestration.upload_retention_job import (
     known_uploads,
     remove_raw_upload,
 )
+from eams_pipeline.services.change_report import build_change_report, reports_of
 from eams_pipeline.services.notify import recorded_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.progress import LineProgress
@@ -618,6 +624,62 @@ def error_report(
     )
 
 
+def _report_path(root: str, upload_key: str, *, revert: bool = False) -> str:
+    """A change report's path as the district sees it on its SFTP site."""
+    return posixpath.join(root or "/", REPORTS, change_report_name(upload_key, revert=revert))
+
+
+@dg.asset(
+    partitions_def=DISTRICTS,
+    group_name=GROUP,
+    deps=[error_report],
+    kinds={"csv"},
+    description=(
+        "The change report: every change the applied upload made to the district's students, "
+        "one line per changed field (reports/students_changes_<upload key>.csv), and once "
+        "it is reverted what the revert put back (..._revert.csv), built from "
+        "student_history; metadata: lines per change."
+    ),
+)
+def change_report(
+    context: dg.AssetExecutionContext,
+    upload_ref: UploadResource,
+    db: DatabaseResource,
+    sftp: SftpResource,
+) -> dg.MaterializeResult:
+    ref = _ref(context, upload_ref)
+    with db.connect() as conn:
+        upload = db_uploads.get_upload(conn, ref.key)
+    if upload is None or upload.status == UploadStatus.RECEIVED:
+        raise dg.Failure(
+            f"upload {ref.key} has no recorded outcome: materialize upload_outcome first"
+        )
+    metadata: dict[str, object] = {**_names(ref), "status": str(upload.status)}
+    which = reports_of(upload.status)
+    if not which:
+        context.log.info(f"upload {ref.key} is {upload.status}: nothing applied, no change report")
+        return dg.MaterializeResult(
+            metadata={**metadata, "change_report": f"(none: {upload.status}, nothing applied)"}
+        )
+    district = _load_district(db, ref.district)
+    with db.connect() as conn:
+        reports = [build_change_report(conn, ref.key, revert=revert) for revert in which]
+    with _session(sftp, district) as session:
+        session.ensure_dirs()
+        for report in reports:
+            session.put_atomic(f"{REPORTS}/{report.name}", report.content)
+            path = _report_path(district.sftp_root, ref.key, revert=report.revert)
+            context.log.info(f"published {path} ({report.lines} lines)")
+            prefix = "revert_" if report.revert else ""
+            metadata |= {
+                f"{prefix}change_report": path,
+                f"{prefix}change_lines": dg.MetadataValue.int(report.lines),
+                f"{prefix}changes": dg.MetadataValue.json(report.changes),
+                f"{prefix}change_report_seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+            }
+    return dg.MaterializeResult(metadata=metadata)
+
+
 def _md_cell(value: object, limit: int = 80) -> str:
     text = " ".join(str(value).split())
     if len(text) > limit:
@@ -644,10 +706,11 @@ def error_preview(errors: pd.DataFrame, limit: int = PREVIEW_ROWS) -> str:
 @dg.asset(
     partitions_def=DISTRICTS,
     group_name=GROUP,
-    deps=[error_report],
+    deps=[change_report],
     kinds={"email"},
     description=(
-        "The outcome email to the district's contacts (counts, error file path); then the raw "
+        "The outcome email to the district's contacts (counts, the error file's and the change "
+        "report's paths); then the raw "
         "file leaves processed/ (EAMS_PROCESSED_RETENTION_DAYS=0)."
     ),
 )
@@ -680,8 +743,16 @@ def _email(
     # where error_report published the errors (whoever recorded the outcome: a run, or the
     # CLI's approval, which does not know the SFTP site)
     error_file = _error_path(district.sftp_root, upload.upload_id) if result.has_errors else None
+    # where change_report published what was applied (or what its revert put back)
+    reports = reports_of(upload.status)
+    changes = _report_path(district.sftp_root, ref.key, revert=reports[-1]) if reports else None
     email = recorded_outcome_email(
-        district, upload, result, error_file=error_file, sender=smtp.sender
+        district,
+        upload,
+        result,
+        error_file=error_file,
+        change_report=changes,
+        sender=smtp.sender,
     )
     if email is None:
         context.log.info(f"upload {ref.key} is {upload.status}: the district is not emailed")
@@ -789,5 +860,5 @@ def _already_sent(context: dg.AssetExecutionContext, key: str, status: str) -> b
     return False
 
 
-UPLOAD_ASSETS = [upload_file, upload_outcome, error_report, district_email]
+UPLOAD_ASSETS = [upload_file, upload_outcome, error_report, change_report, district_email]
 UPLOAD_CHECKS = [change_guard]

@@ -25,12 +25,14 @@ def district_outcome_email(
     error_file: str | None,
     sender: str,
     upload: UploadRow | None = None,
+    change_report: str | None = None,
 ) -> tuple[EmailMessage, tuple[str, ...]]:
     """The email and its recipients: the contacts, plus the failure contacts when the file
     was rejected or held, and when a held file was decided (they were told it was held).
     `error_file` is the error file's path on the district's SFTP site (None when it is not
-    there: it is then not pointed to). `upload` (the recorded upload) adds the review: why
-    it was held, who approved or discarded it."""
+    there: it is then not pointed to), `change_report` the change report's (None: not
+    there). `upload` (the recorded upload) adds the review: why it was held, who approved
+    or discarded it."""
     file_error = result.file_error
     summary = result.summary(error_file)
     reviewed_by = None
@@ -48,6 +50,7 @@ def district_outcome_email(
         sender=sender,
         summary=summary,
         error_file_path=error_file if result.has_errors else None,
+        change_report_path=change_report,
         file_error=f"{file_error.code}: {file_error.message}" if file_error else None,
         upload_key=upload_key,
         reviewed_by=reviewed_by,
@@ -62,10 +65,12 @@ def recorded_outcome_email(
     *,
     error_file: str | None,
     sender: str,
+    change_report: str | None = None,
 ) -> tuple[EmailMessage, tuple[str, ...]] | None:
     """The district's email for what is recorded of the upload now: its outcome (after a
     review: who approved or discarded it), what a revert put back, or None when the district
-    is not told (NOT_EMAILED)."""
+    is not told (NOT_EMAILED). `change_report`: the path on the district's SFTP site of the
+    change report of what was applied, or of what the revert put back (None: not there)."""
     if upload.status in NOT_EMAILED:
         return None
     if upload.status == UploadStatus.REVERTED:
@@ -78,6 +83,7 @@ def recorded_outcome_email(
             reverted_by=upload.reverted_by or "an operator",
             reverted_at=upload.reverted_at,
             counts=upload.revert_counts or {"restored": 0, "created_deactivated": 0},
+            change_report_path=change_report,
         )
         return message, tuple(district.contacts)
     return district_outcome_email(
@@ -87,4 +93,5 @@ def recorded_outcome_email(
         error_file=error_file,
         sender=sender,
         upload=upload,
+        change_report=change_report,
     )

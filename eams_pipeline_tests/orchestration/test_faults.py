@@ -58,7 +58,7 @@ from eams_pipeline_tests.orchestration_env import OPERATORS, DagsterStorage, Pip
 
 SID_A, SID_B, SID_C = "STU-88101", "STU-88102", "STU-88103"
 RETRY_NUMBER_TAG = "dagster/retry_number"
-STEPS = ["upload_file", "upload_outcome", "error_report", "district_email"]
+STEPS = ["upload_file", "upload_outcome", "error_report", "change_report", "district_email"]
 
 
 def asset_steps(events: list) -> list[str]:

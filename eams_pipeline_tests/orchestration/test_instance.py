@@ -90,6 +90,7 @@ def test_code_location_has_a_sensor_per_district_of_the_database(
         "upload_file",
         "upload_outcome",
         "error_report",
+        "change_report",
         "district_email",
     }
     assert job.get_tags_for_partition_key("D002", selected_asset_keys=None)[DISTRICT_TAG] == "D002"

@@ -179,7 +179,8 @@ def test_clean_upload_end_to_end(pipeline: Pipeline, instance: dg.DagsterInstanc
     assert result.dagster_run.tags[DISTRICT_TAG] == "D001"
     assert result.dagster_run.tags[UPLOAD_KEY_TAG] == key
     # every materialization names its upload, in the district's partition
-    for asset in ("upload_file", "upload_outcome", "error_report", "district_email"):
+    assets = ("upload_file", "upload_outcome", "error_report", "change_report", "district_email")
+    for asset in assets:
         assert materialization(result, asset)["upload_key"] == key, asset
     assert {e.partition for e in result.get_asset_materialization_events()} == {"D001"}
 
