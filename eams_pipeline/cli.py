@@ -3,23 +3,29 @@
 Start-up: each command imports what it needs when it runs (`eams --help` loads neither
 pandas, pandera, pyarrow, psycopg nor argon2; `eams process` loads what processing needs
 and no more), so the command's wall time stays close to the work it does.
+
+Output: `eams process`, `uploads approve|discard|revert` print a short summary for a person
+when standard output is a terminal (`cli_output` makes the lines), and one JSON object with
+--json or whenever standard output is not a terminal, so scripts read exactly what they
+always read. Every failure is one line on stderr, `eams: error: <message>` (`main`), with
+exit code 1; no traceback for anything a user can get wrong.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from eams_pipeline import config
-from eams_pipeline.services.progress import LineProgress, Progress, describe_advance
+from eams_pipeline.services.progress import LineProgress, Progress
 
 if TYPE_CHECKING:
     import psycopg
@@ -87,7 +93,42 @@ def _exit_code(status: object) -> int:
     return EXIT_OK
 
 
+def _human(as_json: bool) -> bool:
+    """Print for a person? Not with --json, and never when stdout is not a terminal."""
+    return not as_json and sys.stdout.isatty()
+
+
+def _json_option(f: Any) -> Any:
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print the JSON object even on a terminal (always printed when standard "
+        "output is not a terminal).",
+    )(f)
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        click.echo(f"eams {version('eams-pipeline')}")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        click.echo("eams (version unknown: the eams-pipeline package is not installed)")
+    ctx.exit(EXIT_OK)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_show_version,
+    help="Show the version and exit.",
+)
 def cli() -> None:
     """eAMS batch pipeline: students.csv uploads into the MY Access database.
 
@@ -147,7 +188,11 @@ def setup_load(file: Path) -> None:
     help="The district's code.",
 )
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dry-run", is_flag=True, help="Report the same figures; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Report the same figures; change nothing (no error file unless --errors-out).",
+)
 @click.option(
     "--errors-out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -166,6 +211,7 @@ def setup_load(file: Path) -> None:
     help="Show progress on stderr even when it is not a terminal (plain lines).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr, even on a terminal.")
+@_json_option
 def process_cmd(
     district_code: str,
     file: Path,
@@ -174,22 +220,29 @@ def process_cmd(
     changes_out: Path | None,
     verbose: bool,
     quiet: bool,
+    as_json: bool,
 ) -> None:
-    """Process FILE as an upload of a district; print a JSON summary.
+    """Process FILE as an upload of a district; print its summary.
 
     Exit code 0 when the file was accepted (even with row errors), 2 when it was
     rejected (file-level error), 3 when the change guard held it (nothing applied: see
     `eams uploads approve|discard`; the district's `pauses` hold a file received now
-    within one, or the first after a long one), 4 when it was superseded (an upload of the district
-    received after it was applied first: nothing applied), 1 on an operational failure.
+    within one, or the first after a long one), 4 when it was superseded (an upload of the
+    district received after it was applied first: nothing applied), 1 on an operational
+    failure.
 
+    On a terminal: a few lines (status, counts, error codes, the error file, the guard's
+    rule and the approve/discard commands when held). With --json, or when standard
+    output is not a terminal: one JSON object (SPEC §8), and nothing else on stdout.
     Progress (each step with its duration; hashing passwords: done/total, rate, ETA) goes
-    to stderr when it is a terminal, or with --verbose; standard output is only the JSON.
+    to stderr when it is a terminal, or with --verbose.
+
+    --dry-run writes no error file unless --errors-out is given, and records no upload.
     """
     from dataclasses import replace
 
     from eams_pipeline.core.error_file import render_error_file
-    from eams_pipeline.core.names import make_upload_key
+    from eams_pipeline.core.names import error_file_name, make_upload_key
     from eams_pipeline.core.outcome import APPLIED_STATUSES
     from eams_pipeline.io.files import NotARegularFile, read_upload_file
     from eams_pipeline.services.process import (
@@ -202,8 +255,6 @@ def process_cmd(
     def error_path(upload_id: int | None) -> str:
         if errors_out is not None:
             return str(errors_out)
-        from eams_pipeline.core.names import error_file_name
-
         return error_file_name(upload_id)
 
     # Everything that could stop the command after the upload is committed is checked first.
@@ -214,7 +265,8 @@ def process_cmd(
             f"{shown_file_name(str(file))}: the file name is not UTF-8 (its bytes are shown "
             "as \\xNN); rename the file and run again. Nothing was read or recorded."
         ) from None
-    _check_errors_out(errors_out, file)
+    if errors_out is not None or not dry_run:  # a dry run writes no file of its own
+        _check_errors_out(errors_out, file)
     if changes_out is not None:
         if dry_run:
             raise click.ClickException(
@@ -223,21 +275,25 @@ def process_cmd(
         _check_output_file("--changes-out", changes_out, file)
     engine = _engine()  # the secret keys' format: before the file is read
     limit = config.max_upload_bytes()
-    try:
-        local = read_upload_file(file, limit)
-    except NotARegularFile as exc:
-        raise click.ClickException(str(exc)) from exc
-    upload = Upload(district=district_code, data=local.data, file_name=file.name)
-    if not dry_run:  # the key the change report is looked up by (process_upload's own else)
-        received_at = dt.datetime.now(dt.UTC)
-        upload = replace(
-            upload, key=make_upload_key(district_code, received_at), received_at=received_at
-        )
-    if local.too_large:
-        upload = replace(upload, rejection=file_too_large(local.size, limit))
     progress = _progress(verbose=verbose, quiet=quiet)
     try:
         with connect() as conn:
+            _require_district(conn, district_code)
+            conn.rollback()  # idle again: the processing's first phase runs outside a lock
+            try:
+                local = read_upload_file(file, limit)
+            except NotARegularFile as exc:
+                raise click.ClickException(str(exc)) from exc
+            received_at = dt.datetime.now(dt.UTC)
+            upload = Upload(
+                district=district_code,
+                data=local.data,
+                file_name=file.name,
+                key=None if dry_run else make_upload_key(district_code, received_at),
+                received_at=received_at,
+            )
+            if local.too_large:
+                upload = replace(upload, rejection=file_too_large(local.size, limit))
             result = process_upload(
                 conn,
                 upload,
@@ -261,7 +317,7 @@ def process_cmd(
             err=True,
         )
     error_file = None
-    if result.has_errors:
+    if result.has_errors and (errors_out is not None or not dry_run):
         error_file = error_path(result.upload_id)
         try:
             Path(error_file).write_bytes(render_error_file(result.errors))
@@ -281,23 +337,60 @@ def process_cmd(
             with connect() as conn:
                 written = _write_change_report(conn, upload.key, changes_out, revert=False)
         extra["change_report"] = written  # null: nothing was applied (or not written)
-    _report_and_exit(result, error_file, extra)
+    _report_and_exit(
+        result,
+        error_file,
+        extra,
+        as_json=as_json,
+        upload_key=upload.key,
+        dry_run=dry_run,
+        approve_file=str(file),
+    )
 
 
 def _report_and_exit(
-    result: UploadResult, error_file: str | None, extra: dict[str, object] | None = None
+    result: UploadResult,
+    error_file: str | None,
+    extra: dict[str, object] | None = None,
+    *,
+    as_json: bool,
+    upload_key: str | None,
+    dry_run: bool = False,
+    approve_file: str | None = None,
+    decided: str | None = None,
 ) -> NoReturn:
-    """Print the upload's JSON summary (and why a superseded upload was not applied), then
-    exit by its status."""
-    click.echo(json.dumps({**result.summary(error_file), **(extra or {})}))
-    if result.superseded_by is not None:
-        click.echo(
-            f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
-            f"{result.superseded_by} of {result.district}, received after it and applied first "
-            "(students are never rolled back to an older file). Process the file again if it "
-            "must be applied over that upload.",
-            err=True,
+    """Print the upload's summary (for a person, or the JSON object with why a superseded
+    upload was not applied on stderr; `extra`: more keys, e.g. the change report's path),
+    then exit by its status."""
+    summary = {**result.summary(error_file), **(extra or {})}
+    if _human(as_json):
+        from eams_pipeline import cli_output
+
+        first_error = None
+        if result.file_error is not None and len(result.errors):
+            first = result.errors.iloc[0]
+            first_error = f"{first['code']}: {first['message']}"
+        lines = cli_output.upload_summary(
+            summary,
+            upload_key=upload_key,
+            dry_run=dry_run,
+            first_error=first_error,
+            approve_file=approve_file,
+            superseded_by=result.superseded_by,
+            superseded_held=result.superseded_held,
+            decided=decided,
         )
+        click.echo("\n".join(lines))
+    else:
+        click.echo(json.dumps(summary))
+        if result.superseded_by is not None:
+            click.echo(
+                f"eams: upload {result.upload_id} was not applied: it is superseded by upload "
+                f"{result.superseded_by} of {result.district}, received after it and applied "
+                "first (students are never rolled back to an older file). Process the file "
+                "again if it must be applied over that upload.",
+                err=True,
+            )
     sys.exit(_exit_code(result.status))
 
 
@@ -307,72 +400,18 @@ def _progress(*, verbose: bool, quiet: bool) -> Progress:
     if quiet:
         return Progress()
     if sys.stderr.isatty():
-        return _TerminalProgress()
+        from eams_pipeline.cli_output import TerminalProgress
+
+        return TerminalProgress()
     if verbose:
         return LineProgress(lambda line: click.echo(f"eams: {line}", err=True))
     return Progress()
 
 
 def _close(progress: Progress) -> None:
-    if isinstance(progress, _TerminalProgress):
-        progress.close()
-
-
-class _TerminalProgress(Progress):
-    """rich on stderr: a line per finished step with its duration, and a live bar while
-    passwords are hashed (done/total, rate, ETA). rich is imported only on a terminal."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self._console = Console(stderr=True)
-        self._bar: Any = None
-        self._task: Any = None
-        self._began: float | None = None
-
-    def advanced(self, step: str, done: int, total: int) -> None:
-        if self._bar is None:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as Bar
-
-            self._bar = Bar(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=self._console,
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(f"{step}: passwords", total=total, rate="")
-            self._began = time.monotonic()
-        elapsed = time.monotonic() - (self._began or time.monotonic())
-        rate = f"{done / elapsed:,.1f}/s" if elapsed > 0 and done else ""
-        self._bar.update(self._task, completed=done, total=total, rate=rate)
-        if done >= total:
-            self._stop()
-            self._console.print(describe_advance(step, done, total, elapsed), highlight=False)
-
-    def finished(self, step: str, seconds: float) -> None:
-        self._stop()
-        self._console.print(f"{step} done in {seconds:.2f} s", highlight=False)
-
-    def _stop(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-    def close(self) -> None:
-        self._stop()
+    close = getattr(progress, "close", None)  # the live bar on a terminal
+    if close is not None:
+        close()
 
 
 @cli.group()
@@ -390,10 +429,6 @@ def _json_default(value: object) -> object:
     return str(value)
 
 
-def _when(value: dt.datetime | None) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%MZ") if value else ""
-
-
 @uploads.command("list")
 @click.option("--district", "district_code", required=True, callback=_district_code)
 @click.option(
@@ -406,7 +441,6 @@ def _when(value: dt.datetime | None) -> str:
 def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -> None:
     """The district's uploads, newest first: key, received, status, counts, error codes,
     the guard rule that held it, its revert."""
-    from eams_pipeline.core.outcome import COUNT_KEYS
     from eams_pipeline.db.history import list_uploads
 
     with connect() as conn:
@@ -415,62 +449,9 @@ def uploads_list(district_code: str, since: dt.datetime | None, as_json: bool) -
     if as_json:
         click.echo(json.dumps(rows, default=_json_default, indent=1))
         return
-    header = (
-        "UPLOAD KEY",
-        "RECEIVED",
-        "STATUS",
-        "ROWS",
-        "ADD",
-        "ACT",
-        "DEACT",
-        "UPD",
-        "UNCH",
-        "ERR",
-        "ERROR CODES",
-        "GUARD / REVERT",
-    )
-    table = [header]
-    for r in rows:
-        notes = []
-        if r.get("checked_as"):  # a check drop: what the file would have come to
-            held = f": {r['guard_trip'].get('rule')}" if r["guard_trip"] else ""
-            notes.append(f"check, would be {r['checked_as']}{held}")
-        elif r["guard_trip"]:
-            notes.append("held: " + str(r["guard_trip"].get("rule")))
-        if r["decision"]:
-            notes.append(f"{r['decision']} by {r['decided_by']}")
-        if r["reverted_at"]:
-            notes.append(f"reverted {_when(r['reverted_at'])} by {r['reverted_by']}")
-        if r["deactivated_missing"]:
-            notes.append(f"{r['deactivated_missing']} absent deactivated")
-        codes = ", ".join(f"{k}:{v}" for k, v in sorted((r["error_codes"] or {}).items()))
-        table.append(
-            (
-                r["upload_key"],
-                _when(r["received_at"]),
-                r["status"],
-                *("" if r[k] is None else str(r[k]) for k in COUNT_KEYS),
-                codes,
-                "; ".join(notes),
-            )
-        )
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    from eams_pipeline import cli_output
 
-
-# what an operator should weigh before deciding an upload held by a pause rule
-_PAUSE_HINTS = {
-    "paused": (
-        "it arrived on a day the district's master data pauses (`pauses:`); approve it only "
-        "if the district wants it applied during the pause, else discard it"
-    ),
-    "first_after_pause": (
-        "the first upload after a long pause (a new school year's roster?): compare its "
-        "counts with `eams export students --district {district}` before approving; a wrong "
-        "file (last year's roster, one school only) is best discarded"
-    ),
-}
+    click.echo("\n".join(cli_output.uploads_table(rows)))
 
 
 @uploads.command("show")
@@ -478,7 +459,6 @@ _PAUSE_HINTS = {
 @click.option("--json", "as_json", is_flag=True)
 def uploads_show(upload_key: str, as_json: bool) -> None:
     """One upload: its summary, the guard's figures, the first error lines."""
-    from eams_pipeline.core.outcome import COUNT_KEYS
     from eams_pipeline.db.history import show_upload
 
     with connect() as conn:
@@ -488,61 +468,9 @@ def uploads_show(upload_key: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(row, default=_json_default, indent=1))
         return
-    out = [
-        f"Upload {row['upload_key']} (id {row['upload_id']}) of district {row['district']}",
-        f"  received {_when(row['received_at'])}, applied {_when(row['applied_at']) or '-'}",
-        f"  status   {row['status']}",
-        "  counts   "
-        + ", ".join(f"{k} {row[k]}" for k in COUNT_KEYS),
-    ]
-    if row["deactivated_missing"]:
-        out.append(f"  absent from the file, deactivated: {row['deactivated_missing']}")
-    if row.get("checked_as"):
-        out.append(
-            f"  a check drop: nothing applied; as an upload it would be {row['checked_as']}; "
-            f"report {row['error_file']}"
-        )
-    if row["guard_trip"]:
-        checked = row.get("checked_as")
-        out.append(
-            "  the change guard WOULD HOLD it:" if checked else "  HELD by the change guard:"
-        )
-        for t in row["guard_trip"].get("trips", []):
-            out.append(f"    {t['rule']}: {t['message']}")
-            hint = _PAUSE_HINTS.get(t["rule"])
-            if hint:
-                out.append(f"      hint: {hint.format(district=row['district'])}")
-    if row["status"] == "held" or (row["status"] == "superseded" and row["guard_trip"]):
-        key = row["upload_key"]
-        file = "" if row["archived"] else " --file PATH_OF_THE_FILE"
-        older = " --allow-older" if row["status"] == "superseded" else ""
-        out += [
-            "  to apply it (re-planned against the current data):",
-            f"    eams uploads approve {key}{file}{older} --by YOUR_NAME",
-            "  to discard it (nothing applied):",
-            f"    eams uploads discard {key} --by YOUR_NAME",
-        ]
-    if row["guard_figures"]:
-        f = row["guard_figures"]
-        out.append("  guard figures: " + ", ".join(f"{k} {v}" for k, v in f.items()))
-    if row["decision"]:
-        out.append(f"  {row['decision']} by {row['decided_by']} at {_when(row['decided_at'])}")
-    if row["reverted_at"]:
-        out.append(
-            f"  reverted by {row['reverted_by']} at {_when(row['reverted_at'])}: "
-            f"{row['revert_counts']}"
-        )
-    if row["error_codes"]:
-        out.append(
-            "  error codes: " + ", ".join(f"{k} {v}" for k, v in sorted(row["error_codes"].items()))
-        )
-    if row["first_errors"]:
-        out.append(f"  first errors ({row['error_lines']} in all):")
-        out += [
-            f"    line {e['line']}: {e['code']} {e['column']} {e['message']}"
-            for e in row["first_errors"]
-        ]
-    click.echo("\n".join(out))
+    from eams_pipeline import cli_output
+
+    click.echo("\n".join(cli_output.upload_details(row)))
 
 
 _DAGSTER_EMAILS = " (an upload that ran in Dagster is emailed by its follow-up run there)."
@@ -616,6 +544,7 @@ def _tell_district(conn: Any, upload_key: str, *, no_email: bool) -> None:
 )
 @click.option("--verbose", "-v", is_flag=True, help="Progress on stderr even when not a terminal.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@_json_option
 def uploads_approve(
     upload_key: str,
     file: Path | None,
@@ -624,10 +553,11 @@ def uploads_approve(
     no_email: bool,
     verbose: bool,
     quiet: bool,
+    as_json: bool,
 ) -> None:
     """Apply a held upload as it would have been applied, re-planned against the current
-    database. Prints the JSON summary (exit codes as `eams process`). Progress on stderr
-    as `eams process` (on a terminal, or with --verbose)."""
+    database. Prints its summary as `eams process` does (exit codes too). Progress on
+    stderr as `eams process` (on a terminal, or with --verbose)."""
     from eams_pipeline.core.names import error_file_name
     from eams_pipeline.db import uploads as db_uploads
     from eams_pipeline.services.review import approve
@@ -665,7 +595,14 @@ def uploads_approve(
             _close(progress)
         error_file = db_uploads.get_upload(conn, upload_key).error_file
         _tell_district(conn, upload_key, no_email=no_email)
-    _report_and_exit(result, error_file)  # an approval is never held again
+    # an approval is never held again
+    _report_and_exit(
+        result,
+        error_file,
+        as_json=as_json,
+        upload_key=upload_key,
+        decided=f"approved by {_operator(by)}",
+    )
 
 
 def _check_errors_out(errors_out: Path | None, upload: Path) -> None:
@@ -722,14 +659,24 @@ def _write_change_report(conn: Any, upload_key: str, path: Path, *, revert: bool
 @click.argument("upload_key")
 @click.option("--by", "by", help="Who discards (default: $USER).")
 @click.option("--no-email", is_flag=True, help="Do not email the district" + _DAGSTER_EMAILS)
-def uploads_discard(upload_key: str, by: str | None, no_email: bool) -> None:
-    """Discard a held upload: nothing of it is applied; the district is emailed."""
+@_json_option
+def uploads_discard(upload_key: str, by: str | None, no_email: bool, as_json: bool) -> None:
+    """Discard a held upload: nothing of it is applied; the district is emailed. Prints its
+    summary as `eams process` does."""
     from eams_pipeline.services.review import discard
 
     with connect() as conn:
         result = discard(conn, upload_key, decided_by=_operator(by))
         _tell_district(conn, upload_key, no_email=no_email)
-    click.echo(json.dumps(result.summary(None)))
+    if _human(as_json):
+        from eams_pipeline import cli_output
+
+        lines = cli_output.upload_summary(
+            result.summary(None), upload_key=upload_key, decided=f"discarded by {_operator(by)}"
+        )
+        click.echo("\n".join(lines))
+    else:
+        click.echo(json.dumps(result.summary(None)))
 
 
 @uploads.command("revert")
@@ -746,46 +693,92 @@ def uploads_discard(upload_key: str, by: str | None, no_email: bool) -> None:
     help="Do not email the district what was put back" + _DAGSTER_EMAILS,
 )
 @click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what would be put back (the same statements, rolled back); change nothing.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option(
     "--changes-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write the change report of each revert (what it put back) to this directory "
     "as students_changes_<upload key>_revert.csv.",
 )
+@_json_option
 def uploads_revert(
-    upload_key: str, cascade: bool, by: str | None, no_email: bool, changes_dir: Path | None
+    upload_key: str,
+    cascade: bool,
+    by: str | None,
+    no_email: bool,
+    dry_run: bool,
+    yes: bool,
+    changes_dir: Path | None,
+    as_json: bool,
 ) -> None:
     """Put every student the upload changed back as it was before it (one transaction);
-    the district is emailed what was put back."""
+    the district is emailed what was put back.
+
+    On a terminal it first shows what would be put back and asks for confirmation
+    (unless --yes); when standard input or output is not a terminal it does not ask."""
     from eams_pipeline.core.names import change_report_name
     from eams_pipeline.services.revert import revert_upload
 
     if changes_dir is not None:
+        if dry_run:
+            raise click.ClickException(
+                "--changes-dir: a dry run changes nothing, so it has no change report"
+            )
         _check_directory("--changes-dir", changes_dir)
 
-    with connect() as conn:
+    def revert(*, dry: bool, expected: list[str] | None = None) -> list[dict[str, Any]]:
         done = revert_upload(
             conn,
             upload_key,
             reverted_by=_operator(by),
             cascade=cascade,
             retention_days=config.revert_retention_days(),
+            dry_run=dry,
+            expected=expected,
         )
+        return [r.as_dict() for r in done]
+
+    def show(done: list[dict[str, Any]], *, dry: bool, key: str) -> None:
+        if _human(as_json):
+            from eams_pipeline import cli_output
+
+            click.echo("\n".join(cli_output.revert_summary(done, dry_run=dry)))
+        else:
+            click.echo(json.dumps({"dry_run": dry, key: done}))
+
+    with connect() as conn:
+        expected = None
+        if dry_run or (not yes and sys.stdin.isatty() and sys.stdout.isatty()):
+            preview = revert(dry=True)
+            if dry_run:
+                show(preview, dry=True, key="would_revert")
+                return
+            from eams_pipeline import cli_output
+
+            lines = cli_output.revert_summary(preview, dry_run=False, confirming=True)
+            click.echo("\n".join(lines), err=True)
+            count = len(preview)
+            if not click.confirm(
+                f"Revert {count} upload{'s' if count != 1 else ''} of {preview[0]['district']}?",
+                default=False,
+                err=True,
+            ):
+                raise click.ClickException("not confirmed: nothing was reverted")
+            expected = [r["upload_key"] for r in preview]
+        done = revert(dry=False, expected=expected)
         for r in done:
-            _tell_district(conn, r.upload_key, no_email=no_email)
-        reports = {}
+            _tell_district(conn, r["upload_key"], no_email=no_email)
         if changes_dir is not None:
             for r in done:
-                path = changes_dir / change_report_name(r.upload_key, revert=True)
-                reports[r.upload_key] = _write_change_report(conn, r.upload_key, path, revert=True)
-    reverted = [
-        {
-            "upload_key": r.upload_key,
-            **r.counts,
-            **({"change_report": reports[r.upload_key]} if changes_dir is not None else {}),
-        }
-        for r in done
-    ]
-    click.echo(json.dumps({"reverted": reverted}))
+                path = changes_dir / change_report_name(r["upload_key"], revert=True)
+                r["change_report"] = _write_change_report(
+                    conn, r["upload_key"], path, revert=True
+                )
+    show(done, dry=False, key="reverted")
 
 
 @cli.group()
@@ -821,32 +814,66 @@ def dagster_migrate_runs(batch: int, dry_run: bool) -> None:
 def history_cmd(district_code: str, student_id: str, as_json: bool) -> None:
     """Every upload that changed a student, with what changed (before -> after).
     Passwords never appear (only that one was changed)."""
-    from eams_pipeline.db.history import student_history
+    from eams_pipeline.db.history import student_history, student_known
 
     with connect() as conn:
         _require_district(conn, district_code)
+        if not student_known(conn, district_code, student_id):
+            raise click.ClickException(
+                f"unknown student {_echoed(student_id)}: district {district_code} never had "
+                "a student with this Student ID"
+            )
         entries = student_history(conn, district_code, student_id)
     if as_json:
         click.echo(json.dumps(entries, default=_json_default, indent=1))
         return
     if not entries:
-        click.echo(f"no upload changed student {student_id} of {district_code}")
-        return
-    for e in entries:
-        where = f"line {e['line_number']}" if e["line_number"] else "absent from the file"
-        note = (
-            f"  [reverted {_when(e['reverted_at'])} by {e['reverted_by']}]"
-            if e["reverted_at"]
-            else ""
+        click.echo(
+            f"no upload changed student {student_id} of {district_code} "
+            "(it was loaded with the master data and no upload has changed it since)"
         )
-        click.echo(f"{_when(e['applied_at'])}  {e['upload_key']}  {e['change']} ({where}){note}")
-        for c in e["changes"]:
-            if c["field"] == "password":
-                click.echo("    Password: changed")
-            else:
-                before = "(none)" if c["before"] is None else c["before"]
-                after = "(none)" if c["after"] is None else c["after"]
-                click.echo(f"    {c['label']}: {before} -> {after}")
+        return
+    from eams_pipeline import cli_output
+
+    click.echo("\n".join(cli_output.student_history_lines(entries)))
+
+
+@cli.group()
+def districts() -> None:
+    """The districts the pipeline serves (master data: `eams setup load`)."""
+
+
+@districts.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+def districts_list(as_json: bool) -> None:
+    """Every district: code, name, mode, change guard, last upload and its status."""
+    from eams_pipeline.db.districts import list_districts
+    from eams_pipeline.db.history import last_uploads
+
+    with connect() as conn:
+        found = list_districts(conn)
+        last = last_uploads(conn)
+    rows = [
+        {
+            "code": d.code,
+            "name": d.name,
+            "mode": d.mode,
+            "guard": d.guard,
+            "last_upload": last.get(d.code, {}).get("upload_key"),
+            "last_received_at": last.get(d.code, {}).get("received_at"),
+            "last_status": last.get(d.code, {}).get("status"),
+        }
+        for d in found
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, default=_json_default, indent=1))
+        return
+    if not rows:
+        click.echo("no districts yet: load them with `eams setup load FILE.yaml`")
+        return
+    from eams_pipeline import cli_output
+
+    click.echo("\n".join(cli_output.districts_table(rows)))
 
 
 @cli.group()
@@ -909,29 +936,9 @@ def fleet_status_cmd(as_json: bool, top: int | None) -> None:
             json.dumps({**status.as_dict(top), "dagster_runs_read": runs_read}, indent=1)
         )
         return
-    counts = ", ".join(f"{k} {v}" for k, v in status.counts.items())
-    click.echo(
-        f"Fleet status at {_when(status.generated_at)}: {status.needs_attention} of "
-        f"{status.districts} districts need attention\n  {counts}"
-    )
-    if not runs_read:
-        click.echo("  (failed runs not read: DAGSTER_HOME is not set)")
-    ranked = status.ranked if top is None else status.ranked[:top]
-    if not ranked:
-        return
-    table = [("#", "DISTRICT", "STATE", "DETAIL", "KEY")]
-    for i, d in enumerate(ranked, 1):
-        for j, a in enumerate(d.attention):
-            first = j == 0
-            key = a.key or ""
-            if a.run_id and a.run_id != key:
-                key = f"{key} (run {a.run_id})"
-            table.append((str(i) if first else "", d.code if first else "", a.state, a.detail, key))
-    widths = [max(len(str(row[c])) for row in table) for c in range(4)]
-    click.echo()
-    for row in table:
-        cells = [str(v).ljust(w) for v, w in zip(row[:4], widths, strict=True)]
-        click.echo("  ".join([*cells, row[4]]).rstrip())
+    from eams_pipeline import cli_output
+
+    click.echo("\n".join(cli_output.fleet_lines(status, top=top, runs_read=runs_read)))
 
 
 @cli.command("demo")
@@ -975,11 +982,29 @@ def _engine() -> Engine:
     return wiring.engine()
 
 
-def _require_district(conn: object, district_code: str) -> None:
+def _require_district(conn: psycopg.Connection, district_code: str) -> None:
+    """An unknown district code fails with the close matches (`eams districts list`)."""
     from eams_pipeline.db import export as db_export
+    from eams_pipeline.db.districts import district_codes
 
-    if not db_export.district_exists(conn, district_code):  # type: ignore[arg-type]
-        raise click.ClickException(f"unknown district {_echoed(district_code)}")
+    if db_export.district_exists(conn, district_code):
+        return
+    codes = district_codes(conn)
+    by_folded = {c.casefold(): c for c in codes}
+    folded = district_code.casefold()
+    close = [
+        by_folded[c]
+        for c in ([folded] if folded in by_folded else [])
+        or difflib.get_close_matches(folded, by_folded, n=3, cutoff=0.6)
+    ]
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else " (`eams districts list` shows them)"
+        if codes
+        else ": no district is loaded yet (`eams setup load FILE.yaml`)"
+    )
+    raise click.ClickException(f"unknown district {_echoed(district_code)}{hint}")
 
 
 def _write_csv(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -990,26 +1015,35 @@ def _write_csv(header: tuple[str, ...], rows: list[tuple]) -> None:
     writer.writerows(("" if v is None else v for v in row) for row in rows)
 
 
+def error(message: str, exit_code: int = EXIT_FAILURE) -> int:
+    """The one way `eams` reports a failure: `eams: error: <message>` on stderr (cut at
+    MESSAGE_LIMIT characters; a line the message goes on to, e.g. libpq's hint, indented
+    under it); returns the exit code."""
+    lines = [line.strip() for line in _capped(message).splitlines()]
+    first, *rest = [line for line in lines if line] or ["failed"]
+    click.echo("\n".join([f"eams: error: {first}", *(f"  {line}" for line in rest)]), err=True)
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: usage and operational errors exit 1, so that 2 means 'rejected'."""
+    """Entry point: every failure is reported by `error`; usage and operational errors
+    exit 1, so that 2 means 'rejected'."""
     try:
-        cli.main(args=argv, prog_name="eams", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="eams", standalone_mode=False)
     except SystemExit as exc:
-        return int(exc.code or 0)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        return EXIT_FAILURE
+        return exc.code if isinstance(exc.code, int) else EXIT_FAILURE if exc.code else EXIT_OK
+    except click.exceptions.Abort:  # Ctrl-C or end of input at a prompt, Ctrl-C in a command
+        return error("interrupted: stopped before the command finished")
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return error(exc.format_message() + where)
     except click.ClickException as exc:
-        exc.message = _capped(exc.message)  # e.g. click's "No such command" repeats it whole
-        exc.show()
-        return EXIT_FAILURE
+        return error(exc.format_message())
     except (config.ConfigError, OSError, LookupError, ValueError, RuntimeError) as exc:
-        click.echo(f"eams: error: {_capped(str(exc))}", err=True)
-        return EXIT_FAILURE
+        return error(str(exc))
     except Exception as exc:  # psycopg errors and anything unexpected: operational failure
-        click.echo(f"eams: error: {type(exc).__name__}: {_capped(str(exc))}", err=True)
-        return EXIT_FAILURE
-    return EXIT_OK
+        return error(f"{type(exc).__name__}: {exc}")
+    return code if isinstance(code, int) else EXIT_OK
 
 
 if __name__ == "__main__":

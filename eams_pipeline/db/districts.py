@@ -105,6 +105,10 @@ def list_districts(conn: psycopg.Connection) -> list[District]:
     return [_from_row(r) for r in conn.execute(_SELECT + " ORDER BY code").fetchall()]
 
 
+def district_codes(conn: psycopg.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT code FROM districts ORDER BY code").fetchall()]
+
+
 def get_district(conn: psycopg.Connection, code: str) -> District | None:
     r = conn.execute(_SELECT + " WHERE code = %s", (code,)).fetchone()
     return _from_row(r) if r else None

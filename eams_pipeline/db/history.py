@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from eams_pipeline.core.outcome import COUNT_KEYS
+from eams_pipeline.core.outcome import COUNT_KEYS, UploadStatus
 from eams_pipeline.db.uploads import load_errors
 
 _UPLOAD_COLUMNS = f"""u.upload_key, u.upload_id, d.code AS district, u.received_at, u.applied_at,
@@ -124,3 +124,29 @@ def student_history(
             }
         )
     return out
+
+
+def student_known(conn: psycopg.Connection, district_code: str, student_id: str) -> bool:
+    """Has the district ever had this student (students are deactivated, never deleted)?"""
+    return (
+        conn.execute(
+            """SELECT 1 FROM students s JOIN districts d USING (district_id)
+               WHERE d.code = %s AND s.student_id = %s""",
+            (district_code, student_id),
+        ).fetchone()
+        is not None
+    )
+
+
+def last_uploads(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
+    """Each district's newest upload (by time received; a check drop is no upload): its
+    key, time and status."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            """SELECT DISTINCT ON (d.code) d.code, u.upload_key, u.received_at, u.status
+               FROM districts d JOIN uploads u USING (district_id)
+               WHERE u.status <> %s
+               ORDER BY d.code, u.received_at DESC, u.upload_id DESC""",
+            (str(UploadStatus.CHECKED),),
+        ).fetchall()
+    return {r.pop("code"): r for r in rows}

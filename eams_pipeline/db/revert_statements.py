@@ -70,9 +70,12 @@ def missing_images(conn: psycopg.Connection, upload_id: int) -> int:
 
 def restore(
     conn: psycopg.Connection, district_id: int, upload_id: int, reverted_by: str
-) -> dict[str, int]:
-    """Put back every student the upload changed; record the upload as reverted."""
-    conn.execute(
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Put back every student the upload changed; record the upload as reverted.
+
+    Returns the counts (students restored, students the upload created now deactivated)
+    and, by order number, how its available licenses change (+ freed, - taken back)."""
+    moved = conn.execute(
         """UPDATE orders o SET used = o.used + d.delta
            FROM (SELECT order_id, sum(delta) AS delta FROM (
                      SELECT order_after AS order_id, -1 AS delta FROM student_history
@@ -81,9 +84,11 @@ def restore(
                      SELECT order_before, 1 FROM student_history
                      WHERE upload_id = %(u)s AND status_before = 'active') m
                  GROUP BY order_id HAVING sum(delta) <> 0) d
-           WHERE o.order_id = d.order_id AND o.district_id = %(d)s""",
+           WHERE o.order_id = d.order_id AND o.district_id = %(d)s
+           RETURNING o.number, -d.delta""",
         {"u": upload_id, "d": district_id},
-    )
+    ).fetchall()
+    available = {number: int(change) for number, change in sorted(moved)}
     data = ", ".join(f"{c} = h.{c}_before" for c in _DATA)
     restored = conn.execute(
         f"""UPDATE students s SET {data}, school_id = h.school_before,
@@ -108,4 +113,4 @@ def restore(
                revert_counts = %s WHERE upload_id = %s""",
         (str(UploadStatus.REVERTED), reverted_by, json.dumps(counts), upload_id),
     )
-    return counts
+    return counts, available

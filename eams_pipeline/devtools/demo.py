@@ -8,6 +8,9 @@ server that saves every message to a folder; loads three sample districts whose 
 accounts point at that server; drops a sample upload into each district's ``incoming/`` (one
 clean, one with errors, one held by the change guard); and runs ``dagster dev`` with fast
 sensor settings. Ctrl-C or SIGTERM stops everything it started.
+
+One demo per state directory: it holds ``<state>/demo.lock`` (``fcntl.flock``, its PID
+inside) for its lifetime, and a second one refuses to start, naming the lock and the PID.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import fcntl
 import io
 import json
 import os
@@ -27,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -50,6 +54,7 @@ from eams_pipeline.io.archive import generate_key
 DEFAULT_STATE_DIR = Path("var/demo")
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/eams_demo"
 DAGSTER_DB_SUFFIX = "_dagster"
+LOCK_FILE = "demo.lock"
 HOST = "127.0.0.1"
 OPERATORS = "eams-operators@eams.example.com"
 USERS = {"D001": "d001", "D002": "d002", "D003": "d003"}  # district code -> SFTP user
@@ -72,11 +77,52 @@ class DemoOptions:
 
 
 def repo_root() -> Path:
-    """The directory holding dagster.yaml and workspace.yaml (the checkout)."""
-    for candidate in (Path(__file__).resolve().parents[1], Path.cwd()):
+    """The directory holding dagster.yaml and workspace.yaml (the checkout): the nearest
+    folder above this module that has them, else the current directory."""
+    for candidate in (*Path(__file__).resolve().parents, Path.cwd()):
         if (candidate / "dagster.yaml").is_file() and (candidate / "workspace.yaml").is_file():
             return candidate
     raise FileNotFoundError("run the demo from the eams-pipeline checkout (no dagster.yaml)")
+
+
+class DemoAlreadyRunning(RuntimeError):
+    """Another demo holds the state directory's lock."""
+
+
+@contextlib.contextmanager
+def demo_lock(state: Path) -> Iterator[Path]:
+    """Hold ``<state>/demo.lock`` (an exclusive ``flock``, released when the process ends,
+    however it ends) with this process's PID in it; refuse when another process holds it."""
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by dagster dev
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DemoAlreadyRunning(
+            f"another demo of this checkout is running (PID {holder}, holding the lock "
+            f"{path}): stop it first (Ctrl-C in its terminal, or kill {holder}), or give "
+            "this one another --state-dir and --database-url"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def clear_state(state: Path) -> None:
+    """--reset: empty the state directory, but for the lock this demo holds."""
+    for entry in state.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def _port_or_free(port: int) -> int:
@@ -141,11 +187,24 @@ def drop_databases(database_url: str) -> None:
             )
 
 
-def prepare_databases(database_url: str) -> None:
-    create_database_if_missing(database_url)
+def prepare_databases(database_url: str) -> bool:
+    """Create (when missing) and migrate the demo's databases; False when the MY Access
+    database was there already (the demo reuses it, with its students and uploads)."""
+    created = create_database_if_missing(database_url)
     create_database_if_missing(dagster_database_url(database_url))
     with psycopg.connect(database_url) as conn:
         migrations.upgrade(conn)
+    return created
+
+
+def reuse_note(database_url: str, state: Path) -> str:
+    """What the demo says when it starts on the database of an earlier demo."""
+    name = conninfo_to_dict(database_url).get("dbname") or "eams_demo"
+    return (
+        f"reusing the demo database {name} and {state} of an earlier demo (its students, "
+        "uploads and Dagster runs are kept); to start over, stop this demo and run "
+        "`scripts/demo --reset`"
+    )
 
 
 def master_data(sftp: LoopbackSftpServer) -> dict:
@@ -363,16 +422,21 @@ def drop_sample(directory: Path, data: bytes) -> bool:
 def run_demo(options: DemoOptions, echo: Echo = print) -> int:
     root = repo_root()
     state = options.state_dir if options.state_dir.is_absolute() else root / options.state_dir
+    with demo_lock(state):
+        return _run_locked(options, state, root, echo)
+
+
+def _run_locked(options: DemoOptions, state: Path, root: Path, echo: Echo) -> int:
     if options.reset:
-        echo(f"reset: dropping the demo databases and {state}")
+        echo(f"reset: dropping the demo databases and emptying {state}")
         drop_databases(options.database_url)
-        shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True, exist_ok=True)
+        clear_state(state)
     os.chmod(state, 0o700)
     secret_env = load_or_create_secrets(state)
 
     echo(f"database: {options.database_url} (and Dagster's storage in *{DAGSTER_DB_SUFFIX})")
-    prepare_databases(options.database_url)
+    if not prepare_databases(options.database_url):
+        echo(reuse_note(options.database_url, state))
 
     stop = threading.Event()
     previous = {sig: signal.signal(sig, _handler(stop)) for sig in (signal.SIGINT, signal.SIGTERM)}

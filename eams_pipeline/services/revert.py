@@ -5,10 +5,14 @@ Refused when a later applied upload changed any of the same students (named in t
 message), unless `cascade`: then those later uploads (and theirs, transitively) are
 reverted first, newest first. Refused outside the retention window
 (EAMS_REVERT_RETENTION_DAYS, default 30 days after it was applied).
+
+A dry run does all of it and rolls the transaction back: what it reports is what the revert
+would do at that moment, by the same statements.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 import psycopg
@@ -25,7 +29,18 @@ class RevertRefused(RuntimeError):
 @dataclass(frozen=True)
 class Reverted:
     upload_key: str
-    counts: dict[str, int]
+    district: str
+    applied_at: dt.datetime
+    counts: dict[str, int]  # restored, created_deactivated
+    available: dict[str, int]  # order number -> change in its available licenses
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "upload_key": self.upload_key,
+            "district": self.district,
+            **self.counts,
+            "licenses_available": self.available,
+        }
 
 
 def revert_upload(
@@ -35,8 +50,13 @@ def revert_upload(
     reverted_by: str,
     cascade: bool = False,
     retention_days: int = 30,
+    dry_run: bool = False,
+    expected: list[str] | None = None,
 ) -> list[Reverted]:
-    """Revert the upload (and with `cascade` the later ones in its way); newest first."""
+    """Revert the upload (and with `cascade` the later ones in its way); newest first.
+
+    `dry_run`: the same work, rolled back. `expected`: the upload keys a dry run showed
+    (and a person confirmed); refused when the uploads to revert are no longer those."""
     with conn.transaction():
         target = db_revert.applied_upload(conn, upload_key, retention_days)
         code = district_code(conn, target.district_id)
@@ -63,6 +83,12 @@ def revert_upload(
                     chain[u.upload_id] = u
                     frontier.append(u)
         ordered = sorted(chain.values(), key=lambda u: (u.applied_at, u.upload_id), reverse=True)
+        if expected is not None and [u.upload_key for u in ordered] != expected:
+            raise RevertRefused(
+                f"the uploads to revert are now {', '.join(u.upload_key for u in ordered)}, "
+                f"not the {', '.join(expected)} shown before: nothing was reverted; run the "
+                "command again to see what it would do now"
+            )
         for u in ordered:
             if not u.within_retention:
                 raise RevertRefused(
@@ -78,7 +104,9 @@ def revert_upload(
         for u in ordered:
             try:
                 with conn.transaction():
-                    counts = db_revert.restore(conn, u.district_id, u.upload_id, reverted_by)
+                    counts, available = db_revert.restore(
+                        conn, u.district_id, u.upload_id, reverted_by
+                    )
             except psycopg.errors.CheckViolation as exc:
                 raise RevertRefused(
                     f"reverting upload {u.upload_key} needs more licenses than are free on an "
@@ -89,5 +117,7 @@ def revert_upload(
                     f"reverting upload {u.upload_key} would give back a username that another "
                     "student holds now"
                 ) from exc
-            done.append(Reverted(u.upload_key, counts))
-        return done
+            done.append(Reverted(u.upload_key, code, u.applied_at, counts, available))
+        if dry_run:
+            raise psycopg.Rollback()
+    return done
