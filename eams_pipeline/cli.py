@@ -484,6 +484,7 @@ def _tell_district(conn: Any, upload_key: str, *, no_email: bool) -> None:
     to an error file on the SFTP site (nothing of such an upload is there)."""
     from eams_pipeline.db import uploads as db_uploads
     from eams_pipeline.db.districts import district_code, get_district
+    from eams_pipeline.db.export import order_licenses
     from eams_pipeline.io.smtp import send_email
     from eams_pipeline.services import wiring
     from eams_pipeline.services.notify import recorded_outcome_email
@@ -509,7 +510,12 @@ def _tell_district(conn: Any, upload_key: str, *, no_email: bool) -> None:
     try:
         settings = wiring.mail_relay()
         email = recorded_outcome_email(
-            district, upload, result, error_file=None, sender=settings.sender
+            district,
+            upload,
+            result,
+            error_file=None,
+            sender=settings.sender,
+            licenses=order_licenses(conn, code),
         )
         if email is not None:
             send_email(settings, email[0])

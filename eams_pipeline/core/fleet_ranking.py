@@ -15,8 +15,9 @@ missing         nothing received in the 24 hours before its last ``expected_by``
 errors_rising   the errors/rows of its last accepted upload are at least ``rate_floor`` and
                 more than ``rate_factor`` times the median of the ``rate_baseline`` before
                 (at least two of them)
-licenses_low    the Enterprise order's available licenses are under ``licenses_low_pct`` %
-                of its size, or under ``licenses_low_min``
+licenses_low    the Enterprise order's available licenses are under the district's
+                ``low_licenses`` (master data) or, without it, under ``licenses_low_pct`` %
+                of its size or under ``licenses_low_min`` (core.licenses' default)
 ==============  =========================================================================
 
 Ranking: by the most severe state, then by more states, then by the oldest problem, then
@@ -101,6 +102,7 @@ class DistrictFacts:
     enterprise_order: str | None = None
     licenses: int | None = None  # the Enterprise order's size
     licenses_used: int | None = None
+    low_licenses: int | None = None  # the district's master data (None: the rules' default)
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,10 @@ def _licenses_low(facts: DistrictFacts, rules: FleetRules) -> Attention | None:
     if facts.licenses is None or facts.licenses_used is None:
         return None
     available = facts.licenses - facts.licenses_used
-    if (
+    if facts.low_licenses is not None:
+        if available >= facts.low_licenses:
+            return None
+    elif (
         available >= rules.licenses_low_min
         and available * 100 >= rules.licenses_low_pct * facts.licenses
     ):

@@ -135,6 +135,9 @@ class DistrictSpec:
     mode: str = "incremental"  # or "full_roster": students absent from the file deactivated
     # date ranges (local, inclusive) without uploads: held `paused`, no missing alert
     pauses: tuple[Pause, ...] = ()
+    # alerted below this many available Enterprise licenses (None: core.licenses' default)
+    low_licenses: int | None = None
+    account_managers: tuple[str, ...] = ()  # in copy of the low-licenses alert
     # the file's line of the district's mapping and of each of its keys (messages only)
     line: int = field(default=0, compare=False)
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, hash=False, repr=False)

@@ -379,6 +379,9 @@ class _District(_Strict):
     guard: Any = None  # core.guard's own loader
     mode: Literal["incremental", "full_roster"] = "incremental"
     pauses: Annotated[list[_Pause], BeforeValidator(_none_is_empty)] = []
+    # below how many available Enterprise licenses the district is alerted (None: 5%)
+    low_licenses: Count | None = None
+    account_managers: Emails = []  # in copy of the low-licenses alert
 
 
 # the model of each kind of mapping, by its path in a district (list indexes left out)
@@ -662,6 +665,15 @@ def _checked(
     except GuardConfigError as exc:
         problems.append(at.problem(("guard",), str(exc)))
         guard = None
+    if m.low_licenses is not None and m.low_licenses > m.enterprise_order.licenses:
+        problems.append(
+            at.problem(
+                ("low_licenses",),
+                f"low_licenses {m.low_licenses} is more than the Enterprise order's "
+                f"{m.enterprise_order.licenses} licenses: the district would be alerted "
+                "every day; give at most the order's size (0: no alert by count)",
+            )
+        )
     students = _students(m, at, problems, grades)
     pauses = _pauses(m, at, problems)
 
@@ -709,6 +721,8 @@ def _checked(
         guard=guard,
         mode=m.mode,
         pauses=pauses,
+        low_licenses=m.low_licenses,
+        account_managers=tuple(m.account_managers),
         line=raw.line,
         lines={k: v for k, v in raw.lines.items() if isinstance(k, str)},
     )

@@ -11,12 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
+from eams_pipeline.core.licenses import LicensesLow, OrderLicenses, license_line
 from eams_pipeline.core.outcome import UploadStatus
 from eams_pipeline.core.pauses import FIRST_AFTER_PAUSE, PAUSE_RULES, PAUSED
+from eams_pipeline.core.template import HEADER
 
 COUNT_LABELS = (
     ("added", "Students added"),
@@ -30,6 +32,14 @@ _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 _MAX_FILE_ERROR_CHARS = 2000
 _WIDTH = 76
 _MAX_OPERATOR_ERROR_CHARS = 20000
+# the template header, as a message quotes it: an email shows it on one line of its own
+_HEADER_LINE = ",".join(HEADER)
+_HEADER_WORD = re.compile(f"({re.escape(_HEADER_LINE)}\\S*)")
+_FOOTER = [
+    "",
+    "-- ",
+    "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+]
 
 
 def build_upload_email(
@@ -44,12 +54,17 @@ def build_upload_email(
     upload_key: str | None = None,
     reviewed_by: str | None = None,
     change_report_path: str | None = None,
+    licenses: Sequence[OrderLicenses] = (),
 ) -> EmailMessage:
     """The outcome email for one upload, to the district's contacts.
 
     ``upload_key`` (e.g. ``D001-20260114T020000123456Z``) names the upload in the subject
-    and the body: it is what the district quotes back (the numeric id has gaps and means
-    nothing to them); without it the summary's ``upload_id`` is shown.
+    and the body: it is what the district quotes back; the body names the summary's
+    ``upload_id`` beside it (the number in the error file's name), so that support can be
+    given either. Without a key the upload id is shown.
+
+    ``licenses``: the district's orders as they are now, one line each in the body (in
+    use, total, available).
 
     ``summary`` is the processing summary (SPEC §8 ``eams process`` keys); ``error_file_path``
     is where the error file was published on the SFTP site (None: it is not there, e.g. an
@@ -84,6 +99,7 @@ def build_upload_email(
 
     lines = ["Hello,", ""]
     lines += _result_paragraph(status, district, upload_id, reviewer, _held_rule(summary))
+    lines += _upload_names(upload_key, summary.get("upload_id"))
     reasons = _guard_reasons(summary)
     if reasons and (status in (UploadStatus.HELD, UploadStatus.DISCARDED) or reviewer):
         lines += ["", "Why it was held:", *reasons]
@@ -93,18 +109,14 @@ def build_upload_email(
         if missing:
             lines += [f"  {'Students absent from the file':<32}{missing:>8}"]
     elif status == UploadStatus.REJECTED:
-        error = _file_error_text(summary, file_error)
-        lines += [
-            "",
-            "Error:",
-            *_wrap(error, initial_indent="  ", subsequent_indent="  "),
-        ]
+        lines += ["", "Error:", *_file_error_lines(_file_error_text(summary, file_error))]
     else:
         lines += ["", *_count_table(summary)]
         missing = _count(summary, "deactivated_missing")
         if missing:
             lines += [f"  {'Deactivated: absent from file':<32}{missing:>8}"]
     lines += _error_codes(summary)
+    lines += _license_lines(licenses)
     lines += _error_file_paragraph(status, error_file_path, summary)
     if change_report_path and status in (UploadStatus.PROCESSED, UploadStatus.PARTIALLY_PROCESSED):
         lines += _change_report_paragraph("every change made to your students", change_report_path)
@@ -116,12 +128,46 @@ def build_upload_email(
         ]
     else:
         lines += ["", "This message contains no student data."]
-    lines += [
-        "",
-        "-- ",
-        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
-    ]
+    lines += _FOOTER
     return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
+def _upload_names(upload_key: str | None, upload_id: object) -> list[str]:
+    """The upload's key beside its id (the number in the error file's name), on one line:
+    support finds the upload by either."""
+    if not upload_key or upload_id is None:
+        return []
+    if isinstance(upload_id, bool) or not isinstance(upload_id, int):
+        raise ValueError(f"upload_id must be an integer, got {type(upload_id).__name__}")
+    return ["", f"Upload key {upload_key}, upload id {upload_id}."]
+
+
+def _license_lines(licenses: Sequence[OrderLicenses]) -> list[str]:
+    """One line per order of the district: in use, total, available (never wrapped)."""
+    if not licenses:
+        return []
+    return ["", "Licenses now:", *(f"  {_printable(license_line(o), 300)}" for o in licenses)]
+
+
+def _file_error_lines(error: str) -> list[str]:
+    """A file-level error, its parts (` | `) one paragraph each, wrapped between words; the
+    template header it quotes stands on one line of its own, never wrapped, and so does the
+    header found (HEADER_MISMATCH's `Found (n names): ...`), under it."""
+    lines: list[str] = []
+    for part in error.split(" | "):
+        label, colon, found = part.partition("): ")
+        if part.startswith("Found (") and colon:
+            lines += _wrap(f"{label}):", initial_indent="  ", subsequent_indent="  ")
+            lines.append(f"    {found.strip()}")
+            continue
+        # the header with what is glued to it (`Status;`) is one line: no word is split
+        pieces = _HEADER_WORD.split(part)
+        for k, piece in enumerate(pieces):
+            if k % 2:
+                lines.append(f"    {piece}")
+            else:
+                lines += _wrap(piece.strip(), initial_indent="  ", subsequent_indent="  ")
+    return lines
 
 
 def build_failure_email(
@@ -337,6 +383,7 @@ def build_held_operator_email(
     body = [
         f"The change guard held upload {upload_key} of {district_name} ({district_code}).",
         "Nothing was applied. The district was told that its file is held for review.",
+        *_upload_names(upload_key, upload_id),
         "",
         "Rule(s) tripped:",
         *rules,
@@ -658,9 +705,12 @@ def build_revert_email(
     reverted_at: dt.datetime | None,
     counts: Mapping[str, object],
     change_report_path: str | None = None,
+    upload_id: int | None = None,
+    licenses: Sequence[OrderLicenses] = (),
 ) -> EmailMessage:
     """An operator reverted an applied upload: what was put back (counts only; the change
-    report of the revert at ``change_report_path`` on the SFTP site, when it is there)."""
+    report of the revert at ``change_report_path`` on the SFTP site, when it is there), and
+    the district's licenses now."""
     if not contacts:
         raise ValueError(f"district {district_code} has no contact address")
     district = f"{district_name} ({district_code})"
@@ -686,6 +736,8 @@ def build_revert_email(
             "changes came from wrong data in your SIS, correct it there before the next "
             "upload, or they may be applied again."
         ),
+        *_upload_names(upload_key, upload_id),
+        *_license_lines(licenses),
         *(
             _change_report_paragraph("every change the revert made", change_report_path)
             if change_report_path
@@ -693,11 +745,77 @@ def build_revert_email(
         ),
         "",
         "This message contains no student data.",
-        "",
-        "-- ",
-        "MY Access Enterprise AMS (eAMS) batch process. This is an automated message.",
+        *_FOOTER,
     ]
     return _message(sender, contacts, subject, "\n".join(lines) + "\n")
+
+
+def build_licenses_low_email(
+    *,
+    district_code: str,
+    district_name: str,
+    contacts: list[str],
+    account_managers: list[str],
+    sender: str,
+    low: LicensesLow,
+    upload_key: str | None = None,
+) -> EmailMessage:
+    """The district's Enterprise order is running low on licenses (or an upload had rows
+    refused NO_LICENSE_AVAILABLE): to its contacts, its account managers in copy. Figures
+    only, no student data."""
+    if not contacts and not account_managers:
+        raise ValueError(f"district {district_code} has no contact address")
+    district = f"{district_name} ({district_code})"
+    order = low.order
+    number = _printable(order.number, 100)
+    subject = (
+        f"eAMS licenses running low: {district}, order {number}: "
+        f"{order.available} of {order.total} available"
+    )
+    lines = ["Hello,", ""]
+    if low.no_license_rows:
+        noun = "row" if low.no_license_rows == 1 else "rows"
+        lines += _wrap(
+            f"Upload {upload_key} of {district} had {low.no_license_rows} {noun} refused with "
+            f"NO_LICENSE_AVAILABLE: the Enterprise order {number} had no free license left "
+            "for those students, and the rows were not applied (its error file lists them)."
+        )
+    else:
+        lines += _wrap(
+            f"The Enterprise order {number} of {district} is running low on licenses: fewer "
+            f"than {low.threshold} are available."
+        )
+    lines += [
+        "",
+        "Licenses now:",
+        f"  {_printable(license_line(order), 300)}",
+        "",
+        *_wrap(
+            (
+                f"You are alerted when fewer than {low.threshold} licenses of the Enterprise "
+                "order are available (low_licenses)."
+                if low.threshold
+                else "You are not alerted by the number of available licenses (low_licenses: 0)."
+            )
+            + " A row that activates or adds a student while no license is free fails with "
+            "NO_LICENSE_AVAILABLE and is not applied. To free licenses, deactivate the "
+            "students who left (status D in the nightly file); to add licenses to the order, "
+            "contact your Vantage account manager."
+        ),
+        "",
+        *_wrap(
+            "This alert is sent at most once a day, and for every upload with rows refused "
+            "for want of a license."
+        ),
+        "",
+        "This message contains no student data.",
+        *_FOOTER,
+    ]
+    message = _message(sender, contacts or account_managers, subject, "\n".join(lines) + "\n")
+    copy = [a for a in account_managers if a not in contacts]
+    if contacts and copy:
+        message["Cc"] = ", ".join(copy)
+    return message
 
 
 def _message(sender: str, recipients: list[str], subject: str, body: str) -> EmailMessage:

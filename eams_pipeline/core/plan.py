@@ -217,16 +217,7 @@ def _check_schools(
     # valid: present and no column rule broken (README: transitions and USERNAME_TAKEN need it)
     deactivating = _passes_column_rules(df, row_errors, "status") & (df["status"] == "D")
     _attach_school(df, snapshot.schools, deactivating)
-    errors = [
-        _flag(
-            df,
-            df["school_code"].notna() & df["school_id"].isna(),
-            ErrorCode.SCHOOL_NOT_FOUND,
-            "school_code",
-            "School Code {v} is not a participating school of this district.",
-            "school_code",
-        )
-    ]
+    errors = _school_not_found(df, snapshot.schools)
     if snapshot.grades is not None:
         # a D row is exempt: a student who left the participating grades can be deactivated
         outside = (
@@ -248,6 +239,41 @@ def _check_schools(
             )
         )
     return errors
+
+
+def _school_not_found(df: pd.DataFrame, schools: pd.DataFrame) -> list[pd.DataFrame]:
+    """SCHOOL_NOT_FOUND (one code, SPEC §5) on the rows without a school; the message says
+    why: a closed school, the Holding Bin School, or not a school of the district."""
+    not_found = df["school_code"].notna() & df["school_id"].isna()
+    hit = np.flatnonzero(not_found.to_numpy(dtype=bool, na_value=False))
+    named = df["school_code"].iloc[hit]  # looked up on those rows only
+
+    def naming(codes: pd.Series) -> pd.Series:
+        out = np.zeros(len(df), dtype=bool)
+        out[hit] = named.isin(codes.tolist()).to_numpy(dtype=bool)
+        return pd.Series(out, index=df.index)
+
+    closed = naming(schools.loc[~schools["active"] & ~schools["holding_bin"], "code"])
+    the_bin = naming(schools.loc[schools["holding_bin"], "code"])
+    return [
+        _flag(df, mask, ErrorCode.SCHOOL_NOT_FOUND, "school_code", text, "school_code")
+        for mask, text in (
+            (
+                not_found & ~closed & ~the_bin,
+                "School Code {v} is not a participating school of this district.",
+            ),
+            (
+                closed,
+                "School Code {v} is a closed school of this district: only a D row may name "
+                "it (to deactivate its students).",
+            ),
+            (
+                the_bin,
+                "School Code {v} is the Enterprise Holding Bin School, which holds the free "
+                "licenses: no student is placed there.",
+            ),
+        )
+    ]
 
 
 def _decide_transitions(

@@ -40,6 +40,8 @@ class District:
     failure_contacts: tuple[str, ...] = ()  # also told of rejected or held files
     # local date ranges without uploads (core.pauses), in date order
     pauses: tuple[Pause, ...] = ()
+    low_licenses: int | None = None  # alerted below this many available (None: 5% default)
+    account_managers: tuple[str, ...] = ()  # in copy of the low-licenses alert
 
     @property
     def failure_recipients(self) -> tuple[str, ...]:
@@ -56,7 +58,7 @@ _SELECT = """SELECT district_id, code, name, timezone, contacts, process_at,
                     sftp_host, sftp_port, sftp_username, sftp_password_env,
                     sftp_private_key_file, sftp_host_key, sftp_root,
                     encoding, grades, expected_by, failure_contacts, guard, mode,
-                    pauses
+                    pauses, low_licenses, account_managers
              FROM districts"""
 
 
@@ -64,7 +66,7 @@ def _from_row(r: tuple) -> District:
     district_id, code, name, timezone, contacts, process_at, ent_order, bin_school = r[:8]
     host, port, username, password_env, key_file, host_key, root = r[8:15]
     encoding, grades, expected_by, failure_contacts = r[15:19]
-    guard, mode, pauses = r[19:22]
+    guard, mode, pauses, low_licenses, account_managers = r[19:24]
     sftp = None
     if host and username:
         sftp = SftpAccount(
@@ -94,6 +96,8 @@ def _from_row(r: tuple) -> District:
         guard=guard if guard is not None else parse_thresholds(None),
         mode=mode or "incremental",
         pauses=parse_stored(pauses),
+        low_licenses=low_licenses,
+        account_managers=tuple(account_managers or ()),
     )
 
 

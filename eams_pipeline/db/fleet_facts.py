@@ -20,7 +20,7 @@ SELECT d.code, d.name, d.timezone, d.expected_by, d.created_at,
        applied.received_at,
        held.n, held.upload_key, held.received_at, held.rule,
        rated.rates, rated.upload_key,
-       o.number, o.size, o.used
+       o.number, o.size, o.used, d.low_licenses
 FROM districts d
 LEFT JOIN LATERAL (
     SELECT u.upload_key, u.status, u.received_at, u.error_codes FROM uploads u
@@ -73,7 +73,7 @@ def _facts(r: tuple) -> DistrictFacts:
     last_applied = r[9]
     held, held_key, held_at, held_rule = r[10:14]
     rates, rate_key = r[14:16]
-    order, size, used = r[16:19]
+    order, size, used, low_licenses = r[16:20]
     last = None
     if last_key is not None:
         last = LastUpload(
@@ -100,4 +100,5 @@ def _facts(r: tuple) -> DistrictFacts:
         enterprise_order=order,
         licenses=size,
         licenses_used=used,
+        low_licenses=low_licenses,
     )

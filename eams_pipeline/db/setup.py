@@ -276,10 +276,12 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
         INSERT INTO districts (code, name, timezone, contacts, process_at, sftp_host, sftp_port,
                                sftp_username, sftp_password_env, sftp_private_key_file,
                                sftp_host_key, sftp_root, encoding, grades, expected_by,
-                               failure_contacts, guard, mode, pauses)
+                               failure_contacts, guard, mode, pauses, low_licenses,
+                               account_managers)
         VALUES (%(code)s, %(name)s, %(tz)s, %(contacts)s, %(at)s, %(host)s, %(port)s, %(user)s,
                 %(pw)s, %(key)s, %(hk)s, %(root)s, %(encoding)s, %(grades)s, %(expected_by)s,
-                %(failure_contacts)s, %(guard)s, %(mode)s, %(pauses)s)
+                %(failure_contacts)s, %(guard)s, %(mode)s, %(pauses)s, %(low_licenses)s,
+                %(account_managers)s)
         ON CONFLICT (code) DO UPDATE SET
             encoding = EXCLUDED.encoding, grades = EXCLUDED.grades,
             expected_by = EXCLUDED.expected_by, failure_contacts = EXCLUDED.failure_contacts,
@@ -290,20 +292,24 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             sftp_private_key_file = EXCLUDED.sftp_private_key_file,
             sftp_host_key = EXCLUDED.sftp_host_key, sftp_root = EXCLUDED.sftp_root,
             guard = EXCLUDED.guard, mode = EXCLUDED.mode, pauses = EXCLUDED.pauses,
+            low_licenses = EXCLUDED.low_licenses,
+            account_managers = EXCLUDED.account_managers,
             updated_at = now()
         WHERE (districts.name, districts.timezone, districts.contacts, districts.process_at,
                districts.sftp_host, districts.sftp_port, districts.sftp_username,
                districts.sftp_password_env, districts.sftp_private_key_file,
                districts.sftp_host_key, districts.sftp_root, districts.encoding,
                districts.grades, districts.expected_by, districts.failure_contacts,
-               districts.guard, districts.mode, districts.pauses)
+               districts.guard, districts.mode, districts.pauses, districts.low_licenses,
+               districts.account_managers)
           IS DISTINCT FROM
               (EXCLUDED.name, EXCLUDED.timezone, EXCLUDED.contacts, EXCLUDED.process_at,
                EXCLUDED.sftp_host, EXCLUDED.sftp_port, EXCLUDED.sftp_username,
                EXCLUDED.sftp_password_env, EXCLUDED.sftp_private_key_file,
                EXCLUDED.sftp_host_key, EXCLUDED.sftp_root, EXCLUDED.encoding,
                EXCLUDED.grades, EXCLUDED.expected_by, EXCLUDED.failure_contacts,
-               EXCLUDED.guard, EXCLUDED.mode, EXCLUDED.pauses)
+               EXCLUDED.guard, EXCLUDED.mode, EXCLUDED.pauses, EXCLUDED.low_licenses,
+               EXCLUDED.account_managers)
         RETURNING district_id
         """,
         {
@@ -326,6 +332,8 @@ def _load_district(conn: psycopg.Connection, d: DistrictSpec) -> dict[str, int]:
             "guard": json.dumps(d.guard) if d.guard is not None else None,
             "mode": d.mode,
             "pauses": json.dumps(stored_pauses(d.pauses)),
+            "low_licenses": d.low_licenses,
+            "account_managers": list(d.account_managers),
         },
     ).fetchone()
     changed = {"districts": 1 if row else 0}

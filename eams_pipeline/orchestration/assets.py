@@ -46,6 +46,7 @@ from eams_pipeline.core.settle import listed
 from eams_pipeline.core.upload_retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, district_code, get_district
+from eams_pipeline.db.export import order_licenses
 from eams_pipeline.io.sftp import SettledRead, SftpFileChangingError
 from eams_pipeline.orchestration.decisions import decision_text, tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
@@ -69,6 +70,7 @@ from eams_pipeline.orchestration.upload_retention_job import (
     remove_raw_upload,
 )
 from eams_pipeline.services.change_report import build_change_report, reports_of
+from eams_pipeline.services.license_alerts import alert_if_licenses_low
 from eams_pipeline.services.notify import recorded_outcome_email
 from eams_pipeline.services.process import Upload, file_too_large, process_upload
 from eams_pipeline.services.progress import LineProgress
@@ -709,9 +711,9 @@ def error_preview(errors: pd.DataFrame, limit: int = PREVIEW_ROWS) -> str:
     deps=[change_report],
     kinds={"email"},
     description=(
-        "The outcome email to the district's contacts (counts, the error file's and the change "
-        "report's paths); then the raw "
-        "file leaves processed/ (EAMS_PROCESSED_RETENTION_DAYS=0)."
+        "The outcome email to the district's contacts (counts, licenses, the error file's and "
+        "the change report's paths); the low-licenses alert when due; then the raw file "
+        "leaves processed/ (EAMS_PROCESSED_RETENTION_DAYS=0)."
     ),
 )
 def district_email(
@@ -726,6 +728,7 @@ def district_email(
     ref = _ref(context, upload_ref)
     upload, result = _recorded_outcome(db, ref)
     metadata = {**_names(ref), **_email(context, config, db, smtp, ref, upload, result)}
+    metadata.update(_license_alert(context, db, smtp, ref, upload))
     metadata.update(_remove_raw_upload(context, db, sftp, smtp, archive, ref))
     return dg.MaterializeResult(metadata=metadata)
 
@@ -746,6 +749,8 @@ def _email(
     # where change_report published what was applied (or what its revert put back)
     reports = reports_of(upload.status)
     changes = _report_path(district.sftp_root, ref.key, revert=reports[-1]) if reports else None
+    with db.connect() as conn:
+        licenses = order_licenses(conn, district.code)
     email = recorded_outcome_email(
         district,
         upload,
@@ -753,6 +758,7 @@ def _email(
         error_file=error_file,
         change_report=changes,
         sender=smtp.sender,
+        licenses=licenses,
     )
     if email is None:
         context.log.info(f"upload {ref.key} is {upload.status}: the district is not emailed")
@@ -790,6 +796,36 @@ def _email(
         "operators": dg.MetadataValue.int(operators_told),
         "subject": str(message["Subject"]),
     }
+
+
+def _license_alert(
+    context: dg.AssetExecutionContext,
+    db: DatabaseResource,
+    smtp: SmtpResource,
+    ref: UploadRef,
+    upload: db_uploads.UploadRow,
+) -> dict[str, object]:
+    """The low-licenses alert, when the district's Enterprise order is low now or the upload
+    had NO_LICENSE_AVAILABLE rows (once a day, or once per such upload). An alert that
+    cannot be sent is logged, never fails the run: the district's outcome email is out, and
+    the next upload's check tries again (nothing was recorded)."""
+    district = _load_district(db, ref.district)
+    try:
+        with db.connect() as conn:
+            alert = alert_if_licenses_low(
+                conn,
+                district,
+                upload,
+                now=dt.datetime.now(dt.UTC),
+                mailer=smtp,
+                operators=eams_config.operator_emails(),
+            )
+    except Exception as exc:  # the outcome is recorded and emailed: never fail the run here
+        note = f"low-licenses alert NOT sent ({type(exc).__name__}: {exc})"
+        context.log.error(note)
+        return {"licenses_alert": note, "licenses_alert_sent": False}
+    (context.log.warning if alert.sent else context.log.info)(alert.note)
+    return {"licenses_alert": alert.note, "licenses_alert_sent": alert.sent}
 
 
 def _remove_raw_upload(

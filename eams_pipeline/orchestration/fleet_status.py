@@ -153,7 +153,10 @@ FLEET_CHECKS = [
     dg.AssetCheckSpec(
         LICENSES_SUFFICIENT,
         asset="fleet_status",
-        description="Every Enterprise order has at least 1 license and 5% of its size available.",
+        description=(
+            "Every Enterprise order has its district's low_licenses available (default: at "
+            "least 1 license and 5% of its size)."
+        ),
     ),
 ]
 

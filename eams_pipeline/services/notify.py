@@ -4,8 +4,10 @@ callers send it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from email.message import EmailMessage
 
+from eams_pipeline.core.licenses import OrderLicenses
 from eams_pipeline.core.notifications import build_revert_email, build_upload_email
 from eams_pipeline.core.outcome import FAILURE_STATUSES, UploadResult, UploadStatus
 from eams_pipeline.db.districts import District
@@ -24,6 +26,7 @@ def district_outcome_email(
     upload_key: str,
     error_file: str | None,
     sender: str,
+    licenses: Sequence[OrderLicenses],
     upload: UploadRow | None = None,
     change_report: str | None = None,
 ) -> tuple[EmailMessage, tuple[str, ...]]:
@@ -31,7 +34,8 @@ def district_outcome_email(
     was rejected or held, and when a held file was decided (they were told it was held).
     `error_file` is the error file's path on the district's SFTP site (None when it is not
     there: it is then not pointed to), `change_report` the change report's (None: not
-    there). `upload` (the recorded upload) adds the review: why it was held, who approved
+    there). `licenses`: the district's orders now (db.export.order_licenses), one line
+    each. `upload` (the recorded upload) adds the review: why it was held, who approved
     or discarded it."""
     file_error = result.file_error
     summary = result.summary(error_file)
@@ -54,6 +58,7 @@ def district_outcome_email(
         file_error=f"{file_error.code}: {file_error.message}" if file_error else None,
         upload_key=upload_key,
         reviewed_by=reviewed_by,
+        licenses=licenses,
     )
     return message, recipients
 
@@ -65,6 +70,7 @@ def recorded_outcome_email(
     *,
     error_file: str | None,
     sender: str,
+    licenses: Sequence[OrderLicenses],
     change_report: str | None = None,
 ) -> tuple[EmailMessage, tuple[str, ...]] | None:
     """The district's email for what is recorded of the upload now: its outcome (after a
@@ -84,6 +90,8 @@ def recorded_outcome_email(
             reverted_at=upload.reverted_at,
             counts=upload.revert_counts or {"restored": 0, "created_deactivated": 0},
             change_report_path=change_report,
+            upload_id=upload.upload_id,
+            licenses=licenses,
         )
         return message, tuple(district.contacts)
     return district_outcome_email(
@@ -92,6 +100,7 @@ def recorded_outcome_email(
         upload_key=upload.upload_key,
         error_file=error_file,
         sender=sender,
+        licenses=licenses,
         upload=upload,
         change_report=change_report,
     )

@@ -25,6 +25,7 @@ from eams_pipeline.core.errors import ErrorCode
 from eams_pipeline.core.template import COLUMNS, HEADER
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import get_district
+from eams_pipeline.db.export import order_licenses
 from eams_pipeline.services.notify import district_outcome_email
 from eams_pipeline_tests.builders import district_doc, existing_student, load, row, run, students
 
@@ -240,7 +241,12 @@ def _outputs(
         district = get_district(conn, "D1")
         assert district is not None
         message, _ = district_outcome_email(
-            district, result, upload_key=key, error_file=record.error_file, sender="e@x.org"
+            district,
+            result,
+            upload_key=key,
+            error_file=record.error_file,
+            sender="e@x.org",
+            licenses=order_licenses(conn, "D1"),
         )
     sinks["email"] = f"{message['Subject']}\n{message.get_content()}"
     sinks["uploads show"] = _main(capsys, "uploads", "show", key)[1]

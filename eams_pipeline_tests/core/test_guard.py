@@ -682,6 +682,7 @@ def test_held_emails_carry_figures_and_commands_never_student_data() -> None:
 
 def test_who_was_told_of_the_hold_hears_the_decision(conn) -> None:
     from eams_pipeline.db.districts import get_district
+    from eams_pipeline.db.export import order_licenses
     from eams_pipeline.services.notify import recorded_outcome_email
 
     existing = [existing_student(sid) for sid in _ids(20)]
@@ -697,7 +698,12 @@ def test_who_was_told_of_the_hold_hears_the_decision(conn) -> None:
         upload = db_uploads.get_upload(conn, key)
         result = db_uploads.recorded_result(conn, upload, "D1")
         return recorded_outcome_email(
-            get_district(conn, "D1"), upload, result, error_file=None, sender="e@x.example"
+            get_district(conn, "D1"),
+            upload,
+            result,
+            error_file=None,
+            sender="e@x.example",
+            licenses=order_licenses(conn, "D1"),
         )
 
     message, recipients = email("D1-k1")
