@@ -79,7 +79,7 @@ class ChangeFile:
 
 def render_change_file(lines: bytes) -> ChangeFile:
     """The change report (UTF-8, CRLF, the header first) from its lines as CSV without a
-    header (the query's COPY output, db.change_history). Vectorised: only the cells that
+    header (the query's CSV output, db.change_history). Vectorised: only the cells that
     start with a character the error file's rule acts on go through that rule."""
     if not lines:
         return ChangeFile((",".join(HEADER) + "\r\n").encode("utf-8"), 0, {})
