@@ -76,3 +76,14 @@ def test_test_helpers_import_no_test_module() -> None:
         if m.startswith("eams_pipeline_tests.") and m.split(".")[-1].startswith("test_")
     ]
     assert offenders == []
+
+
+def test_every_module_is_on_the_map() -> None:
+    """docs/architecture.md names every module of the package, so a newcomer finds each room."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    unnamed = [
+        str(p.relative_to(PACKAGE))
+        for p in _modules(PACKAGE)
+        if f"`{p.name}`" not in text and f"/{p.name}`" not in text
+    ]
+    assert unnamed == []
