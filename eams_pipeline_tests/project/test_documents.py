@@ -154,8 +154,8 @@ def check_of(reference: Reference, repo: Path) -> Check | None:
     if reference.kind == "link":
         return _check_of_link(reference, repo)
     token = reference.written
-    if token.startswith(CONTRACT_PREFIX):
-        rest = token[len(CONTRACT_PREFIX) :]
+    if token.startswith(CONTRACT_PREFIX) or token == CONTRACT_PREFIX.rstrip("/"):
+        rest = token[len(CONTRACT_PREFIX) :]  # "": the contract's folder itself
         return None if NOT_A_PATH.search(rest) else Check(contract=rest)
     if NOT_A_PATH.search(token) or "://" in token or token.startswith(("/", "~", "-")):
         return None
@@ -216,7 +216,7 @@ def problems(
         if check is None:
             continue
         if check.contract is not None:
-            if contract_dir is not None and not (contract_dir / check.contract).is_file():
+            if contract_dir is not None and not (contract_dir / check.contract).exists():
                 yield f"{ref.where(repo)}: not in the contract's folder {contract_dir}"
             continue
         if check.name is not None:
@@ -315,7 +315,7 @@ def test_commands_urls_globs_tags_and_runtime_paths_are_not_paths(repo: Path) ->
 
 
 def test_contract_paths_are_checked_only_against_a_contract_folder(repo: Path) -> None:
-    text = "`../shared/spec/SPEC.md` `../shared/spec/NOPE.md` `transitions.csv`\n"
+    text = "`../shared/spec` `../shared/spec/SPEC.md` `../shared/spec/NOPE.md` `transitions.csv`\n"
     assert _problems_of(repo, text) == []  # no contract folder given: not checked
     contract = repo.parent / "contract"
     contract.mkdir()
