@@ -85,7 +85,7 @@ def build_upload_email(
     elif status == UploadStatus.PARTIALLY_PROCESSED:
         errors = _count(summary, "errors")
         subject = (
-            f"eAMS student update PARTIALLY processed{reviewed} ({errors} rows with errors): "
+            f"eAMS student update PARTIALLY processed{reviewed} ({rows_with_errors(errors)}): "
             f"{district}, upload {upload_id}"
         )
     elif status == UploadStatus.PROCESSED:
@@ -597,11 +597,16 @@ def _change_report_paragraph(what: str, path: str) -> list[str]:
     ]
 
 
+def rows_with_errors(count: int) -> str:
+    """``1 row with errors``, ``6 rows with errors``: the subjects' count of rows not applied."""
+    return f"{count} row with errors" if count == 1 else f"{count} rows with errors"
+
+
 # what a checked file would have come to, in the subject of its check result
 _CHECK_VERDICTS = {
     UploadStatus.REJECTED: "the file would be REJECTED",
     UploadStatus.HELD: "the file would be HELD for review",
-    UploadStatus.PARTIALLY_PROCESSED: "{errors} rows with errors",
+    UploadStatus.PARTIALLY_PROCESSED: "{errors}",
     UploadStatus.PROCESSED: "no errors",
 }
 
@@ -633,7 +638,9 @@ def build_check_email(
     if status not in _CHECK_VERDICTS:
         raise ValueError(f"{status!r} is not what a checked file can come to")
     district = f"{district_name} ({district_code})"
-    verdict = _CHECK_VERDICTS[UploadStatus(status)].format(errors=_count(summary, "errors"))
+    verdict = _CHECK_VERDICTS[UploadStatus(status)].format(
+        errors=rows_with_errors(_count(summary, "errors"))
+    )
     subject = f"eAMS check result: {verdict}, nothing applied: {district}, check {upload_key}"
     would_be = {
         UploadStatus.REJECTED: "REJECTED: nothing of it would be applied.",

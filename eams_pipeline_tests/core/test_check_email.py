@@ -131,6 +131,9 @@ def test_partially_processed_names_the_rows_with_errors_in_the_subject() -> None
     assert email("partially_processed")["Subject"].startswith(
         "eAMS check result: 2 rows with errors, nothing applied:"
     )
+    assert email("partially_processed", errors=1)["Subject"].startswith(
+        "eAMS check result: 1 row with errors, nothing applied:"
+    )
 
 
 @pytest.mark.parametrize("status", ["checked", "superseded", "received", "approved"])

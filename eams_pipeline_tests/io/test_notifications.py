@@ -90,7 +90,7 @@ def test_subjects_name_the_outcome() -> None:
     assert "SUCCESSFUL" in _email("processed", **CLEAN)["Subject"]
     partial = _email("partially_processed")["Subject"]
     assert "PARTIALLY processed" in partial
-    assert "1 rows with errors" in partial
+    assert "(1 row with errors)" in partial
     assert "FAILED" in _email("rejected", HEADER_ERROR, **REJECTED)["Subject"]
     for message in (_email("processed", **CLEAN), _email("partially_processed")):
         assert "FAILED" not in message["Subject"]
