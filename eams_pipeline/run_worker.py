@@ -10,8 +10,9 @@ location is loaded, and freezing what was loaded, takes about a third off a smal
 So, in a run worker only:
 
 - at interpreter start, the startup hook (``eams_pipeline_startup.pth`` in site-packages,
-  written by ``python -m eams_pipeline.run_worker install``: scripts/install and the image
-  run it) pauses the collector (:func:`pause_at_start`);
+  written by :func:`main`, which scripts/install and the image run with
+  ``python -c "import eams_pipeline.run_worker as w; w.main()"``) pauses the collector
+  (:func:`pause_at_start`);
 - once the code location is loaded (``eams_pipeline.definitions``), :func:`resume` freezes
   what is alive (``gc.freeze``: modules, classes, definitions, which live as long as the
   process anyway, are never walked again) and turns the collector back on for what the
@@ -86,7 +87,8 @@ def install(site_packages: str | None = None) -> str:
     return str(target)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] != ["install"]:
-        raise SystemExit("usage: python -m eams_pipeline.run_worker install")
+def main() -> None:
+    """Write the hook and say where. Not run as ``python -m eams_pipeline.run_worker``: once
+    the hook is installed, every interpreter imports this module at start, and runpy warns
+    when the module it is asked to run is imported already."""
     print(f"startup hook written: {install()}")

@@ -83,7 +83,7 @@ def test_the_image_copies_only_what_its_build_context_lets_in() -> None:
 def test_the_image_installs_the_run_workers_startup_hook() -> None:
     steps = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     install = steps.index("pip install .")
-    assert steps.index("python -m eams_pipeline.run_worker install") > install
+    assert steps.index('python -c "import eams_pipeline.run_worker as w; w.main()"') > install
 
 
 def test_compose_workspace_and_code_servers_agree() -> None:
