@@ -170,9 +170,23 @@ def _mapped(func: Callable[P, R]) -> Callable[P, R]:
                 f"{where}: {func.__name__}: connection lost: {exc or type(exc).__name__}"
             ) from exc
         except OSError as exc:
+            if _connection_gone(session.client):
+                # paramiko's "Socket is closed": the server went away under the operation
+                raise SftpTransientError(
+                    f"{where}: {func.__name__}: connection lost: {exc}"
+                ) from exc
             raise SftpError(f"{where}: {func.__name__} failed: {exc}") from exc
 
     return wrapper
+
+
+def _connection_gone(client: paramiko.SFTPClient) -> bool:
+    """Is the client's channel closed, or its transport down?"""
+    channel = client.get_channel()
+    if channel is None or channel.closed:
+        return True
+    transport = channel.get_transport()
+    return transport is None or not transport.is_active()
 
 
 class SftpSession:

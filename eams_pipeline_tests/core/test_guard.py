@@ -615,7 +615,9 @@ def test_the_approval_email_says_approved_after_review_and_by_whom() -> None:
     subject, text = _district_email(
         _summary("partially_processed"), "/errors/students_errors_7.csv", reviewed_by="alice"
     )
-    assert subject.startswith("eAMS student update PARTIALLY processed after review (1 rows")
+    assert subject.startswith(
+        "eAMS student update PARTIALLY processed after review (1 row with errors)"
+    )
     assert "HELD for review because it would change an unusual share of your students, then " \
         "APPROVED after review by alice and applied: all valid rows were applied" in text
     assert "the file deactivates 30 of 100 active students, 30%, limit 10%" in text

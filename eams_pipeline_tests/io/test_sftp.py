@@ -506,3 +506,23 @@ def test_connect_retries_until_the_server_is_back(
         revived.stop()
     with pytest.raises(SftpTransientError):  # and without retries it fails at once
         _connect(SftpResource(connect_attempts=1), settings)
+
+
+@pytest.mark.parametrize("operation", ["put_atomic", "list_incoming", "read"])
+def test_a_connection_closed_under_an_operation_is_a_transient_error(
+    sftp_resource: SftpResource, sftp_settings: MakeSettings, operation: str
+) -> None:
+    """The server going away mid-transfer may surface as paramiko's plain OSError "Socket is
+    closed" (not an EOFError or SSHException, by timing): it is the connection lost, which a
+    retry can cure, never a permanent SftpError."""
+    with sftp_resource.session(sftp_settings("d001")) as session:
+        session.ensure_dirs()
+        session.put_atomic("incoming/students.csv", b"x")
+        session.client.get_channel().close()
+        call = {
+            "put_atomic": lambda: session.put_atomic("errors/students_errors_1.csv", b"data"),
+            "list_incoming": session.list_incoming,
+            "read": lambda: session.read("incoming/students.csv"),
+        }[operation]
+        with pytest.raises(SftpTransientError, match="connection lost"):
+            call()
