@@ -137,3 +137,22 @@ def recorded_uploads(
         )
         for code, key, received_at, status, held in rows
     ]
+
+
+def delete_handled_requests(
+    conn: psycopg.Connection, before: dt.datetime, *, dry_run: bool = False
+) -> int:
+    """Delete (or with ``dry_run`` count) the requests recorded before ``before`` whose upload
+    has an outcome (any status but ``received``): their runs were started long ago, and the
+    table would otherwise grow by one row per upload forever. A request whose upload has no
+    outcome (a run died before recording it) stays for an operator to look at. The
+    ``eams_upload_requests`` sensor's cursor is a request id: deleting older rows does not
+    move it. One set-based statement (the run retention job calls it daily)."""
+    predicate = """FROM upload_requests r
+                   WHERE r.requested_at < %(before)s
+                     AND EXISTS (SELECT 1 FROM uploads u
+                                 WHERE u.upload_key = r.upload_key AND u.status <> %(received)s)"""
+    params = {"before": before, "received": str(UploadStatus.RECEIVED)}
+    if dry_run:
+        return conn.execute(f"SELECT count(*) {predicate}", params).fetchone()[0]
+    return conn.execute(f"DELETE {predicate}", params).rowcount

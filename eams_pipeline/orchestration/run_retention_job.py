@@ -36,6 +36,7 @@ from eams_pipeline.core.run_retention import (
 )
 from eams_pipeline.db.dagster_storage import delete_check_executions
 from eams_pipeline.db.run_retention_queries import pending_upload_keys
+from eams_pipeline.db.upload_requests import delete_handled_requests
 from eams_pipeline.orchestration.check_job import KIND_TAG
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, upload_key_of_run
 from eams_pipeline.orchestration.resources import DatabaseResource
@@ -216,7 +217,8 @@ def build_run_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
         description=(
             "Deletes finished runs older than EAMS_RUN_RETENTION_DAYS with their events, in "
             "batches of EAMS_RUN_RETENTION_BATCH, never a run of a held or unfinished upload "
-            "nor the newest run of a district (or of a job without districts)."
+            "nor the newest run of a district (or of a job without districts); then the "
+            "upload requests as old whose upload has an outcome."
         ),
     )
     def delete_old_runs(
@@ -233,6 +235,10 @@ def build_run_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
                 dry_run=config.dry_run,
                 log=context.log.info,
             )
+            with conn.transaction():
+                requests = delete_handled_requests(
+                    conn, report.cutoff, dry_run=config.dry_run
+                )
         context.log.info(
             f"run retention: {report.deleted} runs {'would go' if config.dry_run else 'deleted'}"
             f" of {report.scanned} older than {report.cutoff:%Y-%m-%d %H:%MZ}, kept {report.kept}"
@@ -241,6 +247,7 @@ def build_run_retention_job(clock: Clock = _utcnow) -> dg.JobDefinition:
             report.deleted,
             metadata={
                 **report.metadata(),
+                "upload_requests_deleted": requests,
                 "days": eams_config.run_retention_days(),
                 "dry_run": config.dry_run,
             },

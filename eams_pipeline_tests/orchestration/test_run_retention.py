@@ -25,6 +25,7 @@ from eams_pipeline.core.run_retention import (
     cutoff_for,
     decide,
 )
+from eams_pipeline.db.upload_requests import record_sensor_request
 from eams_pipeline.orchestration.check_job import KIND_TAG
 from eams_pipeline.orchestration.partitions import DISTRICT_TAG, PARTITION_TAG, UPLOAD_KEY_TAG
 from eams_pipeline.orchestration.resources import DatabaseResource
@@ -208,6 +209,11 @@ def test_the_job_deletes_old_runs_with_their_events_in_batches(
             "D002-20260102T000000000000Z": "rejected",
         },
     )
+    # the requests of an upload with an outcome go with the old runs; one whose run crashed
+    # (received) stays
+    for key in ("D001-20260101T000000000000Z", "D001-20260104T000000000000Z"):
+        assert record_sensor_request(conn, "D001", key, 10, 1)
+    conn.commit()
 
     def upload_run(key: str, tag: str = UPLOAD_KEY_TAG) -> str:
         return _materialize(pg_instance, {DISTRICT_TAG: key.split("-")[0], tag: key})
@@ -250,6 +256,10 @@ def test_the_job_deletes_old_runs_with_their_events_in_batches(
     metadata = output.step_output_data.metadata
     assert metadata["deleted"].value == 4 and metadata["batches"].value == 4
     assert metadata["kept"].value == {UPLOAD_PENDING: 2, LAST_OF_DISTRICT: 1, LAST_OF_JOB: 1}
+    assert metadata["upload_requests_deleted"].value == 1
+    requests = conn.execute("SELECT upload_key FROM upload_requests").fetchall()
+    conn.commit()
+    assert requests == [("D001-20260104T000000000000Z",)]
     assert _counts(dagster_pg, gone) == dict.fromkeys(before, 0)
     left = _counts(dagster_pg, stay)
     assert left["runs"] == len(stay) and left["asset_check_executions"] == len(stay) - 1
