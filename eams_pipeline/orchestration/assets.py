@@ -151,14 +151,18 @@ def _load_district(db: DatabaseResource, code: str) -> District:
 
 
 @contextmanager
-def _session(sftp: SftpResource, district: District) -> Iterator:
+def district_session(sftp: SftpResource, district: District) -> Iterator:
+    """An SFTP session of the district's account (a step fails when it has none)."""
     if district.sftp is None:
         raise dg.Failure(f"district {district.code} has no SFTP account in its master data")
     with sftp.session(district.sftp) as session:
         yield session
 
 
-def _expected_stat(context: dg.AssetExecutionContext) -> tuple[int, int] | None:
+def expected_stat(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+) -> tuple[int, int] | None:
+    """The size and mtime the sensor saw settle (run tags), if the run has them."""
     tags = context.run.tags
     try:
         return int(tags[FILE_SIZE_TAG]), int(tags[FILE_MTIME_TAG])
@@ -211,7 +215,7 @@ def upload_file(
                 }
             )
         district = _load_district(db, ref.district)
-        with _session(sftp, district) as session:
+        with district_session(sftp, district) as session:
             session.ensure_dirs()
             if session.exists(processed_rel):
                 source = f"{processed_rel} (claimed by an earlier attempt)"
@@ -219,7 +223,7 @@ def upload_file(
             else:
                 _claim(context, session, ref, processed_rel)
                 source = f"incoming/{UPLOAD_NAME}"
-            got = _download(context, session, processed_rel, limit)
+            got = read_claimed(context, session, processed_rel, limit)
             if got.data is None:
                 # claimed (out of incoming/, kept in processed/) but never downloaded:
                 # recorded as rejected here; upload_outcome reports what was recorded
@@ -244,8 +248,11 @@ def upload_file(
 WRITER_WAIT_SETTLES = 15
 
 
-def _download(
-    context: dg.AssetExecutionContext, session, processed_rel: str, limit: int
+def read_claimed(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    session,
+    processed_rel: str,
+    limit: int,
 ) -> SettledRead:
     """The claimed file, read once it is no longer being written (a client's handle opened
     before the claim still writes into it): stat before and after the download, and the
@@ -256,7 +263,7 @@ def _download(
     try:
         got = session.read_settled(
             processed_rel,
-            expected=_expected_stat(context),
+            expected=expected_stat(context),
             settle_seconds=settle,
             max_wait_seconds=WRITER_WAIT_SETTLES * max(settle, 1),
             max_bytes=limit,
@@ -323,7 +330,7 @@ def _claim(context: dg.AssetExecutionContext, session, ref: UploadRef, processed
             f"left alone in incoming/: {listed(others, 10)}"
             + (f" ({len(partial)} upload(s) in progress)" if partial else "")
         )
-    expected = _expected_stat(context)
+    expected = expected_stat(context)
     current = next((f for f in listing if f.name == UPLOAD_NAME), None)
     if expected is None:
         raise dg.Failure(
@@ -606,7 +613,7 @@ def error_report(
     if len(errors):
         rel = f"{ERRORS}/{error_file_name(upload.upload_id)}"
         content = render_error_file(errors)
-        with _session(sftp, district) as session:
+        with district_session(sftp, district) as session:
             session.ensure_dirs()
             session.put_atomic(rel, content)
         published = _error_path(district.sftp_root, upload.upload_id)
@@ -666,7 +673,7 @@ def change_report(
     district = _load_district(db, ref.district)
     with db.connect() as conn:
         reports = [build_change_report(conn, ref.key, revert=revert) for revert in which]
-    with _session(sftp, district) as session:
+    with district_session(sftp, district) as session:
         session.ensure_dirs()
         for report in reports:
             session.put_atomic(f"{REPORTS}/{report.name}", report.content)
@@ -851,7 +858,7 @@ def _remove_raw_upload(
         return {"raw_file_removed": False, "why": "not finished, held or not archived"}
     district = _load_district(db, ref.district)
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
-    with _session(sftp, district) as session:
+    with district_session(sftp, district) as session:
         removal = remove_raw_upload(
             session, store, ref.district, uploads[0], ref.processed_name, now, 0
         )

@@ -27,8 +27,6 @@ run takes seconds); inside the database a check takes no lock an upload waits fo
 
 import datetime as dt
 import posixpath
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import dagster as dg
 
@@ -45,8 +43,12 @@ from eams_pipeline.core.outcome import COUNT_KEYS, UploadKind
 from eams_pipeline.core.upload_retention import raw_removable
 from eams_pipeline.db import uploads as db_uploads
 from eams_pipeline.db.districts import District, get_district
-from eams_pipeline.io.sftp import SftpFileChangingError
-from eams_pipeline.orchestration.assets import EmailConfig
+from eams_pipeline.orchestration.assets import (
+    EmailConfig,
+    district_session,
+    expected_stat,
+    read_claimed,
+)
 from eams_pipeline.orchestration.decisions import tag_upload_runs
 from eams_pipeline.orchestration.partitions import (
     FILE_MTIME_TAG,
@@ -82,8 +84,6 @@ from eams_pipeline.services.progress import LineProgress
 CHECK_JOB_NAME = "check_upload"
 KIND_TAG = "eams/kind"
 CHECKED_AS_TAG = "eams/checked_as"
-# how long a run waits for a claimed file that is still being written, in settle windows
-WRITER_WAIT_SETTLES = 15
 PROGRESS_LOG_SECONDS = 5.0
 
 
@@ -139,21 +139,6 @@ def _recorded(db: DatabaseResource, key: str) -> db_uploads.UploadRow | None:
         raise dg.Failure(str(exc), allow_retries=False) from exc
 
 
-@contextmanager
-def _session(sftp: SftpResource, district: District) -> Iterator:
-    if district.sftp is None:
-        raise dg.Failure(f"district {district.code} has no SFTP account in its master data")
-    with sftp.session(district.sftp) as session:
-        yield session
-
-
-def _expected_stat(context: dg.OpExecutionContext) -> tuple[int, int] | None:
-    try:
-        return int(context.run.tags[FILE_SIZE_TAG]), int(context.run.tags[FILE_MTIME_TAG])
-    except (KeyError, ValueError):
-        return None
-
-
 @dg.op(
     out=dg.Out(dg.Nothing),
     description="Claim check/students.csv into processed/ (the file the sensor saw settle).",
@@ -171,7 +156,7 @@ def claim_check_file(
         context.log.info(f"check {ref.key} is already recorded; nothing claimed")
         return dg.Output(None, metadata={**_names(ref), "source": "recorded check"})
     district = _district(db, ref.district)
-    with _session(sftp, district) as session:
+    with district_session(sftp, district) as session:
         session.ensure_dirs()
         if session.exists(processed_rel):
             context.log.info(f"check {ref.key} was already claimed: {processed_rel}")
@@ -185,7 +170,7 @@ def claim_check_file(
 
 
 def _claim(context: dg.OpExecutionContext, session, ref: UploadRef) -> None:
-    expected = _expected_stat(context)
+    expected = expected_stat(context)
     if expected is None:
         raise dg.Failure(
             f"check {ref.key} is not in {PROCESSED}/; only the sensor's run (tags "
@@ -257,18 +242,8 @@ def check_file(
         return dg.Output(None, metadata=_metadata(ref, row, published))
     processed_rel = f"{PROCESSED}/{ref.processed_name}"
     limit = eams_config.max_upload_bytes()
-    settle = eams_config.settle_seconds()
-    with _session(sftp, district) as session:
-        try:
-            got = session.read_settled(
-                processed_rel,
-                expected=_expected_stat(context),
-                settle_seconds=settle,
-                max_wait_seconds=WRITER_WAIT_SETTLES * max(settle, 1),
-                max_bytes=limit,
-            )
-        except SftpFileChangingError as exc:
-            raise dg.Failure(str(exc)) from exc
+    with district_session(sftp, district) as session:
+        got = read_claimed(context, session, processed_rel, limit)
     upload = Upload(
         district=ref.district,
         data=got.data or b"",
@@ -282,7 +257,7 @@ def check_file(
     )
     with progress, db.connect() as conn:
         result = run_check(conn, upload, engine.get(), progress=progress)
-    with _session(sftp, district) as session:
+    with district_session(sftp, district) as session:
         session.ensure_dirs()
         session.put_atomic(f"{REPORTS}/{check_report_name(ref.key)}", check_report(result))
     context.log.info(f"published {published} ({len(result.errors)} errors)")
@@ -374,7 +349,7 @@ def _remove_raw(
     now = dt.datetime.now(dt.UTC)
     if not raw_removable(known, now, 0):
         return {"raw_file_removed": False, "why_kept": "not removable"}
-    with _session(sftp, district) as session:
+    with district_session(sftp, district) as session:
         removal = remove_raw_upload(session, store, ref.district, known, ref.processed_name, now, 0)
     if removal.kept is not None:  # never for a check (not archived): kept, operators told
         with db.connect() as conn:
