@@ -603,7 +603,8 @@ def repeated_usernames(
             at = _positions(_arrow(students["username_lower"]), distinct)
             holder = np.flatnonzero(at >= 0)
             key_of[at[holder]] = holder
-        keys[other] = np.where(codes >= 0, key_of[np.maximum(codes, 0)], -1)
+        named = codes >= 0  # an empty username keeps -1 (none); it may be every row's
+        keys[other[named]] = key_of[codes[named]]
     present = keys >= 0
     counts = np.bincount(keys[present], minlength=1)
     out = np.zeros(len(keys), dtype=bool)

@@ -334,3 +334,24 @@ def test_match_rows_computes_the_whole_match_once() -> None:
     assert kept.repeated_ids.tolist() == [True, True, False]
     assert kept.repeated_usernames.tolist() == [True, False, False]
     assert kept.own_usernames.tolist() == [False, False, False]
+
+
+def test_repeated_usernames_when_no_row_names_a_username() -> None:
+    """A file whose only new rows have an empty Username (REQUIRED_FIELD_MISSING) has no
+    distinct username to key: found by the reference equivalence test (IndexError)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from eams_pipeline.core.plan import repeated_usernames
+
+    no_students = pd.DataFrame({"username_lower": pd.Series([], dtype="str")})
+    none = repeated_usernames(pa.array([None], pa.string()), np.array([False]), no_students,
+                              np.array([-1]))
+    assert none.tolist() == [False]
+    mixed = repeated_usernames(
+        pa.array([None, "ann", "ann", None], pa.string()),
+        np.zeros(4, dtype=bool),
+        no_students,
+        np.full(4, -1),
+    )
+    assert mixed.tolist() == [False, True, True, False]
